@@ -1,0 +1,112 @@
+"""Generation backends behind one `Generator` protocol, and the config that selects one.
+
+transformers  local model, batched, CPU or CUDA, PEFT adapters (default)
+vllm          in-process vLLM on a GPU, LoRA adapters per request
+openai        any OpenAI-compatible endpoint (vLLM serve, llama.cpp, selfloop serve, hosted APIs)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.backends.base import (
+    Completion,
+    GenerationResult,
+    Generator,
+    Message,
+    Messages,
+    SamplingParams,
+    user,
+)
+from agent.models import ModelSpec
+
+__all__ = [
+    "BackendConfig",
+    "Completion",
+    "GenerationResult",
+    "Generator",
+    "Message",
+    "Messages",
+    "SamplingParams",
+    "make_generator",
+    "user",
+]
+
+
+class BackendConfig(BaseModel):
+    """How a model is run. Fields for other kinds are ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers",
+        description="transformers (local, CPU/CUDA) | vllm (local GPU) | openai (HTTP).",
+    )
+    batch_size: int = Field(16, ge=1, description="transformers: sequences decoded together.")
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="transformers: cap on rows x (prompt + new tokens) per batch."
+    )
+    base_url: str | None = Field(
+        None,
+        description="openai: endpoint, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: env var holding the API key.")
+    timeout: float = Field(120.0, gt=0, description="openai: seconds per request.")
+    max_retries: int = Field(3, ge=0, description="openai: retries with exponential backoff.")
+    concurrency: int = Field(4, ge=1, description="openai: requests in flight.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vllm: share of GPU memory."
+    )
+    max_model_len: int | None = Field(None, ge=1, description="vllm: context length cap.")
+    max_lora_rank: int = Field(64, ge=1, description="vllm: largest adapter rank it can serve.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the model over.")
+
+
+def make_generator(
+    model: ModelSpec | str,
+    backend: BackendConfig | None = None,
+    adapters: dict[str, str | Path] | None = None,
+) -> Generator:
+    """The generator `backend.kind` names for `model` (for openai: the endpoint's model id)."""
+    backend = backend or BackendConfig()
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(name=model)
+    if backend.kind == "transformers":
+        from agent.backends.hf import TransformersGenerator
+
+        return TransformersGenerator(
+            spec,
+            batch_size=backend.batch_size,
+            max_batch_tokens=backend.max_batch_tokens,
+            adapters=adapters,
+        )
+    if backend.kind == "vllm":
+        from agent.backends.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(
+            spec,
+            adapters=adapters,
+            gpu_memory_utilization=backend.gpu_memory_utilization,
+            max_model_len=backend.max_model_len,
+            max_lora_rank=backend.max_lora_rank,
+            tensor_parallel_size=backend.tensor_parallel_size,
+        )
+    from agent.backends.openai_backend import OpenAIGenerator
+
+    if adapters:
+        from agent.errors import SelfloopError
+
+        raise SelfloopError(
+            "the openai backend cannot load adapters; serve them on the endpoint and pass the "
+            "adapter's model id as `adapter=` when generating"
+        )
+    return OpenAIGenerator(
+        spec.name,
+        base_url=backend.base_url,
+        api_key_env=backend.api_key_env,
+        timeout=backend.timeout,
+        max_retries=backend.max_retries,
+        concurrency=backend.concurrency,
+    )

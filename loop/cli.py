@@ -1,0 +1,293 @@
+"""The `selfloop` command line: parses arguments, calls the library, prints.
+
+Every command that fails on bad input prints one line `error: ...` on stderr and exits non-zero
+(1 for a failure, 2 for a usage error or a command that is not built yet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agent.errors import SelfloopError, describe_validation
+
+app = typer.Typer(
+    help="selfloop: unattended self-improvement rounds for instruction-tuned language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("selfloop")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: built-in defaults)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: key.sub=value (repeatable)."),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    else:  # unattended (nohup, systemd, CI): plain timestamped lines
+        handler = logging.StreamHandler()
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+def _config(config: Path | None, sets: list[str] | None, **flags: Any):
+    """Config file + --set overrides + explicit command-line flags (those win)."""
+    from loop.config import load_config
+
+    overrides = list(sets or [])
+    overrides += [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return load_config(config, overrides)
+
+
+def _read_prompts(path: Path) -> list[list[dict[str, str]]]:
+    """JSONL of {"messages": [...]} or {"prompt": "..."}; any other suffix: one prompt per line."""
+    if not path.is_file():
+        raise SelfloopError(f"prompts file not found: {path}")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix not in (".jsonl", ".json"):
+            prompts.append([{"role": "user", "content": line}])
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SelfloopError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+        if isinstance(rec, dict) and isinstance(rec.get("messages"), list):
+            prompts.append(rec["messages"])
+        elif isinstance(rec, dict) and isinstance(rec.get("prompt"), str):
+            prompts.append([{"role": "user", "content": rec["prompt"]}])
+        else:
+            raise SelfloopError(
+                f"{path}:{n}: expected an object with 'messages' (list) or 'prompt' (str)"
+            )
+    return prompts
+
+
+def _parse_adapters(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).name, item
+        out[name] = path
+    return out
+
+
+@app.command()
+def generate(
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="A user prompt (repeatable).")
+    ] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option(help="JSONL ({messages} or {prompt}) or text file.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model spec (bundled name, dir, .gguf, hub id).")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="transformers | vllm | openai.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="openai backend: endpoint URL.")] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="PEFT adapter dir (or the endpoint's adapter id).")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System message for --prompt prompts.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most new tokens.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Completions per prompt.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per prompt.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """One-off generation through any backend: handy for checking a model."""
+    from agent.backends import make_generator
+
+    cfg = _config(
+        config,
+        set_,
+        **{
+            "model.name": model,
+            "backend.kind": backend,
+            "backend.base_url": base_url,
+            "sampling.max_tokens": max_tokens,
+            "sampling.temperature": temperature,
+            "sampling.top_p": top_p,
+            "sampling.n": n,
+            "sampling.seed": seed,
+            "sampling.stop": stop or None,
+        },
+    )
+    prompts = [
+        ([{"role": "system", "content": system}] if system else [])
+        + [{"role": "user", "content": p}]
+        for p in prompt or []
+    ]
+    if prompts_file is not None:
+        prompts += _read_prompts(prompts_file)
+    if not prompts:
+        raise SelfloopError("no prompts given: pass --prompt TEXT or --prompts-file FILE")
+    adapters, adapter_name = None, adapter
+    if adapter and cfg.backend.kind != "openai":
+        adapters = _parse_adapters([adapter])
+        adapter_name = next(iter(adapters))
+    gen = make_generator(cfg.model, cfg.backend, adapters=adapters)
+    results = gen.generate(prompts, cfg.sampling, adapter=adapter_name)
+    failed = 0
+    for msgs, r in zip(prompts, results):
+        if as_json:
+            rec = {
+                "prompt": msgs,
+                "prompt_tokens": r.prompt_tokens,
+                "completions": [c.__dict__ for c in r.completions],
+                "error": r.error,
+            }
+            typer.echo(json.dumps(rec, ensure_ascii=False))
+        elif r.ok:
+            for k, c in enumerate(r.completions):
+                head = f"[{k + 1}/{len(r.completions)}] " if len(r.completions) > 1 else ""
+                typer.echo(f"{head}{c.text}")
+                log.info(
+                    "finish_reason=%s tokens=%d+%d",
+                    c.finish_reason,
+                    r.prompt_tokens,
+                    c.completion_tokens,
+                )
+        if not r.ok:
+            failed += 1
+            typer.echo(f"error: {r.error}", err=True)
+    gen.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Model spec (bundled name, dir, .gguf, hub id).")
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(help="PEFT adapter to serve, PATH or NAME=PATH (repeatable)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Bind address; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(help="Model id clients ask for.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """An OpenAI-compatible /v1/chat/completions server over a base model and its adapters."""
+    from agent.backends.hf import TransformersGenerator
+    from agent.serve import serve as run_server
+
+    cfg = _config(config, set_, **{"model.name": model})
+    gen = TransformersGenerator(
+        cfg.model,
+        batch_size=cfg.backend.batch_size,
+        max_batch_tokens=cfg.backend.max_batch_tokens,
+        adapters=_parse_adapters(adapter),
+    )
+    name = served_model_name or gen.model_name
+    log.info(
+        "serving %s (adapters: %s) on http://%s:%d/v1",
+        name,
+        ", ".join(gen.adapters) or "none",
+        host,
+        port,
+    )
+    run_server(gen, host=host, port=port, served_name=name)
+
+
+@app.command()
+def prepare(
+    model: Annotated[
+        str, typer.Argument(help="Model spec to resolve (GGUF files are converted once).")
+    ] = "smollm2-135m-instruct",
+) -> None:
+    """Resolve a model spec now (converting a GGUF into the cache) and print its directory."""
+    from agent.models import resolve
+
+    typer.echo(str(resolve(model).path))
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config (file + overrides + defaults) as YAML."""
+    from loop.config import dump_config
+
+    typer.echo(dump_config(_config(config, set_)), nl=False)
+
+
+def _placeholder(name: str, issue: int, what: str) -> None:
+    def command(args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
+        typer.echo(f"error: `selfloop {name}` is not built yet ({what}: issue #{issue})", err=True)
+        raise typer.Exit(2)
+
+    command.__doc__ = f"[not built yet: issue #{issue}] {what}."
+    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        command
+    )
+
+
+for _name, _issue, _what in [
+    ("run", 7, "run self-improvement rounds"),
+    ("resume", 7, "resume a run"),
+    ("status", 7, "where a run is"),
+    ("show", 7, "what a round did"),
+    ("report", 7, "plots and an HTML report"),
+    ("export", 7, "export a round's adapter or merged model"),
+    ("review", 7, "human review of a round's kept examples"),
+    ("eval", 6, "evaluate a model on held-out suites"),
+    ("tune", 5, "one-off fine-tuning"),
+    ("data", 3, "import and export training data"),
+]:
+    _placeholder(_name, _issue, _what)
+
+
+def main() -> None:
+    """Console-script entry point: library errors become one line on stderr and exit 1."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except SelfloopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except ValidationError as e:
+        print(f"error: {describe_validation(e)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The transformers backend on a tiny random llama: batching, sampling, stops, adapters, scoring."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.backends import SamplingParams, make_generator, user
+from agent.backends.hf import TransformersGenerator
+from agent.errors import SelfloopError
+from tests.helpers import make_lora_adapter
+
+PROMPTS = [
+    user("Hi"),
+    user("Write a haiku about the sea and the long grey evening light."),
+    user("What is 2 + 2?", system="You are terse."),
+    user("List three colours."),
+    user("Explain photosynthesis to a ten year old in two sentences, please, with an example."),
+    user("ok"),
+    [
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "Apple."},
+        {"role": "user", "content": "Another one?"},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir: Path) -> TransformersGenerator:
+    return TransformersGenerator(str(tiny_model_dir), batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "a1")
+
+
+def test_batched_greedy_equals_one_at_a_time(gen: TransformersGenerator) -> None:
+    params = SamplingParams(max_tokens=12)
+    batched = [r.text for r in gen.generate(PROMPTS, params)]
+    single = [gen.generate([p], params)[0].text for p in PROMPTS]
+    assert batched == single
+    assert len(set(batched)) > 1  # the prompts really got different answers
+
+
+def test_matches_plain_model_generate(gen: TransformersGenerator) -> None:
+    """The backend's batching must not change what model.generate alone would say."""
+    ids = gen.encode_prompt(PROMPTS[1])
+    with torch.inference_mode():
+        out = gen.model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=gen.tokenizer.pad_token_id,
+        )
+    expected = gen.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    batched = gen.generate(PROMPTS, SamplingParams(max_tokens=12))
+    assert batched[1].text == expected
+
+
+def test_results_in_input_order_with_counts(gen: TransformersGenerator) -> None:
+    res = gen.generate(PROMPTS, SamplingParams(max_tokens=5))
+    assert len(res) == len(PROMPTS)
+    for msgs, r in zip(PROMPTS, res):
+        assert r.prompt_tokens == len(gen.encode_prompt(msgs))
+        c = r.completions[0]
+        assert 0 <= c.completion_tokens <= 5
+        if c.finish_reason == "length":
+            assert c.completion_tokens == 5
+
+
+def test_length_finish_reason(gen: TransformersGenerator) -> None:
+    r = gen.generate([PROMPTS[0]], SamplingParams(max_tokens=3))[0]
+    c = r.completions[0]
+    # A random model rarely emits EOS within 3 tokens; either way the reason must fit the count.
+    assert (c.finish_reason, c.completion_tokens) in {("length", 3)} or c.completion_tokens < 3
+
+
+def test_n_samples_with_seed_are_reproducible(gen: TransformersGenerator) -> None:
+    params = SamplingParams(max_tokens=10, temperature=1.0, n=3, seed=123)
+    a = gen.generate(PROMPTS[:3], params)
+    b = gen.generate(PROMPTS[:3], params)
+    assert [[c.text for c in r.completions] for r in a] == [
+        [c.text for c in r.completions] for r in b
+    ]
+    assert all(len(r.completions) == 3 for r in a)
+    assert any(len({c.text for c in r.completions}) > 1 for r in a)  # really sampled
+    other = gen.generate(PROMPTS[:3], params.model_copy(update={"seed": 124}))
+    assert [[c.text for c in r.completions] for r in other] != [
+        [c.text for c in r.completions] for r in a
+    ]
+
+
+def test_greedy_n_gives_identical_copies(gen: TransformersGenerator) -> None:
+    r = gen.generate([PROMPTS[2]], SamplingParams(max_tokens=6, n=2))[0]
+    assert len(r.completions) == 2 and r.completions[0] == r.completions[1]
+
+
+def test_stop_string_cuts_and_reports_stop(gen: TransformersGenerator) -> None:
+    full = gen.generate([PROMPTS[1]], SamplingParams(max_tokens=20))[0].text
+    assert len(full) > 4
+    stop = full[2:4]
+    r = gen.generate([PROMPTS[1]], SamplingParams(max_tokens=20, stop=stop))[0].completions[0]
+    assert r.finish_reason == "stop"
+    assert r.text == full[: full.index(stop)]
+
+
+def test_empty_prompt_list_is_an_error(gen: TransformersGenerator) -> None:
+    with pytest.raises(SelfloopError, match="no prompts"):
+        gen.generate([])
+
+
+def test_malformed_messages_are_errors(gen: TransformersGenerator) -> None:
+    with pytest.raises(SelfloopError, match="prompt 0 message 0"):
+        gen.generate([[{"role": "robot", "content": "x"}]])
+
+
+def test_prompt_over_context_is_a_per_prompt_error(gen: TransformersGenerator) -> None:
+    long = user("word " * 600)
+    res = gen.generate([PROMPTS[0], long], SamplingParams(max_tokens=4))
+    assert res[0].ok and not res[1].ok and "context" in res[1].error
+    with pytest.raises(SelfloopError):
+        _ = res[1].text
+
+
+def test_adapter_switching_without_reloading_base(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    g = TransformersGenerator(str(tiny_model_dir), batch_size=4)
+    params = SamplingParams(max_tokens=10)
+    base = [r.text for r in g.generate(PROMPTS[:4], params)]
+    g.load_adapter(adapter_dir, "a1")
+    second = make_lora_adapter(tiny_model_dir, tmp_path / "a2", seed=1)
+    g.load_adapter(second, "a2")
+    with_a1 = [r.text for r in g.generate(PROMPTS[:4], params, adapter="a1")]
+    with_a2 = [r.text for r in g.generate(PROMPTS[:4], params, adapter="a2")]
+    again_base = [r.text for r in g.generate(PROMPTS[:4], params)]
+    again_a1 = [r.text for r in g.generate(PROMPTS[:4], params, adapter="a1")]
+    assert with_a1 != base and with_a2 != with_a1
+    assert again_base == base and again_a1 == with_a1
+    with pytest.raises(SelfloopError, match="unknown adapter 'nope'"):
+        g.generate(PROMPTS[:1], params, adapter="nope")
+
+
+def test_adapter_dir_must_be_peft(gen: TransformersGenerator, tmp_path: Path) -> None:
+    with pytest.raises(SelfloopError, match="adapter_config.json"):
+        gen.load_adapter(tmp_path)
+
+
+def test_next_token_logprobs_match_a_full_forward(gen: TransformersGenerator) -> None:
+    cands = ["1", "2", "3", "4", "5"]
+    got = gen.next_token_logprobs(PROMPTS, cands)
+    for msgs, lp in zip(PROMPTS, got):
+        ids = gen.encode_prompt(msgs)
+        with torch.inference_mode():
+            logits = gen.model(torch.tensor([ids])).logits[0, -1]
+        ref = torch.log_softmax(logits.float(), -1)
+        for c in cands:
+            t = gen.tokenizer(c, add_special_tokens=False)["input_ids"][0]
+            assert lp[c] == pytest.approx(float(ref[t]), abs=1e-4)
+
+
+def test_multi_token_candidate_is_rejected(gen: TransformersGenerator) -> None:
+    with pytest.raises(SelfloopError, match="not one"):
+        gen.next_token_logprobs(PROMPTS[:1], ["photosynthesis"])
+
+
+def test_continuation_logprobs_agree_with_greedy_and_batching(gen: TransformersGenerator) -> None:
+    conts = ["The sea is grey.", "Four.", "Red, green and blue, as you asked.", "x"]
+    batched = gen.continuation_logprobs(PROMPTS[:4], conts)
+    single = [gen.continuation_logprobs([p], [c])[0] for p, c in zip(PROMPTS[:4], conts)]
+    for b, s, c in zip(batched, single, conts):
+        assert len(b) == len(gen.tokenizer(c, add_special_tokens=False)["input_ids"])
+        assert b == pytest.approx(s, abs=1e-4)
+        assert all(x <= 0 for x in b)
+    # A one-token continuation scores exactly what next_token_logprobs says of that token.
+    cont = gen.continuation_logprobs(PROMPTS[:3], ["7"] * 3)
+    nxt = gen.next_token_logprobs(PROMPTS[:3], ["7"])
+    assert [c[0] for c in cont] == pytest.approx([n["7"] for n in nxt], abs=1e-4)
+    assert not any(math.isnan(c[0]) for c in cont)
+
+
+def test_make_generator_selects_transformers(tiny_model_dir: Path) -> None:
+    g = make_generator(str(tiny_model_dir))
+    assert g.name == "transformers" and g.model_name == tiny_model_dir.name

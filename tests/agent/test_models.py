@@ -1,0 +1,145 @@
+"""Model resolution: every kind of spec, the conversion cache, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.cache import MANIFEST, check_entry, materialize
+from agent.errors import ModelResolutionError
+from agent.models import ModelSpec, bundled_gguf_path, check_gguf, load_model, resolve
+
+
+def test_local_directory_resolves_to_itself(tiny_model_dir: Path) -> None:
+    r = resolve(str(tiny_model_dir))
+    assert r.kind == "dir" and r.path == tiny_model_dir.resolve()
+
+
+def test_model_loads_with_chat_template(tiny_model_dir: Path) -> None:
+    model, tok, _ = load_model(ModelSpec(name=str(tiny_model_dir)))
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert "<|im_start|>assistant" in text  # SmolLM2's ChatML template came with the tokenizer
+    assert not model.training
+
+
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("no-such-model", "unknown model 'no-such-model'"),
+        ("./missing/dir", "model path not found"),
+        ("/tmp/definitely-missing.gguf", "model path not found"),
+        ("", "model name is empty"),
+    ],
+)
+def test_bad_specs_give_one_line_errors(name: str, needle: str) -> None:
+    with pytest.raises(ModelResolutionError) as e:
+        resolve(name)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_hub_id_offline_says_what_to_do() -> None:
+    with pytest.raises(ModelResolutionError) as e:
+        resolve("someorg/some-model-that-is-not-cached")
+    msg = str(e.value)
+    assert "Hub id" in msg and "HF_HUB_OFFLINE" in msg and "--local-dir" in msg and "\n" not in msg
+
+
+def test_directory_without_config(tmp_path: Path) -> None:
+    with pytest.raises(ModelResolutionError, match="no config.json"):
+        resolve(str(tmp_path))
+
+
+def test_non_gguf_file_rejected(tmp_path: Path) -> None:
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"x" * 10)
+    with pytest.raises(ModelResolutionError, match="not a .gguf file"):
+        resolve(str(f))
+
+
+def test_truncated_gguf_is_reported(tmp_path: Path) -> None:
+    src = bundled_gguf_path("smollm2-135m-instruct")
+    cut = tmp_path / "cut.gguf"
+    with src.open("rb") as f:
+        cut.write_bytes(f.read(2_000_000))
+    with pytest.raises(ModelResolutionError) as e:
+        resolve(str(cut))
+    assert "truncated" in str(e.value) and str(cut) in str(e.value)
+
+
+def test_garbage_gguf_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOTAGGUF" * 100)
+    with pytest.raises(ModelResolutionError, match="not a GGUF file"):
+        resolve(str(bad))
+
+
+def test_bundled_gguf_is_intact() -> None:
+    check_gguf(bundled_gguf_path("smollm2-135m-instruct"))  # raises on a broken install
+
+
+def test_trust_remote_code_is_never_implied() -> None:
+    assert ModelSpec().trust_remote_code is False
+    assert ModelSpec(name="x").trust_remote_code is False
+
+
+# ---------------------------------------------------------------- the cache, with a cheap builder
+def _builder(calls: list[int], tiny: Path):
+    def build(out: Path) -> None:
+        calls.append(1)
+        for f in tiny.iterdir():
+            shutil.copy(f, out / f.name)
+
+    return build
+
+
+def test_cache_builds_once_and_reuses(tmp_path: Path, tiny_model_dir: Path) -> None:
+    calls: list[int] = []
+    a = materialize(tmp_path, "k", _builder(calls, tiny_model_dir))
+    b = materialize(tmp_path, "k", _builder(calls, tiny_model_dir))
+    assert a == b and calls == [1] and check_entry(a) is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "no-manifest", "delete-file", "bad-header"])
+def test_corrupt_cache_is_detected_and_rebuilt(
+    tmp_path: Path, tiny_model_dir: Path, damage: str
+) -> None:
+    calls: list[int] = []
+    entry = materialize(tmp_path, "k", _builder(calls, tiny_model_dir))
+    weights = entry / "model.safetensors"
+    if damage == "truncate":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "no-manifest":
+        (entry / MANIFEST).unlink()
+    elif damage == "delete-file":
+        weights.unlink()
+    else:  # same size, garbage header: only the header check catches it
+        data = bytearray(weights.read_bytes())
+        data[8:40] = b"}" * 32
+        weights.write_bytes(bytes(data))
+    assert check_entry(entry) is not None
+    again = materialize(tmp_path, "k", _builder(calls, tiny_model_dir))
+    assert calls == [1, 1] and check_entry(again) is None
+
+
+def test_interrupted_build_leaves_no_entry(tmp_path: Path) -> None:
+    def boom(out: Path) -> None:
+        (out / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt  # a kill in the middle of a conversion
+
+    with pytest.raises(KeyboardInterrupt):
+        materialize(tmp_path, "k", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_lists_sizes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    entry = materialize(tmp_path, "k", _builder([], tiny_model_dir), meta={"source": "x"})
+    manifest = json.loads((entry / MANIFEST).read_text())
+    assert manifest["meta"] == {"source": "x"}
+    assert manifest["files"]["model.safetensors"] == (entry / "model.safetensors").stat().st_size

@@ -1,0 +1,177 @@
+"""The `selfloop` CLI: help, generate, config, placeholders, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loop.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["selfloop", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_commands(monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    for cmd in ("generate", "serve", "run", "eval", "tune", "data", "prepare"):
+        assert cmd in out
+
+
+def test_console_script_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "generate" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "cmd, issue", [("run", 7), ("eval", 6), ("tune", 5), ("data", 3), ("status", 7)]
+)
+def test_placeholders_say_so_and_exit_2(monkeypatch, capsys, cmd: str, issue: int) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, cmd, "whatever", "--flag")
+    assert code == 2 and "not built yet" in err and f"issue #{issue}" in err
+
+
+def test_generate_with_local_model(monkeypatch, capsys, tiny_model_dir: Path) -> None:
+    code, out, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "-p",
+        "Hi",
+        "-p",
+        "Bye",
+        "--max-tokens",
+        "5",
+        "--json",
+    )
+    assert code == 0
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert len(recs) == 2 and all(r["error"] is None for r in recs)
+    assert all(r["completions"][0]["completion_tokens"] <= 5 for r in recs)
+    assert recs[0]["prompt"] == [{"role": "user", "content": "Hi"}]
+
+
+def test_generate_prompts_file(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "Hi"}\n\n{"messages": [{"role": "user", "content": "Yo"}]}\n')
+    code, out, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts-file",
+        str(f),
+        "--max-tokens",
+        "3",
+        "--json",
+    )
+    assert code == 0 and len(out.splitlines()) == 2
+
+
+def _assert_one_line_error(code: int, err: str, needle: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert lines and lines[-1].startswith("error: ") and needle in lines[-1], err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "no-such-model", "-p", "x"], "unknown model 'no-such-model'"),
+        (["--model", "/nope/model.gguf", "-p", "x"], "model path not found"),
+        (["--model", "org/not-cached-model", "-p", "x"], "Hub id"),
+        (["--model", "{tiny}"], "no prompts given"),
+        (["--model", "{tiny}", "-p", "x", "--max-tokens", "0"], "sampling.max_tokens"),
+        (["--model", "{tiny}", "--prompts-file", "{bad}"], "bad.jsonl:2: not valid JSON"),
+        (
+            ["--model", "{tiny}", "-p", "x", "--set", "backend.batch_size=zero"],
+            "backend.batch_size",
+        ),
+        (["--model", "{tiny}", "-p", "x", "--set", "nosuch.key=1"], "nosuch: unknown key"),
+    ],
+)
+def test_generate_bad_input(
+    monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path, args, needle
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{not json\n')
+    args = [a.replace("{tiny}", str(tiny_model_dir)).replace("{bad}", str(bad)) for a in args]
+    code, _, err = run_cli(monkeypatch, capsys, "generate", *args)
+    _assert_one_line_error(code, err, needle)
+
+
+def test_generate_truncated_gguf(monkeypatch, capsys, tmp_path: Path) -> None:
+    from agent.models import bundled_gguf_path
+
+    cut = tmp_path / "cut.gguf"
+    with bundled_gguf_path("smollm2-135m-instruct").open("rb") as f:
+        cut.write_bytes(f.read(1_000_000))
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", str(cut), "-p", "x")
+    _assert_one_line_error(code, err, "truncated")
+
+
+def test_generate_unreachable_endpoint(monkeypatch, capsys) -> None:
+    from tests.helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--model",
+        "m",
+        "-p",
+        "x",
+        "--set",
+        "backend.max_retries=0",
+    )
+    _assert_one_line_error(code, err, f"cannot reach {url}")
+
+
+def test_config_file_errors_name_file_and_key(monkeypatch, capsys, tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model:\n  name: x\nbackend:\n  kind: tpu\n")
+    code, _, err = run_cli(monkeypatch, capsys, "config", "-c", str(cfg))
+    _assert_one_line_error(code, err, f"{cfg}: backend.kind")
+    cfg.write_text("model: [unclosed\n")
+    code, _, err = run_cli(monkeypatch, capsys, "config", "-c", str(cfg))
+    _assert_one_line_error(code, err, "line")
+
+
+def test_config_show_applies_overrides(monkeypatch, capsys, tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("sampling:\n  max_tokens: 7\n")
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "config", "-c", str(cfg), "--set", "sampling.stop=[END]"
+    )
+    assert code == 0 and "max_tokens: 7" in out and "- END" in out
+
+
+def test_shipped_presets_validate() -> None:
+    from loop.config import load_config
+
+    presets = sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml"))
+    assert presets, "configs/ has no presets"
+    for p in presets:
+        load_config(p)

@@ -1,0 +1,63 @@
+"""The real bundled SmolLM2-135M-Instruct, offline: GGUF conversion cache, chat answers, the CLI.
+
+Marked slow (the first conversion takes ~35 s on 2 cores); CI runs these too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agent.backends import SamplingParams, user
+from agent.backends.hf import TransformersGenerator
+from agent.cache import MANIFEST
+from agent.models import resolve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol() -> TransformersGenerator:
+    return TransformersGenerator("smollm2-135m-instruct", batch_size=8)
+
+
+def test_conversion_cache_is_reused(smol: TransformersGenerator) -> None:
+    entry = smol.resolved.path
+    manifest = (entry / MANIFEST).stat().st_mtime_ns
+    again = resolve("smollm2-135m-instruct")
+    assert again.path == entry and again.kind == "bundled"
+    assert (entry / MANIFEST).stat().st_mtime_ns == manifest  # not rebuilt
+
+
+def test_chat_answer(smol: TransformersGenerator) -> None:
+    r = smol.generate([user("What is the capital of France? Answer in one sentence.")], SamplingParams(max_tokens=40))[0]
+    c = r.completions[0]
+    assert "Paris" in c.text
+    assert c.finish_reason == "stop" and 0 < c.completion_tokens < 40
+
+
+def test_batched_equals_single_on_the_real_model(smol: TransformersGenerator) -> None:
+    prompts = [
+        user("Name a primary colour."),
+        user("Give one tip for sleeping better, in one sentence."),
+        user("What is 7 times 6?"),
+        user("Say hello in Spanish."),
+    ]
+    params = SamplingParams(max_tokens=24)
+    batched = [r.text for r in smol.generate(prompts, params)]
+    single = [smol.generate([p], params)[0].text for p in prompts]
+    assert batched == single
+
+
+def test_cli_generate_offline_with_the_bundled_model() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "generate", "-p", "What is the capital of Italy? One sentence.",
+         "--max-tokens", "30"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Rome" in out.stdout
