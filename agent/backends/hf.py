@@ -167,7 +167,7 @@ class TransformersGenerator:
         rows = 1 if params.greedy else params.n
         lengths = [len(encoded[i]) for i in runnable]
         done = len(prompts) - len(runnable)
-        fork = [self.device] if self.device.type == "cuda" else []
+        fork = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork), self._active(adapter), torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
