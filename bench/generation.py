@@ -99,7 +99,8 @@ def main() -> None:
 
     base_tps, cand_tps = base_tokens / base_s, cand_tokens / cand_s
     print(
-        f"baseline  one-at-a-time model.generate: {base_tokens} tokens in {base_s:.1f}s = {base_tps:.1f} tok/s"
+        f"baseline  one-at-a-time model.generate: {base_tokens} tokens in {base_s:.1f}s = "
+        f"{base_tps:.1f} tok/s"
     )
     print(
         f"candidate transformers backend, batch {args.batch_size}: {cand_tokens} tokens in "

@@ -33,7 +33,8 @@ def test_conversion_cache_is_reused(smol: TransformersGenerator) -> None:
 
 
 def test_chat_answer(smol: TransformersGenerator) -> None:
-    r = smol.generate([user("What is the capital of France? Answer in one sentence.")], SamplingParams(max_tokens=40))[0]
+    question = user("What is the capital of France? Answer in one sentence.")
+    r = smol.generate([question], SamplingParams(max_tokens=40))[0]
     c = r.completions[0]
     assert "Paris" in c.text
     assert c.finish_reason == "stop" and 0 < c.completion_tokens < 40
@@ -55,9 +56,20 @@ def test_batched_equals_single_on_the_real_model(smol: TransformersGenerator) ->
 def test_cli_generate_offline_with_the_bundled_model() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "generate", "-p", "What is the capital of Italy? One sentence.",
-         "--max-tokens", "30"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "loop.cli",
+            "generate",
+            "--max-tokens",
+            "30",
+            "-p",
+            "What is the capital of Italy? One sentence.",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     assert "Rome" in out.stdout
