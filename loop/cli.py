@@ -227,6 +227,26 @@ def serve(
 
 
 @app.command()
+def tune(
+    data: Annotated[Path, typer.Option(help="JSONL of chat examples ({messages: [...]}).")],
+    out: Annotated[Path, typer.Option(help="Where the adapter (or full model) is written.")],
+    model: Annotated[str | None, typer.Option(help="Base model spec.")] = None,
+    method: Annotated[str | None, typer.Option(help="lora | prefix | full | qlora.")] = None,
+    init_adapter: Annotated[Path | None, typer.Option(help="Warm-start from this adapter.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """One-off fine-tuning outside the loop; re-run the same command to resume after a kill."""
+    from agent.data import read_jsonl
+    from tuners import train
+
+    cfg = _config(config, set_, **{"model.name": model, "tune.method": method})
+    examples = read_jsonl(data, require_messages=True)
+    result = train(cfg.model, examples, out, cfg.tune, init_adapter=init_adapter)
+    typer.echo(json.dumps(result.to_dict()))
+
+
+@app.command()
 def prepare(
     model: Annotated[
         str, typer.Argument(help="Model spec to resolve (GGUF files are converted once).")
@@ -266,7 +286,6 @@ for _name, _issue, _what in [
     ("export", 7, "export a round's adapter or merged model"),
     ("review", 7, "human review of a round's kept examples"),
     ("eval", 6, "evaluate a model on held-out suites"),
-    ("tune", 5, "one-off fine-tuning"),
     ("data", 3, "import and export training data"),
 ]:
     _placeholder(_name, _issue, _what)

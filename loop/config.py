@@ -2,7 +2,7 @@
 
 Every error names the file and the YAML key (`run.yaml: backend.batch_size: Input should be
 greater than or equal to 1`). Sections grow as the loop's stages land; today the config says which
-model to use, how to run it and how to sample.
+model to use, how to run it, how to sample and how to fine-tune.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.backends import BackendConfig, SamplingParams
 from agent.errors import SelfloopError, describe_validation
 from agent.models import ModelSpec
+from tuners.config import TuneConfig
 
 
 class SelfloopConfig(BaseModel):
@@ -28,6 +29,7 @@ class SelfloopConfig(BaseModel):
     sampling: SamplingParams = Field(
         default_factory=SamplingParams, description="Default sampling for generation."
     )
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="How rounds fine-tune.")
 
 
 class ConfigError(SelfloopError):

@@ -1,4 +1,10 @@
-"""Training: one entry point for the methods lora | prefix | full | qlora.
+"""Training: one entry point, `train`, for the methods lora | prefix | full | qlora.
 
-Built by issue #5; empty until then.
+from tuners import TuneConfig, train
+result = train("smollm2-135m-instruct", examples, "out/adapter", TuneConfig(method="lora"))
 """
+
+from tuners.config import TuneConfig
+from tuners.train import TrainingAborted, TrainResult, train
+
+__all__ = ["TrainResult", "TrainingAborted", "TuneConfig", "train"]

@@ -1,0 +1,105 @@
+"""Chat formatting, assistant-only labels and padding-free packing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from agent.errors import SelfloopError
+from tuners.data import IGNORE, pack_batch, pad_batch, tokenize_dataset, tokenize_example
+
+MULTI = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "Apple."},
+        {"role": "user", "content": "And a vegetable?"},
+        {"role": "assistant", "content": "Carrot, of course."},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir: Path):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def test_labels_cover_exactly_the_assistant_turns(tok) -> None:
+    item = tokenize_example(tok, MULTI)
+    ids, labels = item["input_ids"], item["labels"]
+    assert len(ids) == len(labels)
+    trained = [i for i, lab in zip(ids, labels) if lab != IGNORE]
+    assert all(lab in (IGNORE, i) for i, lab in zip(ids, labels))
+    text = tok.decode(trained)
+    # Both answers and their end-of-turn markers, nothing from system/user turns.
+    assert text.startswith("Apple.<|im_end|>") and "Carrot, of course.<|im_end|>" in text
+    for prompt_word in ("Be brief", "Name a fruit", "vegetable", "user", "system"):
+        assert prompt_word not in text
+    # The model learns to stop: <|im_end|> after each answer is trained.
+    assert trained.count(tok.convert_tokens_to_ids("<|im_end|>")) == 2
+
+
+def test_prompt_tokens_masked_in_single_turn(tok) -> None:
+    ex = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    }
+    item = tokenize_example(tok, ex)
+    prompt = tok.apply_chat_template(ex["messages"][:1], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert all(lab == IGNORE for lab in item["labels"][:n_prompt])
+    assert all(lab != IGNORE for lab in item["labels"][n_prompt : n_prompt + 2])
+
+
+def test_bad_examples_are_errors(tok) -> None:
+    with pytest.raises(SelfloopError, match="no assistant message"):
+        tokenize_example(tok, {"messages": [{"role": "user", "content": "x"}]}, where="ex 3")
+    with pytest.raises(SelfloopError, match="training data is empty"):
+        tokenize_dataset(tok, [], 128, 512)
+    long = {
+        "id": "long-1",
+        "messages": [
+            {"role": "user", "content": "word " * 300},
+            {"role": "assistant", "content": "ok"},
+        ],
+    }
+    with pytest.raises(
+        SelfloopError, match=r"1 example\(s\) exceed tune.max_seq_len of 64 tokens: long-1"
+    ):
+        tokenize_dataset(tok, [MULTI, long], 64, 512)
+
+
+def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir: Path, tok) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    examples = [
+        MULTI,
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello there, friend."},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
+    items = [tokenize_example(tok, e) for e in examples]
+    packed, padded = pack_batch(items), pad_batch(items, tok.pad_token_id)
+    assert packed["input_ids"].shape[0] == 1
+    assert packed["input_ids"].shape[1] == sum(len(i["input_ids"]) for i in items)  # no padding
+    assert packed["position_ids"][0].tolist().count(0) == len(items)  # positions restart
+    with torch.no_grad():
+        a = model(**packed, use_cache=False).loss
+        b = model(**padded, use_cache=False).loss
+    assert float(a) == pytest.approx(float(b), abs=1e-5)
+
+
+def test_packing_without_restarts_would_differ(tiny_model_dir: Path, tok) -> None:
+    """The equality above is not an accident: attending across examples changes the loss."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    items = [tokenize_example(tok, MULTI), tokenize_example(tok, MULTI)]
+    packed = pack_batch(items)
+    leaky = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
+    with torch.no_grad():
+        a = model(**packed, use_cache=False).loss
+        assert abs(float(a) - float(model(**leaky, use_cache=False).loss)) > 1e-4

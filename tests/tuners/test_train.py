@@ -1,0 +1,151 @@
+"""The training entry point on a tiny random llama: every method, guards, artifacts, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from agent.errors import SelfloopError
+from tuners import TrainingAborted, TuneConfig, train
+
+TOY = [
+    {
+        "id": f"t{i}",
+        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+    }
+    for i, (q, a) in enumerate(
+        [
+            ("Capital of France?", "Paris."),
+            ("Two plus two?", "Four."),
+            ("Colour of the sky?", "Blue."),
+            ("Opposite of hot?", "Cold."),
+            ("First letter of the alphabet?", "A."),
+            ("Largest planet?", "Jupiter."),
+        ]
+    )
+]
+
+
+class Snapshot(TrainerCallback):
+    """Records which parameters changed between the start and the end of training."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        after = dict(model.named_parameters())
+        self.changed = {n for n, t in self.before.items() if not torch.equal(t, after[n].detach())}
+
+
+def cfg(method: str, **kw) -> TuneConfig:
+    lr = {"lora": 5e-3, "prefix": 1e-1, "full": 2e-3}[method]
+    base = dict(
+        method=method,
+        max_steps=16,
+        batch_size=3,
+        learning_rate=lr,
+        save_steps=100,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        lora_dropout=0.0,
+        max_seq_len=128,
+    )
+    return TuneConfig(**{**base, **kw})
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix", "full"])
+def test_each_method_learns_the_toy_set(tiny_model_dir: Path, tmp_path: Path, method: str) -> None:
+    snap = Snapshot()
+    out = tmp_path / "out"
+    r = train(str(tiny_model_dir), TOY, out, cfg(method), callbacks=[snap])
+    losses = [loss for _, loss in r.losses]
+    assert r.steps == 16 and len(losses) == 16
+    assert _mean(losses[-3:]) < 0.8 * _mean(losses[:3]), losses
+    assert snap.changed == snap.trainable  # every trainable tensor moved, nothing else did
+    if method == "full":
+        assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    else:
+        assert (out / "adapter_config.json").is_file() and (
+            out / "adapter_model.safetensors"
+        ).is_file()
+        total = sum(p.numel() for p in snap.before.values())
+        assert r.trainable_params < total / 2  # the base stayed frozen
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 16 and metrics["data_sha256"] == r.data_sha256 and r.tokens > 0
+    card = (out / "README.md").read_text()
+    assert f"method: {method}" in card and r.data_sha256 in card
+    assert not out.with_name("out.checkpoints").exists()  # cleaned up after success
+
+
+def test_lora_adapter_loads_and_changes_generation(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from agent.backends import SamplingParams, user
+    from agent.backends.hf import TransformersGenerator
+
+    train(str(tiny_model_dir), TOY, tmp_path / "a", cfg("lora", max_steps=30))
+    g = TransformersGenerator(str(tiny_model_dir))
+    g.load_adapter(tmp_path / "a", "a")
+    q = [user("Capital of France?")]
+    tuned = g.generate(q, SamplingParams(max_tokens=4), adapter="a")[0].text
+    assert tuned.startswith("Paris")  # memorized
+    assert g.generate(q, SamplingParams(max_tokens=4))[0].text != tuned
+
+
+def test_warm_start_continues_from_an_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    first = train(str(tiny_model_dir), TOY, tmp_path / "r1", cfg("lora", max_steps=8))
+    second = train(
+        str(tiny_model_dir),
+        TOY,
+        tmp_path / "r2",
+        cfg("lora", max_steps=8),
+        init_adapter=tmp_path / "r1",
+    )
+    assert second.losses[0][1] < first.losses[0][1]  # starts where round 1 left off
+
+
+def test_refuses_to_overwrite(tiny_model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "done").mkdir()
+    with pytest.raises(SelfloopError, match="refusing to overwrite"):
+        train(str(tiny_model_dir), TOY, tmp_path / "done", cfg("lora"))
+
+
+def test_guards_before_any_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SelfloopError, match="training data is empty"):
+        train(str(tiny_model_dir), [], tmp_path / "a", cfg("lora"))
+    with pytest.raises(SelfloopError, match="exceeds the model's context of 512"):
+        train(str(tiny_model_dir), TOY, tmp_path / "b", cfg("lora", max_seq_len=4096))
+    with pytest.raises(SelfloopError, match="exceed tune.max_seq_len of 16"):
+        train(str(tiny_model_dir), TOY, tmp_path / "c", cfg("lora", max_seq_len=16))
+    with pytest.raises(SelfloopError, match="qlora needs a CUDA GPU"):
+        train(
+            str(tiny_model_dir),
+            TOY,
+            tmp_path / "d",
+            cfg("lora").model_copy(update={"method": "qlora"}),
+        )
+    assert not any(p.name in "abcd" for p in tmp_path.iterdir())
+
+
+def test_exploding_gradient_aborts_without_artifact(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingAborted, match="gradient norm"):
+        train(str(tiny_model_dir), TOY, tmp_path / "x", cfg("lora", abort_grad_norm=1e-6))
+    assert not (tmp_path / "x").exists()
+
+
+def test_non_finite_loss_aborts_without_artifact(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingAborted, match="loss is nan|gradient norm (nan|inf)|non-finite"):
+        train(
+            str(tiny_model_dir),
+            TOY,
+            tmp_path / "x",
+            cfg("full", learning_rate=1e30, max_grad_norm=1e30, abort_grad_norm=1e38),
+        )
+    assert not (tmp_path / "x").exists()

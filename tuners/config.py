@@ -1,0 +1,77 @@
+"""Training settings: the `tune:` config section, one typed model for every method."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Method = Literal["lora", "prefix", "full", "qlora"]
+
+
+class TuneConfig(BaseModel):
+    """How a round fine-tunes the model. Fields of other methods are ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = Field("lora", description="lora | prefix | full | qlora (CUDA only).")
+    # LoRA / QLoRA
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules LoRA wraps: 'all-linear' or a list of module names."
+    )
+    # prefix tuning
+    num_virtual_tokens: int = Field(
+        16, ge=1, description="prefix: learned virtual tokens per layer."
+    )
+    # optimisation
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak LR; default 2e-4 for lora/qlora, 1e-2 for prefix, 2e-5 for full.",
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored if max_steps > 0).")
+    max_steps: int = Field(0, ge=0, description="Optimizer steps; 0 = derive from epochs.")
+    batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_len: int = Field(
+        1024, ge=8, description="Longest example in tokens; longer ones are an error."
+    )
+    packing: bool = Field(
+        True,
+        description="Padding-free batches: examples concatenated in one row, positions restart per "
+        "example, no attention across examples.",
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    abort_grad_norm: float = Field(
+        1e4, gt=0, description="A pre-clip gradient norm above this aborts the run (exploding)."
+    )
+    seed: int = Field(0, description="Seed for init, data order and dropout.")
+    # checkpoints and logging
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    logging_steps: int = Field(1, ge=1, description="Log loss every N optimizer steps.")
+    # hardware
+    bf16: Literal["auto", True, False] = Field(
+        "auto", description="bfloat16 mixed precision; auto = on where CUDA supports it."
+    )
+    gradient_checkpointing: Literal["auto", True, False] = Field(
+        "auto", description="Trade compute for memory; auto = on for CUDA, off on CPU."
+    )
+    # rounds
+    warm_start: bool = Field(
+        True,
+        description="Continue from the champion adapter (true) or train a fresh adapter from the "
+        "base on the accumulated pool (false). Default true: a round adds a little data, and "
+        "continuing keeps what earlier rounds learned without re-paying for the whole pool.",
+    )
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return {"lora": 2e-4, "qlora": 2e-4, "prefix": 1e-2, "full": 2e-5}[self.method]

@@ -1,0 +1,119 @@
+"""Chat examples -> token ids and labels, with the loss on assistant tokens only; the collators.
+
+An example is `{"messages": [{"role", "content"}, ...]}` (extra keys are carried along and ignored
+here). It is rendered with the model's own chat template. Each assistant turn is located by
+rendering the conversation up to that turn twice, with and without the answer: the tokens in
+between are the answer plus the end-of-turn marker, and only those carry labels. Every assistant
+turn of a multi-turn example is trained on. Prompt, system and user tokens are -100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from agent.errors import SelfloopError
+
+IGNORE = -100
+
+
+def _ids(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_example(tokenizer: Any, example: Mapping[str, Any], where: str = "") -> dict:
+    """{"input_ids", "labels"} for one chat example; labels are -100 outside assistant turns."""
+    messages = example.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise SelfloopError(f"{where}: example has no 'messages' list")
+    turns = [k for k, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not turns:
+        raise SelfloopError(f"{where}: example has no assistant message to learn from")
+    full = _ids(tokenizer, messages[: turns[-1] + 1], generation_prompt=False)
+    labels = [IGNORE] * len(full)
+    for k in turns:
+        before = _ids(tokenizer, messages[:k], generation_prompt=True)
+        through = _ids(tokenizer, messages[: k + 1], generation_prompt=False)
+        # Templates render a conversation prefix-stably; if one does not, masks would be wrong.
+        if full[: len(through)] != through or through[: len(before)] != before:
+            raise SelfloopError(
+                f"{where}: the chat template does not render turn {k} as a prefix of the whole "
+                "conversation; cannot locate the assistant tokens"
+            )
+        labels[len(before) : len(through)] = full[len(before) : len(through)]
+    return {"input_ids": full, "labels": labels}
+
+
+def tokenize_dataset(
+    tokenizer: Any, examples: Sequence[Mapping[str, Any]], max_seq_len: int, context: int | None
+) -> list[dict]:
+    """Tokenize all examples; an example over max_seq_len (or the model's context) is an error."""
+    if not examples:
+        raise SelfloopError("training data is empty: nothing to tune on")
+    limit = min(max_seq_len, context) if context else max_seq_len
+    out = []
+    too_long = []
+    for i, ex in enumerate(examples):
+        item = tokenize_example(tokenizer, ex, where=f"example {ex.get('id', i)}")
+        if len(item["input_ids"]) > limit:
+            too_long.append((ex.get("id", i), len(item["input_ids"])))
+        out.append(item)
+    if too_long:
+        first = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:3])
+        what = "tune.max_seq_len" if limit == max_seq_len else "the model's context"
+        raise SelfloopError(
+            f"{len(too_long)} example(s) exceed {what} of {limit} tokens: {first}; raise "
+            "tune.max_seq_len (within the context) or drop them"
+        )
+    return out
+
+
+def pack_batch(items: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Padding-free: all examples in one row, positions restart at 0 at each example.
+
+    transformers' attention masking detects the restarts in `position_ids` and builds a
+    block-diagonal causal mask, so no token attends across an example boundary - but only when
+    the forward pass runs without a KV cache (`use_cache=False`; `train` sets it). The first label
+    of each example is dropped to -100 so the shifted loss never predicts one example from the
+    previous one's last token.
+    """
+    ids, labels, pos = [], [], []
+    for it in items:
+        n = len(it["input_ids"])
+        ids += it["input_ids"]
+        labels += [IGNORE] + list(it["labels"][1:])
+        pos += list(range(n))
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([pos]),
+    }
+
+
+def pad_batch(items: Sequence[Mapping[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """The classic padded batch (right padding), for comparison and for packing=false."""
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_id)
+    labels = torch.full((len(items), width), IGNORE)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, it in enumerate(items):
+        n = len(it["input_ids"])
+        ids[r, :n] = torch.tensor(it["input_ids"])
+        labels[r, :n] = torch.tensor(it["labels"])
+        mask[r, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class Collator:
+    """Trainer data collator: packed or padded batches of tokenized examples."""
+
+    def __init__(self, packing: bool, pad_id: int) -> None:
+        self.packing, self.pad_id = packing, pad_id
+
+    def __call__(self, items: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return pack_batch(items) if self.packing else pad_batch(items, self.pad_id)
