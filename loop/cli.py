@@ -247,6 +247,21 @@ def tune(
 
 
 @app.command()
+def merge(
+    adapter: Annotated[Path, typer.Option(help="PEFT adapter directory (lora/qlora).")],
+    out: Annotated[Path, typer.Option(help="Where the merged model directory is written.")],
+    model: Annotated[str | None, typer.Option(help="The adapter's base model spec.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Merge an adapter into its base model and save a plain model directory."""
+    from tuners.export import merge_adapter
+
+    cfg = _config(config, set_, **{"model.name": model})
+    typer.echo(str(merge_adapter(cfg.model, adapter, out)))
+
+
+@app.command()
 def prepare(
     model: Annotated[
         str, typer.Argument(help="Model spec to resolve (GGUF files are converted once).")

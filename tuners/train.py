@@ -187,7 +187,7 @@ def train(
     `out_dir` must not exist yet: a finished artifact is never overwritten. `callbacks` are extra
     transformers `TrainerCallback`s (progress displays, tests).
     """
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     cfg = config or TuneConfig()
     out_dir = Path(out_dir)
@@ -285,6 +285,7 @@ def train(
         data_collator=collator,
         callbacks=[Guard(), *callbacks],
     )
+    trainer.remove_callback(PrinterCallback)  # Guard logs progress through `logging` instead
     tokens_per_epoch = sum(len(it["input_ids"]) for it in items)
     started = time.monotonic()
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

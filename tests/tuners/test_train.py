@@ -149,3 +149,22 @@ def test_non_finite_loss_aborts_without_artifact(tiny_model_dir: Path, tmp_path:
             cfg("full", learning_rate=1e30, max_grad_norm=1e30, abort_grad_norm=1e38),
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_merged_export_answers_like_base_plus_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from agent.backends import SamplingParams, user
+    from agent.backends.hf import TransformersGenerator
+    from tuners.export import merge_adapter
+
+    train(str(tiny_model_dir), TOY, tmp_path / "a", cfg("lora", max_steps=10))
+    merged = merge_adapter(str(tiny_model_dir), tmp_path / "a", tmp_path / "merged")
+    assert not (merged / "adapter_config.json").exists() and (merged / "config.json").is_file()
+    prompts = [user(q["messages"][0]["content"]) for q in TOY] + [user("Something new?")]
+    params = SamplingParams(max_tokens=8)
+    with_adapter = TransformersGenerator(str(tiny_model_dir))
+    with_adapter.load_adapter(tmp_path / "a", "a")
+    expected = [r.text for r in with_adapter.generate(prompts, params, adapter="a")]
+    got = [r.text for r in TransformersGenerator(str(merged)).generate(prompts, params)]
+    assert got == expected
+    with pytest.raises(SelfloopError, match="refusing to overwrite"):
+        merge_adapter(str(tiny_model_dir), tmp_path / "a", merged)
