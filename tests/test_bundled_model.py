@@ -73,3 +73,29 @@ def test_cli_generate_offline_with_the_bundled_model() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Rome" in out.stdout
+
+
+REAL_EXAMPLES = [
+    {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    for q, a in [
+        ("What is the boiling point of water at sea level?", "100 degrees Celsius (212 °F)."),
+        ("Give a synonym for 'happy'.", "Joyful."),
+        ("What does APR stand for in finance?", "Annual percentage rate."),
+        ("Name the largest ocean on Earth.", "The Pacific Ocean."),
+    ]
+]
+
+
+def test_lora_on_the_real_model(smol: TransformersGenerator, tmp_path) -> None:
+    from tuners import TuneConfig, train
+
+    cfg = TuneConfig(max_steps=3, batch_size=2, max_seq_len=256, save_steps=2)
+    r = train("smollm2-135m-instruct", REAL_EXAMPLES, tmp_path / "adapter", cfg)
+    assert r.steps == 3 and all(loss == loss and loss > 0 for _, loss in r.losses)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    smol.load_adapter(tmp_path / "adapter", "real")
+    out = smol.generate(
+        [user("Name the largest ocean on Earth.")], SamplingParams(max_tokens=20), adapter="real"
+    )
+    assert out[0].ok and out[0].completions[0].completion_tokens > 0
+    smol.unload_adapter("real")

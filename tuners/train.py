@@ -34,7 +34,7 @@ import torch
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from tuners.config import TuneConfig
-from tuners.data import Collator, tokenize_dataset
+from tuners.data import Collator, packed_loss, tokenize_dataset
 
 log = logging.getLogger(__name__)
 
@@ -283,17 +283,16 @@ def train(
         args=args,
         train_dataset=items,
         data_collator=collator,
+        compute_loss_func=packed_loss if packing else None,
         callbacks=[Guard(), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # Guard logs progress through `logging` instead
-    tokens_per_epoch = sum(len(it["input_ids"]) for it in items)
     started = time.monotonic()
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
     steps = trainer.state.global_step
     first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
-    done_share = (steps - first_step) / max(trainer.state.max_steps, 1)
-    tokens = int(tokens_per_epoch * trainer.state.num_train_epochs * done_share)
+    tokens = collator.tokens_seen  # this process, this run (skipped batches of a resume excluded)
     final_loss = history[-1][1] if history else float(out.training_loss)
     _check_finite(model)
     result = TrainResult(

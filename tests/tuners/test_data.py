@@ -9,7 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agent.errors import SelfloopError
-from tuners.data import IGNORE, pack_batch, pad_batch, tokenize_dataset, tokenize_example
+from tuners.data import (
+    IGNORE,
+    pack_batch,
+    packed_loss,
+    pad_batch,
+    tokenize_dataset,
+    tokenize_example,
+)
 
 MULTI = {
     "messages": [
@@ -88,10 +95,18 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir: Path, tok)
     assert packed["input_ids"].shape[0] == 1
     assert packed["input_ids"].shape[1] == sum(len(i["input_ids"]) for i in items)  # no padding
     assert packed["position_ids"][0].tolist().count(0) == len(items)  # positions restart
+    labels = packed.pop("labels")
     with torch.no_grad():
-        a = model(**packed, use_cache=False).loss
+        # Logits only where a trained token follows; the loss from those alone.
+        a = packed_loss(model(**packed, use_cache=False), labels)
         b = model(**padded, use_cache=False).loss
+        full = model(
+            **{k: v for k, v in packed.items() if k != "logits_to_keep"},
+            labels=labels,
+            use_cache=False,
+        )
     assert float(a) == pytest.approx(float(b), abs=1e-5)
+    assert float(full.loss) == pytest.approx(float(b), abs=1e-5)
 
 
 def test_packing_without_restarts_would_differ(tiny_model_dir: Path, tok) -> None:
@@ -99,6 +114,7 @@ def test_packing_without_restarts_would_differ(tiny_model_dir: Path, tok) -> Non
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     items = [tokenize_example(tok, MULTI), tokenize_example(tok, MULTI)]
     packed = pack_batch(items)
+    packed.pop("logits_to_keep")
     leaky = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
     with torch.no_grad():
         a = model(**packed, use_cache=False).loss
