@@ -1,0 +1,219 @@
+"""Seed pool: coverage counts, outputs pass their constraints, languages; loader errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from agent.errors import SelfloopError
+from agent.seeds import SeedTask, load_seed_tasks
+from judges import lang
+from judges.verifiable import check, render
+
+DOMAIN_MINIMUMS = {
+    "general": 8,
+    "writing": 8,
+    "reasoning": 8,
+    "math": 8,
+    "coding": 8,
+    "classification": 8,
+    "extraction": 8,
+    "healthcare": 12,
+    "law": 12,
+    "finance": 12,
+}
+MIN_LETTERS = 60  # shorter outputs ("Business", a list of dates) say too little about language
+
+
+@pytest.fixture(scope="module")
+def seeds() -> list[SeedTask]:
+    return load_seed_tasks()
+
+
+def _record(**overrides: object) -> dict:
+    rec = {
+        "id": "t-1",
+        "instruction": "Say hello.",
+        "input": "",
+        "output": "Hello!",
+        "domain": "general",
+        "language": "en",
+        "constraints": [],
+    }
+    rec.update(overrides)
+    return rec
+
+
+def _write(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_size_and_domain_coverage(seeds: list[SeedTask]) -> None:
+    assert len(seeds) >= 140
+    domains = Counter(t.domain for t in seeds)
+    short = {d: domains[d] for d, n in DOMAIN_MINIMUMS.items() if domains[d] < n}
+    assert not short, f"domains below their minimum: {short}"
+
+
+def test_language_coverage(seeds: list[SeedTask]) -> None:
+    languages = Counter(t.language for t in seeds)
+    assert languages["en"] >= 70
+    others = [code for code, n in languages.items() if code != "en" and n >= 6]
+    assert len(others) >= 4, languages
+
+
+def test_constraint_and_input_coverage(seeds: list[SeedTask]) -> None:
+    assert sum(bool(t.constraints) for t in seeds) >= 25
+    assert sum(bool(t.input.strip()) for t in seeds) >= 20
+
+
+def test_ids_unique(seeds: list[SeedTask]) -> None:
+    ids = [t.id for t in seeds]
+    assert len(ids) == len(set(ids))
+
+
+def test_reference_outputs_pass_their_constraints(seeds: list[SeedTask]) -> None:
+    failures = [
+        f"{t.id}: {r.type} ({r.reason})"
+        for t in seeds
+        for r in check(t.output, t.constraints)
+        if not r.passed
+    ]
+    assert not failures
+
+
+def test_constraints_are_stated_in_the_instruction(seeds: list[SeedTask]) -> None:
+    # English tasks carry `render(c)` verbatim; tasks in other languages state their constraints
+    # in that language (checked by reading them, not here).
+    missing = [
+        f"{t.id}: {render(c)!r}"
+        for t in seeds
+        if t.language == "en"
+        for c in t.constraints
+        if render(c) not in t.instruction
+    ]
+    assert not missing
+
+
+def test_outputs_are_in_their_tagged_language(seeds: list[SeedTask]) -> None:
+    wrong = []
+    for t in seeds:
+        if any(c["type"] == "json_format" for c in t.constraints):
+            continue  # keys and proper nouns, not prose
+        if lang.count_letters(lang.prose(t.output)) < MIN_LETTERS:
+            continue
+        found, p = lang.detect(t.output)
+        if not lang.same_language(t.language, found):
+            wrong.append(f"{t.id}: tagged {t.language}, detected {found} (p={p:.2f})")
+    assert not wrong
+
+
+def test_instructions_and_outputs_per_language(seeds: list[SeedTask]) -> None:
+    # Pooled per language, even short instructions and outputs give a confident detection.
+    pooled: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"instr": [], "out": []})
+    for t in seeds:
+        pooled[t.language]["instr"].append(t.instruction)
+        pooled[t.language]["out"].append(t.output)
+    for code, texts in pooled.items():
+        for kind, parts in texts.items():
+            found, _ = lang.detect("\n".join(parts))
+            assert lang.same_language(code, found), f"{code} {kind}: detected {found}"
+
+
+def test_bundled_file_is_package_data() -> None:
+    from importlib import resources
+
+    assert resources.files("agent.seeds").joinpath("seed_tasks.jsonl").is_file()
+
+
+def test_user_file_replaces_bundled_pool(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        [
+            json.dumps(_record()),
+            "",
+            json.dumps(
+                _record(
+                    id="t-2",
+                    output="hi there",
+                    constraints=[{"type": "lowercase"}],
+                    language="fr",
+                    domain="custom",
+                )
+            ),
+        ],
+    )
+    tasks = load_seed_tasks(path)
+    assert [t.id for t in tasks] == ["t-1", "t-2"]
+    assert tasks[0].constraints == [] and tasks[1].constraints == [{"type": "lowercase"}]
+
+
+def test_input_and_constraints_default_to_empty(tmp_path: Path) -> None:
+    rec = _record()
+    del rec["input"], rec["constraints"]
+    (task,) = load_seed_tasks(_write(tmp_path, [json.dumps(rec)]))
+    assert task.input == "" and task.constraints == []
+
+
+@pytest.mark.parametrize(
+    ("lines", "where", "what"),
+    [
+        ([json.dumps(_record()), '{"id": "t-2", "instruction": '], ":2:", "not valid JSON"),
+        (
+            [json.dumps({k: v for k, v in _record().items() if k != "output"})],
+            ":1:",
+            "output: Field required",
+        ),
+        (
+            [json.dumps(_record()), json.dumps(_record(instruction="Again.")), "", "[1]"],
+            ":2:",
+            "duplicate id 't-1' (first used on line 1)",
+        ),
+        (["", "", json.dumps(_record(domain=" "))], ":3:", "domain: Value error"),
+        ([json.dumps(_record(colour="red"))], ":1:", "colour: unknown key"),
+        ([json.dumps(_record(language="english"))], ":1:", "ISO 639-1"),
+        ([json.dumps(_record(input=3))], ":1:", "input: Input should be a valid string"),
+        ([json.dumps([1, 2])], ":1:", "expected a JSON object"),
+        (
+            [json.dumps(_record(constraints=[{"type": "max_lines", "value": 3}]))],
+            ":1:",
+            "unknown type 'max_lines'",
+        ),
+        (
+            [json.dumps(_record(constraints=[{"type": "max_words"}]))],
+            ":1:",
+            "missing 'value'",
+        ),
+        (
+            [json.dumps(_record(constraints=[{"type": "lowercase"}]))],
+            ":1:",
+            "output fails its own constraint 'lowercase'",
+        ),
+    ],
+)
+def test_bad_records_name_file_and_line(
+    tmp_path: Path, lines: list[str], where: str, what: str
+) -> None:
+    path = _write(tmp_path, lines)
+    with pytest.raises(SelfloopError) as info:
+        load_seed_tasks(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}{where} "), message
+    assert what in message
+    assert "\n" not in message
+
+
+def test_missing_and_empty_files(tmp_path: Path) -> None:
+    with pytest.raises(SelfloopError, match="seed file not found"):
+        load_seed_tasks(tmp_path / "nope.jsonl")
+    with pytest.raises(SelfloopError, match="no seed tasks"):
+        load_seed_tasks(_write(tmp_path, [""]))
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes('{"id": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(SelfloopError, match="not UTF-8"):
+        load_seed_tasks(bad)
