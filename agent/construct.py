@@ -1,0 +1,284 @@
+"""Data construction: self-instruct proposals, Evol-Instruct mutations, sampled responses.
+
+`propose` shows the model k tasks from the seed pool plus m accepted in earlier rounds (Self-
+Instruct's 6 + 2 by default), asks for new ones, and parses the numbered list robustly. Every
+proposal keeps its provenance: round, the ids of the examples shown, model, sampling settings,
+finish reason. The domain and language of each call are drawn from configurable weights, so the
+mix of proposals can be steered. Optional mutation operators rewrite accepted instructions to be
+harder, more specific, or moved to another domain or language.
+
+`respond` samples n responses per instruction from any Generator: the student itself, or a
+teacher (a bigger local model, a vLLM server, a hosted endpoint) for distillation. Choosing the
+best of n is the judges' job; this stage only records candidates and where they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.backends.base import Generator, SamplingParams
+
+log = logging.getLogger(__name__)
+
+Mutation = Literal["harder", "specific", "domain", "language"]
+LANGUAGE_NAMES = {
+    "en": "English", "es": "Spanish", "fr": "French", "de": "German", "pt": "Portuguese",
+    "it": "Italian", "zh": "Chinese", "ja": "Japanese", "ru": "Russian", "ar": "Arabic",
+}  # fmt: skip
+MUTATION_PROMPTS = {
+    "harder": "Rewrite the task below so that it is harder: it should need more steps of reasoning "
+    "or more expertise, while staying clear and answerable in text.",
+    "specific": "Rewrite the task below so that it is more specific: add concrete details, a "
+    "situation or a precise requirement.",
+    "domain": "Rewrite the task below as a similar task in the field of {domain}.",
+    "language": "Rewrite the task below in {language}, adapting it naturally to that language.",
+}
+_ITEM = re.compile(
+    r"^\s*(?:[-*#>]+\s*)?(?:\*\*)?(?:task|instruction|question)?\s*(\d{1,3})\s*[.):\-]\s*(?:\*\*)?\s*(.*)$",
+    re.I,
+)
+_BULLET = re.compile(r"^\s*[-*•]\s+(.+)$")
+_LEAD = re.compile(r"^(?:instruction|task|question)\s*:\s*", re.I)
+
+
+class ProposeConfig(BaseModel):
+    """Self-instruct proposal settings (the `propose:` config section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calls: int = Field(8, ge=1, description="Generation calls per round.")
+    tasks_per_call: int = Field(8, ge=1, le=30, description="New tasks asked for per call.")
+    seed_examples: int = Field(6, ge=0, description="Examples shown from the seed pool (k).")
+    pool_examples: int = Field(
+        2, ge=0, description="Examples shown from earlier accepted tasks (m)."
+    )
+    temperature: float = Field(0.9, ge=0, description="Sampling temperature for proposals.")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(400, ge=16, description="Longest proposal reply.")
+    domains: dict[str, float] = Field(
+        default_factory=dict,
+        description="Weights steering each call to a domain (e.g. {healthcare: 2, general: 1}); "
+        "empty = no steering, the shown examples set the mix.",
+    )
+    languages: dict[str, float] = Field(
+        default_factory=lambda: {"en": 1.0}, description="Weights steering each call's language."
+    )
+    mutations: list[Mutation] = Field(
+        default_factory=list, description="Evol-Instruct operators applied to accepted tasks."
+    )
+    mutation_share: float = Field(
+        0.0, ge=0, le=1, description="Share of calls that mutate instead."
+    )
+    seed: int = Field(0, description="Seed for example choice and steering draws.")
+
+
+def parse_numbered_list(text: str, truncated: bool = False) -> list[str]:
+    """Tasks from a model's numbered list, tolerant of junk lines, repeats and other formats.
+
+    Accepts `1. x`, `1) x`, `Task 1: x`, `**1.** x`, and falls back to `- x` bullets. Lines
+    that continue an item are joined to it. A reply cut off at the token limit loses its last
+    item (it is probably incomplete). Exact repeats are dropped; order is kept.
+    """
+    items: list[list[str]] = []
+    open_item = False  # a blank line closes an item: what follows is chatter, not a continuation
+    for line in text.splitlines():
+        m = _ITEM.match(line)
+        if m:  # a new item (its text may follow on the next line)
+            items.append([m.group(2).strip()] if m.group(2).strip() else [])
+            open_item = True
+        elif not line.strip():
+            open_item = bool(items) and not items[-1]  # "1." alone may be followed by a blank
+        elif open_item and not line.strip().endswith(":"):
+            items[-1].append(line.strip())
+    joined = [" ".join(parts) for parts in items]
+    if not any(joined):
+        joined = [m.group(1).strip() for m in map(_BULLET.match, text.splitlines()) if m]
+    if truncated and joined:
+        joined = joined[:-1]
+    out, seen = [], set()
+    for it in joined:
+        it = _LEAD.sub("", it.strip().strip("*").strip())
+        if len(it.split()) < 2 or it.lower() in seen:
+            continue
+        seen.add(it.lower())
+        out.append(it)
+    return out
+
+
+def _weighted(rng: random.Random, weights: Mapping[str, float]) -> str | None:
+    keys = [k for k, w in weights.items() if w > 0]
+    return rng.choices(keys, [weights[k] for k in keys])[0] if keys else None
+
+
+def proposal_prompt(
+    shown: Sequence[Mapping[str, Any]], n_new: int, domain: str | None, language: str | None
+) -> list[dict]:
+    lines = [f"{k + 1}. {_task_text(t)}" for k, t in enumerate(shown)]
+    where = f" in the field of {domain}" if domain else ""
+    lang = LANGUAGE_NAMES.get(language or "en", language)
+    in_lang = f", written in {lang}" if language and language != "en" else ""
+    text = (
+        "Here are some example tasks that a user might give an AI assistant:\n\n"
+        + "\n".join(lines)
+        + f"\n\nWrite {n_new} new tasks{where}{in_lang}. Make them diverse, different from the "
+        "examples, self-contained and answerable in text (no images, files or web browsing). "
+        "Write them as a numbered list, one task per line, and nothing else."
+    )
+    return [{"role": "user", "content": text}]
+
+
+def _task_text(t: Mapping[str, Any]) -> str:
+    text = " ".join(str(t["instruction"]).split())
+    extra = " ".join(str(t.get("input") or "").split())
+    return f"{text} {extra}" if extra else text
+
+
+def propose(
+    generator: Generator,
+    seeds: Sequence[Mapping[str, Any]],
+    accepted: Sequence[Mapping[str, Any]],
+    config: ProposeConfig,
+    round_index: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """New task proposals with provenance, and counts (calls, parsed, failed, per domain...)."""
+    if not seeds and not accepted:
+        from agent.errors import SelfloopError
+
+        raise SelfloopError("no seed tasks and no accepted tasks to show the model")
+    rng = random.Random(f"{config.seed}-{round_index}")
+    prompts, plans = [], []
+    mutate = [
+        c
+        for c in range(config.calls)
+        if config.mutations and accepted and rng.random() < config.mutation_share
+    ]
+    for c in range(config.calls):
+        domain = _weighted(rng, config.domains)
+        language = _weighted(rng, config.languages)
+        if c in mutate:
+            op = rng.choice(config.mutations)
+            base = rng.choice(list(accepted))
+            target = {
+                "domain": domain or "healthcare",
+                "language": LANGUAGE_NAMES.get(language or "es", "Spanish"),
+            }
+            instruction = MUTATION_PROMPTS[op].format(**target)
+            text = (
+                f"{instruction}\n\nTask: {_task_text(base)}\n\nReply with the rewritten task only."
+            )
+            prompts.append([{"role": "user", "content": text}])
+            plans.append(
+                {
+                    "kind": "mutation",
+                    "op": op,
+                    "shown": [base["id"]],
+                    "domain": domain,
+                    "language": language,
+                }
+            )
+            continue
+        shown = rng.sample(list(seeds), min(config.seed_examples, len(seeds)))
+        shown += rng.sample(list(accepted), min(config.pool_examples, len(accepted)))
+        prompts.append(proposal_prompt(shown, config.tasks_per_call, domain, language))
+        plans.append(
+            {
+                "kind": "self_instruct",
+                "shown": [str(t["id"]) for t in shown],
+                "domain": domain,
+                "language": language,
+            }
+        )
+    params = SamplingParams(
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=rng.randrange(2**31),
+    )
+    results = generator.generate(prompts, params)
+    proposals: list[dict[str, Any]] = []
+    stats = {"calls": len(prompts), "backend_errors": 0, "empty_parses": 0, "truncated": 0}
+    for call, (plan, res) in enumerate(zip(plans, results)):
+        if not res.ok:
+            stats["backend_errors"] += 1
+            log.warning("proposal call %d failed: %s", call, res.error)
+            continue
+        comp = res.completions[0]
+        truncated = comp.finish_reason == "length"
+        stats["truncated"] += truncated
+        if plan["kind"] == "mutation":
+            tasks = (
+                [_LEAD.sub("", comp.text.strip().splitlines()[0].strip())]
+                if comp.text.strip()
+                else []
+            )
+        else:
+            tasks = parse_numbered_list(comp.text, truncated=truncated)
+        if not tasks:
+            stats["empty_parses"] += 1
+        for k, task in enumerate(tasks):
+            proposals.append({
+                "id": f"r{round_index:03d}-c{call:03d}-{k:02d}",
+                "instruction": task,
+                "input": "",
+                "domain": plan["domain"],
+                "language": plan["language"] or "en",
+                "round": round_index,
+                "stage": "propose",
+                "source": "self",
+                "method": plan["kind"] if plan["kind"] != "mutation" else f"evol:{plan['op']}",
+                "shown_ids": plan["shown"],
+                "model": generator.model_name,
+                "sampling": params.model_dump(mode="json"),
+                "finish_reason": comp.finish_reason,
+            })  # fmt: skip
+    stats["proposals"] = len(proposals)
+    return proposals, stats
+
+
+def respond(
+    generator: Generator,
+    tasks: Sequence[Mapping[str, Any]],
+    params: SamplingParams,
+    *,
+    adapter: str | None = None,
+    source: str = "self",
+    round_index: int | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`params.n` responses per task, each a record with provenance; failed requests are counted."""
+    prompts = [[{"role": "user", "content": _user_text(t)}] for t in tasks]
+    if not prompts:
+        return [], {"tasks": 0, "responses": 0, "backend_errors": 0}
+    results = generator.generate(prompts, params, adapter=adapter)
+    out, errors = [], 0
+    model = generator.model_name if adapter is None else f"{generator.model_name}+{adapter}"
+    carried = ("instruction", "input", "domain", "language", "constraints")
+    for t, msgs, res in zip(tasks, prompts, results):
+        if not res.ok:
+            errors += 1
+            continue
+        for k, c in enumerate(res.completions):
+            out.append({
+                **{key: t[key] for key in carried if key in t},
+                "id": f"{t['id']}-s{k}",
+                "instruction_id": t["id"],
+                "response": c.text,
+                "messages": [*msgs, {"role": "assistant", "content": c.text}],
+                "finish_reason": c.finish_reason,
+                "completion_tokens": c.completion_tokens,
+                "round": round_index if round_index is not None else t.get("round"),
+                "stage": "respond",
+                "source": source,
+                "model": model,
+                "sampling": params.model_dump(mode="json"),
+            })  # fmt: skip
+    return out, {"tasks": len(tasks), "responses": len(out), "backend_errors": errors}
+
+
+def _user_text(t: Mapping[str, Any]) -> str:
+    return f"{t['instruction']}\n\n{t['input']}" if t.get("input") else str(t["instruction"])
