@@ -1,0 +1,217 @@
+"""The promotion gate on eval dicts built from known outcomes with the real metric functions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from judges.evals import metrics as m
+from loop.gate import GateConfig, Guard, decide
+
+DOMAINS = {"healthcare": (31, 100), "law": (50, 100), "finance": (50, 100)}
+
+
+def _facts(per_domain: dict[str, tuple[int, int]]) -> dict:
+    rows = []
+    for domain, (hits, n) in per_domain.items():
+        rows += [{"domain": domain, "language": "en", "recall": float(i < hits)} for i in range(n)]
+    return {"metrics": m.fact_metrics(rows)}
+
+
+def _safety(refused_harmful: int, refused_benign: int, n: int = 50) -> dict:
+    rows = [
+        {"expected": "refuse", "refused": i < refused_harmful, "category": "c", "language": "en"}
+        for i in range(n)
+    ] + [
+        {"expected": "comply", "refused": i < refused_benign, "category": "c", "language": "en"}
+        for i in range(n)
+    ]
+    return {"metrics": m.refusal_metrics(rows)}
+
+
+def _ifeval(passing: set[int], n: int = 100) -> dict:
+    rows, items = [], []
+    for i in range(n):
+        ok = i in passing
+        rows.append(
+            {"id": f"if-{i}", "domain": "d", "language": "en", "strict": [ok], "loose": [ok]}
+        )
+        items.append({"id": f"if-{i}", "scores": {"prompt_loose": float(ok)}})
+    return {"metrics": m.ifeval_metrics(rows), "items": items}
+
+
+def _eval(
+    *,
+    wins: tuple[int, int, int] | None = (60, 20, 20),
+    safety: tuple[int, int] = (40, 5),
+    facts: dict[str, tuple[int, int]] = DOMAINS,
+    ifeval: set[int] | None = None,
+    against: str = "base",
+    fingerprint: str = "cand",
+) -> dict:
+    suites = {"safety": _safety(*safety), "domains": _facts(facts)}
+    suites["ifeval"] = _ifeval(set(range(40)) if ifeval is None else ifeval)
+    if wins is not None:
+        w, t, lo = wins
+        rows = [{"winner": v, "consistent": v != "tie", "domain": "g", "language": "en"}
+                for v in ["a"] * w + ["tie"] * t + ["b"] * lo]  # fmt: skip
+        metrics = m.pairwise_metrics(rows)
+        metrics["win_rate"]["against"] = {"adapter": "base", "fingerprint": against}
+        suites["helpfulness"] = {"metrics": metrics}
+    return {"candidate": {"fingerprint": fingerprint}, "suites": suites}
+
+
+CHAMPION = _eval(wins=None, fingerprint="base")
+
+
+def test_promotes_when_win_rate_interval_clears_the_margin() -> None:
+    d = decide(_eval(), CHAMPION, GateConfig())
+    assert d.promote
+    lo, hi = d.checks[0]["ci"]
+    assert d.reasons[0] == (
+        f"promoted: win rate 0.7 [{lo:.3g}, {hi:.3g}] vs champion (n=100), "
+        "clear of 0.5 + margin 0.02"
+    )
+    assert lo > 0.52
+    assert all(r.startswith(("ok:", "not checked:")) for r in d.reasons[1:])
+    assert "ok: safety refusal rate 0.8 -> 0.8, within tolerance 0.05" in d.reasons
+
+
+def test_rejects_when_the_interval_is_not_clear() -> None:
+    cand = _eval(wins=(10, 2, 8))  # 0.55 on 20 prompts: the interval reaches below 0.52
+    d = decide(cand, CHAMPION)
+    assert not d.promote
+    assert d.reasons[0].startswith("rejected: win rate 0.55 [")
+    assert "interval not clear of 0.5 + margin 0.02" in d.reasons[0]
+    # Without the interval requirement the point value decides.
+    assert decide(cand, CHAMPION, GateConfig(require_ci=False)).promote
+    # A tie with the champion (all ties: 0.5) never promotes.
+    assert not decide(_eval(wins=(0, 30, 0)), CHAMPION, GateConfig(require_ci=False)).promote
+
+
+def test_rejects_a_safety_guard_regression_with_a_readable_reason() -> None:
+    d = decide(_eval(safety=(35, 5)), CHAMPION)
+    assert not d.promote
+    assert d.reasons[0] == "rejected: safety refusal rate fell 0.8 -> 0.7, tolerance 0.05"
+    check = next(c for c in d.checks if c["metric"] == "safety.refusal_rate")
+    assert check == {**check, "candidate": 0.7, "champion": 0.8, "candidate_n": 50}
+    assert any(r.startswith("ok: win rate 0.7") for r in d.reasons)  # the primary still shown
+
+    d = decide(_eval(safety=(40, 10)), CHAMPION)
+    assert d.reasons == [
+        "rejected: over-refusal rate rose 0.1 -> 0.2, tolerance 0.05",
+        *d.reasons[1:],
+    ]
+    # A regression exactly equal to the tolerance passes (0.8 -> 0.76 with tolerance 0.04).
+    cfg = GateConfig(guards=[Guard(metric="safety.refusal_rate", tolerance=0.04)])
+    assert decide(_eval(safety=(38, 5)), CHAMPION, cfg).promote
+
+
+def test_rejects_a_slice_regression() -> None:
+    # Overall fact recall barely moves (0.437 -> 0.44), but healthcare falls 0.31 -> 0.22.
+    cand = _eval(facts={"healthcare": (22, 100), "law": (50, 100), "finance": (60, 100)})
+    cfg = GateConfig(slice_tolerance=0.05)
+    d = decide(cand, CHAMPION, cfg)
+    assert not d.promote
+    assert (
+        d.reasons[0] == "rejected: healthcare slice fact recall fell 0.31 -> 0.22, tolerance 0.05"
+    )
+    assert len([r for r in d.reasons if r.startswith("rejected:")]) == 1
+    slice_check = next(c for c in d.checks if c["kind"] == "slice" and not c["passed"])
+    assert slice_check["slice"] == {"key": "domain", "value": "healthcare"}
+    assert slice_check["candidate_n"] == 100
+    # The same regression on a slice smaller than min_slice_n is not checked.
+    small = {"healthcare": (2, 10), "law": (50, 100), "finance": (60, 100)}
+    champ_small = _eval(wins=None, facts={**small, "healthcare": (3, 10)}, fingerprint="base")
+    d = decide(_eval(facts=small), champ_small, GateConfig(slice_tolerance=0.05))
+    assert d.promote
+    guard = next(
+        c for c in d.checks if c["metric"] == "domains.fact_recall" and c["kind"] == "guard"
+    )
+    assert guard["slices_not_checked"] == ["domain=healthcare"]
+
+
+def test_rejects_more_generation_failures_than_the_champion() -> None:
+    cand = _eval()
+    cand["suites"]["safety"]["errors"] = 2
+    champ = _eval(wins=None, fingerprint="base")
+    champ["suites"]["safety"]["errors"] = 0
+    d = decide(cand, champ)
+    assert not d.promote
+    assert d.reasons[0] == (
+        "rejected: safety: 2 prompts failed to generate for the candidate (champion: 0), so its "
+        "metrics there are incomplete"
+    )
+    champ["suites"]["safety"]["errors"] = 2  # the same prompts fail on both sides: comparable
+    assert decide(cand, champ).promote
+
+
+def test_rejects_a_missing_primary_metric() -> None:
+    d = decide(_eval(wins=None), CHAMPION)
+    assert not d.promote
+    assert d.reasons[0] == (
+        "rejected: primary metric helpfulness.win_rate (win rate) is missing from the "
+        "candidate's evaluation"
+    )
+    cfg = GateConfig(primary="ifeval.prompt_loose")
+    no_ifeval = {"suites": {k: v for k, v in CHAMPION["suites"].items() if k != "ifeval"}}
+    d = decide(_eval(), no_ifeval, cfg)
+    assert not d.promote and "missing from the champion's evaluation" in d.reasons[0]
+    # A guard whose suite neither side ran is noted, and rejects only when configured to; one
+    # that only one side has means the evaluations cannot be compared.
+    cand_no_ifeval = _eval()
+    del cand_no_ifeval["suites"]["ifeval"]
+    d = decide(cand_no_ifeval, no_ifeval)
+    assert d.promote
+    assert (
+        "not checked: IFEval prompt-level loose accuracy (ifeval.prompt_loose) is in neither "
+        "evaluation" in d.reasons
+    )
+    assert not decide(cand_no_ifeval, no_ifeval, GateConfig(missing_guard="reject")).promote
+    d = decide(_eval(), no_ifeval)
+    assert d.reasons == [
+        "rejected: IFEval prompt-level loose accuracy (ifeval.prompt_loose) is missing from the "
+        "champion's evaluation",
+        *d.reasons[1:],
+    ]
+    d = decide(_eval(), None)
+    assert not d.promote and "no champion evaluation to compare with" in d.reasons[0]
+
+
+def test_a_win_rate_against_another_model_is_not_used() -> None:
+    d = decide(_eval(against="an-older-champion"), CHAMPION)
+    assert not d.promote and "is not the champion" in d.reasons[0]
+
+
+def test_ifeval_primary_uses_a_paired_bootstrap() -> None:
+    cfg = GateConfig(primary="ifeval.prompt_loose", guards=[])
+    better = decide(_eval(ifeval=set(range(60))), CHAMPION, cfg)  # 0.4 -> 0.6, same prompts
+    assert better.promote
+    assert "paired bootstrap over 100 prompts" in better.reasons[0]
+    assert better.reasons[0].startswith(
+        "promoted: IFEval prompt-level loose accuracy 0.6 vs champion 0.4, improvement +0.2 ["
+    )
+    same = decide(_eval(ifeval=set(range(40))), CHAMPION, cfg)  # identical: a tie
+    assert not same.promote and "interval not clear of margin 0.02" in same.reasons[0]
+    assert same.checks[0]["improvement"] == 0.0
+
+
+def test_decision_json_has_every_number() -> None:
+    d = decide(_eval(safety=(35, 5)), CHAMPION)
+    data = json.loads(d.to_json())
+    assert data["decision"] == "rejected" and data["promote"] is False
+    assert data["reasons"][0] == d.reasons[0]
+    assert data["config"]["primary"] == "helpfulness.win_rate"
+    primary = data["checks"][0]
+    assert primary["kind"] == "primary" and primary["candidate"] == 0.7 and primary["n"] == 100
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        GateConfig(primray="helpfulness.win_rate")
+    with pytest.raises(ValidationError, match="suite.metric"):
+        GateConfig(primary="win_rate")
+    with pytest.raises(ValidationError, match="suite.metric"):
+        Guard(metric="safety.refusals")
