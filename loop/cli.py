@@ -246,6 +246,94 @@ def tune(
     typer.echo(json.dumps(result.to_dict()))
 
 
+@app.command("run")
+def run_cmd(
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML config (default: the CPU quickstart).")
+    ] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default: runs/<timestamp>).")
+    ] = None,
+) -> None:
+    """Run self-improvement rounds unattended (no arguments: the quickstart, bundled models)."""
+    import time
+
+    from loop.config import load_config
+    from loop.graph import run
+
+    if config is not None and "=" in config.name and not config.exists():
+        overrides, config = [str(config), *(overrides or [])], None
+    cfg = load_config(config, overrides or [])
+    run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    typer.echo(f"run directory: {run_dir}")
+    state = run(cfg, run_dir)
+    _print_end(run_dir, state)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory to continue.")],
+    config: Annotated[Path | None, typer.Option(help="A changed config to continue with.")] = None,
+    allow_config_change: Annotated[
+        bool, typer.Option(help="Accept a config that differs.")
+    ] = False,
+) -> None:
+    """Continue a run from its last checkpoint (after a kill, a stop or a review pause)."""
+    from loop.graph import resume as do_resume
+
+    state = do_resume(run_dir, allow_config_change=allow_config_change, config_path=config)
+    _print_end(run_dir, state)
+
+
+def _print_end(run_dir: Path, state: dict) -> None:
+    if state.get("stop"):
+        typer.echo(f"finished: {state['stop']}; champion: {state.get('champion') or 'base model'}")
+    else:
+        typer.echo(
+            f"paused in round {state.get('round')}; continue with `selfloop resume {run_dir}`"
+        )
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Where a run is, its champion, and one row per finished round."""
+    from loop.rundir import RunDir
+
+    rd = RunDir(run_dir)
+    if not rd.config_path.exists():
+        raise SelfloopError(f"{run_dir} is not a selfloop run directory (no config.yaml)")
+    champ = rd.champion()
+    typer.echo(
+        f"run {run_dir}: champion {champ.relative_to(rd.root.resolve()) if champ else 'base model'}"
+    )
+    for m in rd.read_metrics():
+        dec = m.get("decision", {})
+        kept = m.get("dedup", {}).get("kept", 0)
+        loss = m.get("tune", {}).get("final_loss")
+        loss_s = f"{loss:.3f}" if loss is not None else "-"
+        typer.echo(
+            f"round {m['round']:>3}: kept {kept:>4}  loss {loss_s:>6}  {dec.get('decision', '-'):9}"
+            f"  {(dec.get('reasons') or [''])[0]}"
+        )
+    rounds = (
+        sorted(p.name for p in (rd.root / "rounds").glob("[0-9]*"))
+        if (rd.root / "rounds").exists()
+        else []
+    )
+    done = {f"{m['round']:03d}" for m in rd.read_metrics()}
+    for r in rounds:
+        if r not in done:
+            stages = [
+                p.name
+                for p in sorted((rd.root / "rounds" / r).iterdir())
+                if not p.name.startswith(".")
+            ]
+            typer.echo(
+                f"round {int(r):>3}: in progress (done: {', '.join(stages) or 'nothing yet'})"
+            )
+
+
 @app.command()
 def merge(
     adapter: Annotated[Path, typer.Option(help="PEFT adapter directory (lora/qlora).")],
@@ -293,9 +381,6 @@ def _placeholder(name: str, issue: int, what: str) -> None:
 
 
 for _name, _issue, _what in [
-    ("run", 7, "run self-improvement rounds"),
-    ("resume", 7, "resume a run"),
-    ("status", 7, "where a run is"),
     ("show", 7, "what a round did"),
     ("report", 7, "plots and an HTML report"),
     ("export", 7, "export a round's adapter or merged model"),

@@ -8,15 +8,99 @@ model to use, how to run it, how to sample and how to fine-tune.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.backends import BackendConfig, SamplingParams
+from agent.construct import ProposeConfig
 from agent.errors import SelfloopError, describe_validation
 from agent.models import ModelSpec
+from judges.dedup import DedupConfig
+from judges.filters import FilterConfig
+from judges.llm_judge import JudgeConfig
+from judges.safety import SafetyConfig
+from loop.gate import GateConfig
 from tuners.config import TuneConfig
+
+
+class RunConfig(BaseModel):
+    """When rounds stop, where their data comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_rounds: int = Field(3, ge=1, description="Stop after this many rounds.")
+    patience: int = Field(2, ge=1, description="Stop after this many rejected rounds in a row.")
+    target_metric: str | None = Field(
+        None,
+        description="Stop once the champion's eval reaches target_value on this metric "
+        "(a dotted path into eval.json, e.g. suites.ifeval.metrics.prompt_loose.overall.value).",
+    )
+    target_value: float | None = Field(None, description="See target_metric.")
+    min_new_examples: int = Field(
+        2, ge=0, description="Stop when a round keeps fewer new examples (nothing left to learn)."
+    )
+    sources: list[Literal["self_instruct", "teacher", "import"]] = Field(
+        default_factory=lambda: ["self_instruct"],
+        description="Where a round's candidates come from; mixable. self_instruct: the student "
+        "proposes and answers; teacher: the teacher answers the proposals; import: files below.",
+    )
+    import_files: list[Path] = Field(
+        default_factory=list,
+        description="Expert data (Alpaca/ShareGPT/messages...) added in round 1.",
+    )
+    seeds_file: Path | None = Field(
+        None, description="Seed tasks JSONL (default: the bundled 169)."
+    )
+    review: bool = Field(False, description="Pause after dedup for human review (selfloop review).")
+    recursion_limit: int = Field(10_000, ge=50, description="LangGraph step limit (safety net).")
+
+
+class RespondConfig(BaseModel):
+    """How responses are written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(2, ge=1, description="Responses per instruction; the judge keeps the best.")
+    sampling: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(max_tokens=192, temperature=0.7, top_p=0.95),
+        description="Sampling for responses (n is taken from respond.n).",
+    )
+    teacher: ModelSpec | None = Field(None, description="Teacher model for the teacher source.")
+    teacher_backend: BackendConfig | None = Field(None, description="How the teacher runs.")
+
+
+class LoopJudgeConfig(BaseModel):
+    """The judge stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rubric: JudgeConfig = Field(
+        default_factory=JudgeConfig, description="Scoring mode and retries."
+    )
+    min_score: float = Field(
+        2.5, ge=1, le=5, description="Best-of-n responses scoring lower are dropped."
+    )
+    model: ModelSpec | None = Field(None, description="Judge model; default the student itself.")
+
+
+class EvalConfig(BaseModel):
+    """Held-out evaluation of each candidate against the champion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suites: list[str] = Field(
+        default_factory=lambda: ["ifeval", "helpfulness", "domains", "multilingual", "safety"],
+        description="Bundled suites to run.",
+    )
+    limit_per_suite: int | None = Field(
+        24,
+        ge=1,
+        description="Evaluate on N prompts per suite, spread over its slices; null = every prompt "
+        "(~520; right on a GPU, about an hour per model on 2 CPU cores).",
+    )
+    max_tokens: int = Field(160, ge=8, description="Longest evaluation answer (greedy).")
 
 
 class SelfloopConfig(BaseModel):
@@ -29,7 +113,16 @@ class SelfloopConfig(BaseModel):
     sampling: SamplingParams = Field(
         default_factory=SamplingParams, description="Default sampling for generation."
     )
+    run: RunConfig = Field(default_factory=RunConfig, description="Rounds and data sources.")
+    propose: ProposeConfig = Field(default_factory=ProposeConfig, description="Self-instruct.")
+    respond: RespondConfig = Field(default_factory=RespondConfig, description="Responses.")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="Heuristic filters.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Safety pass.")
+    judge: LoopJudgeConfig = Field(default_factory=LoopJudgeConfig, description="LLM judge.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="FAISS dedup.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="How rounds fine-tune.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion rule.")
 
 
 class ConfigError(SelfloopError):

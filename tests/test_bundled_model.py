@@ -99,3 +99,27 @@ def test_lora_on_the_real_model(smol: TransformersGenerator, tmp_path) -> None:
     )
     assert out[0].ok and out[0].completions[0].completion_tokens > 0
     smol.unload_adapter("real")
+
+
+def test_one_real_round_end_to_end(tmp_path) -> None:
+    """The whole loop once on the bundled SmolLM2 and MiniLM, offline, with small settings."""
+    import json
+
+    from loop.config import load_config
+    from loop.graph import run
+
+    cfg = load_config(None, [
+        "run.max_rounds=1", "propose.calls=2", "propose.tasks_per_call=4", "propose.max_tokens=160",
+        "respond.n=2", "respond.sampling.max_tokens=48", "judge.min_score=1.0",
+        "tune.max_steps=2", "tune.batch_size=2", "eval.limit_per_suite=2", "eval.max_tokens=24",
+    ])  # fmt: skip
+    state = run(cfg, tmp_path / "run")
+    assert state["stop"] == "max_rounds (1) reached"
+    r1 = tmp_path / "run" / "rounds" / "001"
+    proposed = [json.loads(x) for x in (r1 / "propose" / "proposed.jsonl").read_text().splitlines()]
+    assert proposed, "the real model proposed no parseable tasks"
+    assert all(p["model"] == "smollm2-135m-instruct" and len(p["shown_ids"]) == 6 for p in proposed)
+    decision = json.loads((r1 / "decision.json").read_text())
+    assert decision["reasons"]
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["propose"]["calls"] == 2 and "filter" in metrics and "judge" in metrics

@@ -1,0 +1,167 @@
+"""The LangGraph state machine that drives rounds, with SQLite checkpoints for resume.
+
+    propose -> respond -> filter -> judge -> dedup -> review -> tune -> evaluate -> gate
+        -> promote | reject -> next -> propose (next round) | END
+
+State holds JSON primitives only (strict msgpack can load every checkpoint); data lives in the
+run directory. `run` starts a run; `resume` continues one with `graph.invoke(None, config)` on
+the same thread, never re-sending the initial input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.errors import SelfloopError
+from loop import nodes
+from loop.config import SelfloopConfig, dump_config, load_config
+from loop.nodes import Context, LoopState
+from loop.rundir import RunDir, config_hash
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
+
+STAGES = ["propose", "respond", "filter", "judge", "dedup", "review", "tune", "evaluate", "gate"]
+_NODES: dict[str, Callable[[Context, LoopState], dict]] = {
+    "propose": nodes.propose,
+    "respond": nodes.respond,
+    "filter": nodes.filter_stage,
+    "judge": nodes.judge,
+    "dedup": nodes.dedup_stage,
+    "review": nodes.review,
+    "tune": nodes.tune,
+    "evaluate": nodes.evaluate,
+    "gate": nodes.gate,
+    "promote": nodes.promote,
+    "reject": nodes.reject,
+    "next": nodes.next_round,
+}
+
+
+class Stopping(SelfloopError):
+    """SIGINT/SIGTERM arrived; the run stopped at a safe point and can be resumed."""
+
+
+def build_graph(ctx: Context, checkpointer: Any) -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    g = StateGraph(LoopState)
+
+    def wrap(name: str, fn: Callable[[Context, LoopState], dict]) -> Callable[[LoopState], dict]:
+        def node(state: LoopState) -> dict:
+            if ctx.stop_requested:
+                raise Stopping(
+                    f"stopped before {name} of round {state.get('round')}; resume to go on"
+                )
+            return fn(ctx, state)
+
+        return node
+
+    for name, fn in _NODES.items():
+        g.add_node(name, wrap(name, fn))
+    g.add_edge(START, "propose")
+    for a, b in zip(STAGES, STAGES[1:]):
+        if a != "dedup":
+            g.add_edge(a, b)
+    # A round that kept nothing new has nothing to tune on: it is rejected straight away.
+    g.add_conditional_edges(
+        "dedup", lambda s: "review" if s.get("kept", 0) > 0 else "reject", ["review", "reject"]
+    )
+    g.add_conditional_edges(
+        "gate",
+        lambda s: "promote" if s.get("decision") == "promoted" else "reject",
+        ["promote", "reject"],
+    )
+    g.add_edge("promote", "next")
+    g.add_edge("reject", "next")
+    g.add_conditional_edges("next", lambda s: END if s.get("stop") else "propose", ["propose", END])
+    return g.compile(checkpointer=checkpointer)
+
+
+def _open(run_dir: Path, cfg: SelfloopConfig) -> tuple[RunDir, Context, Any, Any]:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    rd = RunDir(run_dir)
+    rd.lock()
+    ctx = Context(cfg, rd)
+    ctx.stop_requested = False
+    conn = sqlite3.connect(str(rd.checkpoints), check_same_thread=False)
+    saver = SqliteSaver(conn)
+    return rd, ctx, saver, conn
+
+
+def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dict:
+    rd, ctx, saver, conn = _open(run_dir, cfg)
+    graph = build_graph(ctx, saver)
+    config = {
+        "configurable": {"thread_id": rd.root.name},
+        "recursion_limit": cfg.run.recursion_limit,
+    }
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("received %s: stopping after the current stage", signal.Signals(signum).name)
+        ctx.stop_requested = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        state = graph.invoke(first_input, config, durability="sync")
+        snapshot = graph.get_state(config)
+        if snapshot.next:  # paused (human review)
+            log.info("paused before %s; see %s", snapshot.next, rd.root)
+        return dict(state)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        ctx.release()
+        conn.close()
+        rd.unlock()
+
+
+def run(cfg: SelfloopConfig, run_dir: str | Path) -> dict:
+    """Start a new run in `run_dir` (which must not hold one already)."""
+    rd = RunDir(run_dir)
+    if rd.checkpoints.exists():
+        raise SelfloopError(f"{rd.root} already holds a run; use `selfloop resume {rd.root}`")
+    rd.root.mkdir(parents=True, exist_ok=True)
+    rd.save_config(dump_config(cfg))
+    return _invoke(
+        rd.root,
+        cfg,
+        {
+            "round": 1,
+            "champion": None,
+            "champion_round": None,
+            "rejections": 0,
+            "kept": 0,
+            "decision": None,
+            "stop": None,
+        },
+    )
+
+
+def resume(
+    run_dir: str | Path, allow_config_change: bool = False, config_path: str | Path | None = None
+) -> dict:
+    """Continue a run from its last checkpoint; a changed config is refused unless allowed."""
+    rd = RunDir(run_dir)
+    if not rd.checkpoints.exists() or not rd.config_path.exists():
+        raise SelfloopError(
+            f"{rd.root} holds no run to resume (no checkpoints.sqlite / config.yaml)"
+        )
+    saved = rd.config_path.read_text()
+    cfg = load_config(config_path or rd.config_path)
+    if config_path is not None and config_hash(dump_config(cfg)) != config_hash(saved):
+        if not allow_config_change:
+            raise SelfloopError(
+                f"{config_path} differs from the config this run started with ({rd.config_path}); "
+                "pass --allow-config-change to resume with it anyway"
+            )
+        (rd.root / "config.changes.log").open("a").write(f"resumed with {config_path}\n")
+        rd.config_path.write_text(dump_config(cfg))
+    return _invoke(rd.root, cfg, None)

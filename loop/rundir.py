@@ -1,0 +1,157 @@
+"""The run directory: layout, one-process lock, atomic stage outputs, resolved config, champion.
+
+    RUN_DIR/config.yaml  checkpoints.sqlite  metrics.jsonl  pool.faiss  pool.jsonl
+    RUN_DIR/champion -> rounds/NNN/adapter      (absent while the base model is champion)
+    RUN_DIR/rounds/NNN/<stage>/...              each stage's outputs, renamed into place when done
+
+A stage writes into a temporary sibling directory and renames it to its final name, so a stage
+directory either exists complete or not at all; a node that finds its directory skips its work.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agent.errors import SelfloopError
+
+
+class RunLocked(SelfloopError):
+    """Another live process owns this run directory."""
+
+
+class RunDir:
+    """Paths and atomic operations of one run directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._lock_fd: int | None = None
+
+    # ---------------------------------------------------------------- layout
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints.sqlite"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def champion_link(self) -> Path:
+        return self.root / "champion"
+
+    def round_dir(self, n: int) -> Path:
+        return self.root / "rounds" / f"{n:03d}"
+
+    def stage_dir(self, n: int, stage: str) -> Path:
+        return self.round_dir(n) / stage
+
+    # ---------------------------------------------------------------- lock
+    def lock(self) -> None:
+        """Take the run's lock or fail naming the owner. The OS drops it when the owner dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(
+                f"run directory {self.root} is in use by {owner}; wait for it or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---------------------------------------------------------------- config
+    def save_config(self, text: str) -> str:
+        """Write the resolved config (only if absent) and return its hash."""
+        if not self.config_path.exists():
+            atomic_write(self.config_path, text)
+        return config_hash(self.config_path.read_text())
+
+    # ---------------------------------------------------------------- stages
+    def stage_done(self, n: int, stage: str) -> bool:
+        return self.stage_dir(n, stage).is_dir()
+
+    @contextmanager
+    def writing_stage(self, n: int, stage: str) -> Iterator[Path]:
+        """Yield a temporary directory that becomes `rounds/NNN/<stage>` when the block succeeds."""
+        final = self.stage_dir(n, stage)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{stage}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.rename(tmp, final)
+
+    # ---------------------------------------------------------------- champion
+    def champion(self) -> Path | None:
+        """The current champion adapter directory (None = the base model)."""
+        link = self.champion_link
+        return link.resolve() if link.is_symlink() or link.exists() else None
+
+    def set_champion(self, adapter_dir: Path) -> None:
+        """Point `champion` at `adapter_dir` atomically (a new symlink renamed over the old)."""
+        rel = os.path.relpath(adapter_dir, self.root)
+        tmp = self.root / f".champion.tmp-{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(rel, tmp)
+        os.replace(tmp, self.champion_link)
+
+    # ---------------------------------------------------------------- metrics
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.monotonic()
+    out = fn()
+    return out, time.monotonic() - t0

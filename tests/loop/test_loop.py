@@ -1,0 +1,169 @@
+"""The loop end to end on a tiny model: a real LangGraph run, its run dir, stop rules, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.data import read_jsonl, write_jsonl
+from loop.config import load_config
+from loop.graph import resume, run
+
+EXPERT = [
+    {
+        "instruction": "Name the largest planet in the solar system.",
+        "output": "Jupiter is the largest planet.",
+    },
+    {"instruction": "Give a synonym for the word quick.", "output": "Fast."},
+    {
+        "instruction": "What is the boiling point of water at sea level?",
+        "output": "100 degrees Celsius.",
+    },
+    {"instruction": "Translate the word cat into Spanish.", "output": "Gato."},
+    {
+        "instruction": "How many days are there in a leap year?",
+        "output": "A leap year has 366 days.",
+    },
+    {"instruction": "What colour do you get by mixing blue and yellow?", "output": "Green."},
+]
+
+
+def write_config(tmp: Path, model_dir: Path, **run_extra) -> Path:
+    data = tmp / "expert.jsonl"
+    write_jsonl(data, EXPERT)
+    cfg = {
+        "model": {"name": str(model_dir)},
+        "run": {
+            "max_rounds": 2,
+            "patience": 2,
+            "sources": ["import"],
+            "import_files": [str(data)],
+            "min_new_examples": 1,
+            **run_extra,
+        },
+        "respond": {"n": 1, "sampling": {"max_tokens": 8}},
+        "judge": {"min_score": 1.0},
+        "tune": {"max_steps": 3, "batch_size": 2, "max_seq_len": 256, "save_steps": 1},
+        "eval": {"limit_per_suite": 2, "max_tokens": 8},
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_model_dir))
+    rd = tmp_path / "run"
+    state = run(cfg, rd)
+    # Round 1 learns from the imported expert data; round 2 has nothing new, so the run stops.
+    assert (
+        state["stop"].startswith("nothing left to learn: round 2") or "max_rounds" in state["stop"]
+    )
+    r1 = rd / "rounds" / "001"
+    for stage in ("propose", "respond", "filter", "judge", "dedup", "evaluate"):
+        assert (r1 / stage).is_dir(), stage
+    assert len(read_jsonl(r1 / "respond" / "responses.jsonl")) == len(EXPERT)
+    kept = read_jsonl(r1 / "dedup" / "kept.jsonl")
+    assert kept and all(r["source"] == "human" for r in kept)
+    assert (r1 / "adapter" / "adapter_model.safetensors").is_file()
+    eval_json = json.loads((r1 / "evaluate" / "eval.json").read_text())
+    assert set(eval_json["suites"]) == {
+        "ifeval",
+        "helpfulness",
+        "domains",
+        "multilingual",
+        "safety",
+    }
+    decision = json.loads((r1 / "decision.json").read_text())
+    assert decision["decision"] in ("promoted", "rejected") and decision["reasons"]
+    metrics = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2]
+    assert metrics[0]["dedup"]["kept"] == len(kept) and metrics[0]["tune"]["steps"] == 3
+    assert metrics[1]["decision"]["reasons"][0].startswith("rejected: round 2 kept no new examples")
+    assert (rd / "config.yaml").is_file() and (rd / "checkpoints.sqlite").is_file()
+    if decision["decision"] == "promoted":
+        assert (rd / "champion").resolve() == (r1 / "adapter").resolve()
+        assert (rd / "pool.jsonl").read_text().count("\n") == len(kept)
+    shown = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "status", str(rd)], capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"kept {len(kept):>4}" in shown.stdout and decision["reasons"][0] in shown.stdout
+    assert "round   2:" in shown.stdout
+
+
+def test_second_run_in_same_dir_and_locks_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from agent.errors import SelfloopError
+    from loop.rundir import RunDir, RunLocked
+
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, max_rounds=1))
+    rd = tmp_path / "run"
+    run(cfg, rd)
+    with pytest.raises(SelfloopError, match="already holds a run"):
+        run(cfg, rd)
+    holder = RunDir(rd)
+    holder.lock()
+    try:
+        with pytest.raises(RunLocked, match=f"pid {os.getpid()}"):
+            resume(rd)
+    finally:
+        holder.unlock()
+
+
+def test_resume_refuses_a_changed_config(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from agent.errors import SelfloopError
+
+    path = write_config(tmp_path, tiny_model_dir, max_rounds=1)
+    rd = tmp_path / "run"
+    run(load_config(path), rd)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(path.read_text().replace("max_steps: 3", "max_steps: 4"))
+    with pytest.raises(SelfloopError, match="--allow-config-change"):
+        resume(rd, config_path=changed)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL a real `selfloop run` after round 1 judged, resume it, compare with a clean run."""
+    path = write_config(tmp_path, tiny_model_dir, max_rounds=1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loop.cli", "run", str(path), "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (killed / "rounds" / "001" / "judge").is_dir():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert not (killed / "rounds" / "001" / "evaluate").exists(), "the run finished before the kill"
+    done = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "resume", str(killed)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "finished: max_rounds" in done.stdout
+
+    clean = tmp_path / "clean"
+    run(load_config(path), clean)
+    for rel in ("rounds/001/dedup/kept.jsonl", "rounds/001/judge/judged.jsonl"):
+        assert (killed / rel).read_text() == (clean / rel).read_text(), rel
+    a = json.loads((killed / "rounds/001/decision.json").read_text())
+    b = json.loads((clean / "rounds/001/decision.json").read_text())
+    assert a["decision"] == b["decision"] and a["reasons"] == b["reasons"]
+    assert (killed / "metrics.jsonl").read_text().count("\n") == 1  # the round recorded once
