@@ -369,6 +369,131 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     typer.echo(dump_config(_config(config, set_)), nl=False)
 
 
+data_app = typer.Typer(
+    help="Import expert data and export a run's training data.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("import")
+def data_import(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Alpaca/ShareGPT/messages/Self-Instruct JSON(L), CSV, Parquet or HF dir."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where the validated examples go (messages JSONL).")],
+    fmt: Annotated[str, typer.Option("--format", help="auto or a format name.")] = "auto",
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="field=column (repeatable).")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Skip bad records (listed) instead of rejecting the file.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Validate expert data and write it as chat-messages JSONL (source: human)."""
+    from agent.formats import export_records, import_file
+
+    mapping = dict(m.split("=", 1) for m in map_ or [] if "=" in m)
+    if map_ and len(mapping) != len(map_):
+        raise SelfloopError("--map expects field=column")
+    result = import_file(path, fmt=fmt, mapping=mapping or None, skip_invalid=skip_invalid)
+    for where, why in result.skipped:
+        typer.echo(f"skipped {where}: {why}", err=True)
+    export_records(result.records, out, "messages", overwrite=overwrite)
+    typer.echo(
+        f"imported {len(result.records)} examples ({result.format}) from {path} -> {out}; "
+        f"skipped {len(result.skipped)}, duplicates {len(result.duplicates)}"
+    )
+
+
+@data_app.command("export")
+def data_export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    out: Annotated[Path, typer.Option(help="Output file or directory.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="messages | alpaca | sharegpt | hf | parquet.")
+    ] = "messages",
+    round_: Annotated[
+        int | None,
+        typer.Option("--round", help="One round's kept examples (default: all promoted)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Export the examples a run accepted (every promoted round, or one round's kept set)."""
+    from agent.data import read_jsonl
+    from agent.formats import export_records
+    from loop.nodes import _accepted
+    from loop.rundir import RunDir
+
+    rd = RunDir(run_dir)
+    if round_ is not None:
+        records = read_jsonl(rd.stage_dir(round_, "dedup") / "kept.jsonl")
+    else:
+        records = _accepted(rd)
+    if not records:
+        raise SelfloopError(f"{run_dir}: no accepted examples to export")
+    result = export_records(records, out, fmt, overwrite=overwrite)
+    typer.echo(
+        f"exported {result.written} examples to {out} ({fmt}); skipped {len(result.skipped)}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str | None, typer.Option(help="Base model spec.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="PEFT adapter to evaluate (default: the base).")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run", help="Evaluate this run's champion.")
+    ] = None,
+    suites: Annotated[
+        str, typer.Option(help="Comma-separated bundled suites.")
+    ] = "ifeval,helpfulness,domains,multilingual,safety",
+    limit: Annotated[int | None, typer.Option(help="Prompts per suite (default: all).")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 160,
+    against: Annotated[
+        str | None, typer.Option(help="Pairwise against 'base' or an adapter dir.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the full eval JSON here.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a model or adapter (or a run's champion) on held-out suites; print a table."""
+    from agent.backends.hf import TransformersGenerator
+    from judges.evals.runner import evaluate
+    from loop.rundir import RunDir, write_json
+
+    cfg = _config(config, set_, **{"model.name": model})
+    if run_dir is not None:
+        rd = RunDir(run_dir)
+        cfg = _config(rd.config_path, set_)
+        adapter = rd.champion()
+    gen = TransformersGenerator(cfg.model, batch_size=cfg.backend.batch_size)
+    names = [x.strip() for x in suites.split(",") if x.strip()]
+    ev = evaluate(
+        gen,
+        names,
+        adapter=adapter,
+        champion_adapter=against,
+        max_tokens=max_tokens,
+        limit_per_suite=limit,
+    )
+    for suite, data in ev["suites"].items():
+        for metric, v in data["metrics"].items():
+            o = v.get("overall", {})
+            ci = o.get("ci") or [None, None]
+            val = "-" if o.get("value") is None else f"{o['value']:.3f}"
+            rng = "" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+            typer.echo(f"{suite:13} {metric:20} {val:>7} {rng:18} n={o.get('n', 0)}")
+    if out is not None:
+        write_json(out, ev)
+        typer.echo(f"wrote {out}")
+
+
 def _placeholder(name: str, issue: int, what: str) -> None:
     def command(args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
         typer.echo(f"error: `selfloop {name}` is not built yet ({what}: issue #{issue})", err=True)
@@ -385,8 +510,6 @@ for _name, _issue, _what in [
     ("report", 7, "plots and an HTML report"),
     ("export", 7, "export a round's adapter or merged model"),
     ("review", 7, "human review of a round's kept examples"),
-    ("eval", 6, "evaluate a model on held-out suites"),
-    ("data", 3, "import and export training data"),
 ]:
     _placeholder(_name, _issue, _what)
 

@@ -38,7 +38,7 @@ def test_console_script_entry_point() -> None:
 
 
 @pytest.mark.parametrize(
-    "cmd, issue", [("run", 7), ("eval", 6), ("tune", 5), ("data", 3), ("status", 7)]
+    "cmd, issue", [("show", 7), ("report", 7), ("export", 7), ("review", 7)]
 )
 def test_placeholders_say_so_and_exit_2(monkeypatch, capsys, cmd: str, issue: int) -> None:
     code, _, err = run_cli(monkeypatch, capsys, cmd, "whatever", "--flag")
@@ -175,3 +175,41 @@ def test_shipped_presets_validate() -> None:
     assert presets, "configs/ has no presets"
     for p in presets:
         load_config(p)
+
+
+def test_data_import_writes_messages_and_rejects_bad_files(
+    monkeypatch, capsys, tmp_path: Path
+) -> None:
+    src = tmp_path / "alpaca.jsonl"
+    src.write_text(
+        '{"instruction": "Say hi", "input": "", "output": "Hi!"}\n'
+        '{"instruction": "Add 2 and 3", "input": "", "output": "5"}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    code, stdout, _ = run_cli(monkeypatch, capsys, "data", "import", str(src), "--out", str(out))
+    assert code == 0 and "imported 2 examples" in stdout
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert (
+        recs[0]["messages"][-1] == {"role": "assistant", "content": "Hi!"}
+        and recs[0]["source"] == "human"
+    )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"instruction": "Say hi", "output": "Hi"}\n{"instruction": "", "output": "x"}\n'
+    )
+    code, _, err = run_cli(
+        monkeypatch, capsys, "data", "import", str(bad), "--out", str(tmp_path / "o2.jsonl")
+    )
+    _assert_one_line_error(code, err, "bad.jsonl:2")
+    assert not (tmp_path / "o2.jsonl").exists()
+
+
+def test_eval_prints_a_table(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    code, stdout, _ = run_cli(
+        monkeypatch, capsys, "eval", "--model", str(tiny_model_dir), "--suites", "ifeval,safety",
+        "--limit", "2", "--max-tokens", "4", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    assert "ifeval" in stdout and "prompt_loose" in stdout and "refusal_rate" in stdout
+    assert set(json.loads(out.read_text())["suites"]) == {"ifeval", "safety"}
