@@ -128,12 +128,32 @@ class LLMJudge:
             return self._score_logprob(ids, prompts)
         return self._score_critique(ids, prompts)
 
-    def _score_logprob(self, ids: list[str], prompts: list) -> list[Judgement]:
+    def _logprob_rows(self, prompts: list, candidates: Sequence[str]) -> list[dict | str]:
+        """Next-token logprobs per prompt, or the error text for prompts that failed.
+
+        One bad prompt (say, over the judge's context) must not sink the whole batch: on a
+        batch failure the prompts are retried one by one so only the culprits fail."""
         try:
-            rows = self.gen.next_token_logprobs(prompts, DIGITS)
-        except SelfloopError as e:
-            return [Judgement(i, "backend_error", error=str(e)) for i in ids]
-        return [_expected_score(i, row) for i, row in zip(ids, rows)]
+            return list(self.gen.next_token_logprobs(prompts, candidates))
+        except SelfloopError as batch_error:
+            if len(prompts) == 1:
+                return [str(batch_error)]
+        out: list[dict | str] = []
+        for p in prompts:
+            try:
+                out.append(self.gen.next_token_logprobs([p], candidates)[0])
+            except SelfloopError as e:
+                out.append(str(e))
+        return out
+
+    def _score_logprob(self, ids: list[str], prompts: list) -> list[Judgement]:
+        rows = self._logprob_rows(prompts, DIGITS)
+        return [
+            Judgement(i, "backend_error", error=row)
+            if isinstance(row, str)
+            else _expected_score(i, row)
+            for i, row in zip(ids, rows)
+        ]
 
     def _score_critique(self, ids: list[str], prompts: list) -> list[Judgement]:
         out: list[Judgement | None] = [None] * len(ids)
@@ -178,12 +198,11 @@ class LLMJudge:
     def _verdicts(self, prompts: list) -> list[tuple[Verdict | None, str | None, Outcome]]:
         """One verdict per prompt, in the prompt's own A/B terms."""
         if self.config.mode == "logprob":
-            try:
-                rows = self.gen.next_token_logprobs(prompts, ("A", "B"))
-            except SelfloopError as e:
-                return [(None, str(e), "backend_error")] * len(prompts)
             out = []
-            for row in rows:
+            for row in self._logprob_rows(prompts, ("A", "B")):
+                if isinstance(row, str):
+                    out.append((None, row, "backend_error"))
+                    continue
                 a, b = row["A"], row["B"]
                 if math.isinf(a) and math.isinf(b):
                     out.append(

@@ -244,7 +244,9 @@ def judge(ctx: Context, state: LoopState) -> dict:
 
 
 def dedup_stage(ctx: Context, state: LoopState) -> dict:
+    from agent.seeds import load_seed_tasks
     from judges.dedup import dedup
+    from judges.evals import load_suite
 
     n = state["round"]
     if ctx.rundir.stage_done(n, "dedup"):
@@ -254,40 +256,51 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
     report = dedup(
         records, pool, ctx.cfg.dedup, scores={r["id"]: r["judge_score"] for r in records}
     )
-    contamination = _contamination(ctx, report.kept)
-    kept = [r for r in report.kept if r["id"] not in contamination and r["id"] not in pool]
+    # Eval prompts must never be trained on (contamination); a proposal that copies a seed task
+    # it was shown adds nothing (Self-Instruct compares against the seeds for the same reason).
+    evals = [r["prompt"] for s in ctx.cfg.eval.suites for r in load_suite(s)]
+    seeds = [t.instruction for t in load_seed_tasks(ctx.cfg.run.seeds_file)]
+    contaminated = _near(ctx, report.kept, evals)
+    copies = _near(ctx, [r for r in report.kept if r["id"] not in contaminated], seeds)
+    kept = [
+        r
+        for r in report.kept
+        if r["id"] not in contaminated and r["id"] not in copies and r["id"] not in pool
+    ]
     with ctx.rundir.writing_stage(n, "dedup") as out:
         write_jsonl(out / "kept.jsonl", kept)
         write_jsonl(out / "dropped.jsonl", report.dropped_records())
         write_json(
             out / "stats.json",
-            {"dedup": report.summary(), "contaminated": sorted(contamination), "kept": len(kept)},
+            {
+                "dedup": report.summary(),
+                "contaminated": contaminated,
+                "copies_seed": copies,
+                "kept": len(kept),
+            },
         )
     log.info(
-        "round %d dedup: %d kept (%d duplicates, %d near eval prompts)",
+        "round %d dedup: %d kept (%d duplicates, %d near eval prompts, %d copy seeds)",
         n,
         len(kept),
         len(report.dropped),
-        len(contamination),
+        len(contaminated),
+        len(copies),
     )
     return {"kept": len(kept)}
 
 
-def _contamination(ctx: Context, records: list[dict]) -> dict[str, float]:
-    """Training examples that near-duplicate an evaluation prompt: id -> similarity."""
+def _near(ctx: Context, records: list[dict], texts: list[str]) -> dict[str, float]:
+    """Records whose instruction is within the dedup threshold of any of `texts`: id -> sim."""
     import numpy as np
 
-    from judges.evals import load_suite
-
-    prompts = [r["prompt"] for s in ctx.cfg.eval.suites for r in load_suite(s)]
-    if not records or not prompts:
+    if not records or not texts:
         return {}
     emb = ctx.pool().embedder
     a = emb.encode([r["instruction"] for r in records])
-    b = emb.encode(prompts)
-    sims = (a @ b.T).max(axis=1)
+    sims = np.asarray((a @ emb.encode(texts).T).max(axis=1))
     return {
-        r["id"]: float(s) for r, s in zip(records, np.asarray(sims)) if s >= ctx.cfg.dedup.threshold
+        r["id"]: round(float(s), 4) for r, s in zip(records, sims) if s >= ctx.cfg.dedup.threshold
     }
 
 

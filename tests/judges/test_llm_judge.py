@@ -145,3 +145,17 @@ def test_parse_winner_cases() -> None:
     assert parse_winner("Reasoning...\nWinner: B") == "b"
     assert parse_winner("**Winner:** tie") == "tie"
     assert parse_winner("Both are fine.") is None
+
+
+def test_one_over_long_item_does_not_sink_the_batch(tiny) -> None:
+    long = {"id": "long", "instruction": "Summarize.", "response": "word " * 700}  # > 512 context
+    js = LLMJudge(tiny).score([*ITEMS, long])
+    assert [j.outcome for j in js] == ["ok", "ok", "ok", "backend_error"]
+    assert "context" in js[-1].error and js[-1].score is None
+    vs = LLMJudge(tiny).compare(
+        [
+            {"id": "p", "instruction": "x", "a": "word " * 700, "b": "y"},
+            {"id": "q", "instruction": "x", "a": "1", "b": "2"},
+        ]
+    )
+    assert vs[0].outcome == "backend_error" and vs[1].outcome == "ok"

@@ -36,9 +36,29 @@ EXPERT = [
 ]
 
 
+def _seed_copy() -> dict:
+    """A bundled seed task as an expert example (one the heuristic filters let through)."""
+    from agent.seeds import load_seed_tasks
+    from judges.filters import FilterChain
+
+    chain = FilterChain()
+    for t in load_seed_tasks():
+        rec = {"id": t.id, "instruction": t.instruction, "response": t.output, "language": "en"}
+        short = len(t.output.split()) < 30  # the judge prompt must fit the tiny model's 512 tokens
+        if (
+            t.language == "en"
+            and not t.input
+            and not t.constraints
+            and short
+            and chain.check(rec) is None
+        ):
+            return {"instruction": t.instruction, "output": t.output}
+    raise AssertionError("no seed passes the filters")
+
+
 def write_config(tmp: Path, model_dir: Path, **run_extra) -> Path:
     data = tmp / "expert.jsonl"
-    write_jsonl(data, EXPERT)
+    write_jsonl(data, [*EXPERT, _seed_copy()])
     cfg = {
         "model": {"name": str(model_dir)},
         "run": {
@@ -70,9 +90,16 @@ def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> No
     r1 = rd / "rounds" / "001"
     for stage in ("propose", "respond", "filter", "judge", "dedup", "evaluate"):
         assert (r1 / stage).is_dir(), stage
-    assert len(read_jsonl(r1 / "respond" / "responses.jsonl")) == len(EXPERT)
+    assert len(read_jsonl(r1 / "respond" / "responses.jsonl")) == len(EXPERT) + 1
     kept = read_jsonl(r1 / "dedup" / "kept.jsonl")
     assert kept and all(r["source"] == "human" for r in kept)
+    stats = json.loads((r1 / "dedup" / "stats.json").read_text())
+    copy_id = next(
+        r["id"]
+        for r in read_jsonl(r1 / "judge" / "judged.jsonl")
+        if r["instruction"] == _seed_copy()["instruction"]
+    )
+    assert list(stats["copies_seed"]) == [copy_id] and stats["copies_seed"][copy_id] > 0.99
     assert (r1 / "adapter" / "adapter_model.safetensors").is_file()
     eval_json = json.loads((r1 / "evaluate" / "eval.json").read_text())
     assert set(eval_json["suites"]) == {
