@@ -16,6 +16,17 @@ from typing import Any
 from agent.errors import SelfloopError
 
 
+def parse_object(line: str) -> dict[str, Any]:
+    """One JSONL line as a JSON object; ValueError saying what is wrong (callers add file:line)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
 def read_jsonl(path: str | Path, require_messages: bool = False) -> list[dict[str, Any]]:
     """All records of a JSONL file; blank lines are skipped; a bad line names file:line."""
     path = Path(path)
@@ -27,11 +38,9 @@ def read_jsonl(path: str | Path, require_messages: bool = False) -> list[dict[st
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SelfloopError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise SelfloopError(f"{path}:{n}: expected a JSON object")
+                rec = parse_object(line)
+            except ValueError as e:
+                raise SelfloopError(f"{path}:{n}: {e}") from None
             if require_messages:
                 _check_messages(rec.get("messages"), f"{path}:{n}")
             records.append(rec)

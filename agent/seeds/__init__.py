@@ -10,7 +10,6 @@ file stops a run before any model is loaded.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from importlib import resources
@@ -19,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent.data import parse_object
 from agent.errors import SelfloopError, describe_validation
 
 SEED_FILE = "seed_tasks.jsonl"
@@ -90,11 +90,9 @@ def _parse(lines: Iterable[str], label: str) -> Iterable[SeedTask]:
             continue
         where = f"{label}:{n}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SelfloopError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(record, dict):
-            raise SelfloopError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            record = parse_object(line)
+        except ValueError as e:
+            raise SelfloopError(f"{where}: {e}") from None
         try:
             task = SeedTask.model_validate(record)
         except ValidationError as e:

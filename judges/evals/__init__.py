@@ -18,13 +18,13 @@ loaded together (`load_suites`).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agent.data import parse_object
 from agent.errors import SelfloopError
 from judges import lang
 from judges.evals.facts import fact_match, missing_facts
@@ -91,12 +91,7 @@ def _check_field(key: str, value: Any) -> tuple[str, Any]:
 
 def _record(line: str, metric: str) -> dict[str, Any]:
     """One validated record from a JSONL line; ValueError with the problem."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(rec, dict):
-        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+    rec = parse_object(line)
     missing = [k for k in REQUIRED[metric] if k not in rec]
     if missing:
         needs = ", ".join(REQUIRED[metric])

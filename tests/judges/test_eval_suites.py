@@ -289,7 +289,7 @@ def test_constraints_are_normalized_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("lines", "metric", "where", "message"),
     [
-        ([GOOD, '{"id": "u-2", "prompt": '], "pairwise", 2, "invalid JSON"),
+        ([GOOD, '{"id": "u-2", "prompt": '], "pairwise", 2, "not valid JSON"),
         ([GOOD, "[1, 2]"], "pairwise", 2, "expected a JSON object"),
         ([{k: v for k, v in GOOD.items() if k != "reference"}], "pairwise", 1, "'reference'"),
         ([GOOD, GOOD], "pairwise", 2, "duplicate id 'u-1' (first at line 1)"),

@@ -37,9 +37,7 @@ def test_console_script_entry_point() -> None:
     assert out.returncode == 0 and "generate" in out.stdout
 
 
-@pytest.mark.parametrize(
-    "cmd, issue", [("show", 7), ("report", 7), ("export", 7), ("review", 7)]
-)
+@pytest.mark.parametrize("cmd, issue", [("show", 7), ("report", 7), ("export", 7), ("review", 7)])
 def test_placeholders_say_so_and_exit_2(monkeypatch, capsys, cmd: str, issue: int) -> None:
     code, _, err = run_cli(monkeypatch, capsys, cmd, "whatever", "--flag")
     assert code == 2 and "not built yet" in err and f"issue #{issue}" in err
