@@ -64,7 +64,7 @@ class RespondConfig(BaseModel):
 
     n: int = Field(2, ge=1, description="Responses per instruction; the judge keeps the best.")
     sampling: SamplingParams = Field(
-        default_factory=lambda: SamplingParams(max_tokens=192, temperature=0.7, top_p=0.95),
+        default_factory=lambda: SamplingParams(max_tokens=320, temperature=0.7, top_p=0.95),
         description="Sampling for responses (n is taken from respond.n).",
     )
     teacher: ModelSpec | None = Field(None, description="Teacher model for the teacher source.")
@@ -80,7 +80,15 @@ class LoopJudgeConfig(BaseModel):
         default_factory=JudgeConfig, description="Scoring mode and retries."
     )
     min_score: float = Field(
-        2.5, ge=1, le=5, description="Best-of-n responses scoring lower are dropped."
+        1.0, ge=1, le=5, description="Best-of-n responses scoring lower are dropped."
+    )
+    keep_top: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Keep only this top share of the best-of-n responses by score. A small model "
+        "judging itself scores on a compressed, shifted scale (SmolLM2-135M: ~1.5-2.2 of 5), so a "
+        "relative cut works where a fixed threshold keeps all or nothing.",
     )
     model: ModelSpec | None = Field(None, description="Judge model; default the student itself.")
 

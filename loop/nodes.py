@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, TypedDict
@@ -215,10 +216,14 @@ def judge(ctx: Context, state: LoopState) -> dict:
         else {"best": {}, "preference_pairs": [], "judgements": {}}
     )
     scores = {k: j.score for k, j in out_["judgements"].items()}
+    ranked = sorted(
+        ({**r, "judge_score": scores[r["id"]]} for r in out_["best"].values()),
+        key=lambda r: -r["judge_score"],
+    )
+    top = math.ceil(len(ranked) * ctx.cfg.judge.keep_top)
     best, low = [], []
-    for rec in out_["best"].values():
-        rec = {**rec, "judge_score": scores[rec["id"]]}
-        (best if rec["judge_score"] >= ctx.cfg.judge.min_score else low).append(rec)
+    for k, rec in enumerate(ranked):
+        (best if k < top and rec["judge_score"] >= ctx.cfg.judge.min_score else low).append(rec)
     with ctx.rundir.writing_stage(n, "judge") as out:
         write_jsonl(out / "judged.jsonl", best)
         write_jsonl(out / "low_score.jsonl", low)
@@ -229,15 +234,17 @@ def judge(ctx: Context, state: LoopState) -> dict:
                 "scores": summarize_scores(list(out_["judgements"].values())),
                 "best": len(out_["best"]),
                 "kept": len(best),
-                "below_min_score": len(low),
+                "dropped_low_score": len(low),
                 "min_score": ctx.cfg.judge.min_score,
+                "keep_top": ctx.cfg.judge.keep_top,
             },
         )
     log.info(
-        "round %d judge: %d best-of-n, %d at or above %.1f",
+        "round %d judge: %d best-of-n, %d kept (top %.0f%%, score >= %.1f)",
         n,
-        len(out_["best"]),
+        len(ranked),
         len(best),
+        100 * ctx.cfg.judge.keep_top,
         ctx.cfg.judge.min_score,
     )
     return {}

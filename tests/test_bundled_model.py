@@ -123,3 +123,5 @@ def test_one_real_round_end_to_end(tmp_path) -> None:
     assert decision["reasons"]
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["propose"]["calls"] == 2 and "filter" in metrics and "judge" in metrics
+    judged = metrics["judge"]
+    assert judged["kept"] == -(-judged["best"] // 2)  # keep_top 0.5 of best-of-n (scores >= 1)
