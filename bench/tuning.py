@@ -145,6 +145,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="Runs per variant, alternating; best kept."
+    )
     ap.add_argument("--variant", choices=["baseline", "candidate"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     examples = make_examples()
@@ -167,25 +170,30 @@ def main() -> None:
         f"{lengths[len(lengths) // 2]} max {lengths[-1]}; LoRA r=16 all-linear; batch "
         f"{args.batch_size}; {args.steps} optimizer steps"
     )
-    figures = {}
-    for variant in ("baseline", "candidate"):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--variant",
-            variant,
-            "--model",
-            args.model,
-            "--steps",
-            str(args.steps),
-            "--batch-size",
-            str(args.batch_size),
-        ]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit(f"{variant} failed:\n{run.stderr[-3000:]}")
-        figures[variant] = f = json.loads(run.stdout.strip().splitlines()[-1])
-        f["tps"] = f["tokens"] / f["seconds"]
+    figures: dict[str, dict] = {}
+    # Alternate the variants and keep each one's best run: a busy neighbour on a shared machine
+    # then slows both alike instead of whichever happened to run during the disturbance.
+    for _ in range(args.repeats):
+        for variant in ("baseline", "candidate"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--model",
+                args.model,
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit(f"{variant} failed:\n{run.stderr[-3000:]}")
+            f = json.loads(run.stdout.strip().splitlines()[-1])
+            f["tps"] = f["tokens"] / f["seconds"]
+            if variant not in figures or f["tps"] > figures[variant]["tps"]:
+                figures[variant] = f
     b, c = figures["baseline"], figures["candidate"]
     print(
         f"baseline  Trainer + peft, padded batches: {b['tokens']} tokens in {b['seconds']:.1f}s = "
