@@ -36,6 +36,13 @@ EXPERT = [
 ]
 
 
+# A paraphrase of the held-out helpfulness prompt help-005: must never be trained on.
+PLANTED = {
+    "instruction": "A train covers 180 km in 2.5 hours. What is its average speed?",
+    "output": "72 km/h.",
+}
+
+
 def _seed_copy() -> dict:
     """A bundled seed task as an expert example (one the heuristic filters let through)."""
     from agent.seeds import load_seed_tasks
@@ -58,7 +65,7 @@ def _seed_copy() -> dict:
 
 def write_config(tmp: Path, model_dir: Path, **run_extra) -> Path:
     data = tmp / "expert.jsonl"
-    write_jsonl(data, [*EXPERT, _seed_copy()])
+    write_jsonl(data, [*EXPERT, _seed_copy(), PLANTED])
     cfg = {
         "model": {"name": str(model_dir)},
         "run": {
@@ -90,7 +97,7 @@ def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> No
     r1 = rd / "rounds" / "001"
     for stage in ("propose", "respond", "filter", "judge", "dedup", "evaluate"):
         assert (r1 / stage).is_dir(), stage
-    assert len(read_jsonl(r1 / "respond" / "responses.jsonl")) == len(EXPERT) + 1
+    assert len(read_jsonl(r1 / "respond" / "responses.jsonl")) == len(EXPERT) + 2
     kept = read_jsonl(r1 / "dedup" / "kept.jsonl")
     assert kept and all(r["source"] == "human" for r in kept)
     stats = json.loads((r1 / "dedup" / "stats.json").read_text())
@@ -100,6 +107,13 @@ def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> No
         if r["instruction"] == _seed_copy()["instruction"]
     )
     assert list(stats["copies_seed"]) == [copy_id] and stats["copies_seed"][copy_id] > 0.99
+    planted_id = next(
+        r["id"]
+        for r in read_jsonl(r1 / "judge" / "judged.jsonl")
+        if r["instruction"] == PLANTED["instruction"]
+    )
+    assert planted_id in stats["contaminated"]  # the contamination guard, on by default
+    assert not set(stats["contaminated"]) & {r["id"] for r in kept}
     assert (r1 / "adapter" / "adapter_model.safetensors").is_file()
     eval_json = json.loads((r1 / "evaluate" / "eval.json").read_text())
     assert set(eval_json["suites"]) == {
