@@ -202,13 +202,29 @@ def propose(
     )
     results = generator.generate(prompts, params)
     proposals: list[dict[str, Any]] = []
-    stats = {"calls": len(prompts), "backend_errors": 0, "empty_parses": 0, "truncated": 0}
+    stats: dict[str, Any] = {
+        "calls": len(prompts),
+        "backend_errors": 0,
+        "empty_parses": 0,
+        "truncated": 0,
+    }
+    replies: list[
+        dict[str, Any]
+    ] = []  # the raw model replies, kept for inspection and parser tests
     for call, (plan, res) in enumerate(zip(plans, results)):
         if not res.ok:
             stats["backend_errors"] += 1
             log.warning("proposal call %d failed: %s", call, res.error)
             continue
         comp = res.completions[0]
+        replies.append(
+            {
+                "call": call,
+                "kind": plan["kind"],
+                "text": comp.text,
+                "finish_reason": comp.finish_reason,
+            }
+        )
         truncated = comp.finish_reason == "length"
         stats["truncated"] += truncated
         if plan["kind"] == "mutation":
@@ -238,6 +254,7 @@ def propose(
                 "finish_reason": comp.finish_reason,
             })  # fmt: skip
     stats["proposals"] = len(proposals)
+    stats["replies"] = replies
     return proposals, stats
 
 

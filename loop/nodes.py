@@ -97,6 +97,7 @@ def propose(ctx: Context, state: LoopState) -> dict:
     report = FilterChain(ctx.cfg.filters).run(proposals, instructions_only=True)
     with ctx.rundir.writing_stage(n, "propose") as out:
         write_jsonl(out / "proposed.jsonl", proposals)
+        write_jsonl(out / "replies.jsonl", stats.pop("replies", []))
         write_jsonl(out / "kept.jsonl", report.kept)
         write_jsonl(out / "rejected.jsonl", report.rejected_records())
         write_json(
