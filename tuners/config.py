@@ -32,7 +32,12 @@ class TuneConfig(BaseModel):
         gt=0,
         description="Peak LR; default 2e-4 for lora/qlora, 1e-2 for prefix, 2e-5 for full.",
     )
-    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored if max_steps > 0).")
+    epochs: float = Field(
+        3.0,
+        gt=0,
+        description="Passes over the data (ignored if max_steps > 0). 3 by default: a round keeps "
+        "tens of examples, and one pass is a step or two that barely moves the adapter.",
+    )
     max_steps: int = Field(0, ge=0, description="Optimizer steps; 0 = derive from epochs.")
     batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
