@@ -130,7 +130,13 @@ class SelfloopConfig(BaseModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="FAISS dedup.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="How rounds fine-tune.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
-    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion rule.")
+    gate: GateConfig = Field(
+        default_factory=lambda: GateConfig(primary="ifeval.prompt_loose"),
+        description="Promotion rule. The loop's default primary metric is the verifiable IFEval "
+        "pass rate, not the pairwise win rate: judged by the bundled SmolLM2-135M, every pair "
+        "flipped with the order (consistency 0 of 24 in a real quickstart round), so the win rate "
+        "is a constant 0.5 there. Use gate.primary=helpfulness.win_rate with a stronger model.",
+    )
 
 
 class ConfigError(SelfloopError):
