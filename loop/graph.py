@@ -90,7 +90,6 @@ def _open(run_dir: Path, cfg: SelfloopConfig) -> tuple[RunDir, Context, Any, Any
     rd = RunDir(run_dir)
     rd.lock()
     ctx = Context(cfg, rd)
-    ctx.stop_requested = False
     conn = sqlite3.connect(str(rd.checkpoints), check_same_thread=False)
     saver = SqliteSaver(conn)
     return rd, ctx, saver, conn

@@ -37,6 +37,7 @@ class Context:
 
     def __init__(self, cfg: SelfloopConfig, rundir: RunDir) -> None:
         self.cfg, self.rundir = cfg, rundir
+        self.stop_requested = False  # set by SIGINT/SIGTERM; checked between stages
         self._student = None
         self._pool = None
 

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -149,9 +149,3 @@ def atomic_write(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.monotonic()
-    out = fn()
-    return out, time.monotonic() - t0
