@@ -156,31 +156,22 @@ def _logprobs(
     prompt = gen.encode_prompt(messages)
     cont = gen.tokenizer(text, add_special_tokens=False)["input_ids"]
     rows = gen._score([prompt], [cont], adapter)[0]
-    content = []
-    for k, t in enumerate(cont):
-        entry = {"token": gen.tokenizer.decode([t]), "logprob": float(rows[k][t]), "bytes": None}
-        if top:
-            vals, ids = rows[k].topk(top)
-            entry["top_logprobs"] = [
+
+    def entry(token_id: int, row: Any, k: int) -> dict[str, Any]:
+        vals, ids = row.topk(k) if k else ([], [])
+        return {
+            "token": gen.tokenizer.decode([token_id]),
+            "logprob": float(row[token_id]),
+            "bytes": None,
+            "top_logprobs": [
                 {"token": gen.tokenizer.decode([int(i)]), "logprob": float(v), "bytes": None}
                 for v, i in zip(vals, ids)
-            ]
-        else:
-            entry["top_logprobs"] = []
-        content.append(entry)
+            ],
+        }
+
+    content = [entry(t, rows[k], top) for k, t in enumerate(cont)]
     if not cont:  # nothing generated: still report the first-token distribution judges ask for
-        vals, ids = rows[-1].topk(max(top, 1))
-        content.append(
-            {
-                "token": gen.tokenizer.decode([int(ids[0])]),
-                "logprob": float(vals[0]),
-                "bytes": None,
-                "top_logprobs": [
-                    {"token": gen.tokenizer.decode([int(i)]), "logprob": float(v), "bytes": None}
-                    for v, i in zip(vals, ids)
-                ],
-            }
-        )
+        content.append(entry(int(rows[-1].argmax()), rows[-1], max(top, 1)))
     return {"content": content}
 
 
