@@ -45,7 +45,7 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler()
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -300,9 +300,7 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     """Where a run is, its champion, and one row per finished round."""
     from loop.rundir import RunDir
 
-    rd = RunDir(run_dir)
-    if not rd.config_path.exists():
-        raise SelfloopError(f"{run_dir} is not a selfloop run directory (no config.yaml)")
+    rd = RunDir(run_dir).require_run()
     champ = rd.champion()
     typer.echo(
         f"run {run_dir}: champion {champ.relative_to(rd.root.resolve()) if champ else 'base model'}"
@@ -423,16 +421,12 @@ def data_export(
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Export the examples a run accepted (every promoted round, or one round's kept set)."""
-    from agent.data import read_jsonl
     from agent.formats import export_records
-    from loop.nodes import _accepted
+    from loop.nodes import accepted, round_kept
     from loop.rundir import RunDir
 
-    rd = RunDir(run_dir)
-    if round_ is not None:
-        records = read_jsonl(rd.stage_dir(round_, "dedup") / "kept.jsonl")
-    else:
-        records = _accepted(rd)
+    rd = RunDir(run_dir).require_run()
+    records = round_kept(rd, round_) if round_ is not None else accepted(rd)
     if not records:
         raise SelfloopError(f"{run_dir}: no accepted examples to export")
     result = export_records(records, out, fmt, overwrite=overwrite)
@@ -494,24 +488,104 @@ def eval_cmd(
         typer.echo(f"wrote {out}")
 
 
-def _placeholder(name: str, issue: int, what: str) -> None:
-    def command(args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
-        typer.echo(f"error: `selfloop {name}` is not built yet ({what}: issue #{issue})", err=True)
-        raise typer.Exit(2)
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    round_: Annotated[
+        int | None, typer.Option("--round", "-r", help="The round (default: the latest).")
+    ] = None,
+) -> None:
+    """What one round did: funnel with reasons, judge scores, samples, training, eval, decision."""
+    from loop.rundir import RunDir
+    from loop.show import render_round, round_numbers
 
-    command.__doc__ = f"[not built yet: issue #{issue}] {what}."
-    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        command
-    )
+    rd = RunDir(run_dir).require_run()
+    if round_ is None:
+        rounds = round_numbers(rd.root)
+        if not rounds:
+            raise SelfloopError(f"{run_dir} has no rounds yet")
+        round_ = rounds[-1]
+    typer.echo(render_round(rd.root, round_), nl=False)
 
 
-for _name, _issue, _what in [
-    ("show", 7, "what a round did"),
-    ("report", 7, "plots and an HTML report"),
-    ("export", 7, "export a round's adapter or merged model"),
-    ("review", 7, "human review of a round's kept examples"),
-]:
-    _placeholder(_name, _issue, _what)
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where the report goes (default RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Write PNG plots and an HTML page of every round (metrics, funnel, scores, training)."""
+    from loop.report import write_report
+    from loop.rundir import RunDir
+
+    rd = RunDir(run_dir).require_run()
+    typer.echo(f"wrote {write_report(rd.root, out)}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    out: Annotated[Path, typer.Option(help="Where the adapter or merged model is written.")],
+    round_: Annotated[
+        int | None, typer.Option("--round", "-r", help="That round's adapter (default: champion).")
+    ] = None,
+    merge_: Annotated[
+        bool, typer.Option("--merge", help="Merge into the base: a plain model directory.")
+    ] = False,
+) -> None:
+    """Export a round's adapter (default: the champion's), or merge it into the base model."""
+    from loop.config import load_config
+    from loop.rundir import RunDir
+    from tuners.export import copy_artifact, merge_adapter
+
+    rd = RunDir(run_dir).require_run()
+    if round_ is not None:
+        adapter = rd.round_dir(round_) / "adapter"
+        if not adapter.is_dir():
+            raise SelfloopError(f"{run_dir}: round {round_} has no adapter (not tuned yet?)")
+    else:
+        champ = rd.champion()
+        if champ is None:
+            raise SelfloopError(
+                f"{run_dir}: no round has been promoted (the base model is champion); "
+                "pass --round N to export a rejected round's adapter"
+            )
+        adapter = champ
+    if merge_:
+        written = merge_adapter(load_config(rd.config_path).model, adapter, out)
+    else:
+        written = copy_artifact(adapter, out)
+    typer.echo(f"exported {adapter.relative_to(rd.root.resolve())} -> {written}")
+
+
+@app.command("review")
+def review_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run paused for review.")],
+    accept: Annotated[
+        Path | None,
+        typer.Option(help="The edited review file (JSONL or CSV) to take back and resume."),
+    ] = None,
+) -> None:
+    """Human review: without --accept, say which files to edit; with it, take them and go on."""
+    from loop.graph import review as do_review
+    from loop.review import pending_review, review_paths
+    from loop.rundir import RunDir
+
+    rd = RunDir(run_dir).require_run()
+    if accept is None:
+        n = pending_review(rd)
+        if n is None:
+            raise SelfloopError(f"{run_dir} has no round waiting for review")
+        jsonl, csv_path = review_paths(rd, n)
+        typer.echo(
+            f"round {n} waits for review: edit {jsonl} or {csv_path} (delete a row to reject it, "
+            f"edit instruction/input/response to correct it), then run "
+            f"`selfloop review {run_dir} --accept FILE`"
+        )
+        return
+    state = do_review(rd.root, accept)
+    _print_end(run_dir, state)
 
 
 def main() -> None:

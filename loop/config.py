@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.backends import BackendConfig, SamplingParams
 from agent.construct import ProposeConfig
@@ -54,16 +54,10 @@ class RunConfig(BaseModel):
         None, description="Seed tasks JSONL (default: the bundled 169)."
     )
     review: bool = Field(
-        False, description="Pause after dedup for human review (not built yet: must stay false)."
+        False,
+        description="Pause after dedup for human review: the round's kept examples go to "
+        "rounds/NNN/review.jsonl and .csv; `selfloop review RUN_DIR --accept FILE` goes on.",
     )
-
-    @field_validator("review")
-    @classmethod
-    def _review_not_built(cls, v: bool) -> bool:
-        # The graph pauses, but `selfloop review --accept` that would let it go on is issue #7's.
-        if v:
-            raise ValueError("human review is not built yet (issue #7); leave run.review false")
-        return v
 
     recursion_limit: int = Field(10_000, ge=50, description="LangGraph step limit (safety net).")
 

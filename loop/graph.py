@@ -21,6 +21,7 @@ from typing import Any
 from agent.errors import SelfloopError
 from loop import nodes
 from loop.config import SelfloopConfig, dump_config, load_config
+from loop.faults import failpoint
 from loop.nodes import Context, LoopState
 from loop.rundir import RunDir, config_hash
 
@@ -59,7 +60,9 @@ def build_graph(ctx: Context, checkpointer: Any) -> Any:
                 raise Stopping(
                     f"stopped before {name} of round {state.get('round')}; resume to go on"
                 )
-            return fn(ctx, state)
+            update = fn(ctx, state)
+            failpoint(f"{name}.done", state.get("round"))
+            return update
 
         return node
 
@@ -67,11 +70,15 @@ def build_graph(ctx: Context, checkpointer: Any) -> Any:
         g.add_node(name, wrap(name, fn))
     g.add_edge(START, "propose")
     for a, b in zip(STAGES, STAGES[1:]):
-        if a != "dedup":
+        if a not in ("dedup", "review"):
             g.add_edge(a, b)
-    # A round that kept nothing new has nothing to tune on: it is rejected straight away.
+    # A round that kept nothing new (or whose every example a reviewer removed) has nothing to
+    # tune on: it is rejected straight away.
     g.add_conditional_edges(
         "dedup", lambda s: "review" if s.get("kept", 0) > 0 else "reject", ["review", "reject"]
+    )
+    g.add_conditional_edges(
+        "review", lambda s: "tune" if s.get("kept", 0) > 0 else "reject", ["tune", "reject"]
     )
     g.add_conditional_edges(
         "gate",
@@ -89,10 +96,34 @@ def _open(run_dir: Path, cfg: SelfloopConfig) -> tuple[RunDir, Context, Any, Any
 
     rd = RunDir(run_dir)
     rd.lock()
-    ctx = Context(cfg, rd)
+    try:
+        conn = _connect(rd)
+    except BaseException:
+        rd.unlock()
+        raise
+    return rd, Context(cfg, rd), SqliteSaver(conn), conn
+
+
+def _connect(rd: RunDir) -> sqlite3.Connection:
+    """The checkpoint database, refused with one line (and left as it is) when it is damaged."""
+    fresh = not rd.checkpoints.exists()
     conn = sqlite3.connect(str(rd.checkpoints), check_same_thread=False)
-    saver = SqliteSaver(conn)
-    return rd, ctx, saver, conn
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise SelfloopError(
+            f"{rd.checkpoints} is not a readable checkpoint database ({e}); it was left as it is: "
+            "restore it from a backup, or start a new run in another directory"
+        ) from None
+    if ok != "ok" or not (fresh or "checkpoints" in tables):
+        conn.close()
+        raise SelfloopError(
+            f"{rd.checkpoints} is damaged ({ok if ok != 'ok' else 'no checkpoints table'}); it "
+            "was left as it is: restore it from a backup, or start a new run in another directory"
+        )
+    return conn
 
 
 def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dict:
@@ -148,11 +179,9 @@ def resume(
     run_dir: str | Path, allow_config_change: bool = False, config_path: str | Path | None = None
 ) -> dict:
     """Continue a run from its last checkpoint; a changed config is refused unless allowed."""
-    rd = RunDir(run_dir)
-    if not rd.checkpoints.exists() or not rd.config_path.exists():
-        raise SelfloopError(
-            f"{rd.root} holds no run to resume (no checkpoints.sqlite / config.yaml)"
-        )
+    rd = RunDir(run_dir).require_run()
+    if not rd.checkpoints.exists():
+        raise SelfloopError(f"{rd.root} holds no run to resume (no checkpoints.sqlite)")
     saved = rd.config_path.read_text()
     cfg = load_config(config_path or rd.config_path)
     if config_path is not None and config_hash(dump_config(cfg)) != config_hash(saved):
@@ -164,3 +193,26 @@ def resume(
         (rd.root / "config.changes.log").open("a").write(f"resumed with {config_path}\n")
         rd.config_path.write_text(dump_config(cfg))
     return _invoke(rd.root, cfg, None)
+
+
+def review(run_dir: str | Path, accept: str | Path) -> dict:
+    """Take the edited review file of the paused round back, then resume the run."""
+    from loop.review import accept_review, pending_review
+
+    rd = RunDir(run_dir).require_run()
+    rd.lock()  # no run may be writing this round while its review is taken in
+    try:
+        n = pending_review(rd)
+        if n is None:
+            raise SelfloopError(f"{rd.root} has no round waiting for review")
+        stats = accept_review(rd, n, accept)
+    finally:
+        rd.unlock()
+    log.info(
+        "round %d: %d accepted (%d edited), %d rejected by review",
+        n,
+        stats["accepted"],
+        stats["edited"],
+        stats["rejected"],
+    )
+    return resume(rd.root)

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 
 from agent.data import read_jsonl, write_jsonl
 from loop.config import SelfloopConfig
+from loop.faults import failpoint, tune_callbacks
 from loop.rundir import RunDir, write_json
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,12 @@ def propose(ctx: Context, state: LoopState) -> dict:
     if ctx.rundir.stage_done(n, "propose"):
         return {}
     seeds = [s.model_dump() for s in load_seed_tasks(ctx.cfg.run.seeds_file)]
-    accepted = _accepted(ctx.rundir)
+    pool_tasks = accepted(ctx.rundir)
     t0 = time.monotonic()
     proposals: list[dict] = []
     stats: dict[str, Any] = {}
     if "self_instruct" in ctx.cfg.run.sources or "teacher" in ctx.cfg.run.sources:
-        proposals, stats = run_propose(ctx.student(state), seeds, accepted, ctx.cfg.propose, n)
+        proposals, stats = run_propose(ctx.student(state), seeds, pool_tasks, ctx.cfg.propose, n)
     # Self-Instruct filters proposals before anyone answers them.
     report = FilterChain(ctx.cfg.filters).run(proposals, instructions_only=True)
     with ctx.rundir.writing_stage(n, "propose") as out:
@@ -314,18 +315,22 @@ def _near(ctx: Context, records: list[dict], texts: list[str]) -> dict[str, floa
 
 
 def review(ctx: Context, state: LoopState) -> dict:
+    """With run.review on: write the review files and pause until `selfloop review --accept`
+    has written `rounds/NNN/review/` (then the round goes on with the reviewed examples)."""
     if not ctx.cfg.run.review:
         return {}
     from langgraph.types import interrupt
 
+    from loop.review import review_paths, write_review_files
+
     n = state["round"]
-    path = ctx.rundir.round_dir(n) / "review.jsonl"
     if not ctx.rundir.stage_done(n, "review"):
-        # The person edits review.jsonl and runs `selfloop review RUN_DIR --accept FILE`.
-        if not path.exists():
-            write_jsonl(path, read_jsonl(ctx.rundir.stage_dir(n, "dedup") / "kept.jsonl"))
-        interrupt({"round": n, "review_file": str(path)})
-    return {}
+        jsonl, csv_path = review_paths(ctx.rundir, n)
+        if not jsonl.exists():  # written once: a person may already be editing it
+            jsonl, csv_path = write_review_files(ctx.rundir, n)
+        log.info("round %d paused for review: edit %s or %s", n, jsonl, csv_path)
+        interrupt({"round": n, "review_file": str(jsonl), "review_csv": str(csv_path)})
+    return {"kept": _stats(ctx.rundir.stage_dir(n, "review"))["accepted"]}
 
 
 def tune(ctx: Context, state: LoopState) -> dict:
@@ -335,17 +340,22 @@ def tune(ctx: Context, state: LoopState) -> dict:
     out = ctx.rundir.round_dir(n) / "adapter"
     if out.is_dir():
         return {}
-    reviewed = ctx.rundir.stage_dir(n, "review") / "kept.jsonl"
-    kept = read_jsonl(
-        reviewed if reviewed.exists() else ctx.rundir.stage_dir(n, "dedup") / "kept.jsonl"
-    )
+    kept = round_kept(ctx.rundir, n)
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
     if ctx.cfg.tune.warm_start and champion is not None:
         data, init = kept, champion
     else:  # fresh: the whole accepted pool plus this round, from the base model
-        data, init = _accepted(ctx.rundir) + kept, None
+        data, init = accepted(ctx.rundir) + kept, None
     ctx.release()
-    result = train(ctx.cfg.model, data, out, ctx.cfg.tune, init_adapter=init, round_index=n)
+    result = train(
+        ctx.cfg.model,
+        data,
+        out,
+        ctx.cfg.tune,
+        init_adapter=init,
+        round_index=n,
+        callbacks=tune_callbacks(n),
+    )
     log.info("round %d tune: %d steps, final loss %.4f", n, result.steps, result.final_loss)
     return {}
 
@@ -374,6 +384,7 @@ def evaluate(ctx: Context, state: LoopState) -> dict:
         champion_adapter=champion or "base",
         **common,
     )
+    failpoint("evaluate.candidate", n)
     champ = run_eval(gen, ctx.cfg.eval.suites, adapter=champion, **common)
     with ctx.rundir.writing_stage(n, "evaluate") as out:
         write_json(out / "eval.json", cand)
@@ -400,7 +411,7 @@ def gate(ctx: Context, state: LoopState) -> dict:
 def promote(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     adapter = ctx.rundir.round_dir(n) / "adapter"
-    ctx.pool().add(read_jsonl(ctx.rundir.stage_dir(n, "dedup") / "kept.jsonl"))
+    ctx.pool().add(round_kept(ctx.rundir, n))
     ctx.rundir.set_champion(adapter)
     ctx.release()  # the next round loads the new champion
     return {
@@ -452,7 +463,7 @@ def _target_reached(ctx: Context, n: int, state: LoopState) -> bool:
 def round_metrics(rundir: RunDir, n: int) -> dict[str, Any]:
     """One metrics.jsonl record: every stage's counts, training figures, eval overall, decision."""
     rec: dict[str, Any] = {"round": n}
-    for stage in ("propose", "respond", "filter", "judge", "dedup"):
+    for stage in ("propose", "respond", "filter", "judge", "dedup", "review"):
         p = rundir.stage_dir(n, stage) / "stats.json"
         if p.exists():
             rec[stage] = json.loads(p.read_text())
@@ -486,12 +497,20 @@ def round_metrics(rundir: RunDir, n: int) -> dict[str, Any]:
     return rec
 
 
-def _accepted(rundir: RunDir) -> list[dict]:
+def round_kept(rundir: RunDir, n: int) -> list[dict]:
+    """What round n trains on: the reviewed set when a person reviewed it, else dedup's kept."""
+    reviewed = rundir.stage_dir(n, "review") / "kept.jsonl"
+    return read_jsonl(
+        reviewed if reviewed.exists() else rundir.stage_dir(n, "dedup") / "kept.jsonl"
+    )
+
+
+def accepted(rundir: RunDir) -> list[dict]:
     """Examples of every promoted round so far (the champion's training data)."""
     out = []
     for m in rundir.read_metrics():
         if m.get("decision", {}).get("decision") == "promoted":
-            out += read_jsonl(rundir.stage_dir(m["round"], "dedup") / "kept.jsonl")
+            out += round_kept(rundir, m["round"])
     return out
 
 

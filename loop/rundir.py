@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import SelfloopError
+from loop.faults import failpoint
 
 
 class RunLocked(SelfloopError):
@@ -57,6 +58,14 @@ class RunDir:
 
     def stage_dir(self, n: int, stage: str) -> Path:
         return self.round_dir(n) / stage
+
+    def require_run(self) -> RunDir:
+        """Fail with one line unless this directory holds a selfloop run."""
+        if not self.root.is_dir():
+            raise SelfloopError(f"run directory not found: {self.root}")
+        if not self.config_path.is_file():
+            raise SelfloopError(f"{self.root} is not a selfloop run directory (no config.yaml)")
+        return self
 
     # ---------------------------------------------------------------- lock
     def lock(self) -> None:
@@ -98,14 +107,17 @@ class RunDir:
         """Yield a temporary directory that becomes `rounds/NNN/<stage>` when the block succeeds."""
         final = self.stage_dir(n, stage)
         final.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of a killed process: the run lock says no live process is writing them.
+        for stale in final.parent.glob(f".{stage}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = final.with_name(f".{stage}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             yield tmp
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        failpoint(f"{stage}.writing", n)
         os.rename(tmp, final)
 
     # ---------------------------------------------------------------- champion

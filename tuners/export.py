@@ -47,3 +47,16 @@ def merge_adapter(base: ModelSpec | str, adapter: str | Path, out_dir: str | Pat
     os.rename(tmp, out_dir)
     log.info("merged %s into %s -> %s", adapter, resolved.display_name, out_dir)
     return out_dir
+
+
+def copy_artifact(src: str | Path, out_dir: str | Path) -> Path:
+    """Copy an adapter (or full model) directory to `out_dir` atomically; never overwrites."""
+    src, out_dir = Path(src), Path(out_dir)
+    if out_dir.exists():
+        raise SelfloopError(f"{out_dir} already exists; refusing to overwrite it")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, tmp)
+    os.rename(tmp, out_dir)
+    return out_dir

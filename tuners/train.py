@@ -293,14 +293,18 @@ def train(
     steps = trainer.state.global_step
     first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
     tokens = collator.tokens_seen  # this process, this run (skipped batches of a resume excluded)
-    final_loss = history[-1][1] if history else float(out.training_loss)
+    # The whole curve: after a resume, the restored trainer state holds the steps before the kill.
+    curve = [
+        (int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e
+    ] or history
+    final_loss = curve[-1][1] if curve else float(out.training_loss)
     _check_finite(model)
     result = TrainResult(
         out_dir=str(out_dir),
         method=cfg.method,
         steps=steps,
         final_loss=final_loss,
-        losses=history,
+        losses=curve,
         tokens=tokens,
         seconds=seconds,
         tokens_per_second=tokens / seconds if seconds > 0 else 0.0,

@@ -26,7 +26,7 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 def test_help_lists_commands(monkeypatch, capsys) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "--help")
     assert code == 0
-    for cmd in ("generate", "serve", "run", "eval", "tune", "data", "prepare"):
+    for cmd in ("generate", "serve", "run", "eval", "tune", "data", "prepare", "show", "report"):
         assert cmd in out
 
 
@@ -37,10 +37,15 @@ def test_console_script_entry_point() -> None:
     assert out.returncode == 0 and "generate" in out.stdout
 
 
-@pytest.mark.parametrize("cmd, issue", [("show", 7), ("report", 7), ("export", 7), ("review", 7)])
-def test_placeholders_say_so_and_exit_2(monkeypatch, capsys, cmd: str, issue: int) -> None:
-    code, _, err = run_cli(monkeypatch, capsys, cmd, "whatever", "--flag")
-    assert code == 2 and "not built yet" in err and f"issue #{issue}" in err
+@pytest.mark.parametrize("cmd", ["show", "report", "export", "review", "status", "resume"])
+def test_run_commands_refuse_a_directory_that_is_not_a_run(
+    monkeypatch, capsys, tmp_path: Path, cmd: str
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    extra = ["--out", str(tmp_path / "x")] if cmd == "export" else []
+    code, _, err = run_cli(monkeypatch, capsys, cmd, str(tmp_path), *extra)
+    assert code == 1 and "is not a selfloop run directory" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written or removed
 
 
 def test_generate_with_local_model(monkeypatch, capsys, tiny_model_dir: Path) -> None:

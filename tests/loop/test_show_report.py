@@ -1,0 +1,246 @@
+"""`loop.show` and `loop.report` against one real run directory of the loop on the tiny model."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.data import read_jsonl, write_jsonl
+from agent.errors import SelfloopError
+from loop.config import load_config
+from loop.graph import run
+from loop.report import PLOTS, funnel_counts, write_report
+from loop.show import render_round
+from tests.loop.test_loop import EXPERT, PLANTED, _seed_copy, write_config
+
+# Beyond test_loop's data: one example the filters reject (a blacklisted keyword) and a
+# paraphrase of another, so the round has a filter rejection and a dedup drop to show.
+EXTRA = [
+    {"instruction": "Draw a picture of a lighthouse at night.", "output": "I cannot draw."},
+    {"instruction": "How many days does a leap year have?", "output": "It has 366 days."},
+]
+
+
+def make_run(tmp: Path, model_dir: Path) -> Path:
+    """Run the loop (2 rounds) on the tiny model; round 1 learns from the imported data."""
+    path = write_config(tmp, model_dir)
+    write_jsonl(tmp / "expert.jsonl", [*EXPERT, _seed_copy(), PLANTED, *EXTRA])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["judge"]["keep_top"] = 0.8  # the lowest-scored best-of-n answer goes to low_score
+    path.write_text(yaml.safe_dump(cfg))
+    run(load_config(path), tmp / "run")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return make_run(tmp_path_factory.mktemp("show-report"), tiny_model_dir)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
+    r1 = run_dir / "rounds" / "001"
+    text = render_round(run_dir, 1)
+    assert "\x1b[" not in text
+    dedup, judge = _json(r1 / "dedup" / "stats.json"), _json(r1 / "judge" / "stats.json")
+    filt = _json(r1 / "filter" / "stats.json")
+    responses = _json(r1 / "respond" / "stats.json")["responses"]
+    assert responses == len(EXPERT) + 2 + len(EXTRA)
+    assert f"respond   {responses} responses" in text
+    assert {k: v for k, v in filt["filters"]["counts"].items() if v} == {"blacklisted_keyword": 1}
+    assert f"{filt['kept']} of {responses} kept; filters: blacklisted_keyword 1;" in text
+    assert judge["dropped_low_score"] == 1
+    assert f"{judge['best']} best-of-n, {judge['kept']} kept, dropped_low_score 1" in text
+    assert len(dedup["contaminated"]) >= 1  # the planted paraphrase of an eval prompt, at least
+    assert f"dedup     {dedup['kept']} kept; duplicates 1 (pool 0, batch 1)" in text
+    assert (
+        f"contaminated {len(dedup['contaminated'])}, copies_seed {len(dedup['copies_seed'])}"
+        in text
+    )
+    # Samples: a kept example's instruction, and one rejected example of each kind with its why.
+    kept = read_jsonl(r1 / "dedup" / "kept.jsonl")
+    assert kept[0]["instruction"][:30] in text
+    assert "filter blacklisted_keyword" in text and "Draw a picture" in text
+    low = read_jsonl(r1 / "judge" / "low_score.jsonl")[0]
+    assert f"{low['id']}  judge low score {low['judge_score']:.2f}" in text
+    dropped = read_jsonl(r1 / "dedup" / "dropped.jsonl")
+    assert len(dropped) == 1, "the leap-year paraphrase is a near duplicate"
+    assert f"dedup dup of {dropped[0]['dedup_neighbour']}" in text
+    assert "near an eval prompt sim" in text
+    # Judge scores: the best-of-n range, from the files.
+    scores = [r["judge_score"] for r in read_jsonl(r1 / "judge" / "judged.jsonl") + [low]]
+    assert f"min {min(scores):.2f}" in text and f"max {max(scores):.2f}" in text
+    # Training: first and final loss, and a sparkline of every logged step.
+    tm = _json(r1 / "adapter" / "train_metrics.json")
+    assert f"loss {tm['losses'][0][1]:.3f} -> {tm['final_loss']:.3f}" in text
+    assert any(set(w) <= set("▁▂▃▄▅▆▇█") and len(w) == len(tm["losses"]) for w in text.split())
+    # Eval table: candidate vs champion for every suite's metric.
+    ev = _json(r1 / "evaluate" / "eval.json")
+    champ = _json(r1 / "evaluate" / "champion_eval.json")
+    for suite, body in ev["suites"].items():
+        for metric in body["metrics"]:
+            assert f"  {suite}.{metric} " in text
+    row = next(x for x in text.splitlines() if x.startswith("  ifeval.prompt_loose "))
+    want = ev["suites"]["ifeval"]["metrics"]["prompt_loose"]["overall"]["value"]
+    other = champ["suites"]["ifeval"]["metrics"]["prompt_loose"]["overall"]["value"]
+    assert row.split()[1] == f"{want:.3f}" and row.split()[-2] == f"{other:.3f}"
+    assert "pairwise" in next(x for x in text.splitlines() if "helpfulness.win_rate" in x)
+    decision = _json(r1 / "decision.json")
+    assert f"Decision: {decision['decision']}" in text
+    assert f"  - {decision['reasons'][0]}" in text
+    assert f"round 1: finished: {decision['decision']}\n" in text
+
+
+def test_show_a_round_that_stopped_before_tuning(run_dir: Path) -> None:
+    text = render_round(run_dir, 2)
+    assert "finished: rejected (skipped: tune, evaluate)" in text
+    assert "respond   0 responses" in text and "Training" not in text
+    assert "rejected: round 2 kept no new examples" in text
+
+
+def test_show_a_missing_round_or_not_a_run(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SelfloopError, match=r"has no round 7 \(rounds: 1, 2\)") as e:
+        render_round(run_dir, 7)
+    assert str(run_dir) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SelfloopError, match="not a selfloop run directory"):
+        render_round(tmp_path, 1)
+    (tmp_path / "config.yaml").write_text("run: {}\n")
+    with pytest.raises(SelfloopError, match=r"rounds: none yet"):
+        render_round(tmp_path, 1)
+
+
+def test_show_a_round_in_progress(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    r1 = copy / "rounds" / "001"
+    (r1 / "decision.json").unlink()
+    for name in ("evaluate", "adapter"):
+        shutil.rmtree(r1 / name)
+    text = render_round(copy, 1)
+    assert "round 1: in progress; not done yet: tune, evaluate, gate\n" in text
+    assert "dedup     " in text and "Training" not in text
+    assert "Evaluation" not in text and "Decision" not in text
+    (r1 / "dedup").rename(r1 / ".dedup.tmp-123")  # as if dedup were being written now
+    text = render_round(copy, 1)
+    assert "in progress (writing: dedup); not done yet: dedup, tune, evaluate, gate" in text
+    assert "judge     " in text and "dedup     " not in text and "Kept examples" not in text
+
+
+def _png_ok(path: Path) -> tuple[int, int]:
+    import matplotlib.image as mpimg
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert len(data) > 5000, (path, len(data))
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.std() > 0.01, path  # not one flat colour
+    return img.shape[0], img.shape[1]
+
+
+def test_report_writes_plots_and_page(run_dir: Path) -> None:
+    index = write_report(run_dir)
+    assert index == run_dir / "report" / "index.html"
+    assert sorted(p.name for p in index.parent.iterdir()) == sorted([*PLOTS, "index.html"])
+    for name in PLOTS:
+        h, w = _png_ok(index.parent / name)
+        assert h >= 200 and w >= 300
+    page = index.read_text()
+    for name in PLOTS:
+        assert f'src="{name}"' in page
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:
+        assert html.escape(m["decision"]["reasons"][0]) in page
+    kept = metrics[0]["dedup"]["kept"]
+    assert f"<tr><td>1</td><td>{metrics[0]['respond']['responses']}</td><td>{kept}</td>" in page
+    assert "Evaluation of round 1" in page and "<td>ifeval.prompt_loose</td>" in page
+    # The funnel accounts for every response of every round.
+    for m in metrics:
+        assert sum(funnel_counts(m).values()) == m["respond"]["responses"], m["round"]
+    # A second report replaces the first and leaves no temporary directory behind.
+    write_report(run_dir)
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".report")]
+
+
+def test_report_escapes_text_from_the_data(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True, ignore=shutil.ignore_patterns("report"))
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    m = json.loads(lines[0])
+    m["decision"]["reasons"][0] = "<script>alert('x')</script> & more"
+    (copy / "metrics.jsonl").write_text("\n".join([json.dumps(m), *lines[1:]]) + "\n")
+    out = tmp_path / "elsewhere" / "rep"
+    page = write_report(copy, out).read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)" in page
+    assert (out / "funnel.png").is_file() and not (copy / "report").exists()
+
+
+def test_report_of_a_run_with_no_finished_round(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("run: {}\n")
+    (tmp_path / "rounds" / "001" / "propose").mkdir(parents=True)
+    index = write_report(tmp_path)
+    page = index.read_text()
+    assert "No finished rounds yet" in page and "In progress: round 1" in page
+    assert "<img" not in page and sorted(p.name for p in index.parent.iterdir()) == ["index.html"]
+    with pytest.raises(SelfloopError, match="not a selfloop run directory"):
+        write_report(tmp_path / "rounds")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loop.cli", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_cli_show_report_and_export(run_dir: Path, tmp_path: Path) -> None:
+    shown = _cli("show", str(run_dir), "--round", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == render_round(run_dir, 1)
+    latest = _cli("show", str(run_dir))  # no --round: the latest round
+    assert latest.returncode == 0 and latest.stdout == render_round(run_dir, 2)
+    missing = _cli("show", str(run_dir), "--round", "9")
+    assert missing.returncode == 1 and "has no round 9" in missing.stderr
+
+    out = tmp_path / "rep"
+    made = _cli("report", str(run_dir), "--out", str(out))
+    assert made.returncode == 0 and str(out / "index.html") in made.stdout, made.stderr
+    assert {p.name for p in out.iterdir()} == {*PLOTS, "index.html"}
+
+    # export: the round's adapter as it is, or merged into the base model.
+    decision = _json(run_dir / "rounds" / "001" / "decision.json")["decision"]
+    champ = _cli("export", str(run_dir), "--out", str(tmp_path / "champ"))
+    if decision == "promoted":
+        assert champ.returncode == 0 and (tmp_path / "champ" / "adapter_config.json").is_file()
+    else:
+        assert champ.returncode == 1 and "pass --round N" in champ.stderr
+    copied = _cli("export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a1"))
+    assert copied.returncode == 0, copied.stderr
+    src = run_dir / "rounds" / "001" / "adapter"
+    for f in src.iterdir():
+        assert (tmp_path / "a1" / f.name).read_bytes() == f.read_bytes()
+    again = _cli("export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a1"))
+    assert again.returncode == 1 and "already exists" in again.stderr
+    no_adapter = _cli("export", str(run_dir), "--round", "2", "--out", str(tmp_path / "a2"))
+    assert no_adapter.returncode == 1 and "round 2 has no adapter" in no_adapter.stderr
+
+    merged = _cli("export", str(run_dir), "--round", "1", "--merge", "--out", str(tmp_path / "m"))
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # no peft needed
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert (tmp_path / "m" / "tokenizer_config.json").is_file()
