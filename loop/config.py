@@ -8,7 +8,7 @@ model to use, how to run it, how to sample and how to fine-tune.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -195,9 +195,35 @@ def load_config(
         data = loaded or {}
     data = apply_overrides(data, overrides or [])
     try:
-        return SelfloopConfig.model_validate(data)
+        cfg = SelfloopConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {describe_validation(e)}") from e
+        raise ConfigError(f"{source}: {describe_validation(e)}{_suggestion(e)}") from e
+    # A missing seed or import file would otherwise surface only when its round reaches it.
+    for key, f in [("run.seeds_file", cfg.run.seeds_file)] + [
+        (f"run.import_files[{k}]", p) for k, p in enumerate(cfg.run.import_files)
+    ]:
+        if f is not None and not Path(f).is_file():
+            raise ConfigError(f"{source}: {key}: file not found: {f}")
+    return cfg
+
+
+def _suggestion(e: ValidationError) -> str:
+    """`; did you mean 'max_rounds'?` for a misspelt key (the first error's), else ''."""
+    import difflib
+
+    first = e.errors()[0]
+    if first.get("type") != "extra_forbidden":
+        return ""
+    *parents, key = [p for p in first["loc"] if isinstance(p, str)]
+    model: Any = SelfloopConfig
+    for part in parents:
+        field = getattr(model, "model_fields", {}).get(part)
+        kinds = [field.annotation, *get_args(field.annotation)] if field else []
+        model = next((t for t in kinds if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if model is None:
+            return ""
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def dump_config(cfg: SelfloopConfig) -> str:
