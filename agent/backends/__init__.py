@@ -7,6 +7,7 @@ openai        any OpenAI-compatible endpoint (vLLM serve, llama.cpp, selfloop se
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,8 @@ from agent.backends.base import (
     user,
 )
 from agent.models import ModelSpec
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BackendConfig",
@@ -41,9 +44,10 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["transformers", "vllm", "openai"] = Field(
+    kind: Literal["transformers", "vllm", "openai", "auto"] = Field(
         "transformers",
-        description="transformers (local, CPU/CUDA) | vllm (local GPU) | openai (HTTP).",
+        description="transformers (local, CPU/CUDA) | vllm (local GPU) | openai (HTTP) | auto "
+        "(vllm where it is installed and a CUDA GPU is present, else transformers).",
     )
     batch_size: int = Field(16, ge=1, description="transformers: sequences decoded together.")
     max_batch_tokens: int | None = Field(
@@ -65,6 +69,17 @@ class BackendConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the model over.")
 
 
+def auto_kind() -> Literal["transformers", "vllm"]:
+    """What `backend.kind: auto` runs here: vllm on a CUDA machine that has it installed."""
+    from agent.backends.vllm_backend import vllm_available
+
+    problem = vllm_available()
+    if problem is None:
+        return "vllm"
+    log.info("backend auto: transformers (%s)", problem)
+    return "transformers"
+
+
 def make_generator(
     model: ModelSpec | str,
     backend: BackendConfig | None = None,
@@ -73,6 +88,8 @@ def make_generator(
     """The generator `backend.kind` names for `model` (for openai: the endpoint's model id)."""
     backend = backend or BackendConfig()
     spec = model if isinstance(model, ModelSpec) else ModelSpec(name=model)
+    if backend.kind == "auto":
+        backend = backend.model_copy(update={"kind": auto_kind()})
     if backend.kind == "transformers":
         from agent.backends.hf import TransformersGenerator
 

@@ -39,3 +39,13 @@ def test_vllm_matches_transformers_greedy(tiny_model_dir: Path) -> None:
         prompts, ["Four.", "Hello."]
     )
     assert [sum(x) for x in lp] == pytest.approx([sum(x) for x in ref], abs=0.05)
+
+
+def test_auto_backend_picks_vllm_only_where_it_can_run(tiny_model_dir: Path) -> None:
+    from agent.backends import auto_kind
+
+    assert auto_kind() == ("vllm" if problem is None else "transformers")
+    if problem is not None:  # here: the batched transformers backend, and it generates
+        gen = make_generator(str(tiny_model_dir), BackendConfig(kind="auto"))
+        assert type(gen).__name__ == "TransformersGenerator"
+        assert gen.generate([user("Hi")], SamplingParams(max_tokens=3))[0].ok

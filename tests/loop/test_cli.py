@@ -178,6 +178,9 @@ def test_shipped_presets_validate() -> None:
     assert presets, "configs/ has no presets"
     for p in presets:
         load_config(p)
+    # `selfloop run` with no config runs the quickstart: the defaults and the preset agree.
+    assert load_config(Path(__file__).parents[2] / "configs" / "quickstart.yaml") == load_config()
+    assert {"quickstart.yaml", "gpu-lora.yaml", "distill.yaml"} <= {p.name for p in presets}
 
 
 def test_data_import_writes_messages_and_rejects_bad_files(
