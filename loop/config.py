@@ -22,6 +22,7 @@ from judges.filters import FilterConfig
 from judges.llm_judge import JudgeConfig
 from judges.safety import SafetyConfig
 from loop.gate import GateConfig
+from loop.metrics import MetricsConfig
 from tuners.config import TuneConfig
 
 
@@ -135,6 +136,9 @@ class SelfloopConfig(BaseModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="FAISS dedup.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="How rounds fine-tune.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="TensorBoard / MLflow besides metrics.jsonl."
+    )
     gate: GateConfig = Field(
         default_factory=lambda: GateConfig(primary="ifeval.prompt_loose"),
         description="Promotion rule. The loop's default primary metric is the verifiable IFEval "

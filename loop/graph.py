@@ -22,6 +22,7 @@ from agent.errors import SelfloopError
 from loop import nodes
 from loop.config import SelfloopConfig, dump_config, load_config
 from loop.faults import failpoint
+from loop.metrics import check_available
 from loop.nodes import Context, LoopState
 from loop.rundir import RunDir, config_hash
 
@@ -158,6 +159,7 @@ def run(cfg: SelfloopConfig, run_dir: str | Path) -> dict:
     rd = RunDir(run_dir)
     if rd.checkpoints.exists():
         raise SelfloopError(f"{rd.root} already holds a run; use `selfloop resume {rd.root}`")
+    check_available(cfg.metrics)  # before anything is written
     rd.root.mkdir(parents=True, exist_ok=True)
     rd.save_config(dump_config(cfg))
     return _invoke(
@@ -192,6 +194,7 @@ def resume(
             )
         (rd.root / "config.changes.log").open("a").write(f"resumed with {config_path}\n")
         rd.config_path.write_text(dump_config(cfg))
+    check_available(cfg.metrics)
     return _invoke(rd.root, cfg, None)
 
 

@@ -435,6 +435,10 @@ def next_round(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if not any(m.get("round") == n for m in ctx.rundir.read_metrics()):
         ctx.rundir.append_metrics(round_metrics(ctx.rundir, n))
+    if ctx.cfg.metrics.tensorboard or ctx.cfg.metrics.mlflow:
+        from loop.metrics import sync
+
+        sync(ctx.rundir, ctx.cfg.metrics)
     stop = None
     if n >= ctx.cfg.run.max_rounds:
         stop = f"max_rounds ({ctx.cfg.run.max_rounds}) reached"

@@ -1,0 +1,103 @@
+"""Round metrics mirrored to TensorBoard and MLflow: every numeric figure of metrics.jsonl with
+the round as the step, each round logged once, a missed round caught up on the next sync."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.errors import SelfloopError
+from loop.config import load_config
+from loop.graph import run
+from loop.metrics import MetricsConfig, check_available, scalars, sync
+from loop.rundir import RunDir
+from tests.loop.test_loop import write_config
+
+
+def test_scalars_flattens_every_numeric_leaf() -> None:
+    rec = {
+        "round": 2,
+        "dedup": {"kept": 3, "dedup": {"dropped": 1, "threshold": 0.85}, "contaminated": {}},
+        "tune": {"final_loss": 1.5, "losses": [[1, 2.0]], "nan": float("nan")},
+        "eval": {"ifeval.prompt_loose": 0.25, "helpfulness.win_rate": None},
+        "filter": {"ok": True, "kind": "text"},
+        "decision": {"decision": "promoted", "reasons": ["promoted: ..."]},
+    }
+    assert scalars(rec) == {
+        "dedup/kept": 3.0,
+        "dedup/dedup/dropped": 1.0,
+        "dedup/dedup/threshold": 0.85,
+        "tune/final_loss": 1.5,
+        "eval/ifeval.prompt_loose": 0.25,
+        "filter/ok": 1.0,
+        "decision/promoted": 1.0,
+    }
+
+
+def _tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def _mlflow_history(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{run_dir.resolve()}/mlflow.db")
+    [found] = client.search_runs(
+        [client.get_experiment_by_name("selfloop").experiment_id],
+        filter_string=f"tags.selfloop_run = '{run_dir.resolve()}'",
+    )
+    return sorted((m.step, m.value) for m in client.get_metric_history(found.info.run_id, key))
+
+
+def test_a_run_logs_its_rounds_to_tensorboard_and_mlflow(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, tiny_model_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["metrics"] = {"tensorboard": True, "mlflow": True}
+    path.write_text(yaml.safe_dump(cfg))
+    rd = tmp_path / "run"
+    run(load_config(path), rd)
+    records = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+
+    tb = _tb_scalars(rd / "tensorboard")
+    assert tb["dedup/kept"] == [(r["round"], float(r["dedup"]["kept"])) for r in records]
+    assert tb["tune/final_loss"] == [(1, pytest.approx(records[0]["tune"]["final_loss"]))]
+    assert set(scalars(records[0])) <= set(tb)  # every figure of round 1 is there
+    promoted = [(r["round"], float(r["decision"]["decision"] == "promoted")) for r in records]
+    assert tb["decision/promoted"] == promoted
+    assert _mlflow_history(rd, "dedup/kept") == tb["dedup/kept"]
+    assert _mlflow_history(rd, "decision/promoted") == promoted
+
+    # Nothing new: nothing logged. A round missed (killed between the two writes): caught up once.
+    mcfg = load_config(rd / "config.yaml").metrics
+    assert sync(RunDir(rd), mcfg) == []
+    (rd / ".tensorboard.logged.json").write_text("[1]")
+    assert sync(RunDir(rd), MetricsConfig(tensorboard=True)) == [2]
+    steps = [s for s, _ in _tb_scalars(rd / "tensorboard")["dedup/kept"]]
+    assert sorted(set(steps)) == [1, 2] and steps.count(1) == 1
+
+
+def test_a_missing_logger_package_is_refused_before_anything_is_written(
+    monkeypatch, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a)
+    )
+    with pytest.raises(SelfloopError, match="pip install tensorboard"):
+        check_available(MetricsConfig(tensorboard=True))
+    cfg = load_config(write_config(tmp_path, tiny_model_dir), ["metrics.tensorboard=true"])
+    with pytest.raises(SelfloopError, match="metrics.tensorboard needs"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
