@@ -61,6 +61,7 @@ def build_graph(ctx: Context, checkpointer: Any) -> Any:
                 raise Stopping(
                     f"stopped before {name} of round {state.get('round')}; resume to go on"
                 )
+            ctx.where = f"round {state.get('round')} {name}"
             update = fn(ctx, state)
             failpoint(f"{name}.done", state.get("round"))
             return update

@@ -39,6 +39,7 @@ class Context:
     def __init__(self, cfg: SelfloopConfig, rundir: RunDir) -> None:
         self.cfg, self.rundir = cfg, rundir
         self.stop_requested = False  # set by SIGINT/SIGTERM; checked between stages
+        self.where = ""  # "round N stage", for progress displays (set by the graph per node)
         self._student = None
         self._pool = None
 
@@ -47,7 +48,7 @@ class Context:
         from agent.backends import make_generator
 
         if self._student is None:
-            self._student = make_generator(self.cfg.model, self.cfg.backend)
+            self._student = self.tracked(make_generator(self.cfg.model, self.cfg.backend))
         champ = state.get("champion")
         if (
             champ
@@ -56,6 +57,12 @@ class Context:
         ):
             self._student.load_adapter(self.rundir.root / champ, "champion")
         return self._student
+
+    def tracked(self, gen: Any) -> Any:
+        """`gen` reporting the progress of its generate calls under the current stage."""
+        from loop.progress import Tracked
+
+        return Tracked(gen, lambda: self.where)
 
     def release(self) -> None:
         """Drop loaded models (before training, so the trainer has the memory)."""
@@ -131,8 +138,10 @@ def respond(ctx: Context, state: LoopState) -> dict:
             ctx.student(state), tasks, params, adapter=_adapter(state), round_index=n
         )
     if "teacher" in ctx.cfg.run.sources and ctx.cfg.respond.teacher is not None:
-        teacher = make_generator(
-            ctx.cfg.respond.teacher, ctx.cfg.respond.teacher_backend or ctx.cfg.backend
+        teacher = ctx.tracked(
+            make_generator(
+                ctx.cfg.respond.teacher, ctx.cfg.respond.teacher_backend or ctx.cfg.backend
+            )
         )
         more, stats["teacher"] = run_respond(
             teacher, tasks, params, source="teacher", round_index=n
@@ -268,8 +277,8 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
     )
     # Eval prompts must never be trained on (contamination); a proposal that copies a seed task
     # it was shown adds nothing (Self-Instruct compares against the seeds for the same reason).
-    evals = [r["prompt"] for s in ctx.cfg.eval.suites for r in load_suite(s)]
-    seeds = [t.instruction for t in load_seed_tasks(ctx.cfg.run.seeds_file)]
+    evals = [(f"{s}/{r['id']}", r["prompt"]) for s in ctx.cfg.eval.suites for r in load_suite(s)]
+    seeds = [(f"seed/{t.id}", t.instruction) for t in load_seed_tasks(ctx.cfg.run.seeds_file)]
     contaminated = _near(ctx, report.kept, evals)
     copies = _near(ctx, [r for r in report.kept if r["id"] not in contaminated], seeds)
     kept = [
@@ -277,15 +286,23 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
         for r in report.kept
         if r["id"] not in contaminated and r["id"] not in copies and r["id"] not in pool
     ]
+    # Like every dedup drop, each guarded one names what it was too close to.
+    guarded = [
+        {**r, "guard": guard, **hits[r["id"]]}
+        for guard, hits in (("eval_prompt", contaminated), ("seed", copies))
+        for r in report.kept
+        if r["id"] in hits
+    ]
     with ctx.rundir.writing_stage(n, "dedup") as out:
         write_jsonl(out / "kept.jsonl", kept)
         write_jsonl(out / "dropped.jsonl", report.dropped_records())
+        write_jsonl(out / "guarded.jsonl", guarded)
         write_json(
             out / "stats.json",
             {
                 "dedup": report.summary(),
-                "contaminated": contaminated,
-                "copies_seed": copies,
+                "contaminated": {k: v["guard_similarity"] for k, v in contaminated.items()},
+                "copies_seed": {k: v["guard_similarity"] for k, v in copies.items()},
                 "kept": len(kept),
             },
         )
@@ -300,17 +317,27 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
     return {"kept": len(kept)}
 
 
-def _near(ctx: Context, records: list[dict], texts: list[str]) -> dict[str, float]:
-    """Records whose instruction is within the dedup threshold of any of `texts`: id -> sim."""
+def _near(
+    ctx: Context, records: list[dict], texts: list[tuple[str, str]]
+) -> dict[str, dict[str, Any]]:
+    """Records whose instruction is within the dedup threshold of one of `texts` ((id, text)
+    pairs): record id -> the nearest text's id, the text and the similarity."""
     import numpy as np
 
     if not records or not texts:
         return {}
     emb = ctx.pool().embedder
     a = emb.encode([r["instruction"] for r in records])
-    sims = np.asarray((a @ emb.encode(texts).T).max(axis=1))
+    sims = np.asarray(a @ emb.encode([t for _, t in texts]).T)
+    best = sims.argmax(axis=1)
     return {
-        r["id"]: round(float(s), 4) for r, s in zip(records, sims) if s >= ctx.cfg.dedup.threshold
+        r["id"]: {
+            "guard_neighbour": texts[j][0],
+            "guard_text": texts[j][1],
+            "guard_similarity": round(float(sims[i, j]), 4),
+        }
+        for i, (r, j) in enumerate(zip(records, best))
+        if sims[i, j] >= ctx.cfg.dedup.threshold
     }
 
 

@@ -231,12 +231,14 @@ def _examples(rd: Path, k: int) -> list[str]:
     for r in load_jsonl(rd / "dedup" / "dropped.jsonl"):
         why = f"dedup dup of {r.get('dedup_neighbour')} sim {fmt(r.get('dedup_similarity'), 3)}"
         rejected.append(("dedup", why, r))
-    d = load_json(rd / "dedup" / "stats.json") or {}
-    judged = {r.get("id"): r for r in load_jsonl(rd / "judge" / "judged.jsonl")}
-    for key, label in (("contaminated", "near an eval prompt"), ("copies_seed", "copies a seed")):
-        for rid, sim in (d.get(key) or {}).items():
-            why = f"dedup {label} sim {fmt(sim, 3)}"
-            rejected.append((key, why, judged.get(rid, {"id": rid})))
+    labels = {
+        "eval_prompt": ("contaminated", "near an eval prompt"),
+        "seed": ("copies_seed", "copies a seed"),
+    }
+    for r in load_jsonl(rd / "dedup" / "guarded.jsonl"):
+        key, label = labels[r["guard"]]
+        why = f"dedup {label} {r.get('guard_neighbour')} sim {fmt(r.get('guard_similarity'), 3)}"
+        rejected.append((key, why, r))
     for r in load_jsonl(rd / "review" / "rejected.jsonl"):
         rejected.append(("review", f"review {r.get('review', 'removed')}", r))
     firsts: dict[str, int] = {}

@@ -113,6 +113,12 @@ def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> No
         if r["instruction"] == PLANTED["instruction"]
     )
     assert planted_id in stats["contaminated"]  # the contamination guard, on by default
+    guarded = {r["id"]: r for r in read_jsonl(r1 / "dedup" / "guarded.jsonl")}
+    assert guarded[planted_id]["guard_neighbour"] == "helpfulness/help-005"
+    assert guarded[planted_id]["guard_similarity"] == stats["contaminated"][planted_id]
+    assert guarded[copy_id]["guard"] == "seed" and guarded[copy_id]["guard_neighbour"].startswith(
+        "seed/"
+    )
     assert not set(stats["contaminated"]) & {r["id"] for r in kept}
     assert (r1 / "adapter" / "adapter_model.safetensors").is_file()
     eval_json = json.loads((r1 / "evaluate" / "eval.json").read_text())

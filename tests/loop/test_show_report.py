@@ -77,7 +77,9 @@ def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
     dropped = read_jsonl(r1 / "dedup" / "dropped.jsonl")
     assert len(dropped) == 1, "the leap-year paraphrase is a near duplicate"
     assert f"dedup dup of {dropped[0]['dedup_neighbour']}" in text
-    assert "near an eval prompt sim" in text
+    guarded = read_jsonl(r1 / "dedup" / "guarded.jsonl")
+    near = next(g for g in guarded if g["guard"] == "eval_prompt")
+    assert f"near an eval prompt {near['guard_neighbour']} sim" in text
     # Judge scores: the best-of-n range, from the files.
     scores = [r["judge_score"] for r in read_jsonl(r1 / "judge" / "judged.jsonl") + [low]]
     assert f"min {min(scores):.2f}" in text and f"max {max(scores):.2f}" in text
