@@ -287,8 +287,20 @@ def resume(
 
 
 def _print_end(run_dir: Path, state: dict) -> None:
+    from loop.review import pending_review
+    from loop.rundir import RunDir
+
     if state.get("stop"):
         typer.echo(f"finished: {state['stop']}; champion: {state.get('champion') or 'base model'}")
+        typer.echo(
+            f"next: `selfloop status {run_dir}` (one row per round), `selfloop show {run_dir} "
+            f"--round N` (what a round did), `selfloop report {run_dir}` (plots + HTML)"
+        )
+    elif (n := pending_review(RunDir(run_dir))) is not None:
+        typer.echo(
+            f"paused for review in round {n}: `selfloop review {run_dir}` says what to edit, "
+            f"`selfloop review {run_dir} --accept FILE` goes on"
+        )
     else:
         typer.echo(
             f"paused in round {state.get('round')}; continue with `selfloop resume {run_dir}`"
