@@ -459,6 +459,12 @@ def eval_cmd(
     suites: Annotated[
         str, typer.Option(help="Comma-separated bundled suites.")
     ] = "ifeval,helpfulness,domains,multilingual,safety",
+    suite_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Your own suite, NAME=PATH:METRIC (repeatable), e.g. clinic=clinic.jsonl:facts."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Prompts per suite (default: all).")] = None,
     max_tokens: Annotated[int, typer.Option()] = 160,
     against: Annotated[
@@ -479,10 +485,19 @@ def eval_cmd(
         cfg = _config(rd.config_path, set_)
         adapter = rd.champion()
     gen = TransformersGenerator(cfg.model, batch_size=cfg.backend.batch_size)
+    from judges.evals import load_suites
+
     names = [x.strip() for x in suites.split(",") if x.strip()]
+    files = {}
+    for item in suite_file or []:
+        name, eq, rest = item.partition("=")
+        path, colon, metric = rest.rpartition(":")
+        if not (eq and colon and name and path and metric):
+            raise SelfloopError(f"--suite-file {item!r}: expected NAME=PATH:METRIC")
+        files[name] = (path, metric)
     ev = evaluate(
         gen,
-        names,
+        load_suites(names, files),
         adapter=adapter,
         champion_adapter=against,
         max_tokens=max_tokens,

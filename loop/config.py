@@ -99,6 +99,18 @@ class LoopJudgeConfig(BaseModel):
     model: ModelSpec | None = Field(None, description="Judge model; default the student itself.")
 
 
+class CustomSuite(BaseModel):
+    """A user's own evaluation suite: a JSONL file of records for one of the metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, description="Suite name (gate metrics: NAME.metric).")
+    path: Path = Field(..., description="JSONL file; see judges/evals for each metric's keys.")
+    metric: Literal["verifiable", "pairwise", "facts", "language", "refusal"] = Field(
+        ..., description="How its answers are scored."
+    )
+
+
 class EvalConfig(BaseModel):
     """Held-out evaluation of each candidate against the champion."""
 
@@ -107,6 +119,11 @@ class EvalConfig(BaseModel):
     suites: list[str] = Field(
         default_factory=lambda: ["ifeval", "helpfulness", "domains", "multilingual", "safety"],
         description="Bundled suites to run.",
+    )
+    custom: list[CustomSuite] = Field(
+        default_factory=list,
+        description="Your own suites, evaluated with the bundled ones and guarded against "
+        "contamination the same way.",
     )
     limit_per_suite: int | None = Field(
         24,
@@ -203,12 +220,32 @@ def load_config(
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe_validation(e)}{_suggestion(e)}") from e
     # A missing seed or import file would otherwise surface only when its round reaches it.
-    for key, f in [("run.seeds_file", cfg.run.seeds_file)] + [
-        (f"run.import_files[{k}]", p) for k, p in enumerate(cfg.run.import_files)
+    for key, f in [
+        ("run.seeds_file", cfg.run.seeds_file),
+        *((f"run.import_files[{k}]", p) for k, p in enumerate(cfg.run.import_files)),
+        *((f"eval.custom[{k}].path", c.path) for k, c in enumerate(cfg.eval.custom)),
     ]:
         if f is not None and not Path(f).is_file():
             raise ConfigError(f"{source}: {key}: file not found: {f}")
+    if cfg.eval.custom:  # a bad record should stop the run now, not at round 1's evaluation
+        try:
+            eval_suites(cfg)
+        except SelfloopError as e:
+            raise ConfigError(f"{source}: eval.custom: {e}") from None
+    evaluated = [*cfg.eval.suites, *(c.name for c in cfg.eval.custom)]
+    if cfg.gate.primary.partition(".")[0] not in evaluated:
+        raise ConfigError(
+            f"{source}: gate.primary: {cfg.gate.primary} is on a suite that is not evaluated "
+            f"(eval.suites + eval.custom: {', '.join(evaluated)})"
+        )
     return cfg
+
+
+def eval_suites(cfg: SelfloopConfig) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """The run's evaluation suites, bundled and custom, loaded and validated together."""
+    from judges.evals import load_suites
+
+    return load_suites(cfg.eval.suites, {c.name: (c.path, c.metric) for c in cfg.eval.custom})
 
 
 def _suggestion(e: ValidationError) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from agent.data import read_jsonl, write_jsonl
-from loop.config import SelfloopConfig
+from loop.config import SelfloopConfig, eval_suites
 from loop.faults import failpoint, tune_callbacks
 from loop.rundir import RunDir, write_json
 
@@ -265,7 +265,6 @@ def judge(ctx: Context, state: LoopState) -> dict:
 def dedup_stage(ctx: Context, state: LoopState) -> dict:
     from agent.seeds import load_seed_tasks
     from judges.dedup import dedup
-    from judges.evals import load_suite
 
     n = state["round"]
     if ctx.rundir.stage_done(n, "dedup"):
@@ -277,7 +276,11 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
     )
     # Eval prompts must never be trained on (contamination); a proposal that copies a seed task
     # it was shown adds nothing (Self-Instruct compares against the seeds for the same reason).
-    evals = [(f"{s}/{r['id']}", r["prompt"]) for s in ctx.cfg.eval.suites for r in load_suite(s)]
+    evals = [
+        (f"{name}/{r['id']}", r["prompt"])
+        for name, (_, records) in eval_suites(ctx.cfg).items()
+        for r in records
+    ]
     seeds = [(f"seed/{t.id}", t.instruction) for t in load_seed_tasks(ctx.cfg.run.seeds_file)]
     contaminated = _near(ctx, report.kept, evals)
     copies = _near(ctx, [r for r in report.kept if r["id"] not in contaminated], seeds)
@@ -404,15 +407,16 @@ def evaluate(ctx: Context, state: LoopState) -> dict:
         "limit_per_suite": ctx.cfg.eval.limit_per_suite,
     }
     t0 = time.monotonic()
+    suites = eval_suites(ctx.cfg)
     cand = run_eval(
         gen,
-        ctx.cfg.eval.suites,
+        suites,
         adapter=ctx.rundir.round_dir(n) / "adapter",
         champion_adapter=champion or "base",
         **common,
     )
     failpoint("evaluate.candidate", n)
-    champ = run_eval(gen, ctx.cfg.eval.suites, adapter=champion, **common)
+    champ = run_eval(gen, suites, adapter=champion, **common)
     with ctx.rundir.writing_stage(n, "evaluate") as out:
         write_json(out / "eval.json", cand)
         write_json(out / "champion_eval.json", champ)

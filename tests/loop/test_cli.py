@@ -219,3 +219,26 @@ def test_eval_prints_a_table(monkeypatch, capsys, tiny_model_dir: Path, tmp_path
     assert code == 0
     assert "ifeval" in stdout and "prompt_loose" in stdout and "refusal_rate" in stdout
     assert set(json.loads(out.read_text())["suites"]) == {"ifeval", "safety"}
+
+
+def test_eval_with_a_users_own_suite(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path):
+    suite = tmp_path / "clinic.jsonl"
+    suite.write_text(
+        json.dumps({
+            "id": "clinic-1", "prompt": "What organ pumps blood?", "reference": "The heart.",
+            "domain": "healthcare", "facts": ["heart"], "language": "en",
+        }) + "\n"
+    )  # fmt: skip
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "eval", "--model", str(tiny_model_dir), "--suites", "safety",
+        "--suite-file", f"clinic={suite}:facts", "--limit", "2", "--max-tokens", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    assert any(line.startswith("clinic") and "fact_recall" in line for line in stdout.splitlines())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "prompt": "Hi", "domain": "law", "language": "en"}\n')
+    code, _, err = run_cli(
+        monkeypatch, capsys, "eval", "--model", str(tiny_model_dir), "--suite-file",
+        f"bad={bad}:facts",
+    )  # fmt: skip
+    assert code == 1 and f"{bad}:1: missing key 'reference'" in err

@@ -214,3 +214,40 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: P
     b = json.loads((clean / "rounds/001/decision.json").read_text())
     assert a["decision"] == b["decision"] and a["reasons"] == b["reasons"]
     assert (killed / "metrics.jsonl").read_text().count("\n") == 1  # the round recorded once
+
+
+def test_a_custom_eval_suite_is_evaluated_and_guarded(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A user's suite runs next to the bundled ones, and a training example that paraphrases one
+    of its prompts is removed like a bundled eval prompt's paraphrase."""
+    suite = tmp_path / "colours.jsonl"
+    suite.write_text(
+        json.dumps({
+            "id": "col-1", "prompt": "Which colour results from mixing blue with yellow paint?",
+            "reference": "Green.", "domain": "general", "facts": ["green"], "language": "en",
+        }) + "\n"
+    )  # fmt: skip
+    path = write_config(tmp_path, tiny_model_dir, max_rounds=1)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["eval"]["suites"] = ["safety"]
+    cfg["eval"]["custom"] = [{"name": "colours", "path": str(suite), "metric": "facts"}]
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(Exception, match="gate.primary: ifeval.prompt_loose is on a suite that"):
+        load_config(path)  # the default primary's suite is not evaluated
+    cfg["gate"] = {"primary": "colours.fact_recall", "guards": []}
+    path.write_text(yaml.safe_dump(cfg))
+    rd = tmp_path / "run"
+    run(load_config(path), rd)
+    r1 = rd / "rounds" / "001"
+    ev = json.loads((r1 / "evaluate" / "eval.json").read_text())
+    assert set(ev["suites"]) == {"safety", "colours"}
+    assert ev["suites"]["colours"]["metrics"]["fact_recall"]["overall"]["n"] == 1
+    decision = json.loads((r1 / "decision.json").read_text())
+    assert "fact recall" in decision["reasons"][0]  # the gate judged on the user's suite
+    guarded = read_jsonl(r1 / "dedup" / "guarded.jsonl")
+    hit = next(g for g in guarded if g["guard_neighbour"] == "colours/col-1")
+    assert hit["instruction"] == "What colour do you get by mixing blue and yellow?"
+    assert hit["id"] not in {r["id"] for r in read_jsonl(r1 / "dedup" / "kept.jsonl")}
+
+    (tmp_path / "gone.yaml").write_text(path.read_text().replace(str(suite), "/no/suite.jsonl"))
+    with pytest.raises(Exception, match=r"eval.custom\[0\].path: file not found"):
+        load_config(tmp_path / "gone.yaml")
