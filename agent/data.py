@@ -1,8 +1,13 @@
-"""Chat-example records on disk: JSONL read/write (atomic), with errors naming file and line.
+"""Chat-example records on disk: the canonical `Example` and JSONL I/O (atomic), with errors
+naming file and line.
 
-A record is a JSON object with a `messages` list of `{"role", "content"}` plus provenance keys
-(id, round, stage, source, scores, reasons...). Import/export formats (Alpaca, ShareGPT, HF
-datasets) build on these two functions (issue #3).
+Every stage of a round reads and writes `Example` records: chat `messages` plus provenance (id,
+source, round, stage, model, sampling...), scores (`judge_score`) and reasons (`filter_reason`,
+`dedup_neighbour`, `guard_neighbour`, ...). They stay plain dicts in memory, so a stage adds its
+own keys without ceremony; `write_examples` / `read_examples` validate each one against `Example`
+at the stage boundary and stamp `schema_version`, so a stage that writes a malformed record fails
+where it wrote it, and a file from a newer selfloop is refused instead of misread. Import/export
+formats (Alpaca, ShareGPT, HF datasets) build on these functions (`agent.formats`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,88 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from agent.errors import SelfloopError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import SelfloopError, describe_validation
+
+SCHEMA_VERSION = 1  # bump when a field changes meaning; readers refuse newer files
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Example(BaseModel):
+    """The canonical record. Keys beyond these (a stage's provenance and reasons) ride along."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+    id: str = Field(..., min_length=1)
+    source: Literal["self", "teacher", "human", "human-edited"] = Field(
+        ..., description="Who wrote the answer (or the task, before it is answered)."
+    )
+    round: int | None = Field(None, ge=1)
+    stage: str | None = None
+    messages: list[Message] = Field(
+        default_factory=list, description="The chat; empty only for a task not yet answered."
+    )
+    instruction: str | None = None
+    input: str | None = None
+    response: str | None = None
+    domain: str | None = None
+    language: str | None = None
+    model: str | None = Field(None, description="The model that wrote it (None: a person).")
+    judge_score: float | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Example:
+        if not self.messages and not (self.instruction or "").strip():
+            raise ValueError("a record needs messages or an instruction")
+        return self
+
+
+def check_example(record: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`record` validated as an Example, with `schema_version` first; one-line error otherwise."""
+    version = record.get("schema_version", SCHEMA_VERSION)
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise SelfloopError(
+            f"{where}: schema_version {version} was written by a newer selfloop (this one reads "
+            f"up to {SCHEMA_VERSION}); upgrade selfloop to read it"
+        )
+    try:
+        Example.model_validate(record)
+    except ValidationError as e:
+        raise SelfloopError(f"{where}: {describe_validation(e)}") from None
+    return {"schema_version": SCHEMA_VERSION, **record}
+
+
+def write_examples(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Validate every record as an Example, then write them atomically (nothing on a bad one)."""
+    checked = [check_example(r, f"{path}: record {k}") for k, r in enumerate(records, 1)]
+    return write_jsonl(path, checked)
+
+
+def read_examples(path: str | Path) -> list[dict[str, Any]]:
+    """The Example records of a JSONL file; a bad or newer-schema record names file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfloopError(f"data file not found: {path}")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rec = parse_object(line)
+                except ValueError as e:
+                    raise SelfloopError(f"{path}:{n}: {e}") from None
+                out.append(check_example(rec, f"{path}:{n}"))
+    return out
 
 
 def parse_object(line: str) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """Expert data import and export: Alpaca, ShareGPT, chat messages, Self-Instruct seed tasks, CSV,
 Parquet and Hugging Face `datasets` directories, to and from canonical `Example` records.
 
-An `Example` is a plain JSON-able dict: `{"id", "messages": [{"role", "content"}...], "source",
-"round", "meta"}`. Imported examples get `source: "human"`, `round: None` and the id
-`example_id(messages)`: `"h-"` + the first 16 hex digits of the SHA-256 of the (role, content)
-pairs. The id depends on the conversation alone, so importing a file twice (or the same data from
-two formats) yields the same ids and dedup never counts it twice; an exact repeat inside one file
-is dropped and listed in `ImportResult.duplicates`. `meta` says where a record came from (format,
-file, line or row) and keeps the record's other fields under `fields`.
+An imported record is an `agent.data.Example` as a plain dict: `{"id", "messages": [{"role",
+"content"}...], "source", "round", "meta"}`. Imported examples get `source: "human"`, `round: None`
+and the id `example_id(messages)`: `"h-"` + the first 16 hex digits of the SHA-256 of the (role,
+content) pairs. The id depends on the conversation alone, so importing a file twice (or the same
+data from two formats) yields the same ids and dedup never counts it twice; an exact repeat inside
+one file is dropped and listed in `ImportResult.duplicates`. `meta` says where a record came from
+(format, file, line or row) and keeps the record's other fields under `fields`.
 
 Every record is validated: valid roles, an optional system message first, then user and assistant
 turns alternating, each non-empty, ending with the assistant. A problem is reported as
@@ -34,7 +34,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from agent.errors import SelfloopError
 
@@ -59,14 +59,8 @@ _SPEAKERS = {
 _SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
 
 
-class Example(TypedDict):
-    """The canonical record every stage reads and writes (JSON-able)."""
-
-    id: str
-    messages: list[dict[str, str]]
-    source: str  # human | self | teacher | ...
-    round: int | None
-    meta: dict[str, Any]
+# An imported record: a plain dict that validates as `agent.data.Example` (the canonical record).
+Record = dict[str, Any]
 
 
 @dataclass
@@ -76,7 +70,7 @@ class ImportResult:
     path: Path
     format: str  # the record format: alpaca | sharegpt | messages | self-instruct
     kind: str  # the file kind: json | jsonl | csv | parquet | hf
-    records: list[Example]
+    records: list[Record]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (where, first seen at)
 
@@ -108,7 +102,7 @@ def make_example(
     round: int | None = None,
     meta: dict[str, Any] | None = None,
     id: str | None = None,
-) -> Example:
+) -> Record:
     """A canonical record; the id defaults to `example_id(messages)`."""
     return {
         "id": id or example_id(messages),
@@ -697,7 +691,6 @@ def export_records(
 __all__ = [
     "EXPORT_FORMATS",
     "IMPORT_FORMATS",
-    "Example",
     "ExportResult",
     "ImportResult",
     "example_id",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
-from agent.data import read_jsonl, write_jsonl
+from agent.data import read_examples, write_examples, write_jsonl
 from loop.config import SelfloopConfig, eval_suites
 from loop.faults import failpoint, tune_callbacks
 from loop.rundir import RunDir, write_json
@@ -105,10 +105,10 @@ def propose(ctx: Context, state: LoopState) -> dict:
     # Self-Instruct filters proposals before anyone answers them.
     report = FilterChain(ctx.cfg.filters).run(proposals, instructions_only=True)
     with ctx.rundir.writing_stage(n, "propose") as out:
-        write_jsonl(out / "proposed.jsonl", proposals)
+        write_examples(out / "proposed.jsonl", proposals)
         write_jsonl(out / "replies.jsonl", stats.pop("replies", []))
-        write_jsonl(out / "kept.jsonl", report.kept)
-        write_jsonl(out / "rejected.jsonl", report.rejected_records())
+        write_examples(out / "kept.jsonl", report.kept)
+        write_examples(out / "rejected.jsonl", report.rejected_records())
         write_json(
             out / "stats.json",
             {**stats, "filter": report.summary(), "seconds": time.monotonic() - t0},
@@ -129,7 +129,7 @@ def respond(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if ctx.rundir.stage_done(n, "respond"):
         return {}
-    tasks = read_jsonl(ctx.rundir.stage_dir(n, "propose") / "kept.jsonl")
+    tasks = read_examples(ctx.rundir.stage_dir(n, "propose") / "kept.jsonl")
     params = ctx.cfg.respond.sampling.model_copy(update={"n": ctx.cfg.respond.n})
     t0 = time.monotonic()
     records, stats = [], {}
@@ -153,7 +153,7 @@ def respond(ctx: Context, state: LoopState) -> dict:
     if "import" in ctx.cfg.run.sources and n == 1:
         records += _imported(ctx)
     with ctx.rundir.writing_stage(n, "respond") as out:
-        write_jsonl(out / "responses.jsonl", records)
+        write_examples(out / "responses.jsonl", records)
         write_json(
             out / "stats.json",
             {**stats, "responses": len(records), "seconds": time.monotonic() - t0},
@@ -170,7 +170,7 @@ def filter_stage(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if ctx.rundir.stage_done(n, "filter"):
         return {}
-    records = read_jsonl(ctx.rundir.stage_dir(n, "respond") / "responses.jsonl")
+    records = read_examples(ctx.rundir.stage_dir(n, "respond") / "responses.jsonl")
     report = FilterChain(ctx.cfg.filters).run(records)
     safety = SafetyFilter(ctx.cfg.safety).run(report.kept)
     kept, failed_checks = [], []
@@ -195,8 +195,8 @@ def filter_stage(ctx: Context, state: LoopState) -> dict:
         + failed_checks
     )
     with ctx.rundir.writing_stage(n, "filter") as out:
-        write_jsonl(out / "filtered.jsonl", kept)
-        write_jsonl(out / "rejected.jsonl", rejected)
+        write_examples(out / "filtered.jsonl", kept)
+        write_examples(out / "rejected.jsonl", rejected)
         write_json(
             out / "stats.json",
             {
@@ -216,7 +216,7 @@ def judge(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if ctx.rundir.stage_done(n, "judge"):
         return {}
-    records = read_jsonl(ctx.rundir.stage_dir(n, "filter") / "filtered.jsonl")
+    records = read_examples(ctx.rundir.stage_dir(n, "filter") / "filtered.jsonl")
     gen = ctx.student(state)  # the student judges itself (Self-Rewarding), base weights
     judge_ = LLMJudge(gen, ctx.cfg.judge.rubric)
     groups: dict[str, list[dict]] = {}
@@ -237,8 +237,8 @@ def judge(ctx: Context, state: LoopState) -> dict:
     for k, rec in enumerate(ranked):
         (best if k < top and rec["judge_score"] >= ctx.cfg.judge.min_score else low).append(rec)
     with ctx.rundir.writing_stage(n, "judge") as out:
-        write_jsonl(out / "judged.jsonl", best)
-        write_jsonl(out / "low_score.jsonl", low)
+        write_examples(out / "judged.jsonl", best)
+        write_examples(out / "low_score.jsonl", low)
         write_jsonl(out / "preference_pairs.jsonl", out_["preference_pairs"])
         write_json(
             out / "stats.json",
@@ -269,7 +269,7 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if ctx.rundir.stage_done(n, "dedup"):
         return {"kept": _stats(ctx.rundir.stage_dir(n, "dedup"))["kept"]}
-    records = read_jsonl(ctx.rundir.stage_dir(n, "judge") / "judged.jsonl")
+    records = read_examples(ctx.rundir.stage_dir(n, "judge") / "judged.jsonl")
     pool = ctx.pool()
     report = dedup(
         records, pool, ctx.cfg.dedup, scores={r["id"]: r["judge_score"] for r in records}
@@ -297,9 +297,9 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
         if r["id"] in hits
     ]
     with ctx.rundir.writing_stage(n, "dedup") as out:
-        write_jsonl(out / "kept.jsonl", kept)
-        write_jsonl(out / "dropped.jsonl", report.dropped_records())
-        write_jsonl(out / "guarded.jsonl", guarded)
+        write_examples(out / "kept.jsonl", kept)
+        write_examples(out / "dropped.jsonl", report.dropped_records())
+        write_examples(out / "guarded.jsonl", guarded)
         write_json(
             out / "stats.json",
             {
@@ -535,7 +535,7 @@ def round_metrics(rundir: RunDir, n: int) -> dict[str, Any]:
 def round_kept(rundir: RunDir, n: int) -> list[dict]:
     """What round n trains on: the reviewed set when a person reviewed it, else dedup's kept."""
     reviewed = rundir.stage_dir(n, "review") / "kept.jsonl"
-    return read_jsonl(
+    return read_examples(
         reviewed if reviewed.exists() else rundir.stage_dir(n, "dedup") / "kept.jsonl"
     )
 

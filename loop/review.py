@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.data import parse_object, read_jsonl, write_jsonl
+from agent.data import parse_object, read_examples, write_examples
 from agent.errors import SelfloopError
 from loop.rundir import RunDir, atomic_write, write_json
 
@@ -34,9 +34,9 @@ def review_paths(rundir: RunDir, n: int) -> tuple[Path, Path]:
 
 def write_review_files(rundir: RunDir, n: int) -> tuple[Path, Path]:
     """Write the round's dedup-kept candidates for a person to edit (both formats, same rows)."""
-    records = read_jsonl(rundir.stage_dir(n, "dedup") / "kept.jsonl")
+    records = read_examples(rundir.stage_dir(n, "dedup") / "kept.jsonl")
     jsonl, csv_path = review_paths(rundir, n)
-    write_jsonl(jsonl, records)
+    write_examples(jsonl, records)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -135,7 +135,7 @@ def accept_review(rundir: RunDir, n: int, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if rundir.stage_done(n, "review"):
         raise SelfloopError(f"round {n} of {rundir.root} has already been reviewed")
-    candidates = {r["id"]: r for r in read_jsonl(rundir.stage_dir(n, "dedup") / "kept.jsonl")}
+    candidates = {r["id"]: r for r in read_examples(rundir.stage_dir(n, "dedup") / "kept.jsonl")}
     kept, seen = [], set()
     for where, row in _read_edited(path):
         rid = str(row.get("id") or "").strip()
@@ -156,8 +156,8 @@ def accept_review(rundir: RunDir, n: int, path: str | Path) -> dict[str, Any]:
         "edited": sum(1 for r in kept if r.get("source") == "human-edited"),
     }
     with rundir.writing_stage(n, "review") as out:
-        write_jsonl(out / "kept.jsonl", kept)
-        write_jsonl(out / "rejected.jsonl", rejected)
+        write_examples(out / "kept.jsonl", kept)
+        write_examples(out / "rejected.jsonl", rejected)
         write_json(out / "stats.json", stats)
     log.info("round %d review: %s", n, json.dumps(stats))
     return stats
