@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from agent.errors import SelfloopError
 from loop.show import (
     eval_rows,
     fmt,
@@ -276,6 +277,11 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     RunDir(run_dir).require_run()
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    # The old report is replaced whole: never a directory that holds anything else.
+    if out.exists() and (
+        not out.is_dir() or not {p.name for p in out.iterdir()} <= {*PLOTS, "index.html"}
+    ):
+        raise SelfloopError(f"{out} exists and is not a selfloop report; choose another --out")
     metrics = sorted(RunDir(run_dir).read_metrics(), key=lambda m: m["round"])
     done = {m["round"] for m in metrics}
     in_progress = [n for n in round_numbers(run_dir) if n not in done]

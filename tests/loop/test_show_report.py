@@ -221,6 +221,14 @@ def test_cli_show_report_and_export(run_dir: Path, tmp_path: Path) -> None:
     made = _cli("report", str(run_dir), "--out", str(out))
     assert made.returncode == 0 and str(out / "index.html") in made.stdout, made.stderr
     assert {p.name for p in out.iterdir()} == {*PLOTS, "index.html"}
+    again = _cli("report", str(run_dir), "--out", str(out))  # a report replaces a report
+    assert again.returncode == 0, again.stderr
+    mine = tmp_path / "documents"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    refused = _cli("report", str(run_dir), "--out", str(mine))
+    assert refused.returncode == 1 and "is not a selfloop report" in refused.stderr
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
 
     # export: the round's adapter as it is, or merged into the base model.
     decision = _json(run_dir / "rounds" / "001" / "decision.json")["decision"]
