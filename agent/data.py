@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,23 +83,6 @@ def write_examples(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Pa
     return write_jsonl(path, checked)
 
 
-def read_examples(path: str | Path) -> list[dict[str, Any]]:
-    """The Example records of a JSONL file; a bad or newer-schema record names file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelfloopError(f"data file not found: {path}")
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rec = parse_object(line)
-                except ValueError as e:
-                    raise SelfloopError(f"{path}:{n}: {e}") from None
-                out.append(check_example(rec, f"{path}:{n}"))
-    return out
-
-
 def parse_object(line: str) -> dict[str, Any]:
     """One JSONL line as a JSON object; ValueError saying what is wrong (callers add file:line)."""
     try:
@@ -111,23 +94,32 @@ def parse_object(line: str) -> dict[str, Any]:
     return rec
 
 
-def read_jsonl(path: str | Path, require_messages: bool = False) -> list[dict[str, Any]]:
-    """All records of a JSONL file; blank lines are skipped; a bad line names file:line."""
+def read_examples(path: str | Path) -> list[dict[str, Any]]:
+    """The Example records of a JSONL file; a bad or newer-schema record names file:line."""
+    return [check_example(rec, where) for where, rec in _objects(path)]
+
+
+def _objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("file:line", object) for every non-blank line; a line that is not an object fails."""
     path = Path(path)
     if not path.is_file():
         raise SelfloopError(f"data file not found: {path}")
-    records = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = parse_object(line)
-            except ValueError as e:
-                raise SelfloopError(f"{path}:{n}: {e}") from None
-            if require_messages:
-                _check_messages(rec.get("messages"), f"{path}:{n}")
-            records.append(rec)
+            if line.strip():
+                try:
+                    yield f"{path}:{n}", parse_object(line)
+                except ValueError as e:
+                    raise SelfloopError(f"{path}:{n}: {e}") from None
+
+
+def read_jsonl(path: str | Path, require_messages: bool = False) -> list[dict[str, Any]]:
+    """All records of a JSONL file; blank lines are skipped; a bad line names file:line."""
+    records = []
+    for where, rec in _objects(path):
+        if require_messages:
+            _check_messages(rec.get("messages"), where)
+        records.append(rec)
     return records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -92,3 +93,16 @@ def start_server(args: list[str], port: int, log: Path, timeout: float = 120.0) 
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError(f"selfloop serve did not come up in {timeout}s:\n{log.read_text()}")
+
+
+def selfloop(
+    *args: str, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`selfloop ARGS...` in a real subprocess (offline), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "loop.cli", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers import selfloop
 from tests.loop.test_loop import write_config
 
 # Figures that depend on the machine or on how much a process did itself (a resumed training
@@ -35,16 +34,6 @@ def _config(tmp: Path, model_dir: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *args],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _strip(x):  # noqa: ANN001, ANN202
@@ -74,7 +63,7 @@ def _outcome(run_dir: Path) -> dict:
 def clean(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("crash-clean")
     cfg = _config(tmp, tiny_model_dir)
-    done = _cli("run", str(cfg), "--out", str(tmp / "run"))
+    done = selfloop("run", str(cfg), "--out", str(tmp / "run"))
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = _outcome(tmp / "run")
     # The points below are only all reached if round 1 is promoted and round 2 is not.
@@ -100,9 +89,9 @@ def test_kill_at_any_point_then_resume_matches_a_clean_run(
 ) -> None:
     cfg, expected = clean
     run_dir = tmp_path / "run"
-    killed = _cli("run", str(cfg), "--out", str(run_dir), env={"SELFLOOP_FAILPOINT": point})
+    killed = selfloop("run", str(cfg), "--out", str(run_dir), env={"SELFLOOP_FAILPOINT": point})
     assert killed.returncode == -signal.SIGKILL, (point, killed.returncode, killed.stderr[-2000:])
-    resumed = _cli("resume", str(run_dir))
+    resumed = selfloop("resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "finished:" in resumed.stdout
     got = _outcome(run_dir)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,17 +13,8 @@ import yaml
 from agent.data import read_jsonl
 from loop.config import load_config
 from loop.graph import run
+from tests.helpers import selfloop
 from tests.loop.test_crash import _config
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *args],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture
@@ -50,7 +38,7 @@ def test_review_round_trip_through_the_csv(paused: Path, tmp_path: Path) -> None
     assert [r["id"] for r in rows] == [c["id"] for c in candidates]
     assert all(r["judge_score"] for r in rows)  # the scores are there to decide by
 
-    told = _cli("review", str(paused))
+    told = selfloop("review", str(paused))
     assert told.returncode == 0 and "review.csv" in told.stdout, told.stderr
 
     dropped, edited = rows[0]["id"], rows[1]["id"]
@@ -63,7 +51,7 @@ def test_review_round_trip_through_the_csv(paused: Path, tmp_path: Path) -> None
         w.writeheader()
         w.writerows(rows)
 
-    done = _cli("review", str(paused), "--accept", str(edited_file))
+    done = selfloop("review", str(paused), "--accept", str(edited_file))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished:" in done.stdout
 
@@ -105,14 +93,14 @@ def test_bad_review_edits_are_refused_and_nothing_is_written(paused: Path, tmp_p
     for name, (records, message) in cases.items():
         f = tmp_path / name
         f.write_text("".join(json.dumps(r) + "\n" for r in records))
-        out = _cli("review", str(paused), "--accept", str(f))
+        out = selfloop("review", str(paused), "--accept", str(f))
         assert out.returncode == 1 and message in out.stderr, (name, out.stderr)
         assert "Traceback" not in out.stderr and out.stderr.splitlines()[-1].startswith("error: ")
         assert not (r1 / "review").exists() and not (r1 / "adapter").exists()
     # After the refusals the original file is still accepted (everything kept, nothing edited).
-    ok = _cli("review", str(paused), "--accept", str(r1 / "review.jsonl"))
+    ok = selfloop("review", str(paused), "--accept", str(r1 / "review.jsonl"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     stats = json.loads((r1 / "review" / "stats.json").read_text())
     assert stats["accepted"] == len(good) and stats["edited"] == 0 and stats["rejected"] == 0
-    again = _cli("review", str(paused), "--accept", str(r1 / "review.jsonl"))
+    again = selfloop("review", str(paused), "--accept", str(r1 / "review.jsonl"))
     assert again.returncode == 1 and "no round waiting for review" in again.stderr

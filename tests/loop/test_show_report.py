@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from loop.config import load_config
 from loop.graph import run
 from loop.report import PLOTS, funnel_counts, write_report
 from loop.show import render_round
+from tests.helpers import selfloop
 from tests.loop.test_loop import EXPERT, PLANTED, _seed_copy, write_config
 
 # Beyond test_loop's data: one example the filters reject (a blacklisted keyword) and a
@@ -198,56 +196,48 @@ def test_report_of_a_run_with_no_finished_round(tmp_path: Path) -> None:
         write_report(tmp_path / "rounds")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *args],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_cli_show_report_and_export(run_dir: Path, tmp_path: Path) -> None:
-    shown = _cli("show", str(run_dir), "--round", "1")
+    shown = selfloop("show", str(run_dir), "--round", "1")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == render_round(run_dir, 1)
-    latest = _cli("show", str(run_dir))  # no --round: the latest round
+    latest = selfloop("show", str(run_dir))  # no --round: the latest round
     assert latest.returncode == 0 and latest.stdout == render_round(run_dir, 2)
-    missing = _cli("show", str(run_dir), "--round", "9")
+    missing = selfloop("show", str(run_dir), "--round", "9")
     assert missing.returncode == 1 and "has no round 9" in missing.stderr
 
     out = tmp_path / "rep"
-    made = _cli("report", str(run_dir), "--out", str(out))
+    made = selfloop("report", str(run_dir), "--out", str(out))
     assert made.returncode == 0 and str(out / "index.html") in made.stdout, made.stderr
     assert {p.name for p in out.iterdir()} == {*PLOTS, "index.html"}
-    again = _cli("report", str(run_dir), "--out", str(out))  # a report replaces a report
+    again = selfloop("report", str(run_dir), "--out", str(out))  # a report replaces a report
     assert again.returncode == 0, again.stderr
     mine = tmp_path / "documents"
     mine.mkdir()
     (mine / "thesis.txt").write_text("years of work")
-    refused = _cli("report", str(run_dir), "--out", str(mine))
+    refused = selfloop("report", str(run_dir), "--out", str(mine))
     assert refused.returncode == 1 and "is not a selfloop report" in refused.stderr
     assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
 
     # export: the round's adapter as it is, or merged into the base model.
     decision = _json(run_dir / "rounds" / "001" / "decision.json")["decision"]
-    champ = _cli("export", str(run_dir), "--out", str(tmp_path / "champ"))
+    champ = selfloop("export", str(run_dir), "--out", str(tmp_path / "champ"))
     if decision == "promoted":
         assert champ.returncode == 0 and (tmp_path / "champ" / "adapter_config.json").is_file()
     else:
         assert champ.returncode == 1 and "pass --round N" in champ.stderr
-    copied = _cli("export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a1"))
+    copied = selfloop("export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a1"))
     assert copied.returncode == 0, copied.stderr
     src = run_dir / "rounds" / "001" / "adapter"
     for f in src.iterdir():
         assert (tmp_path / "a1" / f.name).read_bytes() == f.read_bytes()
-    again = _cli("export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a1"))
+    again = selfloop("export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a1"))
     assert again.returncode == 1 and "already exists" in again.stderr
-    no_adapter = _cli("export", str(run_dir), "--round", "2", "--out", str(tmp_path / "a2"))
+    no_adapter = selfloop("export", str(run_dir), "--round", "2", "--out", str(tmp_path / "a2"))
     assert no_adapter.returncode == 1 and "round 2 has no adapter" in no_adapter.stderr
 
-    merged = _cli("export", str(run_dir), "--round", "1", "--merge", "--out", str(tmp_path / "m"))
+    merged = selfloop(
+        "export", str(run_dir), "--round", "1", "--merge", "--out", str(tmp_path / "m")
+    )
     assert merged.returncode == 0, merged.stderr[-2000:]
     from transformers import AutoModelForCausalLM
 
