@@ -45,6 +45,19 @@ _ITEM = re.compile(
 )
 _BULLET = re.compile(r"^\s*[-*•]\s+(.+)$")
 _LEAD = re.compile(r"^(?:instruction|task|question)\s*:\s*", re.I)
+# The small model often writes the number twice ("1. 1. x", "4. 2. x", "2.2. x") or a stray one.
+_NUMBER = re.compile(r"^(?:\d{1,3}\s*[.):](?:\s+|$))+")
+# A markdown heading or a line in bold only ("**Original task**") starts a section, not text.
+_HEADING = re.compile(r"^\s*(?:#+\s.*|\*\*[^*]+\*\*:?)\s*$")
+# Markdown emphasis at word edges ("**Title** - x", "Title* - x"), not `2**10` or `5 * 3`.
+_EMPHASIS = re.compile(r"(?<=\w)\*{1,2}(?=[\s:.,;!?)-]|$)|(?:^|(?<=[\s(]))\*{1,2}(?=\w)")
+_CHATTER = re.compile(
+    r"^(?:sure|certainly|of course|okay)\b|^(?:i hope|hope this|let me know|feel free)\b"
+    r"|^here (?:are|is)\b.{0,40}\b(?:tasks?|instructions?|questions?|examples?|prompts?)\b",
+    re.I,
+)
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")  # scripts written without spaces
+_QUOTES = {'"': '"', "“": "”", "'": "'", "«": "»"}
 
 
 class ProposeConfig(BaseModel):
@@ -81,34 +94,76 @@ class ProposeConfig(BaseModel):
 def parse_numbered_list(text: str, truncated: bool = False) -> list[str]:
     """Tasks from a model's numbered list, tolerant of junk lines, repeats and other formats.
 
-    Accepts `1. x`, `1) x`, `Task 1: x`, `**1.** x`, and falls back to `- x` bullets. Lines
-    that continue an item are joined to it. A reply cut off at the token limit loses its last
-    item (it is probably incomplete). Exact repeats are dropped; order is kept.
+    Accepts `1. x`, `1) x`, `Task 1: x`, `**1.** x`, a number written twice (`1. 1. x`), a list
+    run together on one line (`1. x? 2. y? 3. z?`), and falls back to `- x` bullets. Lines that
+    continue an item are joined to it; a blank line, a heading or chatter ends it (a blank line
+    after `Task 1:` or a header ending in `:` does not: its text follows). A reply cut off at the
+    token limit loses its last item only if the cut fell inside it. Chatter ("Here are 8 new
+    tasks:"), one-word items and repeats are dropped; order is kept.
     """
-    items: list[list[str]] = []
-    open_item = False  # a blank line closes an item: what follows is chatter, not a continuation
+    items: list[tuple[int, list[str]]] = []  # (its number, its lines)
+    open_item = False
+    tail_in_item = False  # the reply's last non-blank line belongs to the last item
     for line in text.splitlines():
+        stripped = line.strip()
         m = _ITEM.match(line)
         if m:  # a new item (its text may follow on the next line)
-            items.append([m.group(2).strip()] if m.group(2).strip() else [])
-            open_item = True
-        elif not line.strip():
-            open_item = bool(items) and not items[-1]  # "1." alone may be followed by a blank
-        elif open_item and not line.strip().endswith(":"):
-            items[-1].append(line.strip())
-    joined = [" ".join(parts) for parts in items]
-    if not any(joined):
-        joined = [m.group(1).strip() for m in map(_BULLET.match, text.splitlines()) if m]
-    if truncated and joined:
-        joined = joined[:-1]
+            first = _NUMBER.sub("", m.group(2).strip())
+            items.append((int(m.group(1)), [first] if first else []))
+            open_item = tail_in_item = True
+        elif not stripped:
+            open_item = open_item and (not items[-1][1] or items[-1][1][-1].endswith(":"))
+        elif (
+            open_item
+            and not stripped.endswith(":")
+            and not _HEADING.match(line)
+            and not _CHATTER.match(stripped)
+        ):
+            items[-1][1].append(stripped)
+            tail_in_item = True
+        else:
+            open_item = tail_in_item = False
+    pieces = [p for number, parts in items for p in _split_inline(" ".join(parts), number)]
+    if not any(pieces):
+        bullets = [_BULLET.match(line) for line in text.splitlines() if line.strip()]
+        pieces = [b.group(1).strip() for b in bullets if b]
+        tail_in_item = bool(bullets) and bullets[-1] is not None
+    if truncated and tail_in_item and pieces:
+        pieces = pieces[:-1]
     out, seen = [], set()
-    for it in joined:
-        it = _LEAD.sub("", it.strip().strip("*").strip())
-        if len(it.split()) < 2 or it.lower() in seen:
+    for piece in pieces:
+        it = _clean(piece)
+        key = " ".join(it.lower().split()).rstrip(".!?;: ")
+        too_short = len(it.split()) < 2 and len(_CJK.findall(it)) < 4
+        if too_short or key in seen or _CHATTER.match(it):
             continue
-        seen.add(it.lower())
+        seen.add(key)
         out.append(it)
     return out
+
+
+def _split_inline(text: str, number: int) -> list[str]:
+    """`1. a? 2. b? 3. c?` on one line: cut before number+1, number+2, ... where they follow."""
+    cuts: list[re.Match[str]] = []
+    pos, n = 0, number + 1
+    # The number follows the end of the previous item: a full stop, question mark, colon...
+    while m := re.compile(rf"(?<=[.?!:;)\"'”»])\s+{n}\s*[.)]\s+").search(text, pos):
+        cuts.append(m)
+        pos, n = m.end(), n + 1
+    if len(cuts) < 2:  # one "2. " inside a sentence is more likely part of it than a list
+        return [text]
+    starts = [0, *(c.end() for c in cuts)]
+    ends = [*(c.start() for c in cuts), len(text)]
+    return [text[a:b] for a, b in zip(starts, ends)]
+
+
+def _clean(item: str) -> str:
+    """One item's text without markdown bold, a leading label or number, or wrapping quotes."""
+    it = " ".join(_EMPHASIS.sub("", item).split()).strip("*").strip()
+    it = _NUMBER.sub("", _LEAD.sub("", it)).strip()
+    if len(it) > 2 and _QUOTES.get(it[0]) == it[-1]:
+        it = it[1:-1].strip()
+    return it
 
 
 def _weighted(rng: random.Random, weights: Mapping[str, float]) -> str | None:
@@ -217,12 +272,14 @@ def propose(
             log.warning("proposal call %d failed: %s", call, res.error)
             continue
         comp = res.completions[0]
+        # The call's plan travels with its reply, so a reply can be replayed or used as a fixture.
         replies.append(
             {
                 "call": call,
-                "kind": plan["kind"],
+                **plan,
                 "text": comp.text,
                 "finish_reason": comp.finish_reason,
+                "completion_tokens": comp.completion_tokens,
             }
         )
         truncated = comp.finish_reason == "length"
@@ -254,6 +311,7 @@ def propose(
                 "finish_reason": comp.finish_reason,
             })  # fmt: skip
     stats["proposals"] = len(proposals)
+    stats["sampling"] = params.model_dump(mode="json")
     stats["replies"] = replies
     return proposals, stats
 

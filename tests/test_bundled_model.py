@@ -125,3 +125,24 @@ def test_one_real_round_end_to_end(tmp_path) -> None:
     assert metrics["propose"]["calls"] == 2 and "filter" in metrics and "judge" in metrics
     judged = metrics["judge"]
     assert judged["kept"] == -(-judged["best"] // 2)  # keep_top 0.5 of best-of-n (scores >= 1)
+
+
+def test_real_model_proposes_from_the_seed_pool(smol: TransformersGenerator) -> None:
+    """One batch of 8 self-instruct calls: at least half of them yield a parsed instruction."""
+    from agent.construct import ProposeConfig, propose
+    from agent.seeds import load_seed_tasks
+
+    seeds = [s.model_dump() for s in load_seed_tasks()]
+    cfg = ProposeConfig(calls=8, max_tokens=200)  # a short cap keeps it cheap; cut items drop
+    proposals, stats = propose(smol, seeds, [], cfg, round_index=1)
+    assert stats["calls"] == 8 and stats["backend_errors"] == 0
+    productive = {p["id"].rsplit("-", 1)[0] for p in proposals}  # r001-cNNN: the call
+    assert len(productive) >= 4, [r["text"][:200] for r in stats["replies"]]
+    assert 8 - stats["empty_parses"] == len(productive)
+    seed_ids = {s["id"] for s in seeds}
+    for p in proposals:
+        assert p["model"] == "smollm2-135m-instruct" and p["source"] == "self"
+        assert len(p["shown_ids"]) == 6 and set(p["shown_ids"]) <= seed_ids
+        assert p["sampling"]["max_tokens"] == 200 and p["finish_reason"] in ("stop", "length")
+        # Two words, or a task in a script written without spaces (it proposes Chinese ones too).
+        assert len(p["instruction"].split()) >= 2 or len(p["instruction"]) >= 4

@@ -1,7 +1,11 @@
-"""Self-instruct proposals, mutations and responses on a tiny model; the list parser."""
+"""Self-instruct proposals, mutations and responses on a tiny model; the list parser, on
+hand-made cases and on real replies of the bundled model (tests/assets/proposal_replies.jsonl,
+collected by bench/collect_replies.py)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -62,10 +66,106 @@ from tests.helpers import free_port
         ),
         ("I cannot think of anything.", False, []),
         ("1.\n2. ok\n3. Instruction: Convert 5 km to miles.", False, ["Convert 5 km to miles."]),
+        # Shapes seen in the bundled model's real replies (tests/assets/proposal_replies.jsonl):
+        (
+            "1. Name a gas? 2. Define rent. 3. Add 2 and 3. Then double it.",
+            False,
+            ["Name a gas?", "Define rent.", "Add 2 and 3. Then double it."],
+        ),
+        (
+            "1. 1. Sort a list.\n2. 2.\nReverse a string.",
+            False,
+            ["Sort a list.", "Reverse a string."],
+        ),
+        (
+            '1. Name a planet.\n\nNotes:\n```\n{"a": [1, 2',
+            True,  # cut, but after the list: its last item is whole
+            ["Name a planet."],
+        ),
+        (
+            '1. 東京の人口を教えてください。\n2. "Explain rain."\n**Next**\n3. **Bold** title here',
+            False,
+            ["東京の人口を教えてください。", "Explain rain.", "Bold title here"],
+        ),
+        (
+            "1. Plan a trip.\n2. Here is a new task for you.\nI hope this helps!",
+            False,
+            ["Plan a trip."],
+        ),
     ],
 )
 def test_parse_numbered_list(text: str, truncated: bool, expected: list[str]) -> None:
     assert parse_numbered_list(text, truncated=truncated) == expected
+
+
+REPLIES = [
+    json.loads(line)
+    for line in (Path(__file__).parents[1] / "assets" / "proposal_replies.jsonl")
+    .read_text(encoding="utf-8")
+    .splitlines()
+]
+# What a model writes around its list; never a task.
+CHATTER = re.compile(
+    r"^(?:sure|certainly|of course|okay)\b"
+    r"|^here (?:are|is)\b.*\b(?:tasks?|instructions?|questions?|examples?)\b",
+    re.I,
+)
+LIST_NUMBER = re.compile(r"^\(?\d{1,3}\s*[.):](?:\s|$)|^(?:task|instruction|question)\s*\d", re.I)
+
+
+def _parse(reply: dict) -> list[str]:
+    return parse_numbered_list(reply["text"], truncated=reply["finish_reason"] == "length")
+
+
+def test_reply_fixture_is_real_varied_and_labelled() -> None:
+    assert len(REPLIES) >= 36
+    for r in REPLIES:
+        assert r["model"] == "smollm2-135m-instruct" and r["kind"] == "self_instruct"
+        assert r["sampling"]["temperature"] == 0.9 and r["sampling"]["max_tokens"] == 400
+        assert r["shown"] and r["text"] and r["completion_tokens"] > 0
+    assert {r["finish_reason"] for r in REPLIES} == {"stop", "length"}
+    assert {r["language"] for r in REPLIES} > {"en"} and any(r["domain"] for r in REPLIES)
+    assert sum("expected" in r for r in REPLIES) >= 12
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [r for r in REPLIES if "expected" in r or "expected_includes" in r],
+    ids=lambda r: r["id"],
+)
+def test_real_reply_parses_as_hand_labelled(reply: dict) -> None:
+    got = _parse(reply)
+    if "expected" in reply:
+        assert got == reply["expected"]
+    rest = iter(got)  # the must-have items, in this order, among the parsed ones
+    missing = [want for want in reply.get("expected_includes", []) if want not in rest]
+    assert not missing, got
+
+
+def test_real_replies_yield_tasks_not_chatter_or_numbers() -> None:
+    parsed = {r["id"]: _parse(r) for r in REPLIES}
+    # 41 of the 48 collected replies hold at least one task; the rest are junk to the eye too.
+    assert sum(bool(items) for items in parsed.values()) >= 0.75 * len(REPLIES)
+    for rid, items in parsed.items():
+        keys = [" ".join(it.lower().split()).rstrip(".!?;: ") for it in items]
+        assert len(keys) == len(set(keys)), f"{rid}: a repeat survived"
+        for it in items:
+            assert not CHATTER.match(it), (rid, it)
+            assert not LIST_NUMBER.match(it), (rid, it)
+            assert "**" not in it and "\n" not in it and it == it.strip(), (rid, it)
+            assert len(it.split()) >= 2 or len(it) >= 4, (rid, it)
+
+
+def test_cut_off_replies_never_yield_their_partial_item() -> None:
+    cut = [r for r in REPLIES if r["finish_reason"] == "length"]
+    assert len(cut) >= 10
+    for r in cut:
+        # The last words before the token limit end the partial item, wherever it starts.
+        tail = " ".join(r["text"].rstrip().splitlines()[-1].split()[-3:]).strip("*- ")
+        if len(tail) < 3:
+            continue
+        for it in _parse(r):
+            assert not " ".join(it.split()).endswith(tail), (r["id"], it)
 
 
 def test_prompt_shows_examples_and_steering() -> None:
