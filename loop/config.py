@@ -31,7 +31,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_rounds: int = Field(3, ge=1, description="Stop after this many rounds.")
+    max_rounds: int = Field(2, ge=1, description="Stop after this many rounds.")
     patience: int = Field(2, ge=1, description="Stop after this many rejected rounds in a row.")
     target_metric: str | None = Field(
         None,
