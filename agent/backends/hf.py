@@ -83,8 +83,16 @@ class TransformersGenerator:
 
     def unload_adapter(self, name: str) -> None:
         self._check_adapter(name)
-        self.model.delete_adapter(name)
         del self.adapters[name]
+        if self.adapters:
+            self.model.delete_adapter(name)
+            self.model.set_adapter(next(iter(self.adapters)))  # never leave a deleted one active
+        elif self.model.peft_config[name].is_prompt_learning:
+            self.model = self.model.get_base_model()  # prefix tuning never touched the base
+        else:
+            # The last one: a PeftModel without adapters cannot generate, so take the LoRA
+            # layers out again and run the plain base model.
+            self.model = self.model.unload()
 
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter not in self.adapters:

@@ -145,6 +145,26 @@ def test_adapter_switching_without_reloading_base(
         g.generate(PROMPTS[:1], params, adapter="nope")
 
 
+def test_unloading_adapters_goes_back_to_the_base_model(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    g = TransformersGenerator(str(tiny_model_dir), batch_size=4)
+    params = SamplingParams(max_tokens=10)
+    base = [r.text for r in g.generate(PROMPTS[:3], params)]
+    g.load_adapter(adapter_dir, "a1")
+    g.load_adapter(make_lora_adapter(tiny_model_dir, tmp_path / "a2", seed=1), "a2")
+    with_a2 = [r.text for r in g.generate(PROMPTS[:3], params, adapter="a2")]
+    g.generate(PROMPTS[:1], params, adapter="a1")  # a1 active, then deleted
+    g.unload_adapter("a1")
+    assert [r.text for r in g.generate(PROMPTS[:3], params)] == base
+    assert [r.text for r in g.generate(PROMPTS[:3], params, adapter="a2")] == with_a2
+    g.unload_adapter("a2")  # the last one: the plain base model again, and it still generates
+    assert g.adapters == {} and [r.text for r in g.generate(PROMPTS[:3], params)] == base
+    assert not any("lora" in n for n, _ in g.model.named_parameters())
+    g.load_adapter(adapter_dir, "again")  # and an adapter loads onto it as at the start
+    assert [r.text for r in g.generate(PROMPTS[:3], params, adapter="again")] != base
+
+
 def test_adapter_dir_must_be_peft(gen: TransformersGenerator, tmp_path: Path) -> None:
     with pytest.raises(SelfloopError, match="adapter_config.json"):
         gen.load_adapter(tmp_path)

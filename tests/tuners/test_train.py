@@ -168,3 +168,15 @@ def test_merged_export_answers_like_base_plus_adapter(tiny_model_dir: Path, tmp_
     assert got == expected
     with pytest.raises(SelfloopError, match="refusing to overwrite"):
         merge_adapter(str(tiny_model_dir), tmp_path / "a", merged)
+
+
+def test_warmup_is_a_share_of_the_run_rounded_down() -> None:
+    from tuners.config import TuneConfig
+    from tuners.train import _warmup_steps
+
+    # 8 examples, batch 8, 3 epochs = 3 steps: no step wasted at learning rate 0.
+    assert _warmup_steps(TuneConfig(batch_size=8, epochs=3), 8) == 0
+    assert (
+        _warmup_steps(TuneConfig(batch_size=4, epochs=1, grad_accum=2, warmup_ratio=0.1), 800) == 10
+    )
+    assert _warmup_steps(TuneConfig(max_steps=200, warmup_ratio=0.03), 5) == 6
