@@ -15,6 +15,7 @@ from loop.config import load_config
 from loop.graph import run
 from tests.helpers import selfloop
 from tests.loop.test_crash import _config
+from tuners.train import data_hash
 
 
 @pytest.fixture
@@ -70,7 +71,8 @@ def test_review_round_trip_through_the_csv(paused: Path, tmp_path: Path) -> None
     assert stats == {**stats, "accepted": len(kept), "rejected": 1, "edited": 1}
 
     # The round trained on the reviewed set and, promoted, put it in the pool.
-    assert (r1 / "adapter" / "adapter_model.safetensors").is_file()
+    trained = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
+    assert trained["data_sha256"] == data_hash(kept)
     metrics = json.loads((paused / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["review"]["rejected"] == 1 and metrics["decision"]["decision"] == "promoted"
     pool = [json.loads(x) for x in (paused / "pool.jsonl").read_text().splitlines()]
