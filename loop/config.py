@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
         description="Expert data (Alpaca/ShareGPT/messages...) added in round 1.",
     )
     seeds_file: Path | None = Field(
-        None, description="Seed tasks JSONL (default: the bundled 169)."
+        None, description="Seed tasks JSONL (default: the bundled 144)."
     )
     review: bool = Field(
         False,

@@ -217,3 +217,21 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
     bad.write_bytes('{"id": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(SelfloopError, match="not UTF-8"):
         load_seed_tasks(bad)
+
+
+def test_no_seed_is_a_near_copy_of_a_held_out_eval_prompt(seeds: list[SeedTask]) -> None:
+    """Seeds are shown to the model, which copies them: one that paraphrases an eval prompt would
+    leak the held-out suites into what the model sees (25 did, 6 word for word, until fixed)."""
+    from judges.dedup import DedupConfig
+    from judges.embed import Embedder
+    from judges.evals import load_suites
+
+    prompts = [(f"{n}/{r['id']}", r["prompt"]) for n, (_, rs) in load_suites().items() for r in rs]
+    emb = Embedder()
+    sims = emb.encode([t.instruction for t in seeds]) @ emb.encode([p for _, p in prompts]).T
+    threshold = DedupConfig().threshold
+    near = [
+        (seeds[i].id, prompts[j][0], round(float(sims[i, j]), 3))
+        for i, j in zip(*(sims >= threshold).nonzero())
+    ]
+    assert not near, near
