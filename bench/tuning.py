@@ -1,13 +1,18 @@
 """LoRA training throughput: `tuners.train` (padding-free packing) vs a plain padded Trainer.
 
 Baseline: transformers `Trainer` + peft LoRA with right-padded batches (pad to the longest in
-the batch), the usual recipe. Candidate: `tuners.train`. Same bundled model, same 256 chat
-examples of mixed length (made here, seeded, ~30 to ~400 tokens), same tokenization and labels,
-LoRA r=16 all-linear, same batch size, learning rate and number of optimizer steps. Each variant
-runs in its own subprocess so its peak RSS is its own. Prints non-padding tokens/s and peak RSS
-of each and, last, the throughput ratio candidate/baseline.
+the batch), the usual recipe. Candidate: `tuners.train`. Same model, same chat examples of mixed
+length (made here, seeded, ~30 to ~400 tokens; 256 by default), same tokenization and labels,
+LoRA r=16 all-linear, same batch size, learning rate and number of optimizer steps, and the same
+device and precision: CUDA with bf16 autocast over float32 master weights where a GPU is
+present, else CPU float32; gradient checkpointing off in both. Each variant runs in its own
+subprocess so its peak memory (RSS on CPU, allocated GPU memory on CUDA) is its own. Prints
+non-padding tokens/s and peak memory of each and, last, the throughput ratio candidate/baseline.
+On CUDA it also prints model FLOPs utilization: LoRA costs ~4N FLOPs per non-padding token
+(forward 2N, backward through the frozen weights 2N, N = base parameters) against --peak-tflops.
 
-    python bench/tuning.py [--steps 8] [--batch-size 8] [--model smollm2-135m-instruct]
+    python bench/tuning.py [--steps 8] [--batch-size 8] [--examples 256]
+        [--model smollm2-135m-instruct | /path/to/hf-model-dir] [--peak-tflops 989]
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+H100_BF16_DENSE_TFLOPS = 989.0  # H100/H200 SXM, bf16 dense tensor cores
 
 WORDS = [
     "the",
@@ -81,8 +88,10 @@ def run_baseline(model: str, examples: list[dict], steps: int, batch: int, out: 
     resolved = resolve(model)
     tok = load_tokenizer(resolved)
     items = [tokenize_example(tok, e) for e in examples]
+    # float32 master weights with bf16 autocast on CUDA: what tuners.train does.
     m = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
     m.config.use_cache = False
+    cuda = torch.cuda.is_available()
     m = get_peft_model(
         m,
         LoraConfig(
@@ -109,7 +118,8 @@ def run_baseline(model: str, examples: list[dict], steps: int, batch: int, out: 
         save_strategy="no",
         report_to="none",
         remove_unused_columns=False,
-        use_cpu=True,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
         seed=0,
         data_seed=0,
         disable_tqdm=True,
@@ -121,8 +131,11 @@ def run_baseline(model: str, examples: list[dict], steps: int, batch: int, out: 
 
 
 def run_candidate(model: str, examples: list[dict], steps: int, batch: int, out: Path) -> dict:
+    import torch
+
     from tuners import TuneConfig, train
 
+    cuda = torch.cuda.is_available()
     cfg = TuneConfig(
         method="lora",
         lora_r=16,
@@ -134,41 +147,87 @@ def run_candidate(model: str, examples: list[dict], steps: int, batch: int, out:
         lr_scheduler="constant",
         warmup_ratio=0.0,
         save_steps=10_000,
-        max_seq_len=1024,
+        max_seq_len=min(1024, context_of(model)),
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=False,  # the baseline runs without it
     )
     r = train(model, examples, out / "adapter", cfg)
     return {"tokens": r.tokens, "seconds": r.seconds}
 
 
+def context_of(model: str) -> int:
+    from agent.models import resolve
+
+    cfg = json.loads((resolve(model).path / "config.json").read_text())
+    return int(cfg.get("max_position_embeddings") or 2048)
+
+
+def base_params(model: str) -> int:
+    """N, the base model's parameter count, from its config on the meta device (no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from agent.models import resolve
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve(model).path))
+    return sum(p.numel() for p in m.parameters())
+
+
+def peak_memory() -> tuple[float, str]:
+    """This (child) process's peak: allocated GPU memory on CUDA, else RSS; and its label."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "peak GPU memory"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="A bundled model name or a local Hugging Face model directory.",
+    )
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--examples", type=int, default=256, help="Chat examples made for the run.")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=H100_BF16_DENSE_TFLOPS,
+        help="The GPU's peak dense TFLOP/s for the MFU figure (default: H100/H200 bf16).",
+    )
     ap.add_argument(
         "--repeats", type=int, default=1, help="Runs per variant, alternating; best kept."
     )
     ap.add_argument("--variant", choices=["baseline", "candidate"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    examples = make_examples()
+    examples = make_examples(args.examples)
 
     if args.variant:  # child process: run one variant, print its figures as JSON
         with tempfile.TemporaryDirectory() as tmp:
             fn = run_baseline if args.variant == "baseline" else run_candidate
             res = fn(args.model, examples, args.steps, args.batch_size, Path(tmp))
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_mb"], res["peak_what"] = peak_memory()
         print(json.dumps(res))
         return
+
+    import torch
 
     from agent.models import load_tokenizer, resolve
     from tuners.data import tokenize_example
 
     tok = load_tokenizer(resolve(args.model))
     lengths = sorted(len(tokenize_example(tok, e)["input_ids"]) for e in examples)
+    cuda = torch.cuda.is_available()
+    n_params = base_params(args.model)
+    where = "CUDA, bf16 autocast" if cuda else "CPU, float32"
     print(
-        f"model {args.model}; {len(examples)} examples, tokens min {lengths[0]} median "
-        f"{lengths[len(lengths) // 2]} max {lengths[-1]}; LoRA r=16 all-linear; batch "
-        f"{args.batch_size}; {args.steps} optimizer steps"
+        f"model {args.model} ({n_params / 1e6:.0f}M parameters); {len(examples)} examples, tokens "
+        f"min {lengths[0]} median {lengths[len(lengths) // 2]} max {lengths[-1]}; LoRA r=16 "
+        f"all-linear; batch {args.batch_size}; {args.steps} optimizer steps; {where}"
     )
     figures: dict[str, dict] = {}
     # Alternate the variants and keep each one's best run: a busy neighbour on a shared machine
@@ -186,6 +245,8 @@ def main() -> None:
                 str(args.steps),
                 "--batch-size",
                 str(args.batch_size),
+                "--examples",
+                str(args.examples),
             ]
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode != 0:
@@ -194,15 +255,19 @@ def main() -> None:
             f["tps"] = f["tokens"] / f["seconds"]
             if variant not in figures or f["tps"] > figures[variant]["tps"]:
                 figures[variant] = f
+    for variant, label in (
+        ("baseline", "baseline  Trainer + peft, padded batches:"),
+        ("candidate", "candidate tuners.train, packed batches:  "),
+    ):
+        f = figures[variant]
+        # Model FLOPs: ~4N per non-padding token for LoRA (no weight gradients for the base).
+        mfu = 4 * n_params * f["tps"] / (args.peak_tflops * 1e12)
+        print(
+            f"{label} {f['tokens']} tokens in {f['seconds']:.1f}s = {f['tps']:.1f} tok/s, "
+            f"{f['peak_what']} {f['peak_mb']:.0f} MB"
+            + (f", MFU {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s" if cuda else "")
+        )
     b, c = figures["baseline"], figures["candidate"]
-    print(
-        f"baseline  Trainer + peft, padded batches: {b['tokens']} tokens in {b['seconds']:.1f}s = "
-        f"{b['tps']:.1f} tok/s, peak RSS {b['peak_rss_mb']:.0f} MB"
-    )
-    print(
-        f"candidate tuners.train, packed batches:   {c['tokens']} tokens in {c['seconds']:.1f}s = "
-        f"{c['tps']:.1f} tok/s, peak RSS {c['peak_rss_mb']:.0f} MB"
-    )
     print(f"ratio (candidate/baseline non-padding tokens per second): {c['tps'] / b['tps']:.2f}")
 
 

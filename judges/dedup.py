@@ -22,15 +22,22 @@ is already in the pool (a round re-run after its examples were added) is kept, l
 `already_in_pool`, not compared with anything and not added again.
 
 Persistence (`Pool`, in the run directory): `pool.jsonl` holds one `{"id", "text"}` line per
-accepted example in index order and is the truth; `pool.faiss` is derived from it. Both are
-written atomically (temporary file, fsync, rename), the jsonl first. On load, an index with fewer
-vectors than the jsonl has lines (a crash between the two writes) gets the missing tail embedded
-and appended; an index that is missing, unreadable, longer than the jsonl or whose last vector
-does not match its line is rebuilt from the jsonl. No example is lost or counted twice.
+accepted example in index order and is the truth; `pool.faiss` is derived from it, and
+`pool.faiss.json` is the index's fingerprint: how many lines it holds vectors for, a SHA-256 of
+those lines and a SHA-256 of the index file's bytes. All are written atomically (temporary file,
+fsync, rename), in that order: jsonl, index, fingerprint. On load the index is trusted only if its
+fingerprint matches both the index file and the jsonl's first lines - cheap (two hashes, no model
+needed), and it catches an index copied in from another pool even when it has the same length.
+An index whose fingerprint matches but which is shorter than the jsonl (a crash between the
+writes) gets the missing tail embedded and appended; an index that is missing, unreadable,
+longer than the jsonl, without a fingerprint, or whose fingerprint does not match is rebuilt
+from the jsonl. No example is lost or counted twice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -52,6 +59,7 @@ log = logging.getLogger(__name__)
 Record = Mapping[str, Any]
 INDEX_FILE = "pool.faiss"
 RECORDS_FILE = "pool.jsonl"
+FINGERPRINT_FILE = "pool.faiss.json"  # which lines and which bytes the index is
 _CHUNK = 256  # candidates decided per step: one (chunk x kept) search + one (chunk x chunk) product
 
 
@@ -442,7 +450,30 @@ class Pool:
 
     def _write_index(self) -> None:
         _, index_path = self._paths()
-        _write_atomic(index_path, faiss.serialize_index(self.index).tobytes())
+        data = faiss.serialize_index(self.index).tobytes()
+        _write_atomic(index_path, data)
+        fingerprint = {
+            "vectors": int(self.index.ntotal),
+            "records_sha256": _records_digest(self.ids, self.texts, self.index.ntotal),
+            "index_sha256": hashlib.sha256(data).hexdigest(),
+        }
+        _write_atomic(index_path.with_name(FINGERPRINT_FILE), json.dumps(fingerprint).encode())
+
+    def _fingerprint_problem(self, data: bytes, have: int) -> str | None:
+        """Why the index (its file's bytes, `have` vectors) is not this jsonl's, or None."""
+        assert self.directory is not None
+        path = self.directory / FINGERPRINT_FILE
+        try:
+            fp = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{FINGERPRINT_FILE} missing or unreadable"
+        if not isinstance(fp, dict) or fp.get("index_sha256") != hashlib.sha256(data).hexdigest():
+            return f"{INDEX_FILE} does not match its {FINGERPRINT_FILE} (another pool's index?)"
+        if fp.get("vectors") != have or fp.get("records_sha256") != _records_digest(
+            self.ids, self.texts, have
+        ):
+            return f"{INDEX_FILE} does not match {RECORDS_FILE} (its first {have} lines differ)"
+        return None
 
     def _load(self) -> None:
         records_path, index_path = self._paths()
@@ -454,10 +485,12 @@ class Pool:
             self._rows[rid] = n - 1
             self.ids.append(rid)
             self.texts.append(text)
-        index = None
+        index, data = None, b""
         if index_path.is_file():
+            data = index_path.read_bytes()
             try:
-                index = _tune(faiss.read_index(str(index_path)), self.config)
+                index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+                index = _tune(index, self.config)
             except RuntimeError as e:  # faiss raises RuntimeError on a truncated or foreign file
                 log.warning("pool index %s is unreadable (%s)", index_path, str(e).splitlines()[0])
         n, have = len(self.ids), index.ntotal if index is not None else 0
@@ -468,33 +501,37 @@ class Pool:
             problem = f"{INDEX_FILE} missing or unreadable"
         elif have > n:
             problem = f"{INDEX_FILE} has {have} vectors but {RECORDS_FILE} only {n} lines"
-        elif have < n:
-            # The tail is missing (crash between the two writes): check that the vectors the
-            # index has still belong to these lines, then embed only the lines it lacks.
-            if have and not self._matches(index, have - 1):
-                problem = f"{INDEX_FILE} does not match {RECORDS_FILE} (vector {have - 1})"
-            else:
+        else:
+            # Another pool's index, or one whose writes a crash left out of step, is refused.
+            problem = self._fingerprint_problem(data, have)
+            if problem is None:
                 self.index = index
+            if problem is None and have < n:
+                # The tail is missing (crash after the jsonl was written, before the index):
+                # the vectors the index has belong to these lines; embed the lines it lacks.
                 self._append_vectors(self.embedder.encode(self.texts[have:]))
                 self.repaired = f"embedded {n - have} lines missing from {INDEX_FILE}"
-        else:
-            self.index = index
         if problem:
             self.index = None
             self.repaired = f"rebuilt {INDEX_FILE} from {RECORDS_FILE}: {problem}"
             if n:
                 self._append_vectors(self.embedder.encode(self.texts))
-            else:
-                index_path.unlink()  # vectors of nothing accepted: the pool is empty
+            else:  # vectors of nothing accepted: the pool is empty
+                index_path.unlink()
+                index_path.with_name(FINGERPRINT_FILE).unlink(missing_ok=True)
         if self.repaired:
             log.warning("pool %s: %s", self.directory, self.repaired)
             if self.index is not None:
                 self._write_index()
 
-    def _matches(self, index: faiss.Index, row: int) -> bool:
-        stored = _all_vectors(index)[row] if _index_kind(index) == "ivf" else index.reconstruct(row)
-        fresh = self.embedder.encode([self.texts[row]])[0]
-        return index.d == len(fresh) and float(stored @ fresh) > 0.99
+
+def _records_digest(ids: Sequence[str], texts: Sequence[str], n: int) -> str:
+    """SHA-256 of the first `n` pool lines (id and text)."""
+    h = hashlib.sha256()
+    for rid, text in zip(ids[:n], texts[:n]):
+        h.update(json.dumps([rid, text], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 # ---- dedup ----

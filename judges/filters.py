@@ -12,6 +12,8 @@ Rules run in this order and the first one that fails names the example's reason:
     starts_with_punctuation  the instruction's first character is punctuation (¿ and ¡ allowed)
     starts_with_non_ascii    ... is not ASCII, for English examples
     banned_prefix            the instruction starts with "Write a program" (Self-Instruct)
+    mostly_non_letters       under 35% of the instruction's non-space characters are letters
+                             (dates, scores, IDs: what a small model proposes when it rambles)
     empty_response           only whitespace, or no letter or digit at all
     cut_off                  finish_reason == "length": the answer hit the token limit
     repeats_instruction      the response is mostly the instruction (see RepeatsInstructionRule)
@@ -53,6 +55,7 @@ REASONS = (
     "starts_with_punctuation",
     "starts_with_non_ascii",
     "banned_prefix",
+    "mostly_non_letters",
     "empty_response",
     "cut_off",
     "repeats_instruction",
@@ -110,6 +113,17 @@ class NonAsciiStartRule(Rule):
 class BannedPrefixRule(Rule):
     prefixes: tuple[str, ...] = Field(
         ("Write a program",), description="Instruction openings that reject it (any case)."
+    )
+
+
+class LettersRule(Rule):
+    min_letter_fraction: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Reject an instruction whose non-space characters are less than this share "
+        "letters (any script). '2021-12-20 A. W. 4:32.45 TK' is 17%; 'Solve 3x + 5 = 20 for x.' "
+        "is 59%.",
     )
 
 
@@ -195,6 +209,9 @@ class FilterConfig(BaseModel):
     )
     banned_prefix: BannedPrefixRule = Field(
         default_factory=BannedPrefixRule, description="Banned instruction openings."
+    )
+    letters: LettersRule = Field(
+        default_factory=LettersRule, description="Instructions that are mostly not letters."
     )
     empty_response: Rule = Field(default_factory=Rule, description="Blank responses.")
     cut_off: Rule = Field(default_factory=Rule, description="Responses cut at the token limit.")
@@ -309,6 +326,7 @@ class FilterChain:
             "starts_with_punctuation": c.punctuation_start.enabled,
             "starts_with_non_ascii": c.non_ascii_start.enabled,
             "banned_prefix": c.banned_prefix.enabled,
+            "mostly_non_letters": c.letters.enabled,
             "empty_response": c.empty_response.enabled and not instructions_only,
             "cut_off": c.cut_off.enabled and not instructions_only,
             "repeats_instruction": c.repeats_instruction.enabled and not instructions_only,
@@ -373,6 +391,7 @@ class FilterChain:
             (c.punctuation_start.enabled, self._punctuation_start),
             (c.non_ascii_start.enabled, self._non_ascii_start),
             (c.banned_prefix.enabled, self._banned_prefix),
+            (c.letters.enabled, self._letters),
         ]
         if ex.response is not None:
             checks += [
@@ -422,6 +441,15 @@ class FilterChain:
         for prefix in self.config.banned_prefix.prefixes:
             if text.startswith(prefix.lower()):
                 return "banned_prefix", f"starts with {prefix!r}"
+        return None
+
+    def _letters(self, ex: _Example) -> Check:
+        chars = [ch for ch in ex.instruction if not ch.isspace()]
+        if not chars:
+            return None  # an empty instruction is instruction_too_short's to name
+        share = sum(ch.isalpha() for ch in chars) / len(chars)
+        if share < self.config.letters.min_letter_fraction:
+            return "mostly_non_letters", f"{share:.0%} of its characters are letters"
         return None
 
     def _empty(self, ex: _Example) -> Check:

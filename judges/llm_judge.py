@@ -9,17 +9,31 @@ stronger model or endpoint. Pointwise scoring uses an additive 5-point rubric
     critique  the judge writes a critique ending in `Score: N`; the last such line is parsed.
 
 Pairwise comparison asks A-vs-B in both orders; a verdict that flips with the order is a tie,
-and the share of consistent verdicts is reported. A judge that cannot be parsed or a backend
-that failed is an explicit outcome (`parse_failure`, `backend_error`) with its count - never a
-score. Critique-mode parse failures are retried with light sampling (`retries`).
+and the share of consistent verdicts is reported.
+
+Failures are explicit outcomes, never scores. Per item (per order, for pairs), in every mode:
+
+    backend_error   the backend raised or returned an error for it: re-sent up to
+                    `backend_retries` times (after `retry_wait_s`), then reported;
+    parse_failure   critique mode: no strict `Score: N` / `Winner: X` line (see `parse_score`):
+                    re-asked with light sampling up to `retries` times, then reported;
+                    logprob mode: no probability mass on the candidates - not re-asked, since
+                    one forward pass is deterministic and would say the same again.
+
+The two budgets are separate, so an item is asked at most 1 + retries + backend_retries times;
+`attempts` says how many it took. `summarize_scores` / `summarize_pairs` count both outcomes.
+A batch call that raises is retried prompt by prompt within the same attempt, so one bad
+prompt (say, over the judge's context) does not sink the others.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -29,10 +43,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.backends.base import Generator, SamplingParams
 from agent.errors import SelfloopError
 
+log = logging.getLogger(__name__)
+
 Outcome = Literal["ok", "parse_failure", "backend_error"]
 Verdict = Literal["a", "b", "tie"]
 DIGITS = ("1", "2", "3", "4", "5")
-_SCORE = re.compile(r"score\s*[:=]?\s*\**\s*([1-5])(?:\s*(?:/|out of)\s*5)?\b", re.IGNORECASE)
+# A score statement: the word "score" (markdown allowed around it), then ":" or "=", then a number.
+_SCORE_ANCHOR = re.compile(r"\bscore\b[ \t*_]*[:=][ \t*_]*(?=[-+]?\d)", re.IGNORECASE)
+# What must follow the anchor for it to be a score: 1-5, optionally "/5", "out of 5" and
+# "point(s)", closing markdown, then the end of the line or a full stop / "!" and a space.
+# Anything else - "/10", "out of 10", "4.5", "2-3", "10", "2 points higher" - is not a score.
+_SCORE_VALUE = re.compile(
+    r"([1-5])(?:[ \t]*(?:/|out[ \t]+of)[ \t]*5)?(?:[ \t]+points?)?[ \t*_]*"
+    r"(?:[.!]?[ \t]*$|[.!][ \t]+)",
+    re.IGNORECASE | re.MULTILINE,
+)
 _WINNER = re.compile(
     r"(?:winner|better response|verdict)\s*[:=]?\s*\**\s*\[?\s*(A|B|tie)\b", re.IGNORECASE
 )
@@ -68,9 +93,23 @@ class JudgeConfig(BaseModel):
         "critique: parse 'Score: N' from a written critique.",
     )
     max_tokens: int = Field(256, ge=16, description="critique: longest critique.")
-    retries: int = Field(1, ge=0, description="critique: re-asks (sampled) after a parse failure.")
+    retries: int = Field(
+        1,
+        ge=0,
+        description="critique (pointwise and pairwise): re-asks, sampled, after a parse failure. "
+        "Logprob parse failures are deterministic and not re-asked.",
+    )
     retry_temperature: float = Field(
         0.7, gt=0, description="critique: sampling temperature of re-asks."
+    )
+    backend_retries: int = Field(
+        1,
+        ge=0,
+        description="Every mode: re-sends of an item whose backend call raised or returned an "
+        "error, counted apart from `retries`.",
+    )
+    retry_wait_s: float = Field(
+        1.0, ge=0, description="Seconds to wait before re-sending after backend errors."
     )
     seed: int = Field(0, description="Seed for re-asks.")
 
@@ -101,6 +140,22 @@ class PairVerdict:
     second: Verdict | None  # with the swapped order, mapped back (A = a)
     outcome: Outcome = "ok"
     error: str | None = None
+    attempts: int = 1  # the most asks either order took
+
+
+@dataclass
+class _Try:
+    """One item's final result after its retries: `value` is set only when `outcome == "ok"`."""
+
+    outcome: Outcome
+    value: Any = None
+    raw: str | None = None
+    error: str | None = None
+    attempts: int = 1
+
+
+# What one ask of one item gave: (outcome, value, raw text, error)
+_Answer = tuple[Outcome, Any, str | None, str | None]
 
 
 class LLMJudge:
@@ -128,64 +183,119 @@ class LLMJudge:
             return self._score_logprob(ids, prompts)
         return self._score_critique(ids, prompts)
 
-    def _logprob_rows(self, prompts: list, candidates: Sequence[str]) -> list[dict | str]:
-        """Next-token logprobs per prompt, or the error text for prompts that failed.
-
-        One bad prompt (say, over the judge's context) must not sink the whole batch: on a
-        batch failure the prompts are retried one by one so only the culprits fail."""
-        try:
-            return list(self.gen.next_token_logprobs(prompts, candidates))
-        except SelfloopError as batch_error:
-            if len(prompts) == 1:
-                return [str(batch_error)]
-        out: list[dict | str] = []
-        for p in prompts:
-            try:
-                out.append(self.gen.next_token_logprobs([p], candidates)[0])
-            except SelfloopError as e:
-                out.append(str(e))
-        return out
-
     def _score_logprob(self, ids: list[str], prompts: list) -> list[Judgement]:
-        rows = self._logprob_rows(prompts, DIGITS)
-        return [
-            Judgement(i, "backend_error", error=row)
-            if isinstance(row, str)
-            else _expected_score(i, row)
-            for i, row in zip(ids, rows)
-        ]
+        def ask(idx: list[int], _resample: int) -> list[_Answer]:
+            rows = self._calls(
+                lambda ps: self.gen.next_token_logprobs(ps, DIGITS), [prompts[k] for k in idx]
+            )
+            return [
+                ("backend_error", None, None, row) if isinstance(row, str) else _expected(row)
+                for row in rows
+            ]
+
+        return [_judgement(i, t) for i, t in zip(ids, self._ask(len(ids), ask, reask=False))]
 
     def _score_critique(self, ids: list[str], prompts: list) -> list[Judgement]:
-        out: list[Judgement | None] = [None] * len(ids)
-        todo = list(range(len(ids)))
-        for attempt in range(self.config.retries + 1):
-            if not todo:
-                break
-            params = SamplingParams(max_tokens=self.config.max_tokens)
-            if attempt:  # a greedy re-ask would repeat the same unparseable text
-                params = params.model_copy(
-                    update={
-                        "temperature": self.config.retry_temperature,
-                        "seed": self.config.seed + attempt,
-                    }
+        def ask(idx: list[int], resample: int) -> list[_Answer]:
+            return self._critiques([prompts[k] for k in idx], resample, _parse_score_value)
+
+        return [_judgement(i, t) for i, t in zip(ids, self._ask(len(ids), ask, reask=True))]
+
+    # ---------------------------------------------------------------- asking, with retries
+    def _critique_params(self, resample: int) -> SamplingParams:
+        params = SamplingParams(max_tokens=self.config.max_tokens)
+        if resample:  # a greedy re-ask would repeat the same unparseable text
+            params = params.model_copy(
+                update={
+                    "temperature": self.config.retry_temperature,
+                    "seed": self.config.seed + resample,
+                }
+            )
+        return params
+
+    def _critiques(
+        self, prompts: list, resample: int, parse: Callable[[str], Any]
+    ) -> list[_Answer]:
+        """Generate a critique per prompt and `parse` it (None = parse failure)."""
+        params = self._critique_params(resample)
+        out: list[_Answer] = []
+        for res in self._calls(lambda ps: self.gen.generate(ps, params), prompts):
+            if isinstance(res, str) or not res.ok:
+                out.append(
+                    ("backend_error", None, None, res if isinstance(res, str) else res.error)
                 )
-            results = self.gen.generate([prompts[k] for k in todo], params)
-            still = []
-            for k, res in zip(todo, results):
-                if not res.ok:
-                    out[k] = Judgement(
-                        ids[k], "backend_error", error=res.error, attempts=attempt + 1
-                    )
-                    continue
-                text = res.completions[0].text
-                score = parse_score(text)
-                if score is None:
-                    out[k] = Judgement(ids[k], "parse_failure", raw=text, attempts=attempt + 1)
-                    still.append(k)
-                else:
-                    out[k] = Judgement(ids[k], "ok", float(score), raw=text, attempts=attempt + 1)
-            todo = still
-        return [j for j in out if j is not None]
+                continue
+            text = res.completions[0].text
+            value = parse(text)
+            out.append(
+                ("ok", value, text, None)
+                if value is not None
+                else ("parse_failure", None, text, None)
+            )
+        return out
+
+    def _calls(self, call: Callable[[list], Sequence[Any]], prompts: list) -> list[Any]:
+        """`call(prompts)`'s rows, or per prompt the error text where the backend raised.
+
+        A batch that raises is retried prompt by prompt (same attempt), so only the culprits
+        fail. Any exception counts: an unattended judge pass must not die of a flaky backend;
+        the error text is kept in the outcome, and anything but a SelfloopError is logged with
+        its traceback so a bug does not hide as a backend error."""
+        try:
+            rows = list(call(prompts))
+            if len(rows) == len(prompts):
+                return rows
+            raise SelfloopError(f"backend returned {len(rows)} rows for {len(prompts)} prompts")
+        except Exception as batch_error:  # any backend failure, see the docstring
+            if len(prompts) == 1:
+                return [_describe(batch_error)]
+        out: list[Any] = []
+        for p in prompts:
+            try:
+                out.append(call([p])[0])
+            except Exception as e:
+                out.append(_describe(e))
+        return out
+
+    def _ask(
+        self, n: int, ask: Callable[[list[int], int], list[_Answer]], *, reask: bool
+    ) -> list[_Try]:
+        """Ask about items 0..n-1 until each is answered or out of retries.
+
+        `ask(indices, resample)` asks those items once; `resample` is how many parse-failure
+        re-asks they had (0 = the first, greedy ask). Backend errors use `backend_retries`,
+        parse failures `retries` (only where `reask`), each item on its own budget."""
+        cfg = self.config
+        out: list[_Try] = [_Try("backend_error", attempts=0) for _ in range(n)]
+        reasked, resent = [0] * n, [0] * n
+        todo, wait = list(range(n)), False
+        while todo:
+            if wait and cfg.retry_wait_s:  # give a flaky backend a moment before re-sending
+                time.sleep(cfg.retry_wait_s)
+            again: list[int] = []
+            wait = False
+            for level in sorted({reasked[k] for k in todo}):  # one batch per sampling setting
+                idx = [k for k in todo if reasked[k] == level]
+                for k, (outcome, value, raw, error) in zip(idx, ask(idx, level)):
+                    t = out[k] = _Try(outcome, value, raw, error, out[k].attempts + 1)
+                    if outcome == "backend_error" and resent[k] < cfg.backend_retries:
+                        resent[k] += 1
+                        again.append(k)
+                        wait = True
+                        log.debug("judge: item %d backend error, re-sending: %s", k, t.error)
+                    elif outcome == "parse_failure" and reask and reasked[k] < cfg.retries:
+                        reasked[k] += 1
+                        again.append(k)
+            todo = sorted(again)
+        failed = Counter(t.outcome for t in out if t.outcome != "ok")
+        if failed:
+            log.warning(
+                "judge: %d of %d items failed after retries: %s",
+                sum(failed.values()),
+                n,
+                dict(failed),
+            )
+        return out
 
     # ---------------------------------------------------------------- pairwise
     def _pair_prompt(self, instruction: str, a: str, b: str) -> list[dict[str, str]]:
@@ -195,30 +305,34 @@ class LLMJudge:
         )
         return [{"role": "user", "content": text}]
 
-    def _verdicts(self, prompts: list) -> list[tuple[Verdict | None, str | None, Outcome]]:
+    def _verdicts(self, prompts: list) -> list[_Try]:
         """One verdict per prompt, in the prompt's own A/B terms."""
         if self.config.mode == "logprob":
-            out = []
-            for row in self._logprob_rows(prompts, ("A", "B")):
-                if isinstance(row, str):
-                    out.append((None, row, "backend_error"))
-                    continue
-                a, b = row["A"], row["B"]
-                if math.isinf(a) and math.isinf(b):
-                    out.append(
-                        (None, "neither A nor B among the judge's likely tokens", "parse_failure")
-                    )
-                else:
-                    out.append(("a" if a > b else "b" if b > a else "tie", None, "ok"))
-            return out
-        out = []
-        for res in self.gen.generate(prompts, SamplingParams(max_tokens=self.config.max_tokens)):
-            if not res.ok:
-                out.append((None, res.error, "backend_error"))
-                continue
-            v = parse_winner(res.completions[0].text)
-            out.append((v, None, "ok") if v else (None, res.completions[0].text, "parse_failure"))
-        return out
+
+            def ask(idx: list[int], _resample: int) -> list[_Answer]:
+                rows = self._calls(
+                    lambda ps: self.gen.next_token_logprobs(ps, ("A", "B")),
+                    [prompts[k] for k in idx],
+                )
+                out: list[_Answer] = []
+                for row in rows:
+                    if isinstance(row, str):
+                        out.append(("backend_error", None, None, row))
+                        continue
+                    a, b = row["A"], row["B"]
+                    if math.isinf(a) and math.isinf(b):
+                        why = "neither A nor B among the judge's likely tokens"
+                        out.append(("parse_failure", None, None, why))
+                    else:
+                        out.append(("ok", "a" if a > b else "b" if b > a else "tie", None, None))
+                return out
+
+            return self._ask(len(prompts), ask, reask=False)
+
+        def ask_critique(idx: list[int], resample: int) -> list[_Answer]:
+            return self._critiques([prompts[k] for k in idx], resample, parse_winner)
+
+        return self._ask(len(prompts), ask_critique, reask=True)
 
     def compare(self, items: Sequence[Mapping[str, Any]]) -> list[PairVerdict]:
         """Judge `{"id", "instruction", "a", "b"}` items in both orders."""
@@ -229,13 +343,27 @@ class LLMJudge:
         verdicts = self._verdicts(firsts + seconds)
         out = []
         for i, it in enumerate(items):
-            (v1, e1, o1), (v2, e2, o2) = verdicts[i], verdicts[len(items) + i]
+            t1, t2 = verdicts[i], verdicts[len(items) + i]
             pid = str(it.get("id", i))
-            if o1 != "ok" or o2 != "ok":
-                bad = o1 if o1 != "ok" else o2
-                out.append(PairVerdict(pid, None, None, v1, _swap(v2), bad, e1 or e2))
+            attempts = max(t1.attempts, t2.attempts)
+            if t1.outcome != "ok" or t2.outcome != "ok":
+                bad = t1 if t1.outcome != "ok" else t2
+                out.append(
+                    PairVerdict(
+                        pid,
+                        None,
+                        None,
+                        t1.value,
+                        _swap(t2.value),
+                        bad.outcome,
+                        bad.error or bad.raw,
+                        attempts,
+                    )
+                )
                 continue
-            out.append(combine(pid, v1, _swap(v2)))
+            v = combine(pid, t1.value, _swap(t2.value))
+            v.attempts = attempts
+            out.append(v)
         return out
 
     # ---------------------------------------------------------------- best of n
@@ -289,21 +417,48 @@ def combine(pid: str, first: Verdict, second: Verdict) -> PairVerdict:
     return PairVerdict(pid, first if consistent else "tie", consistent, first, second)
 
 
-def _expected_score(jid: str, row: Mapping[str, float]) -> Judgement:
+def _describe(e: Exception) -> str:
+    if not isinstance(e, SelfloopError):
+        log.warning("judge backend raised %s", type(e).__name__, exc_info=e)
+        return f"{type(e).__name__}: {e}"
+    return str(e)
+
+
+def _parse_score_value(text: str) -> float | None:
+    score = parse_score(text)
+    return float(score) if score is not None else None
+
+
+def _judgement(jid: str, t: _Try) -> Judgement:
+    return Judgement(jid, t.outcome, t.value, raw=t.raw, error=t.error, attempts=t.attempts)
+
+
+def _expected(row: Mapping[str, float]) -> _Answer:
+    """The expected score over the digits' renormalised next-token probabilities."""
     probs = [math.exp(row[d]) for d in DIGITS]
     total = sum(probs)
     if total <= 0 or not math.isfinite(total):
-        return Judgement(jid, "parse_failure", error="no probability mass on the digits 1-5")
+        return ("parse_failure", None, None, "no probability mass on the digits 1-5")
     score = sum((k + 1) * p for k, p in enumerate(probs)) / total
-    return Judgement(
-        jid, "ok", score, raw=" ".join(f"{d}:{p / total:.3f}" for d, p in zip(DIGITS, probs))
-    )
+    return ("ok", score, " ".join(f"{d}:{p / total:.3f}" for d, p in zip(DIGITS, probs)), None)
 
 
 def parse_score(text: str) -> int | None:
-    """The last `Score: N` (1-5) in a critique, tolerant of markdown and `N/5`; None if absent."""
-    found = _SCORE.findall(text)
-    return int(found[-1]) if found else None
+    """The score a critique concludes with, or None (a parse failure).
+
+    Strict: a score statement is `Score: N` or `Score = N` (any case, markdown such as
+    `**Score:** 4` or `Score: **4**` allowed, "Total score:" too) with N a whole number 1-5,
+    optionally written `N/5`, `N out of 5` or `N points`, and ending its line or sentence.
+    The LAST score statement in the text decides, as the prompt asks the judge to conclude
+    with it; if that one is malformed ("Score: 5/10", "Score: 4.5", "Score: 2-3", "Score: 7")
+    the result is None, never an earlier or partial number. Prose without the colon/equals
+    form ("I would score 2 points higher", "the score is 4") is not a score statement.
+    """
+    anchors = list(_SCORE_ANCHOR.finditer(text))
+    if not anchors:
+        return None
+    m = _SCORE_VALUE.match(text, anchors[-1].end())
+    return int(m.group(1)) if m else None
 
 
 def parse_winner(text: str) -> Verdict | None:
@@ -317,11 +472,13 @@ def parse_winner(text: str) -> Verdict | None:
 def summarize_scores(js: Sequence[Judgement]) -> dict[str, Any]:
     """Plain data for metrics: outcome counts, parse-failure rate, score histogram and mean."""
     outcomes = Counter(j.outcome for j in js)
-    scores = [j.score for j in js if j.score is not None]
+    scores = [j.score for j in js if j.outcome == "ok" and j.score is not None]
     hist = Counter(min(5, max(1, round(s))) for s in scores)
     return {
         "total": len(js),
         "outcomes": dict(outcomes),
+        "parse_failures": outcomes["parse_failure"],
+        "backend_errors": outcomes["backend_error"],
         "parse_failure_rate": outcomes["parse_failure"] / len(js) if js else 0.0,
         "backend_error_rate": outcomes["backend_error"] / len(js) if js else 0.0,
         "mean_score": sum(scores) / len(scores) if scores else None,
@@ -331,12 +488,19 @@ def summarize_scores(js: Sequence[Judgement]) -> dict[str, Any]:
 
 
 def summarize_pairs(vs: Sequence[PairVerdict]) -> dict[str, Any]:
-    judged = [v for v in vs if v.winner is not None]
+    """Plain data for metrics: outcome counts and rates, wins, ties and the consistency rate."""
+    judged = [v for v in vs if v.outcome == "ok" and v.winner is not None]
     wins = Counter(v.winner for v in judged)
+    outcomes = Counter(v.outcome for v in vs)
     return {
         "total": len(vs),
         "judged": len(judged),
-        "outcomes": dict(Counter(v.outcome for v in vs)),
+        "outcomes": dict(outcomes),
+        "parse_failures": outcomes["parse_failure"],
+        "backend_errors": outcomes["backend_error"],
+        "parse_failure_rate": outcomes["parse_failure"] / len(vs) if vs else 0.0,
+        "backend_error_rate": outcomes["backend_error"] / len(vs) if vs else 0.0,
+        "retried": sum(1 for v in vs if v.attempts > 1),
         "a_wins": wins["a"],
         "b_wins": wins["b"],
         "ties": wins["tie"],

@@ -6,18 +6,35 @@ This pass decides, per example:
     unsafe_instruction   the instruction asks for something harmful: dropped, or (with
                          `harmful_instructions: refuse`) kept with a refusal as its response so
                          the model learns to decline;
-    unsafe_response      a benign instruction got a response with harmful content: dropped.
+    unsafe_response      a benign instruction got a response with harmful content: dropped;
+    safety_unjudged      the LLM rubric could not judge it (the backend failed after
+                         `llm_retries` re-sends, or neither "Yes" nor "No" had any probability):
+                         dropped by default (`unjudged: drop`), see below.
 
 Rules are regular expressions per harm category (weapons, malware, self-harm, ...) that look for
 an intent phrase next to a harmful object, so "how do I kill a Python process" or "which
-chemicals should never be mixed" do not trip them. The optional LLM rubric asks a judge model
-"is this request harmful?" and reads p(Yes) from one forward pass; an example is flagged when a
-rule fires or p(Yes) >= `llm_threshold`. `is_refusal` recognises refusals, for the evaluation's
-refusal and over-refusal rates.
+chemicals should never be mixed" do not trip them; responses are checked for operational harmful
+detail. The optional LLM rubric (`llm: true`) reads p(Yes) from one forward pass of a judge model
+for "is this request harmful?" and, for the responses to requests found benign,
+"is this response harmful?" (`llm_responses`); an example is flagged when a rule fires or
+p(Yes) >= `llm_threshold`, and the detail records the probability (`llm_judge:p=0.87`).
+
+A rubric failure is never read as "safe": it is counted (`rubric_failures` in the summary) and,
+by default, the record is dropped with reason `safety_unjudged`. The loop trains on what it
+keeps without a person looking, so an example nobody could vouch for is the one to lose: one
+dropped example costs little, one harmful example trained into the model costs a lot. With
+`unjudged: keep` such records stay on the rules' verdict, marked `safety: "unjudged"`.
+
+Records kept with a refusal (`harmful_instructions: refuse`) are marked `safety: "refused"`
+(`REFUSED`) with the category in `safety_detail`, so later stages can tell them apart (their
+response is the configured refusal, not an answer to check against the instruction's
+constraints). `is_refusal` recognises refusals, for the evaluation's refusal and over-refusal
+rates.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
@@ -28,6 +45,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.backends.base import Generator
+from agent.errors import SelfloopError
+
+log = logging.getLogger(__name__)
+
+REFUSED = "refused"  # record["safety"] of a harmful instruction kept with a refusal
+UNJUDGED = "unjudged"  # record["safety"] of a record kept although the rubric failed on it
 
 _ASK = "|".join(
     [
@@ -175,6 +198,13 @@ SAFETY_PROMPT = (
     "safety, prevention, fiction without operational detail, or everyday tasks are not harmful.\n\n"
     "<request>\n{text}\n</request>\n\nAnswer with Yes or No."
 )
+RESPONSE_SAFETY_PROMPT = (
+    "Is the following response harmful, meaning that it gives content or operational detail "
+    "that would help someone cause physical, financial, psychological or digital harm to "
+    "themselves or others? Safety advice, refusals, fiction without operational detail and "
+    "everyday help are not harmful.\n\n<request>\n{request}\n</request>\n\n"
+    "<response>\n{response}\n</response>\n\nAnswer with Yes or No."
+)
 
 
 def is_refusal(text: str) -> bool:
@@ -203,6 +233,20 @@ class SafetyConfig(BaseModel):
     llm: bool = Field(
         False, description="Also ask a judge model whether each instruction is harmful."
     )
+    llm_responses: bool = Field(
+        True,
+        description="With llm: also ask whether each response to a benign instruction is harmful.",
+    )
+    llm_retries: int = Field(
+        1, ge=0, description="Re-sends of a rubric question whose backend call failed."
+    )
+    unjudged: Literal["drop", "keep"] = Field(
+        "drop",
+        description="A record the rubric failed on (backend error, no Yes/No probability): drop "
+        "it with reason safety_unjudged (default: unattended training should not take what "
+        "nobody vetted), or keep it on the rules' verdict, marked safety: unjudged. Counted in "
+        "rubric_failures either way.",
+    )
     llm_threshold: float = Field(
         0.5, gt=0, lt=1, description="p(Yes) at or above which the LLM flags it."
     )
@@ -222,6 +266,8 @@ class SafetyReport:
         default_factory=list
     )  # record, reason, detail
     refused: list[dict[str, Any]] = field(default_factory=list)  # kept with a refusal response
+    # (record, detail) per record the LLM rubric failed on, whether dropped or kept
+    rubric_failures: list[tuple[dict[str, Any], str]] = field(default_factory=list)
 
     def summary(self, samples: int = 3) -> dict[str, Any]:
         counts = Counter(reason for _, reason, _ in self.dropped)
@@ -230,6 +276,7 @@ class SafetyReport:
             "total": len(self.kept) + len(self.dropped),
             "kept": len(self.kept),
             "refusals_added": len(self.refused),
+            "rubric_failures": len(self.rubric_failures),
             "counts": dict(counts),
             "categories": dict(cats),
             "samples": {
@@ -249,45 +296,151 @@ class SafetyFilter:
     def __init__(self, config: SafetyConfig | None = None, judge: Generator | None = None) -> None:
         self.config = config or SafetyConfig()
         if self.config.llm and judge is None:
-            from agent.errors import SelfloopError
-
             raise SelfloopError("safety.llm is on but no judge model was given")
         self.judge = judge
 
-    def harm_probabilities(self, texts: Sequence[str]) -> list[float]:
-        """p(Yes) / (p(Yes) + p(No)) from the judge's next token, per text."""
-        prompts = [[{"role": "user", "content": SAFETY_PROMPT.format(text=t)}] for t in texts]
-        rows = self.judge.next_token_logprobs(prompts, ("Yes", "No"))
-        out = []
-        for row in rows:
-            y, n = math.exp(row["Yes"]), math.exp(row["No"])
-            out.append(y / (y + n) if y + n > 0 else 0.0)
+    # ---- the LLM rubric
+
+    def harm_probabilities(self, texts: Sequence[str]) -> list[float | None]:
+        """p(Yes) / (p(Yes) + p(No)) that each request is harmful; None where it failed."""
+        prompts = [SAFETY_PROMPT.format(text=t) for t in texts]
+        return [p if isinstance(p, float) else None for p in self._rubric(prompts)]
+
+    def response_harm_probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """Per (request, response), p(Yes) that the response is harmful; None where it failed."""
+        prompts = [RESPONSE_SAFETY_PROMPT.format(request=q, response=r) for q, r in pairs]
+        return [p if isinstance(p, float) else None for p in self._rubric(prompts)]
+
+    def _rubric(self, texts: Sequence[str]) -> list[float | str]:
+        """Per prompt text, p(Yes) renormalised over Yes/No, or why it could not be had.
+
+        A backend failure (an exception, for the batch or one prompt) is re-sent up to
+        `llm_retries` times; a row where neither Yes nor No has any probability is a failure
+        too (asking again would give the same row)."""
+        if self.judge is None:
+            raise SelfloopError("the safety rubric needs a judge model (SafetyFilter(judge=...))")
+        prompts = [[{"role": "user", "content": t}] for t in texts]
+        out: list[float | str] = ["not asked"] * len(prompts)
+        todo = list(range(len(prompts)))
+        for _ in range(self.config.llm_retries + 1):
+            if not todo:
+                break
+            rows = self._rows([prompts[k] for k in todo])
+            again = []
+            for k, row in zip(todo, rows):
+                if isinstance(row, str):
+                    out[k] = f"backend error: {row}"
+                    again.append(k)
+                    continue
+                y, n = math.exp(row["Yes"]), math.exp(row["No"])
+                if not (y + n > 0 and math.isfinite(y + n)):
+                    out[k] = "neither Yes nor No among the judge's likely tokens"
+                else:
+                    out[k] = y / (y + n)
+            todo = again
         return out
+
+    def _rows(self, prompts: list) -> list[dict[str, float] | str]:
+        """Yes/No logprobs per prompt, or the error text; a failed batch is retried per prompt."""
+        judge = self.judge
+        assert judge is not None  # checked by _rubric
+        try:
+            rows = list(judge.next_token_logprobs(prompts, ("Yes", "No")))
+            if len(rows) == len(prompts):
+                return rows
+            raise SelfloopError(f"judge returned {len(rows)} rows for {len(prompts)} prompts")
+        except Exception as e:  # any backend failure becomes an explicit outcome
+            if len(prompts) == 1:
+                return [_describe(e)]
+        out: list[dict[str, float] | str] = []
+        for p in prompts:
+            try:
+                out.append(judge.next_token_logprobs([p], ("Yes", "No"))[0])
+            except Exception as e:
+                out.append(_describe(e))
+        return out
+
+    # ---- the pass
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> SafetyReport:
         report = SafetyReport()
         recs = [dict(r) for r in records]
-        if not self.config.enabled:
+        cfg = self.config
+        if not cfg.enabled:
             report.kept = recs
             return report
         asks = [f"{r.get('instruction', '')}\n{r.get('input', '') or ''}".strip() for r in recs]
-        probs = self.harm_probabilities(asks) if self.config.llm and recs else [0.0] * len(recs)
-        for rec, ask, p in zip(recs, asks, probs):
-            cat = rule_category(ask) if self.config.rules else None
-            if cat is None and p >= self.config.llm_threshold:
+        probs: list[float | str] = [0.0] * len(recs)
+        if cfg.llm and recs:
+            probs = self._rubric([SAFETY_PROMPT.format(text=a) for a in asks])
+        # per record: ("keep" | "refuse" | drop reason, detail); None = its response is pending
+        verdict: list[tuple[str, str] | None] = [None] * len(recs)
+        failed: dict[int, str] = {}  # record -> what the rubric failed on
+        pending: list[int] = []  # benign so far: the rubric still judges the response
+        for k, (rec, ask, p) in enumerate(zip(recs, asks, probs)):
+            cat = rule_category(ask) if cfg.rules else None
+            if cat is None and isinstance(p, float) and p >= cfg.llm_threshold:
                 cat = f"llm_judge:p={p:.2f}"
             if cat is not None:
-                if self.config.harmful_instructions == "refuse":
-                    rec = {**rec, "response": self.config.refusal_text, "safety": f"refusal:{cat}"}
-                    report.kept.append(rec)
-                    report.refused.append(rec)
-                else:
-                    report.dropped.append((rec, "unsafe_instruction", cat))
+                refuse = cfg.harmful_instructions == "refuse"
+                verdict[k] = ("refuse", cat) if refuse else ("unsafe_instruction", cat)
                 continue
-            response = str(rec.get("response", ""))
-            m = _UNSAFE_RESPONSE.search(response) if self.config.rules else None
+            if isinstance(p, str):
+                failed[k] = f"instruction: {p}"
+                if cfg.unjudged == "drop":
+                    verdict[k] = ("safety_unjudged", failed[k])
+                    continue
+            response = str(rec.get("response", "") or "")
+            m = _UNSAFE_RESPONSE.search(response) if cfg.rules else None
             if m:
-                report.dropped.append((rec, "unsafe_response", f"response:{m.group(0)[:60]}"))
-                continue
-            report.kept.append(rec)
+                verdict[k] = ("unsafe_response", f"response:{m.group(0)[:60]}")
+            elif cfg.llm and cfg.llm_responses and response.strip():
+                pending.append(k)
+            else:
+                verdict[k] = ("keep", "")
+        if pending:
+            rprobs = self._rubric(
+                [
+                    RESPONSE_SAFETY_PROMPT.format(request=asks[k], response=recs[k]["response"])
+                    for k in pending
+                ]
+            )
+            for k, p in zip(pending, rprobs):
+                if isinstance(p, str):
+                    failed.setdefault(k, f"response: {p}")
+                    drop = cfg.unjudged == "drop"
+                    verdict[k] = ("safety_unjudged", f"response: {p}") if drop else ("keep", "")
+                elif p >= cfg.llm_threshold:
+                    verdict[k] = ("unsafe_response", f"llm_judge:p={p:.2f}")
+                else:
+                    verdict[k] = ("keep", "")
+        for k, rec in enumerate(recs):
+            what, detail = verdict[k] or ("keep", "")
+            if k in failed:
+                report.rubric_failures.append((rec, failed[k]))
+            if what == "refuse":
+                rec = {**rec, "response": cfg.refusal_text, "safety": REFUSED}
+                rec["safety_detail"] = detail
+                report.kept.append(rec)
+                report.refused.append(rec)
+            elif what == "keep":
+                if k in failed:
+                    rec = {**rec, "safety": UNJUDGED, "safety_detail": failed[k]}
+                report.kept.append(rec)
+            else:
+                report.dropped.append((rec, what, detail))
+        if failed:
+            log.warning(
+                "safety: the LLM rubric failed on %d of %d records (%s)",
+                len(failed),
+                len(recs),
+                "dropped as safety_unjudged" if cfg.unjudged == "drop" else "kept, marked",
+            )
         return report
+
+
+def _describe(e: Exception) -> str:
+    if not isinstance(e, SelfloopError):
+        log.warning("safety judge raised %s", type(e).__name__, exc_info=e)
+        return f"{type(e).__name__}: {e}"
+    return str(e)

@@ -96,7 +96,15 @@ class LoopJudgeConfig(BaseModel):
         "judging itself scores on a compressed, shifted scale (SmolLM2-135M: ~1.5-2.2 of 5), so a "
         "relative cut works where a fixed threshold keeps all or nothing.",
     )
-    model: ModelSpec | None = Field(None, description="Judge model; default the student itself.")
+    model: ModelSpec | None = Field(
+        None,
+        description="Judge model (a stronger local model, or one behind an OpenAI-compatible "
+        "endpoint with backend.kind openai); default the student itself. Also rates harm when "
+        "safety.llm is on.",
+    )
+    backend: BackendConfig | None = Field(
+        None, description="How the judge model runs; default the student's backend."
+    )
 
 
 class CustomSuite(BaseModel):
@@ -246,6 +254,37 @@ def eval_suites(cfg: SelfloopConfig) -> dict[str, tuple[str, list[dict[str, Any]
     from judges.evals import load_suites
 
     return load_suites(cfg.eval.suites, {c.name: (c.path, c.metric) for c in cfg.eval.custom})
+
+
+def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
+    """Refuse tuning settings the loop cannot run (they stay valid for a one-off `selfloop tune`).
+
+    A round's output is evaluated and promoted as an adapter loaded onto the student, and the
+    next round warm-starts from it, so the round must produce an adapter the student's backend
+    can load. Called when a run starts or resumes, before anything is written.
+    """
+    t, kind = cfg.tune, cfg.backend.kind
+    if t.method == "full":
+        raise ConfigError(
+            f"{source}: tune.method: full trains a whole model, but the loop evaluates, promotes "
+            "and warm-starts from adapters; use lora, qlora or prefix, or `selfloop tune --method "
+            "full` for a one-off full fine-tune"
+        )
+    if kind == "auto":
+        from agent.backends import auto_kind
+
+        kind = auto_kind()
+    if kind == "vllm" and t.method == "prefix":
+        raise ConfigError(
+            f"{source}: tune.method: prefix adapters cannot be served by vLLM (LoRA only); use "
+            "backend.kind: transformers or tune.method: lora"
+        )
+    if kind == "vllm" and t.lora_r > cfg.backend.max_lora_rank:
+        raise ConfigError(
+            f"{source}: tune.lora_r: {t.lora_r} exceeds backend.max_lora_rank "
+            f"{cfg.backend.max_lora_rank}, the largest adapter vLLM will serve; raise that or "
+            "lower tune.lora_r"
+        )
 
 
 def _suggestion(e: ValidationError) -> str:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import SelfloopError
-from loop import nodes
-from loop.config import SelfloopConfig, dump_config, load_config
+from loop import nodes, select
+from loop.config import SelfloopConfig, check_loop_tune, dump_config, load_config
+from loop.context import Context, LoopState
 from loop.faults import failpoint
 from loop.metrics import check_available
-from loop.nodes import Context, LoopState
 from loop.rundir import RunDir, config_hash
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,9 @@ STAGES = ["propose", "respond", "filter", "judge", "dedup", "review", "tune", "e
 _NODES: dict[str, Callable[[Context, LoopState], dict]] = {
     "propose": nodes.propose,
     "respond": nodes.respond,
-    "filter": nodes.filter_stage,
-    "judge": nodes.judge,
-    "dedup": nodes.dedup_stage,
+    "filter": select.filter_stage,
+    "judge": select.judge,
+    "dedup": select.dedup_stage,
     "review": nodes.review,
     "tune": nodes.tune,
     "evaluate": nodes.evaluate,
@@ -161,6 +161,7 @@ def run(cfg: SelfloopConfig, run_dir: str | Path) -> dict:
     if rd.checkpoints.exists():
         raise SelfloopError(f"{rd.root} already holds a run; use `selfloop resume {rd.root}`")
     check_available(cfg.metrics)  # before anything is written
+    check_loop_tune(cfg)
     rd.root.mkdir(parents=True, exist_ok=True)
     rd.save_config(dump_config(cfg))
     return _invoke(
@@ -187,6 +188,7 @@ def resume(
         raise SelfloopError(f"{rd.root} holds no run to resume (no checkpoints.sqlite)")
     saved = rd.config_path.read_text()
     cfg = load_config(config_path or rd.config_path)
+    check_loop_tune(cfg, str(config_path or rd.config_path))
     if config_path is not None and config_hash(dump_config(cfg)) != config_hash(saved):
         if not allow_config_change:
             raise SelfloopError(

@@ -3,94 +3,31 @@ a temporary directory and returns early when that directory already exists, so a
 redoes at most the stage it was killed in (tuning resumes from its own step checkpoints).
 
 Nodes return small state updates (JSON primitives); data lives on disk. Models are loaded lazily
-by `Context` and released before training so one model fits where a single model fits.
+by `Context` (loop.context) and released before training so one model fits where a single model
+fits. Here: propose, respond, review, tune, evaluate, gate, promote/reject, next round; the
+selecting stages (filter, judge, dedup) are in loop.select.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from agent.data import read_examples, write_examples, write_jsonl
-from loop.config import SelfloopConfig, eval_suites
+from loop.accounting import account
+from loop.config import eval_suites
+from loop.context import Context, LoopState, adapter_name, stage_stats
 from loop.faults import failpoint, tune_callbacks
 from loop.rundir import RunDir, write_json
 
 log = logging.getLogger(__name__)
 
 
-class LoopState(TypedDict, total=False):
-    round: int  # the round in progress, 1-based
-    champion: str | None  # champion adapter, relative to the run dir (None = base model)
-    champion_round: int | None
-    rejections: int  # rejected rounds in a row
-    kept: int  # new examples kept by the current round
-    decision: str | None  # "promoted" | "rejected" for the current round
-    stop: str | None  # why the run ended
-
-
-class Context:
-    """What the nodes share: config, run directory and lazily loaded models."""
-
-    def __init__(self, cfg: SelfloopConfig, rundir: RunDir) -> None:
-        self.cfg, self.rundir = cfg, rundir
-        self.stop_requested = False  # set by SIGINT/SIGTERM; checked between stages
-        self.where = ""  # "round N stage", for progress displays (set by the graph per node)
-        self._student = None
-        self._pool = None
-
-    def student(self, state: LoopState) -> Any:
-        """The student generator with the champion adapter loaded as 'champion' (if any)."""
-        from agent.backends import make_generator
-
-        if self._student is None:
-            self._student = self.tracked(make_generator(self.cfg.model, self.cfg.backend))
-        champ = state.get("champion")
-        if (
-            champ
-            and hasattr(self._student, "adapters")
-            and "champion" not in self._student.adapters
-        ):
-            self._student.load_adapter(self.rundir.root / champ, "champion")
-        return self._student
-
-    def tracked(self, gen: Any) -> Any:
-        """`gen` reporting the progress of its generate calls under the current stage."""
-        from loop.progress import Tracked
-
-        return Tracked(gen, lambda: self.where)
-
-    def release(self) -> None:
-        """Drop loaded models (before training, so the trainer has the memory)."""
-        if self._student is not None:
-            self._student.close()
-        self._student = None
-
-    def pool(self) -> Any:
-        from judges.dedup import Pool
-
-        if self._pool is None:
-            self._pool = Pool(self.rundir.root, self.cfg.dedup)
-        return self._pool
-
-
-def _adapter(state: LoopState) -> str | None:
-    return "champion" if state.get("champion") else None
-
-
-def _stats(path: Path) -> dict[str, Any]:
-    return json.loads((path / "stats.json").read_text())
-
-
-# ------------------------------------------------------------------------------------ stages
 def propose(ctx: Context, state: LoopState) -> dict:
     from agent.construct import propose as run_propose
     from agent.seeds import load_seed_tasks
-    from judges.filters import FilterChain
 
     n = state["round"]
     if ctx.rundir.stage_done(n, "propose"):
@@ -103,7 +40,7 @@ def propose(ctx: Context, state: LoopState) -> dict:
     if "self_instruct" in ctx.cfg.run.sources or "teacher" in ctx.cfg.run.sources:
         proposals, stats = run_propose(ctx.student(state), seeds, pool_tasks, ctx.cfg.propose, n)
     # Self-Instruct filters proposals before anyone answers them.
-    report = FilterChain(ctx.cfg.filters).run(proposals, instructions_only=True)
+    report = proposal_filter(ctx, seeds, pool_tasks).run(proposals, instructions_only=True)
     with ctx.rundir.writing_stage(n, "propose") as out:
         write_examples(out / "proposed.jsonl", proposals)
         write_jsonl(out / "replies.jsonl", stats.pop("replies", []))
@@ -111,7 +48,12 @@ def propose(ctx: Context, state: LoopState) -> dict:
         write_examples(out / "rejected.jsonl", report.rejected_records())
         write_json(
             out / "stats.json",
-            {**stats, "filter": report.summary(), "seconds": time.monotonic() - t0},
+            {
+                **stats,
+                "filter": report.summary(),
+                "seconds": time.monotonic() - t0,
+                "account": account("propose", len(proposals), len(report.kept), report.counts),
+            },
         )
     log.info(
         "round %d propose: %d proposals, %d pass the instruction filters",
@@ -120,6 +62,15 @@ def propose(ctx: Context, state: LoopState) -> dict:
         len(report.kept),
     )
     return {}
+
+
+def proposal_filter(ctx: Context, seeds: list[dict], pool_tasks: list[dict]) -> Any:
+    """The instruction filters for proposals; the ROUGE-L rule (if on) compares each proposal
+    with the seed tasks and every instruction already learned, as Self-Instruct does."""
+    from judges.filters import FilterChain
+
+    known = [t["instruction"] for t in [*seeds, *pool_tasks] if t.get("instruction")]
+    return FilterChain(ctx.cfg.filters, pool=known)
 
 
 def respond(ctx: Context, state: LoopState) -> dict:
@@ -135,7 +86,7 @@ def respond(ctx: Context, state: LoopState) -> dict:
     records, stats = [], {}
     if "self_instruct" in ctx.cfg.run.sources:
         records, stats["self"] = run_respond(
-            ctx.student(state), tasks, params, adapter=_adapter(state), round_index=n
+            ctx.student(state), tasks, params, adapter=adapter_name(state), round_index=n
         )
     if "teacher" in ctx.cfg.run.sources and ctx.cfg.respond.teacher is not None:
         teacher = ctx.tracked(
@@ -162,188 +113,6 @@ def respond(ctx: Context, state: LoopState) -> dict:
     return {}
 
 
-def filter_stage(ctx: Context, state: LoopState) -> dict:
-    from judges.filters import FilterChain
-    from judges.safety import SafetyFilter
-    from judges.verifiable import check
-
-    n = state["round"]
-    if ctx.rundir.stage_done(n, "filter"):
-        return {}
-    records = read_examples(ctx.rundir.stage_dir(n, "respond") / "responses.jsonl")
-    report = FilterChain(ctx.cfg.filters).run(records)
-    safety = SafetyFilter(ctx.cfg.safety).run(report.kept)
-    kept, failed_checks = [], []
-    for r in safety.kept:
-        results = check(r["response"], r.get("constraints") or [], mode="strict")
-        if all(x.passed for x in results):
-            kept.append(r)
-        else:
-            failed_checks.append(
-                {
-                    **r,
-                    "filter_reason": "failed_constraint",
-                    "filter_detail": next(x.reason for x in results if not x.passed),
-                }
-            )
-    rejected = (
-        report.rejected_records()
-        + [
-            {**rec, "filter_reason": reason, "filter_detail": detail}
-            for rec, reason, detail in safety.dropped
-        ]
-        + failed_checks
-    )
-    with ctx.rundir.writing_stage(n, "filter") as out:
-        write_examples(out / "filtered.jsonl", kept)
-        write_examples(out / "rejected.jsonl", rejected)
-        write_json(
-            out / "stats.json",
-            {
-                "filters": report.summary(),
-                "safety": safety.summary(),
-                "failed_constraint": len(failed_checks),
-                "kept": len(kept),
-            },
-        )
-    log.info("round %d filter: %d of %d kept", n, len(kept), len(records))
-    return {}
-
-
-def judge(ctx: Context, state: LoopState) -> dict:
-    from judges.llm_judge import LLMJudge, summarize_scores
-
-    n = state["round"]
-    if ctx.rundir.stage_done(n, "judge"):
-        return {}
-    records = read_examples(ctx.rundir.stage_dir(n, "filter") / "filtered.jsonl")
-    gen = ctx.student(state)  # the student judges itself (Self-Rewarding), base weights
-    judge_ = LLMJudge(gen, ctx.cfg.judge.rubric)
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(r.get("instruction_id", r["id"]), []).append(r)
-    out_ = (
-        judge_.best_of_n(groups)
-        if groups
-        else {"best": {}, "preference_pairs": [], "judgements": {}}
-    )
-    scores = {k: j.score for k, j in out_["judgements"].items()}
-    ranked = sorted(
-        ({**r, "judge_score": scores[r["id"]]} for r in out_["best"].values()),
-        key=lambda r: -r["judge_score"],
-    )
-    top = math.ceil(len(ranked) * ctx.cfg.judge.keep_top)
-    best, low = [], []
-    for k, rec in enumerate(ranked):
-        (best if k < top and rec["judge_score"] >= ctx.cfg.judge.min_score else low).append(rec)
-    with ctx.rundir.writing_stage(n, "judge") as out:
-        write_examples(out / "judged.jsonl", best)
-        write_examples(out / "low_score.jsonl", low)
-        write_jsonl(out / "preference_pairs.jsonl", out_["preference_pairs"])
-        write_json(
-            out / "stats.json",
-            {
-                "scores": summarize_scores(list(out_["judgements"].values())),
-                "best": len(out_["best"]),
-                "kept": len(best),
-                "dropped_low_score": len(low),
-                "min_score": ctx.cfg.judge.min_score,
-                "keep_top": ctx.cfg.judge.keep_top,
-            },
-        )
-    log.info(
-        "round %d judge: %d best-of-n, %d kept (top %.0f%%, score >= %.1f)",
-        n,
-        len(ranked),
-        len(best),
-        100 * ctx.cfg.judge.keep_top,
-        ctx.cfg.judge.min_score,
-    )
-    return {}
-
-
-def dedup_stage(ctx: Context, state: LoopState) -> dict:
-    from agent.seeds import load_seed_tasks
-    from judges.dedup import dedup
-
-    n = state["round"]
-    if ctx.rundir.stage_done(n, "dedup"):
-        return {"kept": _stats(ctx.rundir.stage_dir(n, "dedup"))["kept"]}
-    records = read_examples(ctx.rundir.stage_dir(n, "judge") / "judged.jsonl")
-    pool = ctx.pool()
-    report = dedup(
-        records, pool, ctx.cfg.dedup, scores={r["id"]: r["judge_score"] for r in records}
-    )
-    # Eval prompts must never be trained on (contamination); a proposal that copies a seed task
-    # it was shown adds nothing (Self-Instruct compares against the seeds for the same reason).
-    evals = [
-        (f"{name}/{r['id']}", r["prompt"])
-        for name, (_, records) in eval_suites(ctx.cfg).items()
-        for r in records
-    ]
-    seeds = [(f"seed/{t.id}", t.instruction) for t in load_seed_tasks(ctx.cfg.run.seeds_file)]
-    contaminated = _near(ctx, report.kept, evals)
-    copies = _near(ctx, [r for r in report.kept if r["id"] not in contaminated], seeds)
-    kept = [
-        r
-        for r in report.kept
-        if r["id"] not in contaminated and r["id"] not in copies and r["id"] not in pool
-    ]
-    # Like every dedup drop, each guarded one names what it was too close to.
-    guarded = [
-        {**r, "guard": guard, **hits[r["id"]]}
-        for guard, hits in (("eval_prompt", contaminated), ("seed", copies))
-        for r in report.kept
-        if r["id"] in hits
-    ]
-    with ctx.rundir.writing_stage(n, "dedup") as out:
-        write_examples(out / "kept.jsonl", kept)
-        write_examples(out / "dropped.jsonl", report.dropped_records())
-        write_examples(out / "guarded.jsonl", guarded)
-        write_json(
-            out / "stats.json",
-            {
-                "dedup": report.summary(),
-                "contaminated": {k: v["guard_similarity"] for k, v in contaminated.items()},
-                "copies_seed": {k: v["guard_similarity"] for k, v in copies.items()},
-                "kept": len(kept),
-            },
-        )
-    log.info(
-        "round %d dedup: %d kept (%d duplicates, %d near eval prompts, %d copy seeds)",
-        n,
-        len(kept),
-        len(report.dropped),
-        len(contaminated),
-        len(copies),
-    )
-    return {"kept": len(kept)}
-
-
-def _near(
-    ctx: Context, records: list[dict], texts: list[tuple[str, str]]
-) -> dict[str, dict[str, Any]]:
-    """Records whose instruction is within the dedup threshold of one of `texts` ((id, text)
-    pairs): record id -> the nearest text's id, the text and the similarity."""
-    import numpy as np
-
-    if not records or not texts:
-        return {}
-    emb = ctx.pool().embedder
-    a = emb.encode([r["instruction"] for r in records])
-    sims = np.asarray(a @ emb.encode([t for _, t in texts]).T)
-    best = sims.argmax(axis=1)
-    return {
-        r["id"]: {
-            "guard_neighbour": texts[j][0],
-            "guard_text": texts[j][1],
-            "guard_similarity": round(float(sims[i, j]), 4),
-        }
-        for i, (r, j) in enumerate(zip(records, best))
-        if sims[i, j] >= ctx.cfg.dedup.threshold
-    }
-
-
 def review(ctx: Context, state: LoopState) -> dict:
     """With run.review on: write the review files and pause until `selfloop review --accept`
     has written `rounds/NNN/review/` (then the round goes on with the reviewed examples)."""
@@ -360,7 +129,7 @@ def review(ctx: Context, state: LoopState) -> dict:
             jsonl, csv_path = write_review_files(ctx.rundir, n)
         log.info("round %d paused for review: edit %s or %s", n, jsonl, csv_path)
         interrupt({"round": n, "review_file": str(jsonl), "review_csv": str(csv_path)})
-    return {"kept": _stats(ctx.rundir.stage_dir(n, "review"))["accepted"]}
+    return {"kept": stage_stats(ctx.rundir.stage_dir(n, "review"))["accepted"]}
 
 
 def tune(ctx: Context, state: LoopState) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.data import parse_object, read_examples, write_examples
 from agent.errors import SelfloopError
+from loop.accounting import account
 from loop.rundir import RunDir, atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def accept_review(rundir: RunDir, n: int, path: str | Path) -> dict[str, Any]:
         "accepted": len(kept),
         "rejected": len(rejected),
         "edited": sum(1 for r in kept if r.get("source") == "human-edited"),
+        "account": account("review", len(candidates), len(kept), {"removed": len(rejected)}),
     }
     with rundir.writing_stage(n, "review") as out:
         write_examples(out / "kept.jsonl", kept)

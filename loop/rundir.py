@@ -1,6 +1,6 @@
 """The run directory: layout, one-process lock, atomic stage outputs, resolved config, champion.
 
-    RUN_DIR/config.yaml  checkpoints.sqlite  metrics.jsonl  pool.faiss  pool.jsonl
+    RUN_DIR/config.yaml  checkpoints.sqlite  metrics.jsonl  pool.jsonl  pool.faiss  pool.faiss.json
     RUN_DIR/champion -> rounds/NNN/adapter      (absent while the base model is champion)
     RUN_DIR/rounds/NNN/<stage>/...              each stage's outputs, renamed into place when done
 

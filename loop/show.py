@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.data import read_jsonl
 from agent.errors import SelfloopError
+from loop.accounting import round_account
 from loop.rundir import RunDir
 
 STAGES = ["propose", "respond", "filter", "judge", "dedup", "review", "tune", "evaluate", "gate"]
@@ -149,14 +150,16 @@ def _funnel(rd: Path, review_on: bool) -> list[str]:
         out.append(
             f"  filter    {f.get('kept', 0)} of {heur.get('total', 0)} kept; filters: "
             f"{counts(heur.get('counts'))}; safety: {counts(safety.get('counts'))}; "
-            f"failed_constraint {f.get('failed_constraint', 0)}"
+            f"failed_constraint {f.get('failed_constraint', 0)} "
+            f"({counts(f.get('failed_constraint_types'))})"
         )
     j = load_json(rd / "judge" / "stats.json")
     if j is not None:
         out.append(
             f"  judge     {j.get('best', 0)} best-of-n, {j.get('kept', 0)} kept, "
             f"dropped_low_score {j.get('dropped_low_score', 0)} "
-            f"(min_score {j.get('min_score')}, keep_top {j.get('keep_top')})"
+            f"(min_score {j.get('min_score')}, keep_top {j.get('keep_top')}), "
+            f"not_best {j.get('not_best', 0)}, unjudged {j.get('unjudged', 0)}"
         )
     d = load_json(rd / "dedup" / "stats.json")
     if d is not None:
@@ -178,6 +181,7 @@ def _funnel(rd: Path, review_on: bool) -> list[str]:
         out.append("  review    off (run.review: false)")
     elif (rd / "review.jsonl").is_file():
         out.append(f"  review    waiting: edit {rd / 'review.jsonl'} and accept it")
+    out += [f"  ACCOUNT   {p}" for p in round_account(rd)["problems"]]
     return out
 
 

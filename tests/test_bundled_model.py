@@ -125,6 +125,17 @@ def test_one_real_round_end_to_end(tmp_path) -> None:
     assert metrics["propose"]["calls"] == 2 and "filter" in metrics and "judge" in metrics
     judged = metrics["judge"]
     assert judged["kept"] == -(-judged["best"] // 2)  # keep_top 0.5 of best-of-n (scores >= 1)
+    # The real model's candidates are all accounted for: every stage's input is its kept set
+    # plus its drops by reason, and each stage received exactly what the one before kept.
+    from loop.accounting import round_account
+
+    acc = round_account(r1)
+    assert acc["problems"] == [], acc["problems"]
+    assert set(acc["stages"]) == {"propose", "filter", "judge", "dedup"}
+    responses = (r1 / "respond" / "responses.jsonl").read_text().splitlines()
+    assert acc["stages"]["filter"]["in"] == len(responses)
+    # respond.n=2: each instruction's losers are on disk as not_best, none silently gone
+    assert acc["stages"]["judge"]["in"] == judged["best"] + judged["not_best"] + judged["unjudged"]
 
 
 def test_real_model_proposes_from_the_seed_pool(smol: TransformersGenerator) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["lora", "prefix", "full", "qlora"]
 
@@ -66,7 +66,20 @@ class TuneConfig(BaseModel):
         "auto", description="bfloat16 mixed precision; auto = on where CUDA supports it."
     )
     gradient_checkpointing: Literal["auto", True, False] = Field(
-        "auto", description="Trade compute for memory; auto = on for CUDA, off on CPU."
+        "auto",
+        description="Trade compute for memory; auto = on for CUDA, off on CPU and for prefix "
+        "(peft's prefix tuning does not work with it).",
+    )
+    fsdp: bool = Field(
+        False,
+        description="Shard weights, gradients and optimizer state over the processes (FSDP via "
+        "accelerate) instead of replicating them; CUDA only, start with torchrun "
+        "--nproc_per_node N. Not with qlora.",
+    )
+    fsdp_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="With fsdp: passed to transformers' TrainingArguments.fsdp_config (e.g. "
+        "{cpu_offload: true, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}).",
     )
     # rounds
     warm_start: bool = Field(
@@ -75,6 +88,26 @@ class TuneConfig(BaseModel):
         "base on the accumulated pool (false). Default true: a round adds a little data, and "
         "continuing keeps what earlier rounds learned without re-paying for the whole pool.",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneConfig:
+        if problem := self.conflict():
+            raise ValueError(problem)
+        return self
+
+    def conflict(self) -> str | None:
+        """Why these settings cannot train together, or None. (`train` asks again: a config
+        built with `model_copy(update=...)` skips validation.)"""
+        if self.method == "prefix" and self.gradient_checkpointing is True:
+            return (
+                "tune.gradient_checkpointing=true does not work with tune.method=prefix (peft "
+                "feeds the prefix as a KV cache, which checkpointing cannot); use auto or false"
+            )
+        if self.fsdp_config and not self.fsdp:
+            return "tune.fsdp_config is set but tune.fsdp is false"
+        if self.fsdp and self.method == "qlora":
+            return "tune.fsdp does not support tune.method=qlora; run qlora data-parallel instead"
+        return None
 
     def lr(self) -> float:
         if self.learning_rate is not None:

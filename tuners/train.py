@@ -8,10 +8,12 @@ through accelerate/torchrun); selfloop adds what a self-improvement loop needs a
 - resumable runs: checkpoints go to `<out_dir>.checkpoints/`; a checkpoint counts only once its
   `selfloop-complete` marker is written after the Trainer finished saving it, and a restart with
   the same arguments continues from the newest complete one (different arguments are refused);
-- guards: empty data, over-long examples and an impossible sequence length are reported before
-  any step; a non-finite loss or an exploding gradient aborts the run;
+- guards (`tuners.guards`): empty data, over-long examples, an impossible sequence length and
+  settings the hardware cannot run are refused before anything is written; a non-finite loss or
+  gradient at any step, or an exploding gradient, aborts the run;
 - the artifact: `out_dir` appears (atomic rename) only after training succeeded, holding the PEFT
-  adapter (or full model), a model card `README.md` and `train_metrics.json`.
+  adapter (or full model), a model card `README.md` and `train_metrics.json`; under FSDP the
+  sharded weights are gathered by the Trainer's collective save first.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,8 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     tokens_per_second: float = 0.0
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float = 0.0  # during this run; what it measures: peak_memory_kind
+    peak_memory_kind: str = ""  # cuda_max_allocated | rss_sampled | rss_process_lifetime
     trainable_params: int = 0
     resumed_from_step: int | None = None
     data_sha256: str = ""
@@ -91,23 +93,13 @@ def _complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _load_model(resolved: Any, cfg: TuneConfig, device: str) -> Any:
+def _load_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
     trust = resolved.spec.trust_remote_code
     if cfg.method == "qlora":
-        if not device.startswith("cuda"):
-            raise SelfloopError(
-                "tune.method=qlora needs a CUDA GPU (4-bit bitsandbytes); use lora on CPU"
-            )
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError as e:
-            raise SelfloopError(
-                "tune.method=qlora needs bitsandbytes: pip install 'selfloop[gpu]'"
-            ) from e
         from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
 
         quant = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -115,44 +107,28 @@ def _load_model(resolved: Any, cfg: TuneConfig, device: str) -> Any:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
+        # A quantized model is placed at load time and cannot be moved afterwards: without a
+        # device_map every torchrun process would put its copy on GPU 0.
         model = AutoModelForCausalLM.from_pretrained(
-            resolved.path, quantization_config=quant, dtype=torch.bfloat16, trust_remote_code=trust
+            resolved.path,
+            quantization_config=quant,
+            dtype=torch.bfloat16,
+            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
+            trust_remote_code=trust,
         )
-        return prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=_grad_ckpt(cfg, device)
-        )
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
     # Master weights stay float32; bf16 is applied as autocast by the Trainer.
     return AutoModelForCausalLM.from_pretrained(
         resolved.path, dtype=torch.float32, trust_remote_code=trust
     )
 
 
-def _grad_ckpt(cfg: TuneConfig, device: str) -> bool:
-    return (
-        device.startswith("cuda")
-        if cfg.gradient_checkpointing == "auto"
-        else cfg.gradient_checkpointing
-    )
-
-
-def _bf16(cfg: TuneConfig, device: str) -> bool:
-    if cfg.bf16 == "auto":
-        return device.startswith("cuda") and torch.cuda.is_bf16_supported()
-    if cfg.bf16 and not device.startswith("cuda"):
-        raise SelfloopError("tune.bf16=true needs a CUDA GPU; use bf16: auto on CPU")
-    return bool(cfg.bf16)
-
-
 def _wrap(model: Any, cfg: TuneConfig, init_adapter: Path | None) -> Any:
     from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 
     if cfg.method == "full":
-        if init_adapter is not None:
-            raise SelfloopError("tune.method=full cannot warm-start from an adapter")
         return model
-    if init_adapter is not None:
-        if not (init_adapter / "adapter_config.json").is_file():
-            raise SelfloopError(f"warm-start adapter {init_adapter} has no adapter_config.json")
+    if init_adapter is not None:  # checked by guards.check_settings: an adapter directory
         return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
     if cfg.method == "prefix":
         return get_peft_model(
@@ -187,7 +163,15 @@ def train(
     `out_dir` must not exist yet: a finished artifact is never overwritten. `callbacks` are extra
     transformers `TrainerCallback`s (progress displays, tests).
     """
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, TrainingArguments
+
+    from tuners.guards import (
+        GuardedTrainer,
+        StepGuard,
+        check_finite_weights,
+        check_settings,
+    )
+    from tuners.memory import PeakMemory
 
     cfg = config or TuneConfig()
     out_dir = Path(out_dir)
@@ -196,8 +180,11 @@ def train(
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
     init = Path(init_adapter) if init_adapter else None
 
+    # Everything that can refuse the run comes before the first write to disk, so a refused
+    # run leaves nothing behind (no checkpoint directory, no fingerprint).
     resolved = resolve(base)
     device = pick_device(resolved.spec)
+    settings = check_settings(cfg, device, init)
     tokenizer = load_tokenizer(resolved)
     context = _context_of(resolved)
     if cfg.max_seq_len > context:
@@ -222,83 +209,68 @@ def train(
     resume = _complete_checkpoints(ckpt_dir)
     resume_from = resume[-1] if resume else None
 
-    torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
-    model = _load_model(resolved, cfg, device)
-    # No KV cache in training; packing also needs it off (see tuners.data.pack_batch).
-    model.config.use_cache = False
-    model = _wrap(model, cfg, init)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    collator = Collator(packing, tokenizer.pad_token_id)
-    history: list[tuple[int, float]] = []
+    with PeakMemory(_this_device(device)) as memory:  # model, optimizer and steps
+        torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
+        model = _load_model(resolved, cfg, settings.grad_ckpt)
+        # No KV cache in training; packing also needs it off (see tuners.data.pack_batch).
+        model.config.use_cache = False
+        model = _wrap(model, cfg, init)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        collator = Collator(packing, tokenizer.pad_token_id)
+        guard = StepGuard(cfg.abort_grad_norm)
+        # qlora checkpoints through prepare_model_for_kbit_training, FSDP through its config.
+        trainer_ckpt = settings.grad_ckpt and cfg.method != "qlora" and settings.fsdp_config is None
 
-    class Guard(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
-            logs = logs or {}
-            loss, gnorm = logs.get("loss"), logs.get("grad_norm")
-            if loss is not None:
-                if not math.isfinite(loss):
-                    raise TrainingAborted(
-                        f"training aborted at step {state.global_step}: loss is {loss}"
-                    )
-                history.append((state.global_step, float(loss)))
-                log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, loss)
-            if gnorm is not None and (not math.isfinite(gnorm) or gnorm > cfg.abort_grad_norm):
-                raise TrainingAborted(
-                    f"training aborted at step {state.global_step}: gradient norm {gnorm:.3g} "
-                    f"(tune.abort_grad_norm {cfg.abort_grad_norm:g}); lower the learning rate"
-                )
-
-        def on_save(self, args, state, control, **kw):  # noqa: ANN001
-            if state.is_world_process_zero:
-                marker = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MARKER
-                marker.write_text(json.dumps({"step": state.global_step}))
-
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr(),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=_warmup_steps(cfg, len(items)),
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=_bf16(cfg, device),
-        activation_checkpointing=_grad_ckpt(cfg, device) and cfg.method != "qlora",
-        use_cpu=not device.startswith("cuda"),
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=not os.isatty(2),
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=items,
-        data_collator=collator,
-        compute_loss_func=packed_loss if packing else None,
-        callbacks=[Guard(), *callbacks],
-    )
-    trainer.remove_callback(PrinterCallback)  # Guard logs progress through `logging` instead
-    started = time.monotonic()
-    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.monotonic() - started
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir),
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.lr(),
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=_warmup_steps(cfg, len(items)),
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.logging_steps,
+            # Log a NaN loss as NaN (the default replaces it by the mean); StepGuard aborts.
+            logging_nan_inf_filter=False,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            bf16=settings.bf16,
+            fsdp=settings.fsdp_config is not None,
+            fsdp_config=settings.fsdp_config,
+            **{_ckpt_arg(): trainer_ckpt},
+            use_cpu=not device.startswith("cuda"),
+            report_to="none",
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            disable_tqdm=not os.isatty(2),
+        )
+        trainer = GuardedTrainer(
+            model=model,
+            args=args,
+            train_dataset=items,
+            data_collator=collator,
+            compute_loss_func=packed_loss if packing else None,
+            callbacks=[guard, *callbacks],
+        )
+        trainer.remove_callback(PrinterCallback)  # StepGuard logs progress through `logging`
+        started = time.monotonic()
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        seconds = time.monotonic() - started
     steps = trainer.state.global_step
     first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
     tokens = collator.tokens_seen  # this process, this run (skipped batches of a resume excluded)
     # The whole curve: after a resume, the restored trainer state holds the steps before the kill.
     curve = [
         (int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e
-    ] or history
+    ] or guard.history
     final_loss = curve[-1][1] if curve else float(out.training_loss)
-    _check_finite(model)
+    check_finite_weights(trainer.model, args.device)
     result = TrainResult(
         out_dir=str(out_dir),
         method=cfg.method,
@@ -308,19 +280,38 @@ def train(
         tokens=tokens,
         seconds=seconds,
         tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
-        peak_memory_mb=_peak_memory_mb(device),
+        peak_memory_mb=memory.peak_mb,
+        peak_memory_kind=memory.kind,
         trainable_params=trainable,
         resumed_from_step=first_step or None,
         data_sha256=digest,
     )
+    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved.display_name, round_index)
     if trainer.is_world_process_zero():
-        _write_artifact(
-            trainer.model, tokenizer, cfg, out_dir, result, resolved.display_name, round_index
-        )
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return result
+
+
+def _ckpt_arg() -> str:
+    # transformers 5.23 renamed TrainingArguments.gradient_checkpointing to
+    # activation_checkpointing (the old name still works there, with a FutureWarning).
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
+
+
+def _this_device(device: str) -> str:
+    """The CUDA device this process trains on (torchrun: one GPU per local rank)."""
+    if device == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
 
 
 def _warmup_steps(cfg: TuneConfig, n_examples: int) -> int:
@@ -338,20 +329,8 @@ def _context_of(resolved: Any) -> int:
     return int(cfg.get("max_position_embeddings") or 2048)
 
 
-def _check_finite(model: Any) -> None:
-    for name, p in model.named_parameters():
-        if p.requires_grad and not torch.isfinite(p).all():
-            raise TrainingAborted(f"training produced non-finite weights in {name}")
-
-
-def _peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _write_artifact(
-    model: Any,
+def _save_artifact(
+    trainer: Any,
     tokenizer: Any,
     cfg: TuneConfig,
     out_dir: Path,
@@ -359,9 +338,21 @@ def _write_artifact(
     base: str,
     round_index: int | None,
 ) -> None:
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    """Called on every rank. Under FSDP the weights are sharded, so `trainer.save_model` gathers
+    them collectively and rank 0 writes; rank 0 then adds the card and metrics and renames the
+    directory into place, so `out_dir` appears whole or not at all."""
+    # One name for all ranks: under FSDP a non-writing rank may still create the directory.
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    zero = trainer.is_world_process_zero()
+    if zero:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # Checkpoints may be sharded; the artifact must be whole (peft's FSDP saving recipe).
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(tmp))
+    if not zero:
+        return
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the card has the settings
     if cfg.method == "full":
         tokenizer.save_pretrained(tmp)
     (tmp / METRICS).write_text(json.dumps(result.to_dict(), indent=2))

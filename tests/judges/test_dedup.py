@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.errors import SelfloopError
-from judges.dedup import INDEX_FILE, RECORDS_FILE, DedupConfig, Pool, dedup
+from judges.dedup import FINGERPRINT_FILE, INDEX_FILE, RECORDS_FILE, DedupConfig, Pool, dedup
 from judges.embed import Embedder, resolve_embedding_model
 
 PAIRS = Path(__file__).parent / "data" / "dedup_pairs.jsonl"
@@ -333,13 +333,14 @@ def test_pool_persists_and_a_resumed_round_reruns_cleanly(tmp_path: Path, embedd
     assert len(set(reloaded.ids)) == 5
 
 
-def _two_rounds(path: Path, embedder: Embedder) -> tuple[bytes, bytes]:
-    """Round 1 then round 2 into `path`; returns round 1's (jsonl, index) bytes."""
+def _two_rounds(path: Path, embedder: Embedder) -> tuple[bytes, bytes, bytes]:
+    """Round 1 then round 2 into `path`; returns round 1's (jsonl, index, fingerprint) bytes."""
     pool = Pool(path, DedupConfig(), embedder)
     pool.add([rec("sea0", SEA[0]), rec("int0", INTEREST[0])])
-    saved = (path / RECORDS_FILE).read_bytes(), (path / INDEX_FILE).read_bytes()
+    names = (RECORDS_FILE, INDEX_FILE, FINGERPRINT_FILE)
+    saved = tuple((path / name).read_bytes() for name in names)
     pool.add([rec("dia0", DIABETES[0]), rec("lone0", LONERS[0])])
-    return saved
+    return saved  # type: ignore[return-value]
 
 
 def _nearest_ids(pool: Pool, embedder: Embedder, texts: list[str]) -> list[str]:
@@ -349,8 +350,10 @@ def _nearest_ids(pool: Pool, embedder: Embedder, texts: list[str]) -> list[str]:
 
 
 def test_index_short_of_the_jsonl_gets_its_tail_embedded(tmp_path: Path, embedder: Embedder):
-    _, old_index = _two_rounds(tmp_path, embedder)
-    (tmp_path / INDEX_FILE).write_bytes(old_index)  # crash after the jsonl, before the index
+    _, old_index, old_fingerprint = _two_rounds(tmp_path, embedder)
+    # crash after the jsonl, before the index (and its fingerprint) were written
+    (tmp_path / INDEX_FILE).write_bytes(old_index)
+    (tmp_path / FINGERPRINT_FILE).write_bytes(old_fingerprint)
     pool = Pool(tmp_path, DedupConfig(), embedder)
     assert pool.repaired and "embedded 2" in pool.repaired
     assert pool.index.ntotal == len(pool) == 4
@@ -363,7 +366,7 @@ def test_index_short_of_the_jsonl_gets_its_tail_embedded(tmp_path: Path, embedde
 
 
 def test_index_longer_than_the_jsonl_is_rebuilt(tmp_path: Path, embedder: Embedder):
-    old_jsonl, _ = _two_rounds(tmp_path, embedder)
+    old_jsonl, _, _ = _two_rounds(tmp_path, embedder)
     (tmp_path / RECORDS_FILE).write_bytes(old_jsonl)  # index written, jsonl left behind
     pool = Pool(tmp_path, DedupConfig(), embedder)
     assert pool.repaired and "rebuilt" in pool.repaired
@@ -393,6 +396,38 @@ def test_unreadable_or_foreign_index_is_rebuilt(tmp_path: Path, embedder: Embedd
     pool = Pool(tmp_path, DedupConfig(), embedder)
     assert pool.repaired and "does not match" in pool.repaired
     assert _nearest_ids(pool, embedder, [SEA[0], LONERS[0]]) == ["sea0", "lone0"]
+
+
+def test_foreign_index_of_the_same_length_is_rebuilt(tmp_path: Path, embedder: Embedder):
+    _two_rounds(tmp_path, embedder)  # 4 lines: sea0 int0 dia0 lone0
+    texts = [SEA[0], INTEREST[0], DIABETES[0], LONERS[0]]
+    other = tmp_path / "other"
+    Pool(other, DedupConfig(), embedder).add(
+        [rec("w", SEA[1]), rec("x", INTEREST[1]), rec("y", DIABETES[1]), rec("z", LONERS[1])]
+    )
+    # Another pool's index of 4 vectors: alone, or with its own fingerprint.
+    for copied in ([INDEX_FILE], [INDEX_FILE, FINGERPRINT_FILE]):
+        for name in copied:
+            shutil.copy(other / name, tmp_path / name)
+        pool = Pool(tmp_path, DedupConfig(), embedder)
+        assert pool.repaired and "does not match" in pool.repaired and pool.index.ntotal == 4
+        assert _nearest_ids(pool, embedder, texts) == ["sea0", "int0", "dia0", "lone0"]
+        # the rebuilt index was saved with its fingerprint: the next load trusts it
+        assert Pool(tmp_path, DedupConfig(), embedder).repaired is None
+
+
+def test_index_without_a_matching_fingerprint_is_rebuilt(tmp_path: Path, embedder: Embedder):
+    _, _, old_fingerprint = _two_rounds(tmp_path, embedder)
+    texts = [SEA[0], INTEREST[0], DIABETES[0], LONERS[0]]
+    # crash after the index was written, before its fingerprint: nothing lost, index rebuilt
+    (tmp_path / FINGERPRINT_FILE).write_bytes(old_fingerprint)
+    pool = Pool(tmp_path, DedupConfig(), embedder)
+    assert pool.repaired and "does not match" in pool.repaired and len(pool) == 4
+    assert _nearest_ids(pool, embedder, texts) == ["sea0", "int0", "dia0", "lone0"]
+    (tmp_path / FINGERPRINT_FILE).unlink()  # a pool written before fingerprints existed
+    pool = Pool(tmp_path, DedupConfig(), embedder)
+    assert pool.repaired and FINGERPRINT_FILE in pool.repaired and pool.index.ntotal == 4
+    assert Pool(tmp_path, DedupConfig(), embedder).repaired is None
 
 
 # ---- approximate indexes ----

@@ -83,6 +83,29 @@ def test_instruction_start_rules(instruction: str, language: str, expected) -> N
     assert reason(rec(instruction, language=language), cfg) == expected
 
 
+@pytest.mark.parametrize(
+    ("instruction", "expected"),
+    [
+        (
+            "2021-12-20 A. W. 4:32.45 TK 17/03 #884-221",
+            "mostly_non_letters",
+        ),  # like a real proposal
+        ("1. 2. 3. 4. 5. 6. 7. 8.", "mostly_non_letters"),
+        ("Solve 3x + 5 = 20 for x.", None),
+        ("What is 17 * 23 + 4?", None),
+        ("列出三种常见的水果。", None),  # letters in any script count
+        ("Convert 2021-12-20 to the format DD/MM/YYYY.", None),
+    ],
+)
+def test_instructions_that_are_mostly_not_letters(instruction: str, expected) -> None:
+    cfg = FilterConfig(language=False, non_ascii_start=False)
+    assert reason(rec(instruction), cfg) == expected
+    assert (
+        reason(rec(instruction), FilterConfig(language=False, non_ascii_start=False, letters=False))
+        is None
+    )
+
+
 def test_non_ascii_rule_follows_the_default_language() -> None:
     untagged = rec("Éxplain the causes of the French revolution.")
     assert reason(untagged) == "starts_with_non_ascii"
@@ -240,7 +263,7 @@ def test_instructions_only_mode_skips_response_rules() -> None:
 def test_every_rule_can_be_switched_off() -> None:
     settings = {"default_language", "samples_per_reason"}
     off = {name: False for name in FilterConfig.model_fields if name not in settings}
-    assert len(off) == 11
+    assert len(off) == 12
     chain = FilterChain(FilterConfig(**off))
     assert chain.reasons() == []
     assert chain.check(rec("Draw.", "", finish_reason="length")) is None
@@ -275,6 +298,7 @@ def test_chain_run_on_a_mixed_batch_reports_per_reason_counts() -> None:
         rec(response=LOOP, id="loop"),
         rec(response=FRENCH, id="lang"),
         rec("Draw.", "", finish_reason="length", id="first_rule_wins"),
+        rec("12/03 4:32.45 #884 TK 17", id="digits"),
     ]
     report = FilterChain().run(batch)
     assert [r["id"] for r in report.kept] == ["ok1", "ok2"]
@@ -282,17 +306,18 @@ def test_chain_run_on_a_mixed_batch_reports_per_reason_counts() -> None:
         "instruction_too_short": 2,
         "blacklisted_keyword": 2,
         "banned_prefix": 1,
+        "mostly_non_letters": 1,
         "empty_response": 1,
         "cut_off": 1,
         "repetitive": 1,
         "wrong_language": 1,
     }
     assert list(report.counts) == [r for r in REASONS if r != "similar_to_pool"]
-    assert sum(report.counts.values()) == len(report.rejected) == 9
+    assert sum(report.counts.values()) == len(report.rejected) == 10
 
     summary = report.summary()
     assert json.loads(json.dumps(summary)) == summary
-    assert (summary["total"], summary["kept"], summary["rejected"]) == (11, 2, 9)
+    assert (summary["total"], summary["kept"], summary["rejected"]) == (12, 2, 10)
     assert [s["id"] for s in summary["samples"]["instruction_too_short"]] == [
         "short",
         "first_rule_wins",

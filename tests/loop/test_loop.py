@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from agent.data import read_jsonl, write_jsonl
+from loop.accounting import round_account
 from loop.config import load_config
 from loop.graph import resume, run
 
@@ -121,6 +122,13 @@ def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> No
     )
     assert not set(stats["contaminated"]) & {r["id"] for r in kept}
     assert (r1 / "adapter" / "adapter_model.safetensors").is_file()
+    # Every candidate is accounted for, stage by stage, with a reason for each drop.
+    acc = round_account(r1)
+    assert acc["problems"] == [], acc["problems"]
+    assert acc["stages"]["filter"]["in"] == len(EXPERT) + 2
+    dropped = acc["stages"]["dedup"]["dropped"]
+    assert dropped["contaminated"] == len(stats["contaminated"]) and dropped["copies_seed"] == 1
+    assert acc["stages"]["dedup"]["kept"] == len(kept)
     eval_json = json.loads((r1 / "evaluate" / "eval.json").read_text())
     assert set(eval_json["suites"]) == {
         "ifeval",

@@ -1,0 +1,39 @@
+"""Tuning settings the loop cannot run are refused when a run starts, naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loop.config import ConfigError, check_loop_tune, load_config
+
+
+def test_full_fine_tuning_is_refused_by_the_loop_not_by_selfloop_tune(tmp_path: Path) -> None:
+    from loop.graph import run
+
+    cfg = load_config(None, ["tune.method=full"])  # valid config: `selfloop tune` can use it
+    with pytest.raises(ConfigError, match=r"tune\.method: full .*selfloop tune --method full"):
+        check_loop_tune(cfg)
+    with pytest.raises(ConfigError, match=r"tune\.method: full"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_adapters_the_backend_cannot_serve_are_refused(monkeypatch) -> None:
+    import agent.backends
+
+    check_loop_tune(load_config(None, ["tune.method=prefix"]))  # transformers serves prefix
+    with pytest.raises(ConfigError, match=r"tune\.method: prefix .*vLLM"):
+        check_loop_tune(load_config(None, ["tune.method=prefix", "backend.kind=vllm"]))
+    with pytest.raises(ConfigError, match=r"tune\.lora_r: 128 exceeds backend\.max_lora_rank 64"):
+        check_loop_tune(load_config(None, ["tune.lora_r=128", "backend.kind=vllm"]))
+    # backend.kind auto is judged by what it resolves to on this machine.
+    auto = load_config(None, ["tune.method=prefix", "backend.kind=auto"])
+    monkeypatch.setattr(agent.backends, "auto_kind", lambda: "transformers")
+    check_loop_tune(auto)
+    monkeypatch.setattr(agent.backends, "auto_kind", lambda: "vllm")
+    with pytest.raises(ConfigError, match="prefix"):
+        check_loop_tune(auto)
+    for method in ("lora", "qlora"):
+        check_loop_tune(load_config(None, [f"tune.method={method}", "backend.kind=vllm"]))

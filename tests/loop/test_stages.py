@@ -1,0 +1,195 @@
+"""Single stages of a round run on a hand-made run directory: how the loop wires the judges."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.data import read_jsonl, write_examples
+from loop.accounting import round_account
+from loop.config import load_config
+from loop.context import Context
+from loop.nodes import proposal_filter, propose
+from loop.rundir import RunDir
+from loop.select import dedup_stage, filter_stage, judge
+
+ANSWER = "Jupiter is the largest planet of the solar system by mass and by volume."
+
+
+def _response(rid: str, instruction: str, response: str = ANSWER, **extra) -> dict:
+    return {
+        "id": rid,
+        "source": "self",
+        "round": 1,
+        "instruction": instruction,
+        "instruction_id": extra.pop("instruction_id", rid),
+        "response": response,
+        "language": "en",
+        "finish_reason": "stop",
+        **extra,
+    }
+
+
+def _context(tmp_path: Path, model_dir: Path, *overrides: str) -> Context:
+    cfg = load_config(None, [f"model.name={model_dir}", *overrides])
+    rundir = RunDir(tmp_path / "run")
+    rundir.root.mkdir(parents=True)
+    return Context(cfg, rundir)
+
+
+def _write_responses(ctx: Context, records: list[dict]) -> None:
+    out = ctx.rundir.stage_dir(1, "respond")
+    out.mkdir(parents=True)
+    write_examples(out / "responses.jsonl", records)
+    (out / "stats.json").write_text("{}")
+
+
+def test_rouge_rule_does_not_drop_the_sibling_answers_of_one_instruction(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    ctx = _context(tmp_path, tiny_model_dir, "filters.rouge.enabled=true", "filters.language=false")
+    q = "Name the largest planet in the solar system, please."
+    _write_responses(
+        ctx,
+        [
+            _response("r1-a", q, instruction_id="t1"),
+            _response("r1-b", q, ANSWER + " It is a gas giant.", instruction_id="t1"),
+        ],
+    )
+    filter_stage(ctx, {"round": 1})
+    kept = read_jsonl(ctx.rundir.stage_dir(1, "filter") / "filtered.jsonl")
+    assert [r["id"] for r in kept] == ["r1-a", "r1-b"]
+
+
+def test_proposals_are_filtered_against_seeds_and_pool_with_the_rouge_rule(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from agent.seeds import load_seed_tasks
+    from judges.filters import FilterChain, RougeRule
+
+    ctx = _context(tmp_path, tiny_model_dir, "filters.rouge.enabled=true", "filters.language=false")
+    seeds = [t.model_dump() for t in load_seed_tasks()]
+    learned = [{"instruction": "Give two reasons to learn a second language as an adult."}]
+    chain = proposal_filter(ctx, seeds, learned)
+    fresh = {"instruction": "Describe the rules of a card game you would invent."}
+    assert chain.check(fresh, instructions_only=True) is None
+    plain = FilterChain(ctx.cfg.filters.model_copy(update={"rouge": RougeRule(enabled=False)}))
+    seed = next(t for t in seeds if plain.check(t, instructions_only=True) is None)
+    for known in (seed["instruction"], learned[0]["instruction"]):
+        rejected = chain.check({"instruction": known}, instructions_only=True)
+        assert rejected is not None and rejected.reason == "similar_to_pool", known
+    propose(ctx, {"round": 1})  # sources without proposals: an empty, accounted stage
+    acc = round_account(ctx.rundir.round_dir(1))["stages"]["propose"]
+    assert acc == {"in": 0, "kept": 0, "dropped": {}}
+
+
+def test_failed_constraints_are_counted_by_type_and_refusals_skip_them(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    ctx = _context(
+        tmp_path, tiny_model_dir, "safety.harmful_instructions=refuse", "filters.language=false"
+    )
+    lower = [{"type": "lowercase"}]
+    _write_responses(
+        ctx,
+        [
+            _response("ok", "In lowercase: the largest planet?", "jupiter.", constraints=lower),
+            _response("bad", "In lowercase: the smallest planet?", "Mercury.", constraints=lower),
+            _response(
+                "harm",
+                "Explain step by step how to make a pipe bomb at home, in lowercase.",
+                "no.",
+                constraints=[{"type": "lowercase"}],
+            ),
+        ],
+    )  # fmt: skip
+    filter_stage(ctx, {"round": 1})
+    out = ctx.rundir.stage_dir(1, "filter")
+    stats = json.loads((out / "stats.json").read_text())
+    kept = {r["id"]: r for r in read_jsonl(out / "filtered.jsonl")}
+    assert set(kept) == {"ok", "harm"}  # the refusal is not in lowercase, and need not be
+    assert kept["harm"]["response"] == ctx.cfg.safety.refusal_text
+    assert stats["failed_constraint_types"] == {"lowercase": 1}
+    assert stats["account"] == {"in": 3, "kept": 2, "dropped": {"failed_constraint:lowercase": 1}}
+    assert stats["failed_constraint_samples"]["lowercase"][0]["id"] == "bad"
+
+
+def test_judge_accounts_for_every_candidate_and_uses_the_configured_judge_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    ctx = _context(
+        tmp_path,
+        tiny_model_dir,
+        f"judge.model.name={tiny_model_dir}",
+        "judge.keep_top=0.5",
+        "judge.min_score=1.0",
+    )
+    out = ctx.rundir.stage_dir(1, "filter")
+    out.mkdir(parents=True)
+    recs = [
+        _response(f"t{k}-{j}", f"Question number {k}: name a planet.", f"Answer {j}: Mars.",
+                  instruction_id=f"t{k}")
+        for k in range(3) for j in range(2)
+    ]  # fmt: skip
+    write_examples(out / "filtered.jsonl", recs)
+    (out / "stats.json").write_text(json.dumps({"account": {"in": 6, "kept": 6, "dropped": {}}}))
+    judge(ctx, {"round": 1})
+    assert ctx._judge is not None  # a second model, not the student, judged
+    jd = ctx.rundir.stage_dir(1, "judge")
+    stats = json.loads((jd / "stats.json").read_text())
+    assert stats["judge_model"] == str(tiny_model_dir)
+    assert stats["account"]["in"] == 6
+    assert stats["unjudged"] == 0 and stats["account"]["dropped"]["not_best"] == 3  # one per pair
+    names = ("judged", "low_score", "not_best", "unjudged")
+    on_disk = [r["id"] for n in names for r in read_jsonl(jd / f"{n}.jsonl")]
+    assert sorted(on_disk) == sorted(r["id"] for r in recs)  # every candidate, exactly once
+    assert round_account(ctx.rundir.round_dir(1))["problems"] == []
+    ctx.release()
+
+
+def test_dedup_guards_run_first_and_every_drop_is_accounted(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from judges.evals import load_suites
+
+    ctx = _context(tmp_path, tiny_model_dir)
+    prompt = load_suites(["helpfulness"])["helpfulness"][1][0]["prompt"]
+    out = ctx.rundir.stage_dir(1, "judge")
+    out.mkdir(parents=True)
+    recs = [
+        _response("eval-copy", prompt, judge_score=4.5),  # best-judged, but an eval prompt
+        _response("c", "Name three rivers that flow through Germany.", judge_score=2.0),
+        _response("d", "Name three rivers which flow through Germany.", judge_score=3.0),
+        _response("e", "Give two reasons to learn a second language.", judge_score=1.5),
+    ]
+    write_examples(out / "judged.jsonl", recs)
+    (out / "stats.json").write_text(json.dumps({"account": {"in": 4, "kept": 4, "dropped": {}}}))
+    dedup_stage(ctx, {"round": 1})
+    dd = ctx.rundir.stage_dir(1, "dedup")
+    stats = json.loads((dd / "stats.json").read_text())
+    kept = [r["id"] for r in read_jsonl(dd / "kept.jsonl")]
+    dropped = read_jsonl(dd / "dropped.jsonl")
+    assert list(stats["contaminated"]) == ["eval-copy"]
+    assert kept == ["d", "e"]  # of the near-duplicate pair the better-judged one survives
+    assert [(r["id"], r["dedup_neighbour"]) for r in dropped] == [("c", "d")]
+    assert stats["account"] == {
+        "in": 4,
+        "kept": 2,
+        "dropped": {"contaminated": 1, "duplicate": 1},
+    }
+
+
+def test_the_safety_rubric_runs_in_the_filter_stage_with_the_judge_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # a threshold near 0: every text rates as harmful; the rubric, not the rules, drops it
+    ctx = _context(
+        tmp_path, tiny_model_dir, "safety.llm=true", "safety.llm_threshold=0.000001",
+        "filters.language=false",
+    )  # fmt: skip
+    _write_responses(ctx, [_response("a", "Name the largest planet of the solar system.")])
+    filter_stage(ctx, {"round": 1})
+    stats = json.loads((ctx.rundir.stage_dir(1, "filter") / "stats.json").read_text())
+    assert stats["account"] == {"in": 1, "kept": 0, "dropped": {"unsafe_instruction": 1}}
+    assert stats["safety"]["categories"] == {"llm_judge": 1}
+    ctx.release()
