@@ -2,8 +2,10 @@
 
 Baseline: Self-Instruct's filter. Instructions are taken in order and one is kept unless its
 ROUGE-L F-measure against some instruction kept before it exceeds 0.7; every kept instruction is
-scored, as in Self-Instruct and in judges.filters' `similar_to_pool` rule (judges.text.rouge_l,
-a bit-parallel LCS; tokens computed once per instruction; one process). Candidate:
+scored. Two implementations of that rule are timed: Self-Instruct's own (the `rouge-score`
+package's tokenizer and `_score_lcs`, a Python dynamic-programming LCS, tokens computed once per
+instruction, one process: the named baseline), and selfloop's (judges.text.rouge_l, a
+bit-parallel LCS ~8x faster, as in judges.filters' `similar_to_pool` rule). Candidate:
 judges.dedup with the bundled all-MiniLM-L6-v2 at the default threshold, embedding time and
 writing the pool to disk included; loading the model (once per process) is timed separately.
 
@@ -21,7 +23,8 @@ Prints, for 1,000 / 2,000 / 5,000 instructions, both wall times and drop counts;
 (ROUGE-L is not run there: its cost is n x kept, its time is extrapolated from the measured
 growth and marked so); one more round of 1,000 against the pool accepted from the 20,000; both
 methods' precision/recall on the generated duplicates and on the labelled pairs
-(tests/judges/data/dedup_pairs.jsonl); last, the ratio at 5,000.
+(tests/judges/data/dedup_pairs.jsonl); last, the ratios at 5,000, against Self-Instruct's
+implementation last of all. Needs `pip install rouge-score` (the `bench` extra) for that one.
 
     python bench/dedup.py [--sizes 1000,2000,5000] [--large 20000] [--threads N]
 """
@@ -346,18 +349,42 @@ def make_instructions(n: int, seed: int = 0) -> tuple[list[str], list[bool]]:
     return texts, is_dup
 
 
-def rouge_dedup(texts: list[str], pool: Sequence[str] = ()) -> tuple[float, list[bool]]:
-    """Self-Instruct's rule against `pool` and the kept texts; returns (seconds, dropped)."""
+def rouge_dedup(
+    texts: list[str], pool: Sequence[str] = (), *, reference: bool = False
+) -> tuple[float, list[bool]]:
+    """Self-Instruct's rule against `pool` and the kept texts; returns (seconds, dropped).
+
+    `reference`: score as Self-Instruct's code does (rouge-score's tokenizer and `_score_lcs`),
+    else with selfloop's bit-parallel `rouge_l`. Same rule, same threshold, same order."""
+    if reference:
+        from rouge_score import rouge_scorer
+
+        tokenize = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)._tokenizer.tokenize
+
+        def score(a: list[str], b: list[str]) -> float:
+            return rouge_scorer._score_lcs(a, b).fmeasure
+    else:
+        tokenize, score = rouge_tokens, rouge_l
     start = time.perf_counter()
-    kept = [rouge_tokens(t) for t in pool]
+    kept = [tokenize(t) for t in pool]
     dropped = []
     for text in texts:
-        tokens = rouge_tokens(text)
-        best = max((rouge_l(tokens, other) for other in kept), default=0.0)
+        tokens = tokenize(text)
+        best = max((score(tokens, other) for other in kept), default=0.0)
         dropped.append(best > ROUGE_THRESHOLD)
         if best <= ROUGE_THRESHOLD:
             kept.append(tokens)
     return time.perf_counter() - start, dropped
+
+
+def have_reference() -> bool:
+    try:
+        import rouge_score  # noqa: F401
+    except ImportError:
+        print("rouge-score is not installed (pip install rouge-score): Self-Instruct's own "
+              "implementation is skipped, only selfloop's faster ROUGE-L is timed")  # fmt: skip
+        return False
+    return True
 
 
 class TimedEmbedder(Embedder):
@@ -419,7 +446,11 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
     )
     config = DedupConfig()
-    print(f"baseline: ROUGE-L > {ROUGE_THRESHOLD} against kept instructions (Self-Instruct)")
+    ref = have_reference()
+    print(
+        f"baseline: ROUGE-L > {ROUGE_THRESHOLD} against kept instructions (Self-Instruct), "
+        f"as Self-Instruct computes it (rouge-score, 'ref') and with selfloop's bit-parallel LCS"
+    )
     print(
         f"selfloop: {config.model} embeddings + FAISS ({config.index}: flat below "
         f"{config.approximate_above:,}), cosine >= {config.threshold}, pool written to disk"
@@ -433,14 +464,18 @@ def main() -> None:
     )
 
     print(
-        f"\n{'n':>7} {'ROUGE-L s':>10} {'dropped':>8} {'FAISS s':>8} {'(embed)':>8} "
-        f"{'dropped':>8} {'true dups':>9} {'ratio':>6}"
+        f"\n{'n':>7} {'ref s':>7} {'ROUGE-L s':>10} {'dropped':>8} {'FAISS s':>8} "
+        f"{'(embed)':>8} {'dropped':>8} {'true dups':>9} {'ref/FAISS':>9} {'ROUGE/FAISS':>11}"
     )
     rows: dict[int, dict] = {}
     for n in sorted(set(sizes) | {big}):
         row: dict = {"true": sum(is_dup[:n])}
         if n in sizes:
             row["rouge_s"], row["rouge_drop"] = rouge_dedup(texts[:n])
+            if ref:
+                row["ref_s"], ref_drop = rouge_dedup(texts[:n], reference=True)
+                # the same rule: any disagreement is a tokenizer difference, said, not hidden
+                row["ref_differs"] = sum(a != b for a, b in zip(ref_drop, row["rouge_drop"]))
         with tempfile.TemporaryDirectory() as run_dir:
             row["faiss_s"], row["report"] = faiss_dedup(texts[:n], embedder, run_dir)
             row["embed_s"] = embedder.seconds
@@ -451,13 +486,18 @@ def main() -> None:
             if "rouge_s" in row
             else f"{'not run':>10} {'':>8}"
         )
-        ratio = f"{row['rouge_s'] / row['faiss_s']:>5.1f}x" if "rouge_s" in row else ""
+        ratio = f"{row['rouge_s'] / row['faiss_s']:>10.1f}x" if "rouge_s" in row else ""
+        ref_s = f"{row['ref_s']:>7.1f}" if "ref_s" in row else f"{'-':>7}"
+        ref_ratio = f"{row['ref_s'] / row['faiss_s']:>8.1f}x" if "ref_s" in row else f"{'':>9}"
         print(
-            f"{n:>7,} {rouge} {row['faiss_s']:>8.1f} {row['embed_s']:>8.1f} "
+            f"{n:>7,} {ref_s} {rouge} {row['faiss_s']:>8.1f} {row['embed_s']:>8.1f} "
             f"{sum(row['faiss_drop']):>8,} "
-            f"{row['true']:>9,} {ratio:>6}",
+            f"{row['true']:>9,} {ref_ratio} {ratio}",
             flush=True,
         )
+    if ref:
+        differs = {n: r["ref_differs"] for n, r in rows.items() if "ref_differs" in r}
+        print(f"instructions the two ROUGE-L implementations decide differently: {differs}")
 
     if len(sizes) > 1:
         (n0, n1), (t0, t1) = sizes[-2:], (rows[sizes[-2]]["rouge_s"], rows[base]["rouge_s"])
@@ -496,6 +536,7 @@ def main() -> None:
         e_round = embedder.seconds
     pool_texts = [r["instruction"] for r in accepted.kept]
     r_round, r_drop = rouge_dedup(new, pool_texts)
+    ref_round = rouge_dedup(new, pool_texts, reference=True)[0] if ref else None
     print(
         f"\none more round: {len(new):,} new candidates against an accepted pool of "
         f"{len(pool_texts):,} (FAISS's kept from the {big:,}; both methods use the same pool):"
@@ -503,6 +544,11 @@ def main() -> None:
         f"{e_round:.1f}s, pool load included), dropped {len(report.dropped):,}; "
         f"{r_round / f_round:.1f}x. ROUGE-L's per-round cost grows with the pool, FAISS's with "
         f"the new candidates."
+        + (
+            f" Self-Instruct's implementation: {ref_round:.1f}s, {ref_round / f_round:.1f}x."
+            if ref_round is not None
+            else ""
+        )
     )
 
     print(f"\nagainst the generated duplicates (re-proposals of an earlier task), n = {base:,}:")
@@ -532,11 +578,15 @@ def main() -> None:
 
     r = rows[base]
     print(
-        f"\nROUGE-L {r['rouge_s']:.1f}s vs FAISS {r['faiss_s']:.1f}s (embedding included) on "
-        f"the same {base:,} instructions (target >= 20x); load average now "
-        f"{os.getloadavg()[0]:.1f}"
+        f"\nROUGE-L {r['rouge_s']:.1f}s (selfloop's LCS)"
+        + (f", {r['ref_s']:.1f}s (Self-Instruct's)" if "ref_s" in r else "")
+        + f" vs FAISS {r['faiss_s']:.1f}s (embedding included) on the same {base:,} "
+        f"instructions (target >= 20x); load average now {os.getloadavg()[0]:.1f}"
     )
-    print(f"ratio ROUGE-L / FAISS at {base:,}: {r['rouge_s'] / r['faiss_s']:.1f}x")
+    print(f"ratio selfloop's ROUGE-L / FAISS at {base:,}: {r['rouge_s'] / r['faiss_s']:.1f}x")
+    if "ref_s" in r:
+        ratio = r["ref_s"] / r["faiss_s"]
+        print(f"ratio Self-Instruct's ROUGE-L / FAISS at {base:,}: {ratio:.1f}x")
 
 
 if __name__ == "__main__":
