@@ -100,7 +100,8 @@ class LoopJudgeConfig(BaseModel):
         None,
         description="Judge model (a stronger local model, or one behind an OpenAI-compatible "
         "endpoint with backend.kind openai); default the student itself. Also rates harm when "
-        "safety.llm is on.",
+        "safety.llm is on, and judges the evaluation's win rate (default there: the student's "
+        "base weights).",
     )
     backend: BackendConfig | None = Field(
         None, description="How the judge model runs; default the student's backend."
@@ -269,6 +270,11 @@ def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
             f"{source}: tune.method: full trains a whole model, but the loop evaluates, promotes "
             "and warm-starts from adapters; use lora, qlora or prefix, or `selfloop tune --method "
             "full` for a one-off full fine-tune"
+        )
+    if t.fsdp:
+        raise ConfigError(
+            f"{source}: tune.fsdp: a run trains in its own single process, which cannot shard; "
+            "use `torchrun ... -m loop.cli tune --set tune.fsdp=true` for an FSDP fine-tune"
         )
     if kind == "auto":
         from agent.backends import auto_kind

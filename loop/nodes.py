@@ -177,11 +177,19 @@ def evaluate(ctx: Context, state: LoopState) -> dict:
     }
     t0 = time.monotonic()
     suites = eval_suites(ctx.cfg)
+    # The win rate's judge: judge.model when configured, else (runner default) the student's
+    # base weights, so neither side judges itself.
+    judge = None
+    if ctx.cfg.judge.model is not None:
+        from judges.llm_judge import LLMJudge
+
+        judge = LLMJudge(ctx.judge_model(state), ctx.cfg.judge.rubric)
     cand = run_eval(
         gen,
         suites,
         adapter=ctx.rundir.round_dir(n) / "adapter",
         champion_adapter=champion or "base",
+        judge=judge,
         **common,
     )
     failpoint("evaluate.candidate", n)

@@ -201,7 +201,11 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
     }
     with ctx.rundir.writing_stage(n, "dedup") as out:
         write_examples(out / "kept.jsonl", kept)
-        write_examples(out / "dropped.jsonl", report.dropped_records())
+        write_examples(
+            out / "dropped.jsonl",
+            report.dropped_records()
+            + [{**r, "dedup_where": "already_in_pool"} for r in report.kept if r["id"] in pool],
+        )
         write_examples(out / "guarded.jsonl", guarded)
         write_json(
             out / "stats.json",

@@ -232,8 +232,17 @@ def _examples(rd: Path, k: int) -> list[str]:
         rejected.append((f"filter:{r.get('filter_reason')}", why, r))
     for r in load_jsonl(rd / "judge" / "low_score.jsonl"):
         rejected.append(("judge", f"judge low score {fmt(r.get('judge_score'), 2)}", r))
+    for r in load_jsonl(rd / "judge" / "not_best.jsonl"):
+        rejected.append(
+            ("judge:not_best", f"beaten by a sibling, score {fmt(r.get('judge_score'), 2)}", r)
+        )
+    for r in load_jsonl(rd / "judge" / "unjudged.jsonl"):
+        rejected.append(("judge:unjudged", f"unjudged: {r.get('judge_outcome')}", r))
     for r in load_jsonl(rd / "dedup" / "dropped.jsonl"):
-        why = f"dedup dup of {r.get('dedup_neighbour')} sim {fmt(r.get('dedup_similarity'), 3)}"
+        if r.get("dedup_where") == "already_in_pool":
+            why = "already in the pool"
+        else:
+            why = f"dedup dup of {r.get('dedup_neighbour')} sim {fmt(r.get('dedup_similarity'), 3)}"
         rejected.append(("dedup", why, r))
     labels = {
         "eval_prompt": ("contaminated", "near an eval prompt"),

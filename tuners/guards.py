@@ -6,9 +6,10 @@ CPU, a warm start that cannot load) - all before `train` writes its first byte t
 
 `StepGuard` watches every optimizer step, not just the logged ones: the loss of each micro-batch
 (handed over by `GuardedTrainer.training_step`) and the gradients after clipping are checked for
-NaN/inf right before the optimizer applies them, so non-finite weights are never written to a
-checkpoint nor marked complete. (transformers' `logging_nan_inf_filter`, on by default, would
-replace a NaN loss by the running mean in the logs; `train` turns it off.) An exploding but
+NaN/inf right before the optimizer applies them, so a non-finite loss or gradient never reaches
+the weights; the trained weights themselves are checked once more before the artifact is saved.
+(transformers' `logging_nan_inf_filter`, on by default, would replace a NaN loss by the running
+mean in the logs; `train` turns it off.) An exploding but
 finite gradient norm is compared with `tune.abort_grad_norm` at each logging step, where the
 Trainer reports the pre-clip norm; clipping keeps such a step finite meanwhile.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,13 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
         raise SelfloopError(
             "tune.fsdp needs CUDA GPUs (torchrun --nproc_per_node N ... --set tune.fsdp=true); "
             "on CPU drop tune.fsdp: torchrun alone trains data-parallel over gloo"
+        )
+    if cfg.fsdp and "LOCAL_RANK" not in os.environ:
+        # accelerate enables FSDP only in a distributed launch: alone it would silently train
+        # unsharded, and without gradient checkpointing (left to FSDP's config).
+        raise SelfloopError(
+            "tune.fsdp shards across processes: launch with torchrun --nproc_per_node N -m "
+            "loop.cli tune ... --set tune.fsdp=true (a single process cannot shard)"
         )
     if init_adapter is not None:
         if cfg.method == "full":

@@ -37,3 +37,8 @@ def test_adapters_the_backend_cannot_serve_are_refused(monkeypatch) -> None:
         check_loop_tune(auto)
     for method in ("lora", "qlora"):
         check_loop_tune(load_config(None, [f"tune.method={method}", "backend.kind=vllm"]))
+
+
+def test_fsdp_is_refused_by_the_loop_which_trains_in_one_process() -> None:
+    with pytest.raises(ConfigError, match=r"tune\.fsdp: a run trains in its own single process"):
+        check_loop_tune(load_config(None, ["tune.fsdp=true"]))

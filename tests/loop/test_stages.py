@@ -67,7 +67,10 @@ def test_proposals_are_filtered_against_seeds_and_pool_with_the_rouge_rule(
     from agent.seeds import load_seed_tasks
     from judges.filters import FilterChain, RougeRule
 
-    ctx = _context(tmp_path, tiny_model_dir, "filters.rouge.enabled=true", "filters.language=false")
+    ctx = _context(
+        tmp_path, tiny_model_dir, "filters.rouge.enabled=true", "filters.language=false",
+        "run.sources=[import]",
+    )  # fmt: skip
     seeds = [t.model_dump() for t in load_seed_tasks()]
     learned = [{"instruction": "Give two reasons to learn a second language as an adult."}]
     chain = proposal_filter(ctx, seeds, learned)

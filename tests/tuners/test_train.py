@@ -156,7 +156,7 @@ def test_settings_that_cannot_train_together_are_config_errors() -> None:
         TuneConfig(method="qlora", fsdp=True)
 
 
-def test_gradient_checkpointing_auto_is_off_for_prefix_tuning() -> None:
+def test_gradient_checkpointing_auto_is_off_for_prefix_tuning(monkeypatch) -> None:
     from tuners.guards import check_settings
 
     on_gpu = {
@@ -166,6 +166,13 @@ def test_gradient_checkpointing_auto_is_off_for_prefix_tuning() -> None:
     assert on_gpu["lora"].grad_ckpt and on_gpu["full"].grad_ckpt
     assert not on_gpu["prefix"].grad_ckpt  # peft refuses prefix tuning under checkpointing
     assert not check_settings(TuneConfig(method="lora"), "cpu", None).grad_ckpt
+    # FSDP only exists in a distributed launch: alone it would silently train unsharded.
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(
+        SelfloopError, match="tune.fsdp shards across processes: launch with torchrun"
+    ):
+        check_settings(TuneConfig(fsdp=True, bf16=False), "cuda", None)
+    monkeypatch.setenv("LOCAL_RANK", "0")
     fsdp = check_settings(TuneConfig(fsdp=True, bf16=False), "cuda", None)
     assert fsdp.fsdp_config == {"activation_checkpointing": True}  # FSDP's own, not the Trainer's
 
