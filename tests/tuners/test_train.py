@@ -249,19 +249,26 @@ def test_nan_at_a_step_that_is_not_logged_aborts_before_a_checkpoint(
 
 
 def test_peak_memory_is_the_runs_not_the_process_lifetime() -> None:
+    import mmap
     import resource
     import time
 
     from tuners.memory import PeakMemory
 
-    before = torch.ones(300 * 2**20 // 4)  # 300 MB, freed again: raises the lifetime peak only
-    del before
+    def touched(mb: int) -> mmap.mmap:
+        # Fresh anonymous pages, written: resident whatever the allocator holds in reserve (a
+        # malloc'd tensor can reuse freed heap that is resident already, as in a long test run).
+        m = mmap.mmap(-1, mb * 2**20)
+        m.write(b"\x01" * (mb * 2**20))
+        return m
+
+    touched(300).close()  # 300 MB, freed again: raises the lifetime peak only
     with PeakMemory("cpu") as quiet:
         time.sleep(0.2)
     with PeakMemory("cpu", interval=0.01) as busy:
-        during = torch.ones(200 * 2**20 // 4)
+        during = touched(200)
         time.sleep(0.3)
-        del during
+        during.close()
     lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert quiet.kind == busy.kind == "rss_sampled"
     assert quiet.peak_mb < lifetime - 200, (quiet.peak_mb, lifetime)
