@@ -205,7 +205,10 @@ def train(
             f"checkpoints in {ckpt_dir} were made with other settings or data; delete that "
             "directory to start over, or restore the original settings to resume"
         )
-    fp_file.write_text(json.dumps(fingerprint, indent=2))
+    # Every torchrun rank writes it: atomically, so no rank ever reads a half-written file.
+    tmp = fp_file.with_name(f"{fp_file.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2))
+    os.replace(tmp, fp_file)
     resume = _complete_checkpoints(ckpt_dir)
     resume_from = resume[-1] if resume else None
 
