@@ -185,7 +185,7 @@ class LLMJudge:
 
     def _score_logprob(self, ids: list[str], prompts: list) -> list[Judgement]:
         def ask(idx: list[int], _resample: int) -> list[_Answer]:
-            rows = self._calls(
+            rows = calls_per_prompt(
                 lambda ps: self.gen.next_token_logprobs(ps, DIGITS), [prompts[k] for k in idx]
             )
             return [
@@ -219,7 +219,7 @@ class LLMJudge:
         """Generate a critique per prompt and `parse` it (None = parse failure)."""
         params = self._critique_params(resample)
         out: list[_Answer] = []
-        for res in self._calls(lambda ps: self.gen.generate(ps, params), prompts):
+        for res in calls_per_prompt(lambda ps: self.gen.generate(ps, params), prompts):
             if isinstance(res, str) or not res.ok:
                 out.append(
                     ("backend_error", None, None, res if isinstance(res, str) else res.error)
@@ -232,29 +232,6 @@ class LLMJudge:
                 if value is not None
                 else ("parse_failure", None, text, None)
             )
-        return out
-
-    def _calls(self, call: Callable[[list], Sequence[Any]], prompts: list) -> list[Any]:
-        """`call(prompts)`'s rows, or per prompt the error text where the backend raised.
-
-        A batch that raises is retried prompt by prompt (same attempt), so only the culprits
-        fail. Any exception counts: an unattended judge pass must not die of a flaky backend;
-        the error text is kept in the outcome, and anything but a SelfloopError is logged with
-        its traceback so a bug does not hide as a backend error."""
-        try:
-            rows = list(call(prompts))
-            if len(rows) == len(prompts):
-                return rows
-            raise SelfloopError(f"backend returned {len(rows)} rows for {len(prompts)} prompts")
-        except Exception as batch_error:  # any backend failure, see the docstring
-            if len(prompts) == 1:
-                return [_describe(batch_error)]
-        out: list[Any] = []
-        for p in prompts:
-            try:
-                out.append(call([p])[0])
-            except Exception as e:
-                out.append(_describe(e))
         return out
 
     def _ask(
@@ -310,7 +287,7 @@ class LLMJudge:
         if self.config.mode == "logprob":
 
             def ask(idx: list[int], _resample: int) -> list[_Answer]:
-                rows = self._calls(
+                rows = calls_per_prompt(
                     lambda ps: self.gen.next_token_logprobs(ps, ("A", "B")),
                     [prompts[k] for k in idx],
                 )
@@ -415,6 +392,30 @@ def combine(pid: str, first: Verdict, second: Verdict) -> PairVerdict:
     """Both orders agree -> that winner; they disagree -> a tie, marked inconsistent."""
     consistent = first == second
     return PairVerdict(pid, first if consistent else "tie", consistent, first, second)
+
+
+def calls_per_prompt(call: Callable[[list], Sequence[Any]], prompts: list) -> list[Any]:
+    """`call(prompts)`'s rows, or per prompt the error text where the backend raised.
+
+    A batch that raises is retried prompt by prompt (same attempt), so only the culprits
+    fail. Any exception counts: an unattended judge (or safety) pass must not die of a flaky
+    backend; the error text is kept in the outcome, and anything but a SelfloopError is logged
+    with its traceback so a bug does not hide as a backend error."""
+    try:
+        rows = list(call(prompts))
+        if len(rows) == len(prompts):
+            return rows
+        raise SelfloopError(f"backend returned {len(rows)} rows for {len(prompts)} prompts")
+    except Exception as batch_error:  # any backend failure, see the docstring
+        if len(prompts) == 1:
+            return [_describe(batch_error)]
+    out: list[Any] = []
+    for p in prompts:
+        try:
+            out.append(call([p])[0])
+        except Exception as e:
+            out.append(_describe(e))
+    return out
 
 
 def _describe(e: Exception) -> str:

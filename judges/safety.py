@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.backends.base import Generator
 from agent.errors import SelfloopError
+from judges.llm_judge import calls_per_prompt
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,8 @@ class SafetyFilter:
         A backend failure (an exception, for the batch or one prompt) is re-sent up to
         `llm_retries` times; a row where neither Yes nor No has any probability is a failure
         too (asking again would give the same row)."""
-        if self.judge is None:
+        judge = self.judge
+        if judge is None:
             raise SelfloopError("the safety rubric needs a judge model (SafetyFilter(judge=...))")
         prompts = [[{"role": "user", "content": t}] for t in texts]
         out: list[float | str] = ["not asked"] * len(prompts)
@@ -325,7 +327,9 @@ class SafetyFilter:
         for _ in range(self.config.llm_retries + 1):
             if not todo:
                 break
-            rows = self._rows([prompts[k] for k in todo])
+            rows = calls_per_prompt(
+                lambda ps: judge.next_token_logprobs(ps, ("Yes", "No")), [prompts[k] for k in todo]
+            )
             again = []
             for k, row in zip(todo, rows):
                 if isinstance(row, str):
@@ -338,26 +342,6 @@ class SafetyFilter:
                 else:
                     out[k] = y / (y + n)
             todo = again
-        return out
-
-    def _rows(self, prompts: list) -> list[dict[str, float] | str]:
-        """Yes/No logprobs per prompt, or the error text; a failed batch is retried per prompt."""
-        judge = self.judge
-        assert judge is not None  # checked by _rubric
-        try:
-            rows = list(judge.next_token_logprobs(prompts, ("Yes", "No")))
-            if len(rows) == len(prompts):
-                return rows
-            raise SelfloopError(f"judge returned {len(rows)} rows for {len(prompts)} prompts")
-        except Exception as e:  # any backend failure becomes an explicit outcome
-            if len(prompts) == 1:
-                return [_describe(e)]
-        out: list[dict[str, float] | str] = []
-        for p in prompts:
-            try:
-                out.append(judge.next_token_logprobs([p], ("Yes", "No"))[0])
-            except Exception as e:
-                out.append(_describe(e))
         return out
 
     # ---- the pass
@@ -437,10 +421,3 @@ class SafetyFilter:
                 "dropped as safety_unjudged" if cfg.unjudged == "drop" else "kept, marked",
             )
         return report
-
-
-def _describe(e: Exception) -> str:
-    if not isinstance(e, SelfloopError):
-        log.warning("safety judge raised %s", type(e).__name__, exc_info=e)
-        return f"{type(e).__name__}: {e}"
-    return str(e)

@@ -192,19 +192,19 @@ def dedup_stage(ctx: Context, state: LoopState) -> dict:
         candidates, pool, ctx.cfg.dedup, scores={r["id"]: r["judge_score"] for r in candidates}
     )
     # An id already in the pool was learned by an earlier round: it is not new data.
+    known = [r for r in report.kept if r["id"] in pool]
     kept = [r for r in report.kept if r["id"] not in pool]
     dropped = {
         "contaminated": len(contaminated),
         "copies_seed": len(copies),
         "duplicate": len(report.dropped),
-        "already_in_pool": len(report.kept) - len(kept),
+        "already_in_pool": len(known),
     }
     with ctx.rundir.writing_stage(n, "dedup") as out:
         write_examples(out / "kept.jsonl", kept)
         write_examples(
             out / "dropped.jsonl",
-            report.dropped_records()
-            + [{**r, "dedup_where": "already_in_pool"} for r in report.kept if r["id"] in pool],
+            report.dropped_records() + [{**r, "dedup_where": "already_in_pool"} for r in known],
         )
         write_examples(out / "guarded.jsonl", guarded)
         write_json(

@@ -37,11 +37,17 @@ def _context(tmp_path: Path, model_dir: Path, *overrides: str) -> Context:
     return Context(cfg, rundir)
 
 
-def _write_responses(ctx: Context, records: list[dict]) -> None:
-    out = ctx.rundir.stage_dir(1, "respond")
+def _write_stage(ctx: Context, stage: str, name: str, records: list[dict]) -> None:
+    """A finished earlier stage of round 1 that kept `records` (the next stage's input)."""
+    out = ctx.rundir.stage_dir(1, stage)
     out.mkdir(parents=True)
-    write_examples(out / "responses.jsonl", records)
-    (out / "stats.json").write_text("{}")
+    write_examples(out / name, records)
+    acc = {"in": len(records), "kept": len(records), "dropped": {}}
+    (out / "stats.json").write_text(json.dumps({"account": acc}))
+
+
+def _write_responses(ctx: Context, records: list[dict]) -> None:
+    _write_stage(ctx, "respond", "responses.jsonl", records)
 
 
 def test_rouge_rule_does_not_drop_the_sibling_answers_of_one_instruction(
@@ -127,15 +133,12 @@ def test_judge_accounts_for_every_candidate_and_uses_the_configured_judge_model(
         "judge.keep_top=0.5",
         "judge.min_score=1.0",
     )
-    out = ctx.rundir.stage_dir(1, "filter")
-    out.mkdir(parents=True)
     recs = [
         _response(f"t{k}-{j}", f"Question number {k}: name a planet.", f"Answer {j}: Mars.",
                   instruction_id=f"t{k}")
         for k in range(3) for j in range(2)
     ]  # fmt: skip
-    write_examples(out / "filtered.jsonl", recs)
-    (out / "stats.json").write_text(json.dumps({"account": {"in": 6, "kept": 6, "dropped": {}}}))
+    _write_stage(ctx, "filter", "filtered.jsonl", recs)
     judge(ctx, {"round": 1})
     assert ctx._judge is not None  # a second model, not the student, judged
     jd = ctx.rundir.stage_dir(1, "judge")
@@ -157,16 +160,13 @@ def test_dedup_guards_run_first_and_every_drop_is_accounted(
 
     ctx = _context(tmp_path, tiny_model_dir)
     prompt = load_suites(["helpfulness"])["helpfulness"][1][0]["prompt"]
-    out = ctx.rundir.stage_dir(1, "judge")
-    out.mkdir(parents=True)
     recs = [
         _response("eval-copy", prompt, judge_score=4.5),  # best-judged, but an eval prompt
         _response("c", "Name three rivers that flow through Germany.", judge_score=2.0),
         _response("d", "Name three rivers which flow through Germany.", judge_score=3.0),
         _response("e", "Give two reasons to learn a second language.", judge_score=1.5),
     ]
-    write_examples(out / "judged.jsonl", recs)
-    (out / "stats.json").write_text(json.dumps({"account": {"in": 4, "kept": 4, "dropped": {}}}))
+    _write_stage(ctx, "judge", "judged.jsonl", recs)
     dedup_stage(ctx, {"round": 1})
     dd = ctx.rundir.stage_dir(1, "dedup")
     stats = json.loads((dd / "stats.json").read_text())
