@@ -85,20 +85,31 @@ def pack_batch(items: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tens
     `logits_to_keep` lists the positions whose next token is trained: only those go through the
     LM head (for chat data a third or more of the tokens are prompt, and the head is a fifth of
     the model's FLOPs), and `packed_loss` scores them.
+
+    The example boundaries go along as the flash-attention varlen kwargs (`cu_seq_lens_q/_k`,
+    `max_length_q/_k`): `tuners.attention` (and flash-attention) then attend within each
+    example instead of masking the whole row; other attention implementations ignore them.
     """
-    ids, labels, pos = [], [], []
+    ids, labels, pos, cu = [], [], [], [0]
     for it in items:
         n = len(it["input_ids"])
         ids += it["input_ids"]
         labels += [IGNORE] + list(it["labels"][1:])
         pos += list(range(n))
+        cu.append(cu[-1] + n)
     labels_t = torch.tensor([labels])
     keep = (labels_t[0, 1:] != IGNORE).nonzero().flatten()
+    longest = max(b - a for a, b in zip(cu, cu[1:]))
+    cu_t = torch.tensor(cu, dtype=torch.int32)
     return {
         "input_ids": torch.tensor([ids]),
         "labels": labels_t,
         "position_ids": torch.tensor([pos]),
         "logits_to_keep": keep,
+        "cu_seq_lens_q": cu_t,
+        "cu_seq_lens_k": cu_t,
+        "max_length_q": longest,
+        "max_length_k": longest,
     }
 
 

@@ -34,6 +34,7 @@ import torch
 
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
+from tuners.attention import register as register_packed_attention
 from tuners.config import TuneConfig
 from tuners.data import Collator, packed_loss, tokenize_dataset
 
@@ -93,10 +94,12 @@ def _complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _load_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool) -> Any:
+def _load_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool, packing: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
     trust = resolved.spec.trust_remote_code
+    # Packed rows attend per example (tuners.attention); unpacked training keeps the default.
+    attn = {"attn_implementation": register_packed_attention()} if packing else {}
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -115,11 +118,12 @@ def _load_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool) -> Any:
             dtype=torch.bfloat16,
             device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
             trust_remote_code=trust,
+            **attn,
         )
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
     # Master weights stay float32; bf16 is applied as autocast by the Trainer.
     return AutoModelForCausalLM.from_pretrained(
-        resolved.path, dtype=torch.float32, trust_remote_code=trust
+        resolved.path, dtype=torch.float32, trust_remote_code=trust, **attn
     )
 
 
@@ -214,7 +218,7 @@ def train(
 
     with PeakMemory(_this_device(device)) as memory:  # model, optimizer and steps
         torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
-        model = _load_model(resolved, cfg, settings.grad_ckpt)
+        model = _load_model(resolved, cfg, settings.grad_ckpt, packing)
         # No KV cache in training; packing also needs it off (see tuners.data.pack_batch).
         model.config.use_cache = False
         model = _wrap(model, cfg, init)

@@ -122,3 +122,96 @@ def test_packing_without_restarts_would_differ(tiny_model_dir: Path, tok) -> Non
     with torch.no_grad():
         a = model(**packed, use_cache=False).loss
         assert abs(float(a) - float(model(**leaky, use_cache=False).loss)) > 1e-4
+
+
+def _three_items(tok) -> list[dict]:
+    return [
+        tokenize_example(tok, MULTI),
+        tokenize_example(
+            tok,
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hey."},
+                ]
+            },
+        ),
+        tokenize_example(
+            tok,
+            {
+                "messages": [
+                    {"role": "user", "content": "2+2?"},
+                    {"role": "assistant", "content": "4"},
+                ]
+            },
+        ),
+    ]
+
+
+def test_per_example_attention_matches_the_padded_batch_in_loss_and_gradients(
+    tiny_model_dir: Path, tok
+) -> None:
+    """tuners.attention runs SDPA per example of a packed row: same loss and same gradients as
+    the padded batch through transformers' own SDPA."""
+    from tuners.attention import register
+
+    items = _three_items(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    packed, padded = pack_batch(items), pad_batch(items, pad)
+    assert packed["cu_seq_lens_q"].tolist() == [
+        0,
+        *torch.tensor([len(i["input_ids"]) for i in items]).cumsum(0).tolist(),
+    ]
+    labels = packed.pop("labels")
+
+    ours = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register())
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    a = packed_loss(ours(**packed, use_cache=False), labels)
+    b = ref(**padded, use_cache=False).loss
+    a.backward()
+    b.backward()
+    assert a.item() == pytest.approx(b.item(), abs=1e-5)
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+
+    # The boundaries are what keeps examples apart: one boundary around the whole row leaks.
+    whole = torch.tensor([0, packed["input_ids"].shape[1]], dtype=torch.int32)
+    with torch.no_grad():
+        leaky = packed_loss(
+            ours(**{**packed, "cu_seq_lens_q": whole, "cu_seq_lens_k": whole}, use_cache=False),
+            labels,
+        )
+    assert abs(float(leaky) - float(b)) > 1e-4
+
+
+def test_per_example_attention_falls_back_to_sdpa_without_boundaries(
+    tiny_model_dir: Path, tok
+) -> None:
+    """A model loaded for packed training still runs padded batches and generates normally,
+    and the implementation's name is not saved into the model's config."""
+    from tuners.attention import register
+
+    items = _three_items(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    padded = pad_batch(items, pad)
+    ours = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register())
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    with torch.no_grad():
+        assert float(ours(**padded).loss) == pytest.approx(float(ref(**padded).loss), abs=1e-6)
+    prompt = torch.tensor([items[0]["input_ids"][:12]])
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": pad}
+    assert ours.generate(prompt, **kw).tolist() == ref.generate(prompt, **kw).tolist()
+    assert "selfloop_packed" not in ours.config.to_json_string()
+
+
+def test_per_example_attention_refuses_boundaries_that_do_not_span_the_row(
+    tiny_model_dir: Path, tok
+) -> None:
+    from tuners.attention import register
+
+    packed = pack_batch(_three_items(tok))
+    packed.pop("labels")
+    short = torch.tensor([0, 5], dtype=torch.int32)
+    ours = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register())
+    with pytest.raises(ValueError, match="does not span the row"):
+        ours(**{**packed, "cu_seq_lens_q": short, "cu_seq_lens_k": short}, use_cache=False)
