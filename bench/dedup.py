@@ -27,6 +27,7 @@ methods' precision/recall on the generated duplicates and on the labelled pairs
 implementation last of all. Needs `pip install rouge-score` (the `bench` extra) for that one.
 
     python bench/dedup.py [--sizes 1000,2000,5000] [--large 20000] [--threads N]
+        [--device cpu|cuda|auto] [--dtype auto|float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -432,6 +433,15 @@ def main() -> None:
     ap.add_argument("--round", type=int, default=1000, help="new candidates in the round test")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--device", default="cpu", help="embedding device: cpu (default), cuda, or auto"
+    )
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="embedding precision (dedup.dtype; auto = bfloat16 where the CPU has it natively)",
+    )
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     base, big = sizes[-1], max(args.large, sizes[-1])
@@ -456,11 +466,14 @@ def main() -> None:
         f"{config.approximate_above:,}), cosine >= {config.threshold}, pool written to disk"
     )
     start = time.perf_counter()
-    embedder = TimedEmbedder(config.model, device="cpu", batch_size=config.batch_size)
+    embedder = TimedEmbedder(
+        config.model, device=args.device, batch_size=config.batch_size, dtype=args.dtype
+    )
     embedder.encode(["warm-up"])
     print(
         f"embedding model load (once per process, not in the times below): "
-        f"{time.perf_counter() - start:.1f}s"
+        f"{time.perf_counter() - start:.1f}s; embedding on {args.device} in {embedder.dtype} "
+        f"(--dtype {args.dtype})"
     )
 
     print(

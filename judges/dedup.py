@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.data import read_jsonl, write_jsonl
 from agent.errors import SelfloopError
-from judges.embed import DEFAULT_EMBEDDING_MODEL, Embedder
+from judges.embed import DEFAULT_EMBEDDING_MODEL, Embedder, EmbedDtype
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,12 @@ class DedupConfig(BaseModel):
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N for the embedding model.")
     batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
+    dtype: EmbedDtype = Field(
+        "auto",
+        description="Embedding precision: auto = bfloat16 autocast where the hardware has "
+        "bfloat16 natively (CUDA; CPUs with AVX512-BF16 or AMX), else float32. The vectors "
+        "differ from float32 ones by ~1e-5 in cosine (judges/embed.py), so pools mix freely.",
+    )
     threshold: float = Field(
         0.85,
         gt=0,
@@ -337,7 +343,10 @@ class Pool:
     ) -> None:
         self.config = config or DedupConfig()
         self.embedder = embedder or Embedder(
-            self.config.model, device=self.config.device, batch_size=self.config.batch_size
+            self.config.model,
+            device=self.config.device,
+            batch_size=self.config.batch_size,
+            dtype=self.config.dtype,
         )
         self.directory = Path(directory) if directory is not None else None
         self.ids: list[str] = []

@@ -291,6 +291,16 @@ def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
             f"{cfg.backend.max_lora_rank}, the largest adapter vLLM will serve; raise that or "
             "lower tune.lora_r"
         )
+    # What this machine cannot train (qlora or bf16 without CUDA, a CUDA model.device without a
+    # GPU): refused now rather than at round 1's tune stage, after proposing, answering and
+    # judging. The same check `tuners.train` makes, on the device it will pick.
+    from agent.models import pick_device
+    from tuners.guards import check_settings
+
+    try:
+        check_settings(t, pick_device(cfg.model), None)
+    except SelfloopError as e:
+        raise ConfigError(f"{source}: {e}") from e
 
 
 def _suggestion(e: ValidationError) -> str:

@@ -54,7 +54,10 @@ def ids(records: list) -> list[str]:
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    return Embedder(device="cpu")
+    # float32: these tests compare dedup's decisions with vectors encoded in other batches,
+    # and under bfloat16 a text's vector moves by ~1e-4 with the batch it is encoded in.
+    # bfloat16 (the default where the CPU has it) is checked against float32 below.
+    return Embedder(device="cpu", dtype="float32")
 
 
 @pytest.fixture()
@@ -86,6 +89,41 @@ def test_encode_gives_unit_float32_rows(embedder: Embedder) -> None:
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(v[0], v[2])
     assert embedder.encode([]).shape == (0, 384)
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch) -> None:
+    import torch
+
+    from judges.embed import pick_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert pick_dtype("auto", "cpu") == "float32"  # emulated bfloat16 would be slower
+    assert pick_dtype("bfloat16", "cpu") == "bfloat16"  # asked for: done, even emulated
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert pick_dtype("auto", "cpu") == "bfloat16"
+    assert pick_dtype("auto", "mps") == "float32"
+    with pytest.raises(SelfloopError, match="embedding dtype 'fp8'"):
+        Embedder(dtype="fp8")  # type: ignore[arg-type]
+
+
+def test_bfloat16_vectors_match_float32_and_decide_the_labelled_pairs_alike() -> None:
+    """The bfloat16 autocast path is a speed-up, not another model: the vectors and the
+    decisions at the default threshold stay those of float32."""
+    pairs = load_pairs()
+    texts = list(dict.fromkeys(t for p in pairs for t in (p["a"], p["b"])))
+    vec = {
+        d: dict(zip(texts, Embedder(device="cpu", dtype=d).encode(texts)))
+        for d in ("float32", "bfloat16")
+    }
+    cos = np.array([vec["float32"][t] @ vec["bfloat16"][t] for t in texts])
+    assert cos.min() > 0.9999, cos.min()
+    np.testing.assert_allclose(np.linalg.norm(list(vec["bfloat16"].values()), axis=1), 1, atol=1e-5)
+    t = DedupConfig().threshold
+    decide = {
+        d: np.array([float(v[p["a"]] @ v[p["b"]]) >= t for p in pairs]) for d, v in vec.items()
+    }
+    assert (decide["float32"] != decide["bfloat16"]).sum() <= 1
 
 
 # ---- the labelled pairs ----

@@ -35,10 +35,32 @@ def test_adapters_the_backend_cannot_serve_are_refused(monkeypatch) -> None:
     monkeypatch.setattr(agent.backends, "auto_kind", lambda: "vllm")
     with pytest.raises(ConfigError, match="prefix"):
         check_loop_tune(auto)
-    for method in ("lora", "qlora"):
-        check_loop_tune(load_config(None, [f"tune.method={method}", "backend.kind=vllm"]))
+    check_loop_tune(load_config(None, ["tune.method=lora", "backend.kind=vllm"]))
 
 
 def test_fsdp_is_refused_by_the_loop_which_trains_in_one_process() -> None:
     with pytest.raises(ConfigError, match=r"tune\.fsdp: a run trains in its own single process"):
         check_loop_tune(load_config(None, ["tune.fsdp=true"]))
+
+
+def test_settings_this_machine_cannot_train_are_refused_when_the_run_starts(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """Not at round 1's tune stage, after proposing, answering and judging for minutes."""
+    import torch
+
+    from loop.graph import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for setting, message in (
+        ("tune.method=qlora", r"config: tune\.method=qlora needs a CUDA GPU"),
+        ("tune.bf16=true", r"config: tune\.bf16=true needs a CUDA GPU"),
+        ("model.device=cuda", r"config: model\.device is 'cuda' but no CUDA GPU"),
+    ):
+        cfg = load_config(None, [setting])
+        with pytest.raises(ConfigError, match=message):
+            check_loop_tune(cfg)
+        with pytest.raises(ConfigError, match=message.removeprefix("config: ")):
+            run(cfg, tmp_path / "run")
+        assert not (tmp_path / "run").exists()  # refused before anything was written
+    check_loop_tune(load_config(None, ["tune.bf16=auto", "tune.method=lora"]))
