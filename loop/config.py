@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.backends import BackendConfig, SamplingParams
 from agent.construct import ProposeConfig
@@ -106,6 +106,17 @@ class LoopJudgeConfig(BaseModel):
     backend: BackendConfig | None = Field(
         None, description="How the judge model runs; default the student's backend."
     )
+
+    @model_validator(mode="after")
+    def _backend_needs_a_model(self) -> LoopJudgeConfig:
+        # Without judge.model the student judges itself on its own backend: a judge.backend
+        # alone would be ignored, and the user believe a stronger judge is at work.
+        if self.backend is not None and self.model is None:
+            raise ValueError(
+                "judge.backend is set but judge.model is not: the student judges itself on its "
+                "own backend; set judge.model (the model that backend runs) or drop judge.backend"
+            )
+        return self
 
 
 class CustomSuite(BaseModel):
@@ -258,7 +269,8 @@ def eval_suites(cfg: SelfloopConfig) -> dict[str, tuple[str, list[dict[str, Any]
 
 
 def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
-    """Refuse tuning settings the loop cannot run (they stay valid for a one-off `selfloop tune`).
+    """Refuse tuning settings the loop cannot run (they stay valid for a one-off `selfloop tune`),
+    and a student backend that cannot load the adapters a round makes.
 
     A round's output is evaluated and promoted as an adapter loaded onto the student, and the
     next round warm-starts from it, so the round must produce an adapter the student's backend
@@ -280,6 +292,13 @@ def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
         from agent.backends import auto_kind
 
         kind = auto_kind()
+    if kind == "openai":
+        raise ConfigError(
+            f"{source}: backend.kind: openai cannot be the student's backend in a run: each round "
+            "evaluates its new adapter on the student, and an OpenAI-compatible endpoint cannot "
+            "load one; use transformers or vllm (an endpoint can judge: judge.model + "
+            "judge.backend)"
+        )
     if kind == "vllm" and t.method == "prefix":
         raise ConfigError(
             f"{source}: tune.method: prefix adapters cannot be served by vLLM (LoRA only); use "

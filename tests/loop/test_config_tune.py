@@ -64,3 +64,25 @@ def test_settings_this_machine_cannot_train_are_refused_when_the_run_starts(
             run(cfg, tmp_path / "run")
         assert not (tmp_path / "run").exists()  # refused before anything was written
     check_loop_tune(load_config(None, ["tune.bf16=auto", "tune.method=lora"]))
+
+
+def test_a_student_behind_an_endpoint_is_refused_by_the_loop(tmp_path: Path) -> None:
+    """Each round evaluates its adapter on the student; an endpoint cannot load one, and that
+    would only surface at round 1's evaluate, after proposing, judging and tuning."""
+    from loop.graph import run
+
+    cfg = load_config(None, ["backend.kind=openai", "backend.base_url=http://127.0.0.1:9/v1"])
+    with pytest.raises(ConfigError, match=r"config: backend\.kind: openai cannot be the student"):
+        check_loop_tune(cfg)
+    with pytest.raises(ConfigError, match=r"backend\.kind: openai"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_judge_backend_without_a_judge_model_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"judge\.backend is set but judge\.model is not"):
+        load_config(None, ["judge.backend.kind=transformers"])
+    cfg = load_config(
+        None, ["judge.model.name=smollm2-135m-instruct", "judge.backend.kind=transformers"]
+    )
+    assert cfg.judge.backend is not None and cfg.judge.model is not None
