@@ -310,6 +310,7 @@ def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
             f"{cfg.backend.max_lora_rank}, the largest adapter vLLM will serve; raise that or "
             "lower tune.lora_r"
         )
+    _check_vllm_neighbours(cfg, kind, source)
     # What this machine cannot train (qlora or bf16 without CUDA, a CUDA model.device without a
     # GPU): refused now rather than at round 1's tune stage, after proposing, answering and
     # judging. The same check `tuners.train` makes, on the device it will pick.
@@ -320,6 +321,39 @@ def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
         check_settings(t, pick_device(cfg.model), None)
     except SelfloopError as e:
         raise ConfigError(f"{source}: {e}") from e
+
+
+# vLLM sizes its KV cache to its share of the GPU's memory at start-up; two engines in one
+# process need shares that fit together, with room left for the CUDA context and activations.
+VLLM_SHARED_LIMIT = 0.95
+
+
+def _check_vllm_neighbours(cfg: SelfloopConfig, student_kind: str, source: str) -> None:
+    """A judge or teacher on vLLM beside a vLLM student runs a second engine in the same process
+    on the same GPU while the student's is alive; with both at their default share the second
+    fails to start, rounds into the run. Refused at start unless the shares fit together."""
+    if student_kind != "vllm":
+        return
+    from agent.backends import auto_kind
+
+    others = []
+    if cfg.judge.model is not None:
+        others.append(("judge", "judge.backend", cfg.judge.backend))
+    if "teacher" in cfg.run.sources and cfg.respond.teacher is not None:
+        others.append(("teacher", "respond.teacher_backend", cfg.respond.teacher_backend))
+    mine = cfg.backend.gpu_memory_utilization
+    for role, key, backend in others:
+        b = backend or cfg.backend  # unset: it runs like the student
+        if (b.kind if b.kind != "auto" else auto_kind()) != "vllm":
+            continue
+        if mine + b.gpu_memory_utilization > VLLM_SHARED_LIMIT:
+            raise ConfigError(
+                f"{source}: the {role} runs a second vLLM engine beside the student's, in one "
+                f"process on one GPU: backend.gpu_memory_utilization {mine} + "
+                f"{key}.gpu_memory_utilization {b.gpu_memory_utilization} exceeds "
+                f"{VLLM_SHARED_LIMIT}; give each a share (e.g. 0.45 and 0.45), or run the {role} "
+                f"with {key}.kind transformers or openai"
+            )
 
 
 def _suggestion(e: ValidationError) -> str:

@@ -86,3 +86,20 @@ def test_judge_backend_without_a_judge_model_is_a_config_error() -> None:
         None, ["judge.model.name=smollm2-135m-instruct", "judge.backend.kind=transformers"]
     )
     assert cfg.judge.backend is not None and cfg.judge.model is not None
+
+
+def test_a_second_vllm_engine_must_fit_beside_the_students() -> None:
+    judge = ["backend.kind=vllm", "judge.model.name=smollm2-135m-instruct"]
+    with pytest.raises(
+        ConfigError, match=r"the judge runs a second vLLM engine .* 0\.85 \+ judge\.backend"
+    ):
+        check_loop_tune(load_config(None, judge))  # the judge inherits the student's backend
+    halves = ["backend.gpu_memory_utilization=0.45", "judge.backend.kind=vllm",
+              "judge.backend.gpu_memory_utilization=0.45"]  # fmt: skip
+    check_loop_tune(load_config(None, judge + halves))
+    check_loop_tune(load_config(None, [*judge, "judge.backend.kind=transformers"]))
+    teacher = ["backend.kind=vllm", "run.sources=[teacher]",
+               "respond.teacher.name=smollm2-135m-instruct"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"the teacher .* respond\.teacher_backend"):
+        check_loop_tune(load_config(None, teacher))
+    check_loop_tune(load_config(None, ["backend.kind=transformers", *teacher[1:]]))
