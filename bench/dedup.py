@@ -440,7 +440,7 @@ def main() -> None:
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16"],
-        help="embedding precision (dedup.dtype; auto = bfloat16 where the CPU has it natively)",
+        help="embedding precision (dedup.dtype; auto = bfloat16 where the device has it natively)",
     )
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -472,8 +472,8 @@ def main() -> None:
     embedder.encode(["warm-up"])
     print(
         f"embedding model load (once per process, not in the times below): "
-        f"{time.perf_counter() - start:.1f}s; embedding on {args.device} in {embedder.dtype} "
-        f"(--dtype {args.dtype})"
+        f"{time.perf_counter() - start:.1f}s; embedding on {embedder.model.device} in "
+        f"{embedder.dtype} (--dtype {args.dtype})"
     )
 
     print(

@@ -9,13 +9,15 @@ Vectors come back L2-normalized as float32, so the inner product of two of them 
 similarity: what FAISS's inner-product indexes compute.
 
 Precision: `dtype="auto"` encodes under bfloat16 autocast where the hardware computes bfloat16
-natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX), else in float32. Autocast
-keeps normalisation and softmax in float32, so the vectors barely move: on the bench's 4,355
-instructions the cosine to the float32 vector was 0.99999 on average (minimum 0.99997), the
-largest change of a labelled pair's similarity 0.0024, and encoding took 0.63x the time on
-2 AVX512-BF16 cores (`python bench/dedup.py` prints the figure for this machine). int8
-(onnxruntime dynamic quantisation, per channel) was faster still (0.40x) but moved pair
-similarities by up to 0.056, enough to flip decisions at a 0.85 threshold, and was not taken.
+natively (a CUDA GPU of compute capability 8 or more; a CPU with AVX512-BF16 or AMX), else in
+float32. Autocast keeps normalisation and softmax in float32, so the vectors barely move: on the
+bench's 4,355 instructions the cosine to the float32 vector was 0.99999 on average (minimum
+0.99997), the largest change of a labelled pair's similarity 0.0024, and encoding took 0.63x
+the time on 2 AVX512-BF16 cores (`python bench/dedup.py` prints the time on this machine). A
+text's bfloat16 vector also moves by ~1e-4 with the batch it is encoded in, so a similarity
+that close to the threshold can decide either way on a re-run. int8 (onnxruntime dynamic
+quantisation, per channel) was faster still (0.40x) but moved pair similarities by up to
+0.056, enough to flip decisions at a 0.85 threshold, and was not taken.
 """
 
 from __future__ import annotations
@@ -97,7 +99,12 @@ def native_bf16(device: str) -> bool:
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # is_bf16_supported() also says yes where bfloat16 is only emulated (T4, V100):
+        # native bfloat16 tensor cores start at compute capability 8 (Ampere).
+        if not torch.cuda.is_available():
+            return False
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        return torch.cuda.get_device_capability(index)[0] >= 8
     if device != "cpu":
         return False
     # Private helpers of torch.cpu (present since torch 2.3); without them, assume no.
@@ -186,14 +193,15 @@ class Embedder:
         rows = [unique.setdefault(t, len(unique)) for t in texts]
         model = self.model
         with self._precision(str(model.device)):
+            # numpy: each batch moves to the CPU as float32 as it is done (nothing piles up on
+            # a GPU); normalised below, in float32, whatever precision encoded them.
             vectors = model.encode(
                 list(unique),
                 batch_size=self.batch_size,
-                convert_to_tensor=True,
+                convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        vectors = vectors.float().cpu().numpy()
-        # Normalised here, in float32, whatever precision encoded them.
+        vectors = np.asarray(vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(vectors[rows], dtype=np.float32)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.backends import BackendConfig, SamplingParams
 from agent.construct import ProposeConfig
@@ -106,17 +106,6 @@ class LoopJudgeConfig(BaseModel):
     backend: BackendConfig | None = Field(
         None, description="How the judge model runs; default the student's backend."
     )
-
-    @model_validator(mode="after")
-    def _backend_needs_a_model(self) -> LoopJudgeConfig:
-        # Without judge.model the student judges itself on its own backend: a judge.backend
-        # alone would be ignored, and the user believe a stronger judge is at work.
-        if self.backend is not None and self.model is None:
-            raise ValueError(
-                "judge.backend is set but judge.model is not: the student judges itself on its "
-                "own backend; set judge.model (the model that backend runs) or drop judge.backend"
-            )
-        return self
 
 
 class CustomSuite(BaseModel):
@@ -292,6 +281,14 @@ def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
         from agent.backends import auto_kind
 
         kind = auto_kind()
+    if cfg.judge.backend is not None and cfg.judge.model is None:
+        # The student then judges itself on its own backend: judge.backend would be ignored,
+        # and the user believe a stronger judge at work.
+        raise ConfigError(
+            f"{source}: judge.backend is set but judge.model is not: the student judges itself "
+            "on its own backend; set judge.model (the model that backend runs) or drop "
+            "judge.backend"
+        )
     if kind == "openai":
         raise ConfigError(
             f"{source}: backend.kind: openai cannot be the student's backend in a run: each round "
@@ -347,12 +344,17 @@ def _check_vllm_neighbours(cfg: SelfloopConfig, student_kind: str, source: str) 
         if (b.kind if b.kind != "auto" else auto_kind()) != "vllm":
             continue
         if mine + b.gpu_memory_utilization > VLLM_SHARED_LIMIT:
+            theirs = (
+                f"{key}.gpu_memory_utilization {b.gpu_memory_utilization}"
+                if backend is not None
+                else f"{b.gpu_memory_utilization} ({key} unset: it runs like the student)"
+            )
             raise ConfigError(
                 f"{source}: the {role} runs a second vLLM engine beside the student's, in one "
-                f"process on one GPU: backend.gpu_memory_utilization {mine} + "
-                f"{key}.gpu_memory_utilization {b.gpu_memory_utilization} exceeds "
-                f"{VLLM_SHARED_LIMIT}; give each a share (e.g. 0.45 and 0.45), or run the {role} "
-                f"with {key}.kind transformers or openai"
+                f"process on one GPU: backend.gpu_memory_utilization {mine} + {theirs} exceeds "
+                f"{VLLM_SHARED_LIMIT}; give each a share, e.g. backend.gpu_memory_utilization: "
+                f"0.45 and {key}: {{kind: vllm, gpu_memory_utilization: 0.45}}, or run the "
+                f"{role} with {key}.kind transformers or openai"
             )
 
 

@@ -10,8 +10,10 @@ masked row's; forward plus backward of SmolLM2-135M + LoRA on rows of 8 chat exa
 (~1,300 tokens) took 0.70x the time on 2 CPU cores (`bench/tuning.py` measures the training
 effect end to end).
 
-Without those kwargs (padded batches, evaluation, generation) it is plain transformers SDPA,
-mask included, so a model loaded with this implementation behaves normally everywhere else.
+Without those kwargs (padded batches, evaluation, generation), or where the model's attention
+needs the mask (a sliding window shorter than an example) or something SDPA per slice would drop
+(softcap, attention sinks, ALiBi bias), it is plain transformers SDPA over the row, mask
+included. `use_for` switches a loaded model to it only where transformers chose SDPA itself.
 The name is process-local: it is not written into a saved model's config.json.
 """
 
@@ -28,12 +30,18 @@ NAME = "selfloop_packed"
 # times per forward pass.
 _bounds: tuple[Any, list[int]] | None = None
 
+# Attention variants the per-example path cannot honour; with any of them the call falls back
+# to transformers' SDPA over the whole row with its mask (which raises on softcap itself).
+_NEEDS_THE_MASK = ("softcap", "s_aux", "position_bias")
+
 
 def _boundaries(cu_seq_lens: torch.Tensor) -> list[int]:
     global _bounds
-    if _bounds is None or _bounds[0] is not cu_seq_lens:
-        _bounds = (cu_seq_lens, [int(b) for b in cu_seq_lens.tolist()])
-    return _bounds[1]
+    cached = _bounds  # read once: another thread may replace it meanwhile
+    if cached is None or cached[0] is not cu_seq_lens:
+        cached = (cu_seq_lens, [int(b) for b in cu_seq_lens.tolist()])
+        _bounds = cached
+    return cached[1]
 
 
 def packed_attention(
@@ -51,12 +59,27 @@ def packed_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers attention-interface function: (batch, heads, seq, dim) in, (batch, seq,
     heads, dim) out. Per-example causal SDPA when the row is packed (batch of one, boundaries
-    given, no KV cache: keys as long as queries); transformers' SDPA otherwise."""
+    given, no KV cache: keys as long as queries, cu_seq_lens_k then the same list) and nothing
+    needs the mask; transformers' SDPA over the row with its mask otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    # Self-attention without a cache: keys follow the queries' boundaries (cu_seq_lens_k is
-    # the same list; comparing the two would cost a GPU sync per layer).
-    packed = cu_seq_lens_q is not None and query.shape[0] == 1 and key.shape[2] == query.shape[2]
+    packed = (
+        cu_seq_lens_q is not None
+        and query.shape[0] == 1
+        and key.shape[2] == query.shape[2]
+        and not any(kwargs.get(k) is not None for k in _NEEDS_THE_MASK)
+    )
+    bounds = _boundaries(cu_seq_lens_q) if packed else []
+    if packed:
+        if bounds[0] != 0 or bounds[-1] != query.shape[2]:
+            raise ValueError(
+                f"cu_seq_lens_q {bounds[:3]}...{bounds[-1:]} does not span the row of "
+                f"{query.shape[2]} tokens"
+            )
+        # A sliding window shorter than an example changes its attention: the mask has it.
+        window = kwargs.get("sliding_window")
+        longest = max(e - s for s, e in zip(bounds[:-1], bounds[1:]))
+        packed = window is None or longest <= window
     if not packed:
         return sdpa_attention_forward(
             module,
@@ -69,35 +92,42 @@ def packed_attention(
             is_causal=is_causal,
             **kwargs,
         )
-    bounds = _boundaries(cu_seq_lens_q)
-    if bounds[0] != 0 or bounds[-1] != query.shape[2]:
-        raise ValueError(
-            f"cu_seq_lens_q {bounds[:3]}...{bounds[-1:]} does not span the row of "
-            f"{query.shape[2]} tokens"
-        )
-    gqa = key.shape[1] != query.shape[1]
+    # Each example alone, causal and unmasked: transformers' own SDPA call (its GQA handling).
     parts = [
-        torch.nn.functional.scaled_dot_product_attention(
+        sdpa_attention_forward(
+            module,
             query[:, :, s:e],
             key[:, :, s:e],
             value[:, :, s:e],
-            dropout_p=dropout,
-            scale=scaling,
+            None,
+            dropout=dropout,
+            scaling=scaling,
             is_causal=True,
-            enable_gqa=gqa,
-        )
+            **kwargs,
+        )[0]
         for s, e in zip(bounds[:-1], bounds[1:])
         if e > s
     ]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(parts, dim=1), None
 
 
 def register() -> str:
     """Make `NAME` a valid `attn_implementation` in this process (idempotent); returns it.
-    Its mask function is transformers' SDPA mask, used by the unpacked fallback."""
+    Its mask function is transformers' SDPA mask: the fallback uses it, and transformers still
+    builds it once per forward pass (an O(row^2) boolean tensor, small next to attention)."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
     AttentionInterface.register(NAME, packed_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME
+
+
+def use_for(model: Any, trust_remote_code: bool) -> bool:
+    """Switch `model` to per-example attention for packed training, where that is exact: only
+    models transformers itself runs on SDPA (not eager-only ones such as Gemma-2 with softcap
+    or gpt-oss with sinks, not remote code that may read the implementation's name itself)."""
+    if trust_remote_code or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    model.set_attn_implementation(register())  # a model that cannot switch warns and stays
+    return model.config._attn_implementation == NAME

@@ -73,7 +73,7 @@ def tokenize_dataset(
     return out
 
 
-def pack_batch(items: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+def pack_batch(items: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor | int]:
     """Padding-free: all examples in one row, positions restart at 0 at each example.
 
     transformers' attention masking detects the restarts in `position_ids` and builds a

@@ -73,6 +73,15 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
             "tune.fsdp shards across processes: launch with torchrun --nproc_per_node N -m "
             "loop.cli tune ... --set tune.fsdp=true (a single process cannot shard)"
         )
+    packs = cfg.packing and cfg.method != "prefix"
+    if cuda and packs and "LOCAL_RANK" not in os.environ and torch.cuda.device_count() > 1:
+        # The Trainer would wrap the model in nn.DataParallel, which splits every batch tensor
+        # along dim 0: a packed row's 1-D logits_to_keep and cu_seq_lens would be cut apart.
+        raise SelfloopError(
+            f"{torch.cuda.device_count()} GPUs are visible to one process: launch with torchrun "
+            "--nproc_per_node N (data parallel), or pick one GPU with CUDA_VISIBLE_DEVICES=0, "
+            "or set tune.packing=false"
+        )
     if init_adapter is not None:
         if cfg.method == "full":
             raise SelfloopError("tune.method=full cannot warm-start from an adapter")

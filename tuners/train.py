@@ -34,7 +34,7 @@ import torch
 
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
-from tuners.attention import register as register_packed_attention
+from tuners.attention import use_for as use_packed_attention
 from tuners.config import TuneConfig
 from tuners.data import Collator, packed_loss, tokenize_dataset
 
@@ -98,8 +98,6 @@ def _load_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool, packing: bool) 
     from transformers import AutoModelForCausalLM
 
     trust = resolved.spec.trust_remote_code
-    # Packed rows attend per example (tuners.attention); unpacked training keeps the default.
-    attn = {"attn_implementation": register_packed_attention()} if packing else {}
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -118,13 +116,21 @@ def _load_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool, packing: bool) 
             dtype=torch.bfloat16,
             device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
             trust_remote_code=trust,
-            **attn,
         )
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
-    # Master weights stay float32; bf16 is applied as autocast by the Trainer.
-    return AutoModelForCausalLM.from_pretrained(
-        resolved.path, dtype=torch.float32, trust_remote_code=trust, **attn
-    )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
+    else:
+        # Master weights stay float32; bf16 is applied as autocast by the Trainer.
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path, dtype=torch.float32, trust_remote_code=trust
+        )
+    # Packed rows attend per example where that is exact (tuners.attention); else the mask.
+    if packing and not use_packed_attention(model, trust):
+        log.info(
+            "packed rows use %s attention with a block-diagonal mask (per-example attention is "
+            "for models transformers runs on SDPA)",
+            getattr(model.config, "_attn_implementation", "?"),
+        )
+    return model
 
 
 def _wrap(model: Any, cfg: TuneConfig, init_adapter: Path | None) -> Any:

@@ -79,9 +79,10 @@ def test_a_student_behind_an_endpoint_is_refused_by_the_loop(tmp_path: Path) -> 
     assert not (tmp_path / "run").exists()
 
 
-def test_judge_backend_without_a_judge_model_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"judge\.backend is set but judge\.model is not"):
-        load_config(None, ["judge.backend.kind=transformers"])
+def test_judge_backend_without_a_judge_model_is_refused_by_the_loop() -> None:
+    cfg = load_config(None, ["judge.backend.kind=transformers"])  # other commands ignore it
+    with pytest.raises(ConfigError, match=r"config: judge\.backend is set but judge\.model"):
+        check_loop_tune(cfg)
     cfg = load_config(
         None, ["judge.model.name=smollm2-135m-instruct", "judge.backend.kind=transformers"]
     )
@@ -91,7 +92,8 @@ def test_judge_backend_without_a_judge_model_is_a_config_error() -> None:
 def test_a_second_vllm_engine_must_fit_beside_the_students() -> None:
     judge = ["backend.kind=vllm", "judge.model.name=smollm2-135m-instruct"]
     with pytest.raises(
-        ConfigError, match=r"the judge runs a second vLLM engine .* 0\.85 \+ judge\.backend"
+        ConfigError,
+        match=r"the judge runs a second vLLM engine .* 0\.85 \+ 0\.85 \(judge\.backend unset",
     ):
         check_loop_tune(load_config(None, judge))  # the judge inherits the student's backend
     halves = ["backend.gpu_memory_utilization=0.45", "judge.backend.kind=vllm",

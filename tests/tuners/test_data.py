@@ -215,3 +215,55 @@ def test_per_example_attention_refuses_boundaries_that_do_not_span_the_row(
     ours = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register())
     with pytest.raises(ValueError, match="does not span the row"):
         ours(**{**packed, "cu_seq_lens_q": short, "cu_seq_lens_k": short}, use_cache=False)
+
+
+def test_per_example_attention_only_where_transformers_chose_sdpa(
+    tiny_model_dir: Path, tok
+) -> None:
+    from tuners.attention import NAME, use_for
+
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert use_for(sdpa, trust_remote_code=False) and sdpa.config._attn_implementation == NAME
+    # Eager-only models (softcap, sinks) and remote code keep what they had.
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert not use_for(eager, trust_remote_code=False)
+    assert eager.config._attn_implementation == "eager"
+    remote = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert not use_for(remote, trust_remote_code=True)
+    assert remote.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("window", [4, 4096])
+def test_a_sliding_window_shorter_than_an_example_keeps_the_mask(
+    tmp_path: Path, tok, window: int
+) -> None:
+    """Mistral-style sliding-window layers: attending to a whole example would be wrong when
+    the window is shorter; the packed path then falls back to the masked row. Either way the
+    loss is the padded batch's."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from tuners.attention import register
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=window,
+        initializer_range=0.2,
+    )
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    items = _three_items(tok)
+    assert max(len(i["input_ids"]) for i in items) > 4
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    packed, padded = pack_batch(items), pad_batch(items, pad)
+    labels = packed.pop("labels")
+    ours = MistralForCausalLM.from_pretrained(tmp_path, attn_implementation=register())
+    ref = MistralForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+    with torch.no_grad():
+        a = packed_loss(ours(**packed, use_cache=False), labels)
+        b = ref(**padded, use_cache=False).loss
+    assert float(a) == pytest.approx(float(b), abs=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,7 +190,7 @@ def test_qlora_loads_each_process_on_its_own_gpu(monkeypatch, tiny_model_dir: Pa
 
     def fake_from_pretrained(path, **kw):
         seen.update(kw)
-        return "quantized model"
+        return SimpleNamespace(config=SimpleNamespace(_attn_implementation="eager"))
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     monkeypatch.setattr(peft, "prepare_model_for_kbit_training", lambda m, **kw: m)
@@ -198,7 +199,6 @@ def test_qlora_loads_each_process_on_its_own_gpu(monkeypatch, tiny_model_dir: Pa
         resolve(str(tiny_model_dir)), TuneConfig(method="qlora"), grad_ckpt=True, packing=True
     )
     assert seen["device_map"] == {"": 1} and "quantization_config" in seen
-    assert seen["attn_implementation"] == "selfloop_packed"  # packed rows attend per example
 
 
 def test_exploding_gradient_aborts_without_artifact(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -327,3 +327,17 @@ def test_packed_padded_and_checkpointed_training_follow_the_same_curve(
     for name in ("padded", "packed_ckpt"):
         assert curves[name] == pytest.approx(curves["packed"], rel=1e-4, abs=1e-5), name
     assert curves["packed"][-1] < curves["packed"][0]  # and it trained
+
+
+def test_several_gpus_in_one_process_are_refused_for_packed_rows(monkeypatch) -> None:
+    """Without torchrun the Trainer would use nn.DataParallel, which cuts a packed row's 1-D
+    tensors (logits_to_keep, cu_seq_lens) apart across the GPUs."""
+    from tuners.guards import check_settings
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SelfloopError, match="2 GPUs are visible to one process: launch with"):
+        check_settings(TuneConfig(bf16=False), "cuda", None)
+    check_settings(TuneConfig(bf16=False, packing=False), "cuda", None)  # padded batches split
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    check_settings(TuneConfig(bf16=False), "cuda", None)  # torchrun: one GPU per process
