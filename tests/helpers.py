@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from agent.models import bundled_gguf_path
 
@@ -21,14 +22,9 @@ def bundled_tokenizer_dir(out: Path) -> Path:
     return out
 
 
-def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A random llama with the real tokenizer. Large init std keeps its logits peaked, so
-    greedy decoding has clear winners and padding-equivalence tests are not decided by ties."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
+def tiny_config_kwargs(tok: Any) -> dict[str, Any]:
+    """The tiny models' shape (2 layers, grouped-query attention) for any llama-like config."""
+    return dict(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
@@ -42,6 +38,16 @@ def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         initializer_range=0.2,
     )
+
+
+def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A random llama with the real tokenizer. Large init std keeps its logits peaked, so
+    greedy decoding has clear winners and padding-equivalence tests are not decided by ties."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(**tiny_config_kwargs(tok))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out)

@@ -242,19 +242,11 @@ def test_a_sliding_window_shorter_than_an_example_keeps_the_mask(
     loss is the padded batch's."""
     from transformers import MistralConfig, MistralForCausalLM
 
+    from tests.helpers import tiny_config_kwargs
     from tuners.attention import register
 
     torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=window,
-        initializer_range=0.2,
-    )
+    config = MistralConfig(**tiny_config_kwargs(tok), sliding_window=window)
     MistralForCausalLM(config).save_pretrained(tmp_path)
     items = _three_items(tok)
     assert max(len(i["input_ids"]) for i in items) > 4
