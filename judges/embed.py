@@ -13,7 +13,7 @@ natively (a CUDA GPU of compute capability 8 or more; a CPU with AVX512-BF16 or 
 float32. Autocast keeps normalisation and softmax in float32, so the vectors barely move: on the
 bench's 4,355 instructions the cosine to the float32 vector was 0.99999 on average (minimum
 0.99997), the largest change of a labelled pair's similarity 0.0024, and encoding took 0.63x
-the time on 2 AVX512-BF16 cores (`python bench/dedup.py` prints the time on this machine). A
+the time on 2 AVX512-BF16 cores (`python bench/dedup.py` times both on this machine). A
 text's bfloat16 vector also moves by ~1e-4 with the batch it is encoded in, so a similarity
 that close to the threshold can decide either way on a re-run. int8 (onnxruntime dynamic
 quantisation, per channel) was faster still (0.40x) but moved pair similarities by up to

@@ -6,9 +6,7 @@ with a block-diagonal causal mask over the whole row, so attention still compute
 (kn)^2 scores where k*n^2 are needed. `packed_attention` runs SDPA once per example instead
 (causal, no mask), from the example boundaries `tuners.data.pack_batch` passes as the standard
 flash-attention varlen kwargs `cu_seq_lens_q`/`cu_seq_lens_k`. The results are the same as the
-masked row's; forward plus backward of SmolLM2-135M + LoRA on rows of 8 chat examples
-(~1,300 tokens) took 0.70x the time on 2 CPU cores (`bench/tuning.py` measures the training
-effect end to end).
+masked row's (tested); `bench/tuning.py` measures the effect on training end to end.
 
 Without those kwargs (padded batches, evaluation, generation), or where the model's attention
 needs the mask (a sliding window shorter than an example) or something SDPA per slice would drop
