@@ -332,7 +332,7 @@ def respond(
     results = generator.generate(prompts, params, adapter=adapter)
     out, errors = [], 0
     model = generator.model_name if adapter is None else f"{generator.model_name}+{adapter}"
-    carried = ("instruction", "input", "domain", "language", "constraints")
+    carried = ("instruction", "input", "domain", "language", "constraints", "origin", "base_id")
     for t, msgs, res in zip(tasks, prompts, results):
         if not res.ok:
             errors += 1

@@ -13,13 +13,13 @@ formats (Alpaca, ShareGPT, HF datasets) build on these functions (`agent.formats
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.atomic import atomic_write
 from agent.errors import SelfloopError, describe_validation
 
 SCHEMA_VERSION = 1  # bump when a field changes meaning; readers refuse newer files
@@ -139,13 +139,4 @@ def _check_messages(messages: Any, where: str) -> None:
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
     """Write records atomically: a temporary file in the same directory, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.atomic import atomic_write
 from agent.data import read_jsonl, write_jsonl
 from agent.errors import SelfloopError
 from judges.embed import DEFAULT_EMBEDDING_MODEL, Embedder, EmbedDtype
@@ -316,15 +316,6 @@ def _search(index: faiss.Index | None, vectors: np.ndarray) -> tuple[np.ndarray,
     return sims, rows
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ---- the pool ----
 
 
@@ -460,13 +451,13 @@ class Pool:
     def _write_index(self) -> None:
         _, index_path = self._paths()
         data = faiss.serialize_index(self.index).tobytes()
-        _write_atomic(index_path, data)
+        atomic_write(index_path, data)
         fingerprint = {
             "vectors": int(self.index.ntotal),
             "records_sha256": _records_digest(self.ids, self.texts, self.index.ntotal),
             "index_sha256": hashlib.sha256(data).hexdigest(),
         }
-        _write_atomic(index_path.with_name(FINGERPRINT_FILE), json.dumps(fingerprint).encode())
+        atomic_write(index_path.with_name(FINGERPRINT_FILE), json.dumps(fingerprint).encode())
 
     def _fingerprint_problem(self, data: bytes, have: int) -> str | None:
         """Why the index (its file's bytes, `have` vectors) is not this jsonl's, or None."""
@@ -541,6 +532,35 @@ def _records_digest(ids: Sequence[str], texts: Sequence[str], n: int) -> str:
         h.update(json.dumps([rid, text], ensure_ascii=False).encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
+
+
+# ---- guard: near a fixed list of texts ----
+
+
+def near(
+    records: Sequence[Record],
+    texts: Sequence[tuple[str, str]],
+    embedder: Embedder,
+    config: DedupConfig,
+) -> dict[str, dict[str, Any]]:
+    """Records whose text (the configured `text_fields`, as dedup embeds them) is within the
+    dedup threshold of one of `texts` ((id, text) pairs, e.g. eval prompts or seed tasks):
+    record id -> the nearest text's id, the text and the similarity. The same embedding and
+    threshold as the pool's dedup, so "too close" means one thing everywhere."""
+    if not records or not texts:
+        return {}
+    a = embedder.encode([record_text(r, config.text_fields, i) for i, r in enumerate(records)])
+    sims = np.asarray(a @ embedder.encode([t for _, t in texts]).T)
+    best = sims.argmax(axis=1)
+    return {
+        _record_id(r, i): {
+            "guard_neighbour": texts[j][0],
+            "guard_text": texts[j][1],
+            "guard_similarity": round(float(sims[i, j]), 4),
+        }
+        for i, (r, j) in enumerate(zip(records, best))
+        if sims[i, j] >= config.threshold
+    }
 
 
 # ---- dedup ----

@@ -205,16 +205,23 @@ def serve(
     set_: SetOpt = None,
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions server over a base model and its adapters."""
+    from agent.backends import make_generator
     from agent.backends.hf import TransformersGenerator
     from agent.serve import serve as run_server
 
     cfg = _config(config, set_, **{"model.name": model})
-    gen = TransformersGenerator(
+    if cfg.backend.kind not in ("auto", "transformers"):
+        raise SelfloopError(
+            f"backend.kind: serve runs on the transformers backend (its log-probabilities read "
+            f"the model's own tokens), not {cfg.backend.kind}; vLLM has its own server: "
+            "`vllm serve MODEL --enable-lora`"
+        )
+    gen = make_generator(
         cfg.model,
-        batch_size=cfg.backend.batch_size,
-        max_batch_tokens=cfg.backend.max_batch_tokens,
+        cfg.backend.model_copy(update={"kind": "transformers"}),
         adapters=_parse_adapters(adapter),
     )
+    assert isinstance(gen, TransformersGenerator)
     name = served_model_name or gen.model_name
     log.info(
         "serving %s (adapters: %s) on http://%s:%d/v1",
@@ -248,23 +255,32 @@ def tune(
 
 @app.command("run")
 def run_cmd(
-    config: Annotated[
-        Path | None, typer.Argument(help="YAML config (default: the CPU quickstart).")
+    positional: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[CONFIG] [key.sub=value ...]: the older spelling of -c/--config and --set."
+        ),
     ] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default: runs/<timestamp>).")
     ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Run self-improvement rounds unattended (no arguments: the quickstart, bundled models)."""
     import time
 
-    from loop.config import load_config
     from loop.graph import run
 
-    if config is not None and "=" in config.name and not config.exists():
-        overrides, config = [str(config), *(overrides or [])], None
-    cfg = load_config(config, overrides or [])
+    # A word with `=` is an override (even one holding a path, `model.name=/m`); the first other
+    # word is the config file.
+    args = list(positional or [])
+    overrides = [a for a in args if "=" in a]
+    files = [a for a in args if "=" not in a]
+    if len(files) + (config is not None) > 1:
+        given = [str(config)] if config is not None else []
+        raise SelfloopError(f"one config file only, got {', '.join([*given, *files])}")
+    cfg = _config(Path(files[0]) if files else config, [*overrides, *(set_ or [])])
     run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     typer.echo(f"run directory: {run_dir}")
     state = run(cfg, run_dir)
@@ -373,10 +389,12 @@ def prepare(
 
 @app.command("config")
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Print the resolved config (file + overrides + defaults) as YAML."""
-    from loop.config import dump_config
+    """Print the resolved config (file + overrides + defaults) as YAML; refuses what `run` would."""
+    from loop.config import check_run, dump_config
 
-    typer.echo(dump_config(_config(config, set_)), nl=False)
+    cfg = _config(config, set_)
+    check_run(cfg, str(config) if config is not None else "config")
+    typer.echo(dump_config(cfg), nl=False)
 
 
 data_app = typer.Typer(
@@ -434,11 +452,12 @@ def data_export(
 ) -> None:
     """Export the examples a run accepted (every promoted round, or one round's kept set)."""
     from agent.formats import export_records
-    from loop.nodes import accepted, round_kept
     from loop.rundir import RunDir
 
     rd = RunDir(run_dir).require_run()
-    records = round_kept(rd, round_) if round_ is not None else accepted(rd)
+    if round_ is not None and rd.decision(round_) is None and not rd.stage_done(round_, "tune"):
+        raise SelfloopError(f"{run_dir}: round {round_} has not finished selecting its examples")
+    records = rd.input_records(round_, "tune") if round_ is not None else rd.accepted()
     if not records:
         raise SelfloopError(f"{run_dir}: no accepted examples to export")
     result = export_records(records, out, fmt, overwrite=overwrite)
@@ -475,7 +494,7 @@ def eval_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Evaluate a model or adapter (or a run's champion) on held-out suites; print a table."""
-    from agent.backends.hf import TransformersGenerator
+    from agent.backends import make_generator
     from judges.evals.runner import evaluate
     from loop.rundir import RunDir, write_json
 
@@ -484,7 +503,7 @@ def eval_cmd(
         rd = RunDir(run_dir)
         cfg = _config(rd.config_path, set_)
         adapter = rd.champion()
-    gen = TransformersGenerator(cfg.model, batch_size=cfg.backend.batch_size)
+    gen = make_generator(cfg.model, cfg.backend)
     from judges.evals import load_suites
 
     names = [x.strip() for x in suites.split(",") if x.strip()]
@@ -568,7 +587,7 @@ def export_cmd(
 
     rd = RunDir(run_dir).require_run()
     if round_ is not None:
-        adapter = rd.round_dir(round_) / "adapter"
+        adapter = rd.adapter_dir(round_)
         if not adapter.is_dir():
             raise SelfloopError(f"{run_dir}: round {round_} has no adapter (not tuned yet?)")
     else:

@@ -17,6 +17,7 @@ from agent.backends import BackendConfig, SamplingParams
 from agent.construct import ProposeConfig
 from agent.errors import SelfloopError, describe_validation
 from agent.models import ModelSpec
+from judges.augment import AugmentConfig
 from judges.dedup import DedupConfig
 from judges.filters import FilterConfig
 from judges.llm_judge import JudgeConfig
@@ -42,10 +43,12 @@ class RunConfig(BaseModel):
     min_new_examples: int = Field(
         2, ge=0, description="Stop when a round keeps fewer new examples (nothing left to learn)."
     )
-    sources: list[Literal["self_instruct", "teacher", "import"]] = Field(
+    sources: list[Literal["self_instruct", "teacher", "import", "constraints"]] = Field(
         default_factory=lambda: ["self_instruct"],
         description="Where a round's candidates come from; mixable. self_instruct: the student "
-        "proposes and answers; teacher: the teacher answers the proposals; import: files below.",
+        "proposes and answers; teacher: the teacher answers the proposals; import: files below; "
+        "constraints: seed, pool and proposed tasks get verifiable constraints (augment:) and "
+        "the student answers them.",
     )
     import_files: list[Path] = Field(
         default_factory=list,
@@ -155,6 +158,9 @@ class SelfloopConfig(BaseModel):
     )
     run: RunConfig = Field(default_factory=RunConfig, description="Rounds and data sources.")
     propose: ProposeConfig = Field(default_factory=ProposeConfig, description="Self-instruct.")
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="Constraint augmentation (constraints source)."
+    )
     respond: RespondConfig = Field(default_factory=RespondConfig, description="Responses.")
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Heuristic filters.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Safety pass.")
@@ -255,6 +261,16 @@ def eval_suites(cfg: SelfloopConfig) -> dict[str, tuple[str, list[dict[str, Any]
     from judges.evals import load_suites
 
     return load_suites(cfg.eval.suites, {c.name: (c.path, c.metric) for c in cfg.eval.custom})
+
+
+def check_run(cfg: SelfloopConfig, source: str = "config") -> None:
+    """Everything a run refuses beyond the schema, checked before anything is written; the one
+    path used by `selfloop config`, `run` and `resume`, so `config` never prints a config that
+    `run` would refuse."""
+    from loop.metrics import check_available
+
+    check_available(cfg.metrics)
+    check_loop_tune(cfg, source)
 
 
 def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:

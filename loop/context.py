@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, TypedDict
 
+from agent.backends.base import AdapterHost
 from loop.config import SelfloopConfig
 from loop.rundir import RunDir
 
@@ -39,12 +40,9 @@ class Context:
         if self._student is None:
             self._student = self.tracked(make_generator(self.cfg.model, self.cfg.backend))
         champ = state.get("champion")
-        if (
-            champ
-            and hasattr(self._student, "adapters")
-            and "champion" not in self._student.adapters
-        ):
-            self._student.load_adapter(self.rundir.root / champ, "champion")
+        host = self._student if isinstance(self._student, AdapterHost) else None
+        if champ and host is not None and "champion" not in host.adapter_paths():
+            host.load_adapter(self.rundir.root / champ, "champion")
         return self._student
 
     def judge_model(self, state: LoopState) -> Any:

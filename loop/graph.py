@@ -3,6 +3,9 @@
     propose -> respond -> filter -> judge -> dedup -> review -> tune -> evaluate -> gate
         -> promote | reject -> next -> propose (next round) | END
 
+The stages and their order come from loop.stages.PIPELINE; a stage with a `proceed` test sends
+the round to reject when it fails (dedup or review kept nothing, the gate said no).
+
 State holds JSON primitives only (strict msgpack can load every checkpoint); data lives in the
 run directory. `run` starts a run; `resume` continues one with `graph.invoke(None, config)` on
 the same thread, never re-sending the initial input.
@@ -19,30 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import SelfloopError
-from loop import nodes, select
-from loop.config import SelfloopConfig, check_loop_tune, dump_config, load_config
+from loop import rounds, stages
+from loop.config import SelfloopConfig, check_run, dump_config, load_config
 from loop.context import Context, LoopState
 from loop.faults import failpoint
-from loop.metrics import check_available
 from loop.rundir import RunDir, config_hash
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
 
-STAGES = ["propose", "respond", "filter", "judge", "dedup", "review", "tune", "evaluate", "gate"]
-_NODES: dict[str, Callable[[Context, LoopState], dict]] = {
-    "propose": nodes.propose,
-    "respond": nodes.respond,
-    "filter": select.filter_stage,
-    "judge": select.judge,
-    "dedup": select.dedup_stage,
-    "review": nodes.review,
-    "tune": nodes.tune,
-    "evaluate": nodes.evaluate,
-    "gate": nodes.gate,
-    "promote": nodes.promote,
-    "reject": nodes.reject,
-    "next": nodes.next_round,
+# The nodes that close a round; the stages before them come from loop.stages.PIPELINE.
+ROUND_END: dict[str, Callable[[Context, LoopState], dict]] = {
+    "promote": rounds.promote,
+    "reject": rounds.reject,
+    "next": rounds.next_round,
 }
 
 
@@ -68,28 +61,28 @@ def build_graph(ctx: Context, checkpointer: Any) -> Any:
 
         return node
 
-    for name, fn in _NODES.items():
+    pipeline = list(stages.PIPELINE)  # read now: a test may extend the list
+    for stage in pipeline:
+        g.add_node(stage.name, wrap(stage.name, stage.run))
+    for name, fn in ROUND_END.items():
         g.add_node(name, wrap(name, fn))
-    g.add_edge(START, "propose")
-    for a, b in zip(STAGES, STAGES[1:]):
-        if a not in ("dedup", "review"):
-            g.add_edge(a, b)
-    # A round that kept nothing new (or whose every example a reviewer removed) has nothing to
-    # tune on: it is rejected straight away.
-    g.add_conditional_edges(
-        "dedup", lambda s: "review" if s.get("kept", 0) > 0 else "reject", ["review", "reject"]
-    )
-    g.add_conditional_edges(
-        "review", lambda s: "tune" if s.get("kept", 0) > 0 else "reject", ["tune", "reject"]
-    )
-    g.add_conditional_edges(
-        "gate",
-        lambda s: "promote" if s.get("decision") == "promoted" else "reject",
-        ["promote", "reject"],
-    )
+    g.add_edge(START, pipeline[0].name)
+    # Each stage leads to the next; after the last one the round is promoted. A stage with a
+    # `proceed` test ends the round rejected when it fails (dedup kept nothing new, a reviewer
+    # removed everything, the gate said no).
+    for stage, after in zip(pipeline, [*[s.name for s in pipeline[1:]], "promote"]):
+        if stage.proceed is None:
+            g.add_edge(stage.name, after)
+        else:
+            g.add_conditional_edges(
+                stage.name,
+                lambda s, test=stage.proceed, after=after: after if test(s) else "reject",
+                [after, "reject"],
+            )
     g.add_edge("promote", "next")
     g.add_edge("reject", "next")
-    g.add_conditional_edges("next", lambda s: END if s.get("stop") else "propose", ["propose", END])
+    first = pipeline[0].name
+    g.add_conditional_edges("next", lambda s: END if s.get("stop") else first, [first, END])
     return g.compile(checkpointer=checkpointer)
 
 
@@ -160,8 +153,7 @@ def run(cfg: SelfloopConfig, run_dir: str | Path) -> dict:
     rd = RunDir(run_dir)
     if rd.checkpoints.exists():
         raise SelfloopError(f"{rd.root} already holds a run; use `selfloop resume {rd.root}`")
-    check_available(cfg.metrics)  # before anything is written
-    check_loop_tune(cfg)
+    check_run(cfg)  # before anything is written
     rd.root.mkdir(parents=True, exist_ok=True)
     rd.save_config(dump_config(cfg))
     return _invoke(
@@ -188,7 +180,7 @@ def resume(
         raise SelfloopError(f"{rd.root} holds no run to resume (no checkpoints.sqlite)")
     saved = rd.config_path.read_text()
     cfg = load_config(config_path or rd.config_path)
-    check_loop_tune(cfg, str(config_path or rd.config_path))
+    check_run(cfg, str(config_path or rd.config_path))
     if config_path is not None and config_hash(dump_config(cfg)) != config_hash(saved):
         if not allow_config_change:
             raise SelfloopError(
@@ -197,7 +189,6 @@ def resume(
             )
         (rd.root / "config.changes.log").open("a").write(f"resumed with {config_path}\n")
         rd.config_path.write_text(dump_config(cfg))
-    check_available(cfg.metrics)
     return _invoke(rd.root, cfg, None)
 
 

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.data import parse_object, read_examples, write_examples
+from agent.data import parse_object, write_examples
 from agent.errors import SelfloopError
 from loop.accounting import account
 from loop.rundir import RunDir, atomic_write, write_json
@@ -25,6 +25,8 @@ from loop.rundir import RunDir, atomic_write, write_json
 log = logging.getLogger(__name__)
 
 EDITABLE = ("instruction", "input", "response")
+# rounds/NNN/review/: what the reviewer kept (the round's training data) and removed
+KEPT, REJECTED, STATS = "kept.jsonl", "rejected.jsonl", "stats.json"
 CSV_COLUMNS = ("id", "judge_score", "domain", "language", "source", *EDITABLE)
 
 
@@ -35,7 +37,7 @@ def review_paths(rundir: RunDir, n: int) -> tuple[Path, Path]:
 
 def write_review_files(rundir: RunDir, n: int) -> tuple[Path, Path]:
     """Write the round's dedup-kept candidates for a person to edit (both formats, same rows)."""
-    records = read_examples(rundir.stage_dir(n, "dedup") / "kept.jsonl")
+    records = rundir.input_records(n, "review")
     jsonl, csv_path = review_paths(rundir, n)
     write_examples(jsonl, records)
     buf = io.StringIO()
@@ -136,7 +138,7 @@ def accept_review(rundir: RunDir, n: int, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if rundir.stage_done(n, "review"):
         raise SelfloopError(f"round {n} of {rundir.root} has already been reviewed")
-    candidates = {r["id"]: r for r in read_examples(rundir.stage_dir(n, "dedup") / "kept.jsonl")}
+    candidates = {r["id"]: r for r in rundir.input_records(n, "review")}
     kept, seen = [], set()
     for where, row in _read_edited(path):
         rid = str(row.get("id") or "").strip()
@@ -158,8 +160,8 @@ def accept_review(rundir: RunDir, n: int, path: str | Path) -> dict[str, Any]:
         "account": account("review", len(candidates), len(kept), {"removed": len(rejected)}),
     }
     with rundir.writing_stage(n, "review") as out:
-        write_examples(out / "kept.jsonl", kept)
-        write_examples(out / "rejected.jsonl", rejected)
-        write_json(out / "stats.json", stats)
+        write_examples(out / KEPT, kept)
+        write_examples(out / REJECTED, rejected)
+        write_json(out / STATS, stats)
     log.info("round %d review: %s", n, json.dumps(stats))
     return stats

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agent.atomic import atomic_write
 from agent.errors import SelfloopError
 from loop.faults import failpoint
 
@@ -98,9 +99,84 @@ class RunDir:
             atomic_write(self.config_path, text)
         return config_hash(self.config_path.read_text())
 
+    @property
+    def eval_cache(self) -> Path:
+        return self.root / "eval_cache"
+
     # ---------------------------------------------------------------- stages
+    # File names inside a round belong to the stage that writes them (loop.stages); these
+    # readers look them up there, so no caller spells another stage's file names.
     def stage_done(self, n: int, stage: str) -> bool:
-        return self.stage_dir(n, stage).is_dir()
+        """Whether `stage` of round `n` finished: its declared output exists (a directory, or
+        the adapter, or decision.json). The one definition of "done"."""
+        from loop.stages import get
+
+        return (self.round_dir(n) / get(stage).done_path).exists()
+
+    def stage_stats(self, n: int, stage: str) -> dict[str, Any] | None:
+        """The stage's stats.json, or None when it has not written one."""
+        from loop.stages import get
+        from loop.stages.base import STATS
+
+        path = self.round_dir(n) / get(stage).done_path / STATS
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def stage_records(self, n: int, stage: str) -> list[dict[str, Any]]:
+        """The records `stage` of round `n` passed on (its kept output)."""
+        from agent.data import read_examples
+        from loop.stages import get
+
+        s = get(stage)
+        if s.records is None:
+            raise SelfloopError(f"stage {stage} passes no records on")
+        return read_examples(self.round_dir(n) / s.done_path / s.records)
+
+    def input_stage(self, n: int, stage: str) -> str | None:
+        """The stage whose records `stage` takes (`loop.stages.input_of`)."""
+        from loop.stages import input_of
+
+        source = input_of(stage, lambda name: self.stage_done(n, name))
+        return None if source is None else source.name
+
+    def input_records(self, n: int, stage: str) -> list[dict[str, Any]]:
+        """What `stage` of round `n` takes in (see `input_stage`); tune's input is what the
+        round trains on."""
+        source = self.input_stage(n, stage)
+        if source is None:
+            raise SelfloopError(f"round {n}: no finished stage before {stage} to take records from")
+        return self.stage_records(n, source)
+
+    def accepted(self) -> list[dict[str, Any]]:
+        """Examples of every promoted round so far (the champion's training data)."""
+        out: list[dict[str, Any]] = []
+        for m in self.read_metrics():
+            if m.get("decision", {}).get("decision") == "promoted":
+                out += self.input_records(m["round"], "tune")
+        return out
+
+    def adapter_dir(self, n: int) -> Path:
+        from loop.stages.tune import ADAPTER
+
+        return self.round_dir(n) / ADAPTER
+
+    def decision_path(self, n: int) -> Path:
+        from loop.stages.gate import DECISION
+
+        return self.round_dir(n) / DECISION
+
+    def decision(self, n: int) -> dict[str, Any] | None:
+        path = self.decision_path(n)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def eval_results(self, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Round `n`'s (candidate, champion) eval results (eval.json, champion_eval.json)."""
+        from loop.stages.evaluate import CHAMPION_EVAL, EVAL
+
+        d = self.stage_dir(n, "evaluate")
+        return (
+            json.loads((d / EVAL).read_text(encoding="utf-8")),
+            json.loads((d / CHAMPION_EVAL).read_text(encoding="utf-8")),
+        )
 
     @contextmanager
     def writing_stage(self, n: int, stage: str) -> Iterator[Path]:
@@ -150,13 +226,6 @@ class RunDir:
 
 def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -8,17 +8,18 @@ a round that ended before training (nothing new kept) says which stages it skipp
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 from agent.data import read_jsonl
 from agent.errors import SelfloopError
+from loop import stages as pipeline
 from loop.accounting import round_account
 from loop.rundir import RunDir
+from loop.stages.base import STATS, fmt, one_line
+from loop.stages.evaluate import CHAMPION_EVAL, EVAL
+from loop.stages.tune import ADAPTER, TRAIN_METRICS
 
-STAGES = ["propose", "respond", "filter", "judge", "dedup", "review", "tune", "evaluate", "gate"]
-MARKS = {"tune": "adapter", "gate": "decision.json"}  # what shows a stage done; else its dir
 SPARKS = "▁▂▃▄▅▆▇█"
 PAIRWISE = (".win_rate", ".consistency_rate")
 
@@ -47,32 +48,12 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
 
 
-def one_line(text: Any, width: int = 60) -> str:
-    """`text` on one line (whitespace collapsed), cut to `width` characters with an ellipsis."""
-    s = " ".join(str(text if text is not None else "").split())
-    return s if len(s) <= width else s[: width - 1] + "…"
-
-
 def sparkline(values: list[float]) -> str:
     if not values:
         return ""
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
     return "".join(SPARKS[round((v - lo) / span * (len(SPARKS) - 1))] for v in values)
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def counts(d: dict[str, Any] | None) -> str:
-    """`reason n, reason n` for a reason -> count dict; `none` when empty."""
-    items = [(k, v) for k, v in (d or {}).items() if v]
-    return ", ".join(f"{k} {v}" for k, v in sorted(items, key=lambda kv: -kv[1])) or "none"
 
 
 def eval_rows(cand: dict[str, Any] | None, champ: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -131,129 +112,51 @@ def _eval_lines(cand: dict | None, champ: dict | None, slices: bool) -> list[str
     return lines
 
 
-def _funnel(rd: Path, review_on: bool) -> list[str]:
+def _funnel(rd: Path, raw_config: dict[str, Any]) -> list[str]:
+    """One line per stage that wrote stats (its `summary`), in pipeline order; an off stage
+    says so; the accounting check's problems last."""
     out = []
-    p = load_json(rd / "propose" / "stats.json")
-    if p is not None:
-        f = p.get("filter") or {}
-        out.append(
-            f"  propose   {p.get('proposals', 0)} proposals from {p.get('calls', 0)} calls, "
-            f"{f.get('kept', 0)} pass the instruction filters; "
-            f"rejected: {counts(f.get('counts'))}"
-        )
-    r = load_json(rd / "respond" / "stats.json")
-    if r is not None:
-        out.append(f"  respond   {r.get('responses', 0)} responses")
-    f = load_json(rd / "filter" / "stats.json")
-    if f is not None:
-        heur, safety = f.get("filters") or {}, f.get("safety") or {}
-        out.append(
-            f"  filter    {f.get('kept', 0)} of {heur.get('total', 0)} kept; filters: "
-            f"{counts(heur.get('counts'))}; safety: {counts(safety.get('counts'))}; "
-            f"failed_constraint {f.get('failed_constraint', 0)} "
-            f"({counts(f.get('failed_constraint_types'))})"
-        )
-    j = load_json(rd / "judge" / "stats.json")
-    if j is not None:
-        out.append(
-            f"  judge     {j.get('best', 0)} best-of-n, {j.get('kept', 0)} kept, "
-            f"dropped_low_score {j.get('dropped_low_score', 0)} "
-            f"(min_score {j.get('min_score')}, keep_top {j.get('keep_top')}), "
-            f"not_best {j.get('not_best', 0)}, unjudged {j.get('unjudged', 0)}"
-        )
-    d = load_json(rd / "dedup" / "stats.json")
-    if d is not None:
-        dd = d.get("dedup") or {}
-        out.append(
-            f"  dedup     {d.get('kept', 0)} kept; duplicates {dd.get('dropped', 0)} "
-            f"(pool {dd.get('dropped_vs_pool', 0)}, batch {dd.get('dropped_vs_batch', 0)}), "
-            f"already_in_pool {dd.get('already_in_pool', 0)}, "
-            f"contaminated {len(d.get('contaminated') or {})}, "
-            f"copies_seed {len(d.get('copies_seed') or {})}"
-        )
-    v = load_json(rd / "review" / "stats.json")
-    if v is not None:
-        out.append(
-            f"  review    accepted {v.get('accepted', 0)}, rejected {v.get('rejected', 0)}, "
-            f"edited {v.get('edited', 0)}"
-        )
-    elif not review_on:
-        out.append("  review    off (run.review: false)")
-    elif (rd / "review.jsonl").is_file():
-        out.append(f"  review    waiting: edit {rd / 'review.jsonl'} and accept it")
+    for stage in pipeline.PIPELINE:
+        stats = load_json(rd / stage.done_path / STATS)
+        if stats is not None:
+            if stage.summary is not None or stage.accounted:
+                out.append(f"  {stage.name:9} {stage.summarize(stats)}")
+        elif not stage.is_enabled(raw_config):
+            out.append(f"  {stage.name:9} off ({stage.switch}: false)")
+        elif stage.name == "review" and (rd / "review.jsonl").is_file():
+            out.append(f"  review    waiting: edit {rd / 'review.jsonl'} and accept it")
     out += [f"  ACCOUNT   {p}" for p in round_account(rd)["problems"]]
     return out
 
 
-def _judge_lines(rd: Path) -> list[str]:
-    j = load_json(rd / "judge" / "stats.json")
-    if j is None:
-        return []
-    s = j.get("scores") or {}
-    picked = [
-        r["judge_score"]
-        for name in ("judged.jsonl", "low_score.jsonl")
-        for r in load_jsonl(rd / "judge" / name)
-        if isinstance(r.get("judge_score"), (int, float))
-    ]
-    hist = " ".join(f"{k}:{v}" for k, v in (s.get("histogram") or {}).items())
-    lines = [
-        f"  {s.get('total', 0)} judgements, outcomes: {counts(s.get('outcomes'))}; "
-        f"mean {fmt(s.get('mean_score'), 2)}; histogram {hist or '-'}; "
-        f"parse failures {fmt(s.get('parse_failure_rate'), 2)}"
-    ]
-    if picked:
-        lines.append(
-            f"  best-of-n scores: min {min(picked):.2f}  median {statistics.median(picked):.2f}"
-            f"  max {max(picked):.2f}  (n={len(picked)})"
-        )
-    return lines
+def _judge_lines(stage_dir: Path) -> list[str]:
+    stats = load_json(stage_dir / STATS)
+    return [] if stats is None else pipeline.judge.details(stage_dir, stats)
 
 
 def _examples(rd: Path, k: int) -> list[str]:
     out = []
-    reviewed = rd / "review" / "kept.jsonl"
-    kept_path = reviewed if reviewed.is_file() else rd / "dedup" / "kept.jsonl"
-    kept = load_jsonl(kept_path)
-    if kept_path.is_file():
-        out.append(f"Kept examples ({min(k, len(kept))} of {len(kept)}, {kept_path.parent.name})")
+    # What the round trains on (tune's input), once it is decided.
+    source = pipeline.input_of("tune", lambda name: (rd / pipeline.get(name).done_path).exists())
+    if source is not None and (rd / source.done_path).is_dir():
+        kept_path = rd / source.done_path / source.records
+        kept = load_jsonl(kept_path)
+        out.append(f"Kept examples ({min(k, len(kept))} of {len(kept)}, {source.name})")
         for r in kept[:k]:
             out.append(
                 f"  {r.get('id')}  score {fmt(r.get('judge_score'), 2)}  "
                 f"{one_line(r.get('instruction'), 45)}  ->  {one_line(r.get('response'), 30)}"
             )
-    if kept_path.is_file() and not kept:
-        out.append("  none")
+        if not kept:
+            out.append("  none")
     # (kind, why, record): samples show one of each kind first, so a long list of one reason
     # does not hide the others.
-    rejected: list[tuple[str, str, dict]] = []
-    for r in load_jsonl(rd / "filter" / "rejected.jsonl"):
-        why = f"filter {r.get('filter_reason')}: {one_line(r.get('filter_detail'), 30)}"
-        rejected.append((f"filter:{r.get('filter_reason')}", why, r))
-    for r in load_jsonl(rd / "judge" / "low_score.jsonl"):
-        rejected.append(("judge", f"judge low score {fmt(r.get('judge_score'), 2)}", r))
-    for r in load_jsonl(rd / "judge" / "not_best.jsonl"):
-        rejected.append(
-            ("judge:not_best", f"beaten by a sibling, score {fmt(r.get('judge_score'), 2)}", r)
-        )
-    for r in load_jsonl(rd / "judge" / "unjudged.jsonl"):
-        rejected.append(("judge:unjudged", f"unjudged: {r.get('judge_outcome')}", r))
-    for r in load_jsonl(rd / "dedup" / "dropped.jsonl"):
-        if r.get("dedup_where") == "already_in_pool":
-            why = "already in the pool"
-        else:
-            why = f"dedup dup of {r.get('dedup_neighbour')} sim {fmt(r.get('dedup_similarity'), 3)}"
-        rejected.append(("dedup", why, r))
-    labels = {
-        "eval_prompt": ("contaminated", "near an eval prompt"),
-        "seed": ("copies_seed", "copies a seed"),
-    }
-    for r in load_jsonl(rd / "dedup" / "guarded.jsonl"):
-        key, label = labels[r["guard"]]
-        why = f"dedup {label} {r.get('guard_neighbour')} sim {fmt(r.get('guard_similarity'), 3)}"
-        rejected.append((key, why, r))
-    for r in load_jsonl(rd / "review" / "rejected.jsonl"):
-        rejected.append(("review", f"review {r.get('review', 'removed')}", r))
+    rejected = [
+        drop
+        for stage in pipeline.PIPELINE
+        if stage.drops is not None
+        for drop in stage.drops(rd / stage.done_path)
+    ]
     firsts: dict[str, int] = {}
     for i, (kind, _, _) in enumerate(rejected):
         firsts.setdefault(kind, i)
@@ -268,9 +171,9 @@ def _examples(rd: Path, k: int) -> list[str]:
 
 
 def _training(rd: Path) -> list[str]:
-    t = load_json(rd / "adapter" / "train_metrics.json")
+    t = load_json(rd / ADAPTER / TRAIN_METRICS)
     if t is None:
-        ckpts = sorted((rd / "adapter.checkpoints").glob("checkpoint-*"))
+        ckpts = sorted((rd / f"{ADAPTER}.checkpoints").glob("checkpoint-*"))
         return [f"  in progress: last checkpoint {ckpts[-1].name}"] if ckpts else []
     losses = [float(x[1]) for x in t.get("losses") or []]
     first = f"{losses[0]:.3f}" if losses else "-"
@@ -294,10 +197,11 @@ def render_round(run_dir: Path, n: int, *, samples: int = 3, slices: bool = Fals
         have = ", ".join(map(str, rounds)) or "none yet"
         raise SelfloopError(f"run {run_dir} has no round {n} (rounds: {have})")
     rd = run_dir / "rounds" / f"{n:03d}"
-    review_on = bool((run_config(run_dir).get("run") or {}).get("review"))
-    stages = [s for s in STAGES if s != "review" or review_on]
-    missing = [s for s in stages if not (rd / MARKS.get(s, s)).exists()]
-    decision = load_json(rd / "decision.json")
+    raw = run_config(run_dir)
+    missing = [
+        s.name for s in pipeline.PIPELINE if s.is_enabled(raw) and not (rd / s.done_path).exists()
+    ]
+    decision = load_json(rd / pipeline.gate.DECISION)
     if decision is None:
         # A stage being written right now lives in `.<stage>.tmp-PID` until its rename.
         writing = sorted(p.name.split(".")[1] for p in rd.glob(".*.tmp-*"))
@@ -307,9 +211,9 @@ def render_round(run_dir: Path, n: int, *, samples: int = 3, slices: bool = Fals
         skipped = f" (skipped: {', '.join(missing)})" if missing else ""
         state = f"finished: {decision.get('decision')}{skipped}"
     lines = [f"run {run_dir}  round {n}: {state}", "", "Funnel"]
-    lines += _funnel(rd, review_on) or ["  nothing yet"]
+    lines += _funnel(rd, raw) or ["  nothing yet"]
     for title, body in (
-        ("Judge scores", _judge_lines(rd)),
+        ("Judge scores", _judge_lines(rd / "judge")),
         (None, _examples(rd, samples)),
         ("Training", _training(rd)),
     ):
@@ -317,7 +221,7 @@ def render_round(run_dir: Path, n: int, *, samples: int = 3, slices: bool = Fals
             lines += ["", *([title] if title else []), *body]
     ev = rd / "evaluate"
     if ev.is_dir():
-        cand, champ = load_json(ev / "eval.json"), load_json(ev / "champion_eval.json")
+        cand, champ = load_json(ev / EVAL), load_json(ev / CHAMPION_EVAL)
         against = ((champ or {}).get("candidate") or {}).get("adapter", "base")
         lines += ["", f"Evaluation (candidate vs champion: {against})"]
         lines += _eval_lines(cand, champ, slices)

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from agent.data import write_jsonl
 from agent.models import bundled_gguf_path
 
 
@@ -112,3 +115,127 @@ def selfloop(
         text=True,
         timeout=timeout,
     )
+
+
+# ---------------------------------------------------------------- loop runs on the tiny model
+EXPERT = [
+    {
+        "instruction": "Name the largest planet in the solar system.",
+        "output": "Jupiter is the largest planet.",
+    },
+    {"instruction": "Give a synonym for the word quick.", "output": "Fast."},
+    {
+        "instruction": "What is the boiling point of water at sea level?",
+        "output": "100 degrees Celsius.",
+    },
+    {"instruction": "Translate the word cat into Spanish.", "output": "Gato."},
+    {
+        "instruction": "How many days are there in a leap year?",
+        "output": "A leap year has 366 days.",
+    },
+    {"instruction": "What colour do you get by mixing blue and yellow?", "output": "Green."},
+]
+
+
+# A paraphrase of the held-out helpfulness prompt help-005: must never be trained on.
+PLANTED = {
+    "instruction": "A train covers 180 km in 2.5 hours. What is its average speed?",
+    "output": "72 km/h.",
+}
+
+
+def seed_copy() -> dict:
+    """A bundled seed task as an expert example (one the heuristic filters let through)."""
+    from agent.seeds import load_seed_tasks
+    from judges.filters import FilterChain
+
+    chain = FilterChain()
+    for t in load_seed_tasks():
+        rec = {"id": t.id, "instruction": t.instruction, "response": t.output, "language": "en"}
+        short = len(t.output.split()) < 30  # the judge prompt must fit the tiny model's 512 tokens
+        if (
+            t.language == "en"
+            and not t.input
+            and not t.constraints
+            and short
+            and chain.check(rec) is None
+        ):
+            return {"instruction": t.instruction, "output": t.output}
+    raise AssertionError("no seed passes the filters")
+
+
+def write_config(tmp: Path, model_dir: Path, **run_extra) -> Path:
+    data = tmp / "expert.jsonl"
+    write_jsonl(data, [*EXPERT, seed_copy(), PLANTED])
+    cfg = {
+        "model": {"name": str(model_dir)},
+        "run": {
+            "max_rounds": 2,
+            "patience": 2,
+            "sources": ["import"],
+            "import_files": [str(data)],
+            "min_new_examples": 1,
+            **run_extra,
+        },
+        "respond": {"n": 1, "sampling": {"max_tokens": 8}},
+        "judge": {"min_score": 1.0, "keep_top": 1.0},
+        "tune": {"max_steps": 3, "batch_size": 2, "max_seq_len": 256, "save_steps": 1},
+        "eval": {"limit_per_suite": 2, "max_tokens": 8},
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def crash_config(tmp: Path, model_dir: Path) -> Path:
+    """Two rounds; round 1 is promoted (reference NLL, which a few steps on English data lower)
+    so the points after promotion are reached; round 2 has nothing new and is rejected."""
+    path = write_config(tmp, model_dir, max_rounds=2)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["tune"]["learning_rate"] = 5e-3  # a clear step down in NLL, not a coin toss on noise
+    cfg["gate"] = {
+        "primary": "helpfulness.reference_nll",
+        "margin": 0.0,
+        "require_ci": False,
+        "guards": [],
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---------------------------------------------------------------- tuning
+TOY = [
+    {
+        "id": f"t{i}",
+        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+    }
+    for i, (q, a) in enumerate(
+        [
+            ("Capital of France?", "Paris."),
+            ("Two plus two?", "Four."),
+            ("Colour of the sky?", "Blue."),
+            ("Opposite of hot?", "Cold."),
+            ("First letter of the alphabet?", "A."),
+            ("Largest planet?", "Jupiter."),
+        ]
+    )
+]
+
+
+def cfg(method: str, **kw: Any) -> Any:
+    """A TuneConfig that makes the toy set learnable by `method` in a few steps."""
+    from tuners import TuneConfig
+
+    lr = {"lora": 5e-3, "prefix": 1e-1, "full": 2e-3}[method]
+    base = dict(
+        method=method,
+        max_steps=16,
+        batch_size=3,
+        learning_rate=lr,
+        save_steps=100,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        lora_dropout=0.0,
+        max_seq_len=128,
+    )
+    return TuneConfig(**{**base, **kw})

@@ -8,12 +8,12 @@ never onto a quantized one (a QLoRA adapter merges into the float base it was tr
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from agent.atomic import atomic_dir
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, resolve
 
@@ -40,11 +40,9 @@ def merge_adapter(base: ModelSpec | str, adapter: str | Path, out_dir: str | Pat
         resolved.path, dtype=torch.float32, trust_remote_code=resolved.spec.trust_remote_code
     )
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    load_tokenizer(resolved).save_pretrained(tmp)
-    os.rename(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp)
+        load_tokenizer(resolved).save_pretrained(tmp)
     log.info("merged %s into %s -> %s", adapter, resolved.display_name, out_dir)
     return out_dir
 
@@ -54,9 +52,6 @@ def copy_artifact(src: str | Path, out_dir: str | Path) -> Path:
     src, out_dir = Path(src), Path(out_dir)
     if out_dir.exists():
         raise SelfloopError(f"{out_dir} already exists; refusing to overwrite it")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp)
-    os.rename(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
     return out_dir

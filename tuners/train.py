@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from agent.atomic import atomic_write
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from tuners.attention import use_for as use_packed_attention
@@ -216,9 +217,7 @@ def train(
             "directory to start over, or restore the original settings to resume"
         )
     # Every torchrun rank writes it: atomically, so no rank ever reads a half-written file.
-    tmp = fp_file.with_name(f"{fp_file.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=2))
-    os.replace(tmp, fp_file)
+    atomic_write(fp_file, json.dumps(fingerprint, indent=2))
     resume = _complete_checkpoints(ckpt_dir)
     resume_from = resume[-1] if resume else None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -121,6 +122,23 @@ class Generator(Protocol):
 
     def close(self) -> None:
         """Release the model (GPU memory, connections)."""
+        ...
+
+
+@runtime_checkable
+class AdapterHost(Protocol):
+    """A generator that loads PEFT adapters next to its base model and generates with any of
+    them by name (the transformers and vllm backends; an OpenAI endpoint cannot). Callers check
+    `isinstance(gen, AdapterHost)`, never attributes."""
+
+    def load_adapter(self, path: str | Path, name: str | None = None) -> str:
+        """Load the adapter directory `path` as `name` (default: its directory name)."""
+        ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def adapter_paths(self) -> dict[str, Path]:
+        """Loaded adapters: name -> adapter directory."""
         ...
 
 

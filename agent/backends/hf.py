@@ -81,6 +81,9 @@ class TransformersGenerator:
         log.info("loaded adapter %s from %s", name, path)
         return name
 
+    def adapter_paths(self) -> dict[str, Path]:
+        return dict(self.adapters)
+
     def unload_adapter(self, name: str) -> None:
         self._check_adapter(name)
         del self.adapters[name]

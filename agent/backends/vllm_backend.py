@@ -84,6 +84,7 @@ class VLLMGenerator:
             kwargs["max_model_len"] = max_model_len
         self.llm = LLM(**kwargs)
         self.adapters: dict[str, Any] = {}
+        self._lora_ids = 0  # vLLM caches adapters by id: an id is never reused
         for adapter_name, path in (adapters or {}).items():
             self.load_adapter(path, adapter_name)
 
@@ -99,8 +100,18 @@ class VLLMGenerator:
         if name in self.adapters:
             raise SelfloopError(f"an adapter named {name!r} is already loaded")
         # vLLM identifies adapters by a positive integer id; names are ours.
-        self.adapters[name] = LoRARequest(name, len(self.adapters) + 1, str(path.resolve()))
+        self._lora_ids += 1
+        self.adapters[name] = LoRARequest(name, self._lora_ids, str(path.resolve()))
         return name
+
+    def unload_adapter(self, name: str) -> None:
+        req = self.adapters.pop(name, None)
+        if req is None:
+            raise SelfloopError(f"no adapter named {name!r} is loaded")
+        self.llm.llm_engine.remove_lora(req.lora_int_id)
+
+    def adapter_paths(self) -> dict[str, Path]:
+        return {name: Path(req.lora_path) for name, req in self.adapters.items()}
 
     def _lora(self, adapter: str | None) -> Any:
         if adapter is None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.backends.base import Generator, SamplingParams, user
+from agent.backends.base import AdapterHost, Generator, SamplingParams, user
 from agent.errors import SelfloopError
 from judges.evals import load_suites
 from judges.evals import metrics as m
@@ -174,22 +174,23 @@ def _model(
 
     if spec is None or spec == "base":
         return _Model(role, None, "base", "base", cache("base"))
-    loaded = getattr(generator, "adapters", {})
+    host = generator if isinstance(generator, AdapterHost) else None
+    loaded = host.adapter_paths() if host is not None else {}
     path = Path(spec)
     if not path.is_dir():
-        if str(spec) in loaded and isinstance(loaded[str(spec)], Path):
+        if str(spec) in loaded:
             path = loaded[str(spec)]
         else:
             raise SelfloopError(f"{role} adapter {spec}: not an adapter directory")
     fp = adapter_fingerprint(path)
     name = f"eval-{fp[:12]}"
-    same = [k for k, v in loaded.items() if isinstance(v, Path) and v.resolve() == path.resolve()]
+    same = [k for k, v in loaded.items() if v.resolve() == path.resolve()]
     if same:
         name = same[0]
     elif name not in loaded:
-        if not hasattr(generator, "load_adapter"):
+        if host is None:
             raise SelfloopError(f"the {generator.name} backend cannot load adapter {path}")
-        generator.load_adapter(path, name)
+        host.load_adapter(path, name)
     return _Model(role, name, str(path), fp, cache(fp))
 
 

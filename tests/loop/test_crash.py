@@ -11,30 +11,13 @@ import signal
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.helpers import crash_config as _config
 from tests.helpers import selfloop
-from tests.loop.test_loop import write_config
 
 # Figures that depend on the machine or on how much a process did itself (a resumed training
 # process sees only the steps after its checkpoint): left out of the comparison.
 VOLATILE = {"seconds", "tokens_per_second", "peak_memory_mb", "tokens"}
-
-
-def _config(tmp: Path, model_dir: Path) -> Path:
-    """Two rounds; round 1 is promoted (reference NLL, which a few steps on English data lower)
-    so the points after promotion are reached; round 2 has nothing new and is rejected."""
-    path = write_config(tmp, model_dir, max_rounds=2)
-    cfg = yaml.safe_load(path.read_text())
-    cfg["tune"]["learning_rate"] = 5e-3  # a clear step down in NLL, not a coin toss on noise
-    cfg["gate"] = {
-        "primary": "helpfulness.reference_nll",
-        "margin": 0.0,
-        "require_ci": False,
-        "guards": [],
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _strip(x):  # noqa: ANN001, ANN202

@@ -13,78 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.data import read_jsonl, write_jsonl
+from agent.data import read_jsonl
 from loop.accounting import round_account
 from loop.config import load_config
 from loop.graph import resume, run
-
-EXPERT = [
-    {
-        "instruction": "Name the largest planet in the solar system.",
-        "output": "Jupiter is the largest planet.",
-    },
-    {"instruction": "Give a synonym for the word quick.", "output": "Fast."},
-    {
-        "instruction": "What is the boiling point of water at sea level?",
-        "output": "100 degrees Celsius.",
-    },
-    {"instruction": "Translate the word cat into Spanish.", "output": "Gato."},
-    {
-        "instruction": "How many days are there in a leap year?",
-        "output": "A leap year has 366 days.",
-    },
-    {"instruction": "What colour do you get by mixing blue and yellow?", "output": "Green."},
-]
-
-
-# A paraphrase of the held-out helpfulness prompt help-005: must never be trained on.
-PLANTED = {
-    "instruction": "A train covers 180 km in 2.5 hours. What is its average speed?",
-    "output": "72 km/h.",
-}
-
-
-def _seed_copy() -> dict:
-    """A bundled seed task as an expert example (one the heuristic filters let through)."""
-    from agent.seeds import load_seed_tasks
-    from judges.filters import FilterChain
-
-    chain = FilterChain()
-    for t in load_seed_tasks():
-        rec = {"id": t.id, "instruction": t.instruction, "response": t.output, "language": "en"}
-        short = len(t.output.split()) < 30  # the judge prompt must fit the tiny model's 512 tokens
-        if (
-            t.language == "en"
-            and not t.input
-            and not t.constraints
-            and short
-            and chain.check(rec) is None
-        ):
-            return {"instruction": t.instruction, "output": t.output}
-    raise AssertionError("no seed passes the filters")
-
-
-def write_config(tmp: Path, model_dir: Path, **run_extra) -> Path:
-    data = tmp / "expert.jsonl"
-    write_jsonl(data, [*EXPERT, _seed_copy(), PLANTED])
-    cfg = {
-        "model": {"name": str(model_dir)},
-        "run": {
-            "max_rounds": 2,
-            "patience": 2,
-            "sources": ["import"],
-            "import_files": [str(data)],
-            "min_new_examples": 1,
-            **run_extra,
-        },
-        "respond": {"n": 1, "sampling": {"max_tokens": 8}},
-        "judge": {"min_score": 1.0, "keep_top": 1.0},
-        "tune": {"max_steps": 3, "batch_size": 2, "max_seq_len": 256, "save_steps": 1},
-        "eval": {"limit_per_suite": 2, "max_tokens": 8},
-    }
-    path = tmp / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+from tests.helpers import EXPERT, PLANTED, seed_copy, write_config
 
 
 def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -105,7 +38,7 @@ def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> No
     copy_id = next(
         r["id"]
         for r in read_jsonl(r1 / "judge" / "judged.jsonl")
-        if r["instruction"] == _seed_copy()["instruction"]
+        if r["instruction"] == seed_copy()["instruction"]
     )
     assert list(stats["copies_seed"]) == [copy_id] and stats["copies_seed"][copy_id] > 0.99
     planted_id = next(

@@ -14,7 +14,7 @@ from loop.config import load_config
 from loop.graph import run
 from loop.metrics import MetricsConfig, check_available, scalars, sync
 from loop.rundir import RunDir
-from tests.loop.test_loop import write_config
+from tests.helpers import write_config
 
 
 def test_scalars_flattens_every_numeric_leaf() -> None:

@@ -13,8 +13,8 @@ import yaml
 from agent.data import read_jsonl
 from loop.config import load_config
 from loop.graph import run
+from tests.helpers import crash_config as _config
 from tests.helpers import selfloop
-from tests.loop.test_crash import _config
 from tuners.train import data_hash
 
 

@@ -16,8 +16,7 @@ from loop.config import load_config
 from loop.graph import run
 from loop.report import PLOTS, funnel_counts, write_report
 from loop.show import render_round
-from tests.helpers import selfloop
-from tests.loop.test_loop import EXPERT, PLANTED, _seed_copy, write_config
+from tests.helpers import EXPERT, PLANTED, seed_copy, selfloop, write_config
 
 # Beyond test_loop's data: one example the filters reject (a blacklisted keyword) and a
 # paraphrase of another, so the round has a filter rejection and a dedup drop to show.
@@ -30,7 +29,7 @@ EXTRA = [
 def make_run(tmp: Path, model_dir: Path) -> Path:
     """Run the loop (2 rounds) on the tiny model; round 1 learns from the imported data."""
     path = write_config(tmp, model_dir)
-    write_jsonl(tmp / "expert.jsonl", [*EXPERT, _seed_copy(), PLANTED, *EXTRA])
+    write_jsonl(tmp / "expert.jsonl", [*EXPERT, seed_copy(), PLANTED, *EXTRA])
     cfg = yaml.safe_load(path.read_text())
     cfg["judge"]["keep_top"] = 0.8  # the lowest-scored best-of-n answer goes to low_score
     path.write_text(yaml.safe_dump(cfg))

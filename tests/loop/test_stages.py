@@ -9,9 +9,11 @@ from agent.data import read_jsonl, write_examples
 from loop.accounting import round_account
 from loop.config import load_config
 from loop.context import Context
-from loop.nodes import proposal_filter, propose
 from loop.rundir import RunDir
-from loop.select import dedup_stage, filter_stage, judge
+from loop.stages import dedup, filter, judge, propose
+from loop.stages.propose import proposal_filter
+
+filter_stage, dedup_stage = filter.run, dedup.run
 
 ANSWER = "Jupiter is the largest planet of the solar system by mass and by volume."
 
@@ -87,7 +89,7 @@ def test_proposals_are_filtered_against_seeds_and_pool_with_the_rouge_rule(
     for known in (seed["instruction"], learned[0]["instruction"]):
         rejected = chain.check({"instruction": known}, instructions_only=True)
         assert rejected is not None and rejected.reason == "similar_to_pool", known
-    propose(ctx, {"round": 1})  # sources without proposals: an empty, accounted stage
+    propose.run(ctx, {"round": 1})  # sources without proposals: an empty, accounted stage
     acc = round_account(ctx.rundir.round_dir(1))["stages"]["propose"]
     assert acc == {"in": 0, "kept": 0, "dropped": {}}
 
@@ -139,7 +141,7 @@ def test_judge_accounts_for_every_candidate_and_uses_the_configured_judge_model(
         for k in range(3) for j in range(2)
     ]  # fmt: skip
     _write_stage(ctx, "filter", "filtered.jsonl", recs)
-    judge(ctx, {"round": 1})
+    judge.run(ctx, {"round": 1})
     assert ctx._judge is not None  # a second model, not the student, judged
     jd = ctx.rundir.stage_dir(1, "judge")
     stats = json.loads((jd / "stats.json").read_text())
@@ -196,3 +198,69 @@ def test_the_safety_rubric_runs_in_the_filter_stage_with_the_judge_model(
     assert stats["account"] == {"in": 1, "kept": 0, "dropped": {"unsafe_instruction": 1}}
     assert stats["safety"]["categories"] == {"llm_judge": 1}
     ctx.release()
+
+
+def test_augment_constrains_seed_tasks_reproducibly_and_passes_proposals_on(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from judges.augment import DEFAULT_HELD_OUT
+    from loop.stages import augment
+
+    proposal = _response("p1", "Describe a walk along a quiet beach at dawn.")
+    runs = []
+    for name in ("a", "b"):
+        ctx = _context(tmp_path / name, tiny_model_dir, "run.sources=[constraints]",
+                       "augment.tasks=12")  # fmt: skip
+        _write_stage(ctx, "propose", "kept.jsonl", [proposal])
+        augment.run(ctx, {"round": 1})
+        runs.append(read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl"))
+    tasks = runs[0]
+    assert runs[0] == runs[1]  # a re-run of the round draws the same tasks
+    assert tasks[0]["id"] == "p1" and len(tasks) == 13
+    made = tasks[1:]
+    assert len({t["id"] for t in made}) == 12
+    for t in made:
+        assert t["origin"] == "augment" and t["constraints"]
+        assert t["instruction"].startswith(t["base_instruction"])
+        assert not {c["type"] for c in t["constraints"]} & set(DEFAULT_HELD_OUT)
+    assert ctx.rundir.input_stage(1, "respond") == "augment"
+    stats = ctx.rundir.stage_stats(1, "augment")
+    assert stats["made"] == 12 and sum(stats["bases"].values()) == 12
+    # round 2 draws other constraints for the same bases
+    (ctx.rundir.round_dir(2) / "propose").mkdir(parents=True)
+    write_examples(ctx.rundir.stage_dir(2, "propose") / "kept.jsonl", [])
+    augment.run(ctx, {"round": 2})
+    again = read_jsonl(ctx.rundir.stage_dir(2, "augment") / "tasks.jsonl")
+    assert {t["instruction"] for t in again}.isdisjoint({t["instruction"] for t in made})
+
+
+def test_augment_passes_proposals_through_when_the_source_is_off(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from loop.stages import augment
+
+    ctx = _context(tmp_path, tiny_model_dir)
+    _write_stage(ctx, "propose", "kept.jsonl", [_response("p1", "Name a river in Spain.")])
+    augment.run(ctx, {"round": 1})
+    tasks = read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl")
+    assert [t["id"] for t in tasks] == ["p1"]
+
+
+def test_a_constrained_copy_of_a_seed_is_not_dropped_as_a_seed_copy(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from agent.seeds import load_seed_tasks
+
+    ctx = _context(tmp_path, tiny_model_dir)
+    seed = next(s for s in load_seed_tasks() if not s.constraints and not s.input)
+    text = f"{seed.instruction} Answer in at most 80 words."
+    recs = [
+        _response("copy", text, judge_score=3.0),
+        _response("aug", text + " ", judge_score=2.0, origin="augment"),
+    ]
+    recs[1]["instruction"] = f"{seed.instruction} Do not use any commas in your entire response."
+    _write_stage(ctx, "judge", "judged.jsonl", recs)
+    dedup_stage(ctx, {"round": 1})
+    stats = ctx.rundir.stage_stats(1, "dedup")
+    assert list(stats["copies_seed"]) == ["copy"]
+    assert [r["id"] for r in read_jsonl(ctx.rundir.stage_dir(1, "dedup") / "kept.jsonl")] == ["aug"]

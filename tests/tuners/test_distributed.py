@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from agent.data import write_jsonl
-from tests.tuners.test_train import TOY
+from tests.helpers import TOY
 from tuners import TuneConfig, train
 
 # Global batch 4 either way: 1 process x 4, or 2 processes x 2. No dropout, so no RNG differences.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tuners.test_train import TOY, cfg
+from tests.helpers import TOY, cfg
 from tuners import train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from agent.data import write_jsonl
-from tests.tuners.test_train import TOY
+from tests.helpers import TOY
 from tuners import TuneConfig, train
 from tuners.train import MARKER
 

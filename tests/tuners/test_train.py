@@ -11,24 +11,8 @@ import torch
 from transformers import TrainerCallback
 
 from agent.errors import SelfloopError
+from tests.helpers import TOY, cfg
 from tuners import TrainingAborted, TuneConfig, train
-
-TOY = [
-    {
-        "id": f"t{i}",
-        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-    }
-    for i, (q, a) in enumerate(
-        [
-            ("Capital of France?", "Paris."),
-            ("Two plus two?", "Four."),
-            ("Colour of the sky?", "Blue."),
-            ("Opposite of hot?", "Cold."),
-            ("First letter of the alphabet?", "A."),
-            ("Largest planet?", "Jupiter."),
-        ]
-    )
-]
 
 
 class Snapshot(TrainerCallback):
@@ -41,22 +25,6 @@ class Snapshot(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kw):
         after = dict(model.named_parameters())
         self.changed = {n for n, t in self.before.items() if not torch.equal(t, after[n].detach())}
-
-
-def cfg(method: str, **kw) -> TuneConfig:
-    lr = {"lora": 5e-3, "prefix": 1e-1, "full": 2e-3}[method]
-    base = dict(
-        method=method,
-        max_steps=16,
-        batch_size=3,
-        learning_rate=lr,
-        save_steps=100,
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        lora_dropout=0.0,
-        max_seq_len=128,
-    )
-    return TuneConfig(**{**base, **kw})
 
 
 def _mean(xs):

@@ -1,0 +1,54 @@
+"""Atomic writes: a file or a directory appears complete under its final name, or not at all.
+
+Everything selfloop writes that a killed process could leave half-written (run directory files,
+pool index, training fingerprints, exported artifacts) goes through here: the content is
+written to a temporary sibling (`.NAME.tmp-PID`, same filesystem, so the rename is atomic),
+flushed to disk, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def tmp_sibling(path: Path) -> Path:
+    """The temporary name `path` is written under before its rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` to `path` atomically (temporary sibling, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes `final` when the block succeeds (and is
+    removed when it fails). `final` must not exist: a directory is never renamed over another."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(final)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with this pid
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,255 @@
+"""Constraint augmentation: verifiable instruction-following tasks made without a teacher.
+
+A base task (a seed, an accepted example, a filtered proposal, an imported record) gets 1-3
+constraints from `judges.verifiable`'s registry, with randomized parameters, rendered into its
+instruction - the AutoIF / Tulu 3 way of making instruction-following data whose every answer a
+checker can grade. Only compatible sets are drawn (`conflicts`): never lowercase with uppercase,
+never two length limits, never a structure (bullets, paragraphs, sections, JSON) that a word
+limit leaves no room for. Constraint types are split into train types and held-out types
+(`AugmentConfig`), so evaluation can measure transfer to constraints never trained on.
+
+Everything is drawn from a `random.Random` seeded per task (config seed + task id), so a round
+re-run after a kill draws the same tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from judges.verifiable import CONSTRAINT_TYPES, render_all, validate_all
+
+# Types held out of training by default: one per family (format, content, start/end, case), so
+# the held-out slice asks for skills the training data never names.
+DEFAULT_HELD_OUT = ("title", "keyword_frequency", "postscript", "uppercase")
+# response_language is not drawn: the bundled 135M model writes little but English.
+NOT_DRAWN = ("response_language",)
+
+_STOP_TEXT = (
+    "a about above after again against all also am an and any are as at be because been before "
+    "being below between both but by can could did do does doing down during each few for from "
+    "further had has have having he her here hers herself him himself his how i if in into is it "
+    "its itself just me more most my myself no nor not now of off on once only or other our ours "
+    "out over own same she should so some such than that the their theirs them then there these "
+    "they this those through to too under until up very was we were what when where which while "
+    "who whom why will with would you your yours give write explain describe list name tell make "
+    "short brief please using used use one two three four five many much like well way"
+)
+_STOPWORDS = set(_STOP_TEXT.split())
+_FORBIDDEN = ("very", "really", "thing", "things", "good", "nice", "just", "actually", "basically")
+_STARTS = ("Sure.", "Here is my answer:", "Certainly.", "Good question.")  # no commas
+_ENDS = (
+    "Is there anything else I can help with?",
+    "Let me know if you have any other questions.",
+    "That is all.",
+    "I hope this helps.",
+)
+
+# At most one type of each group in a set: they contradict or crowd each other.
+GROUPS: tuple[tuple[str, ...], ...] = (
+    ("min_words", "max_words", "min_sentences", "max_sentences"),  # one length limit
+    ("lowercase", "uppercase"),
+    ("paragraph_count", "bullet_count", "sections", "json_format"),  # one layout
+    ("ends_with", "postscript"),  # one ending
+    ("quotation", "starts_with"),  # an opening quote mark hides the phrase's first letter
+)
+# JSON output leaves room for little else: only these may join it.
+JSON_FRIENDS = {"required_keywords", "forbidden_keywords", "keyword_frequency", "min_words",
+                "max_words", "lowercase"}  # fmt: skip
+# Pairs that cannot hold together (beyond the groups).
+CLASH: set[frozenset[str]] = {
+    frozenset(p)
+    for p in (
+        ("lowercase", "sections"),  # "SECTION 1" has capitals
+        ("lowercase", "postscript"),  # "P.S." has capitals
+        ("lowercase", "title"),  # checks pass, but a title in lowercase reads as a mistake
+        ("quotation", "bullet_count"),  # the opening quote hides the first bullet
+        ("quotation", "paragraph_count"),
+        ("quotation", "sections"),
+        ("quotation", "postscript"),  # the closing quote must end the text
+        ("quotation", "ends_with"),
+        ("title", "starts_with"),  # both want the first line
+        ("placeholders", "json_format"),
+        ("highlighted_sections", "json_format"),
+        # each adds a sentence of its own a tight sentence limit may not have room for
+        ("max_sentences", "starts_with"),
+        ("max_sentences", "ends_with"),
+        ("max_sentences", "postscript"),
+    )
+}
+
+
+class AugmentConfig(BaseModel):
+    """Constraint augmentation (the `augment:` config section; on with `run.sources` containing
+    `constraints`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: int = Field(48, ge=1, description="Constrained tasks made per round.")
+    min_constraints: int = Field(1, ge=1, le=3, description="Fewest constraints per task.")
+    max_constraints: int = Field(2, ge=1, le=3, description="Most constraints per task.")
+    held_out_types: tuple[str, ...] = Field(
+        DEFAULT_HELD_OUT,
+        description="Constraint types never attached to training tasks; the eval's held-out "
+        "slice measures transfer to them.",
+    )
+    train_types: tuple[str, ...] | None = Field(
+        None,
+        description="Constraint types drawn for training (None = every registered type that "
+        "is not held out and not response_language).",
+    )
+    seed: int = Field(0, description="Seed of the draws (with each base task's id).")
+
+    @field_validator("held_out_types", "train_types")
+    @classmethod
+    def _known(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for t in v or ():
+            if t not in CONSTRAINT_TYPES:
+                raise ValueError(
+                    f"unknown constraint type {t!r} (known: {', '.join(CONSTRAINT_TYPES)})"
+                )
+        return v
+
+    def drawn_types(self) -> tuple[str, ...]:
+        """The types training tasks may carry."""
+        base = self.train_types if self.train_types is not None else CONSTRAINT_TYPES
+        return tuple(t for t in base if t not in self.held_out_types and t not in NOT_DRAWN)
+
+
+def compatible(types: Sequence[str]) -> bool:
+    """Whether constraint types can all hold in one response (see GROUPS, JSON_FRIENDS, CLASH)."""
+    if len(set(types)) != len(types):
+        return False
+    if any(sum(t in g for t in types) > 1 for g in GROUPS):
+        return False
+    if "json_format" in types and not set(types) - {"json_format"} <= JSON_FRIENDS:
+        return False
+    return not any(frozenset((a, b)) in CLASH for i, a in enumerate(types) for b in types[i + 1 :])
+
+
+def content_words(text: str) -> list[str]:
+    """Words of `text` worth asking for as keywords: alphabetic, 4+ letters, not stopwords;
+    first occurrence order, lowercased."""
+    seen: dict[str, None] = {}
+    for w in re.findall(r"[A-Za-z]{4,}", text):
+        lw = w.lower()
+        if lw not in _STOPWORDS:
+            seen.setdefault(lw, None)
+    return list(seen)
+
+
+# Parameter draws per type: (rng, instruction) -> the constraint's parameters.
+Draw = Callable[[random.Random, str], dict[str, Any]]
+
+
+def _keyword(rng: random.Random, instruction: str) -> str:
+    words = content_words(instruction)
+    return rng.choice(words) if words else rng.choice(("example", "simple", "important"))
+
+
+_DRAWS: dict[str, Draw] = {
+    "min_words": lambda r, _: {"value": r.choice((40, 60, 80, 100))},
+    "max_words": lambda r, _: {"value": r.choice((30, 50, 80, 120))},
+    "min_sentences": lambda r, _: {"value": r.randint(3, 6)},
+    "max_sentences": lambda r, _: {"value": r.randint(2, 5)},
+    "paragraph_count": lambda r, _: {"value": r.randint(2, 4)},
+    "bullet_count": lambda r, _: {"value": r.randint(2, 5)},
+    "json_format": lambda r, _: {},
+    "required_keywords": lambda r, i: {"value": [_keyword(r, i)]},
+    "forbidden_keywords": lambda r, _: {"value": [r.choice(_FORBIDDEN)]},
+    "keyword_frequency": lambda r, i: {"keyword": _keyword(r, i), "value": r.randint(2, 3)},
+    "lowercase": lambda r, _: {},
+    "uppercase": lambda r, _: {},
+    "ends_with": lambda r, _: {"value": r.choice(_ENDS)},
+    "starts_with": lambda r, _: {"value": r.choice(_STARTS)},
+    "title": lambda r, _: {},
+    "highlighted_sections": lambda r, _: {"value": r.randint(1, 3)},
+    "sections": lambda r, _: {"value": r.randint(2, 3), "splitter": r.choice(("SECTION", "PART"))},
+    "placeholders": lambda r, _: {"value": r.randint(1, 3)},
+    "postscript": lambda r, _: {"value": r.choice(("P.S.", "P.P.S"))},
+    "no_commas": lambda r, _: {},
+    "quotation": lambda r, _: {},
+    "response_language": lambda r, _: {"value": "en"},
+}
+
+
+def _fits(constraints: list[dict[str, Any]]) -> bool:
+    """Room to obey: a word limit must leave ~15 words per bullet, paragraph or section; a
+    sentence limit must allow one sentence per bullet or section; no word asked for (a keyword,
+    a fixed opening or closing phrase) is forbidden."""
+    by = {c["type"]: c for c in constraints}
+    parts = max(
+        (by[t]["value"] for t in ("paragraph_count", "bullet_count", "sections") if t in by),
+        default=0,
+    )
+    if "max_words" in by and by["max_words"]["value"] < 15 * max(parts, 1):
+        return False
+    if "max_sentences" in by and by["max_sentences"]["value"] < parts:
+        return False
+    asked = set(by.get("required_keywords", {}).get("value", []))
+    if "keyword_frequency" in by:
+        asked.add(by["keyword_frequency"]["keyword"])
+    forbidden = set(by.get("forbidden_keywords", {}).get("value", []))
+    phrases = " ".join(by[t]["value"] for t in ("starts_with", "ends_with") if t in by).lower()
+    said = set(re.findall(r"[a-z]+", phrases))  # a fixed phrase must not hold a forbidden word
+    return not asked & forbidden and not said & forbidden
+
+
+def task_rng(seed: int, task_id: str) -> random.Random:
+    digest = hashlib.sha256(f"{seed}\0{task_id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def draw_constraints(
+    rng: random.Random, instruction: str, types: Sequence[str], k: int, tries: int = 200
+) -> list[dict[str, Any]]:
+    """`k` compatible constraints of `types` with drawn parameters (validated), or fewer when
+    the types cannot make `k` compatible ones (never an incompatible set)."""
+    types = list(types)
+    for want in range(min(k, len(types)), 0, -1):
+        for _ in range(tries):
+            chosen = rng.sample(types, want)
+            if not compatible(chosen):
+                continue
+            cons = validate_all([{"type": t, **_DRAWS[t](rng, instruction)} for t in chosen])
+            if _fits(cons):
+                return cons
+    return []
+
+
+def augment_task(
+    task: Mapping[str, Any],
+    config: AugmentConfig,
+    types: Sequence[str] | None = None,
+    salt: str = "",
+) -> dict[str, Any] | None:
+    """A constrained copy of `task` (needs `id` and `instruction`): constraints drawn from
+    `types` (default: the config's training types), rendered after the instruction; the copy's
+    id is derived from the task's and the draw. `salt` varies the draw (the loop passes the
+    round, so a base task gets new constraints each round). None when nothing compatible could
+    be drawn."""
+    rng = task_rng(config.seed, f"{task['id']}{salt}")
+    k = rng.randint(config.min_constraints, max(config.min_constraints, config.max_constraints))
+    base = str(task["instruction"]).strip()
+    cons = draw_constraints(rng, base, types or config.drawn_types(), k)
+    if not cons:
+        return None
+    instruction = f"{base} {render_all(cons)}"
+    digest = hashlib.sha256(instruction.encode()).hexdigest()[:12]
+    return {
+        "id": f"aug-{digest}",
+        "instruction": instruction,
+        "input": task.get("input") or "",
+        "constraints": cons,
+        "base_id": str(task["id"]),
+        "base_instruction": base,
+        "domain": task.get("domain") or "general",
+        "language": task.get("language") or "en",
+        "source": "self",  # the task is machine-made; `origin` says how
+        "origin": "augment",
+    }

@@ -1,0 +1,135 @@
+"""Rejection sampling with the verifier as the reward, and preference pairs in TRL's format.
+
+A round samples n answers per constrained prompt; each is checked strictly against every
+constraint of its prompt (`judges.verifiable`). `pass_rates` records, per prompt, how many of its
+samples passed - the prompts the model always passes or never passes are counted apart (a
+curriculum can make them harder or easier). `verifier_pairs` makes one preference pair per prompt
+that has both: chosen = a clean answer that passes every constraint, rejected = a clean answer
+that fails, the one closest in length to the chosen (a minimal difference: otherwise length is
+the easiest shortcut for a preference to learn).
+
+Pairs are written in TRL's conversational preference format, which trl's DPOTrainer, axolotl
+and LLaMA-Factory read: `{"prompt": [messages], "chosen": [assistant message], "rejected":
+[assistant message]}`, plus ids and scores; the LLM judge's best-vs-worst pairs use the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from judges.text import count_words
+from judges.verifiable import check
+
+Record = Mapping[str, Any]
+
+
+def prompt_messages(rec: Record) -> list[dict[str, str]]:
+    """The conversation a response answered: its messages without the final assistant turn."""
+    msgs = list(rec.get("messages") or [])
+    if msgs and msgs[-1].get("role") == "assistant":
+        msgs = msgs[:-1]
+    if not msgs:
+        text = str(rec.get("instruction", ""))
+        if rec.get("input"):
+            text = f"{text}\n\n{rec['input']}"
+        msgs = [{"role": "user", "content": text}]
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def trl_pair(chosen: Record, rejected: Record, **extra: Any) -> dict[str, Any]:
+    """One TRL-format preference pair of two answers to the same prompt."""
+    return {
+        "prompt": prompt_messages(chosen),
+        "chosen": [{"role": "assistant", "content": str(chosen["response"])}],
+        "rejected": [{"role": "assistant", "content": str(rejected["response"])}],
+        "prompt_id": str(chosen.get("instruction_id", chosen["id"])),
+        "chosen_id": str(chosen["id"]),
+        "rejected_id": str(rejected["id"]),
+        **extra,
+    }
+
+
+def _group(records: Iterable[Record]) -> dict[str, list[Record]]:
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[str(r.get("instruction_id", r["id"]))].append(r)
+    return groups
+
+
+def pass_rates(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Per constrained prompt: samples, how many passed every constraint (strict), the rate, and
+    per constraint type how many samples passed that constraint."""
+    out = []
+    for pid, recs in _group(r for r in records if r.get("constraints")).items():
+        by_type: Counter[str] = Counter()
+        passed = 0
+        for r in recs:
+            results = check(str(r.get("response", "")), r["constraints"], mode="strict")
+            by_type.update(x.type for x in results if x.passed)
+            passed += all(x.passed for x in results)
+        first = recs[0]
+        out.append(
+            {
+                "prompt_id": pid,
+                "instruction": first.get("instruction"),
+                "constraints": first["constraints"],
+                "samples": len(recs),
+                "passed": passed,
+                "pass_rate": passed / len(recs),
+                "type_passed": dict(by_type),
+            }
+        )
+    return out
+
+
+def summarize_pass_rates(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Totals for stats.json: prompts, samples, mean pass rate, always / never / mixed prompts,
+    best-of-n (share of prompts with at least one pass), and the pass rate per constraint type."""
+    if not rows:
+        return {"prompts": 0, "samples": 0}
+    type_pass: Counter[str] = Counter()
+    type_seen: Counter[str] = Counter()
+    for r in rows:
+        for c in r["constraints"]:
+            type_seen[c["type"]] += r["samples"]
+        type_pass.update(r["type_passed"])
+    n = len(rows)
+    return {
+        "prompts": n,
+        "samples": sum(r["samples"] for r in rows),
+        "mean_pass_rate": round(sum(r["pass_rate"] for r in rows) / n, 4),
+        "best_of_n": round(sum(r["passed"] > 0 for r in rows) / n, 4),
+        "always": sum(r["passed"] == r["samples"] for r in rows),
+        "never": sum(r["passed"] == 0 for r in rows),
+        "mixed": sum(0 < r["passed"] < r["samples"] for r in rows),
+        "type_pass_rate": {t: round(type_pass[t] / k, 4) for t, k in sorted(type_seen.items())},
+    }
+
+
+def verifier_pairs(
+    passing: Sequence[Record], failing: Sequence[Record], rates: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """One pair per prompt with a clean passing and a clean failing answer: the first passing
+    answer (the order the samples were drawn in) against the failing one closest to it in word
+    count (ties: the earlier sample)."""
+    fails = _group(failing)
+    pairs = []
+    for pid, good in _group(passing).items():
+        bad = fails.get(pid)
+        if not bad:
+            continue
+        chosen = good[0]
+        size = count_words(str(chosen["response"]))
+        rejected = min(bad, key=lambda r: abs(count_words(str(r["response"])) - size))
+        pairs.append(
+            trl_pair(
+                chosen,
+                rejected,
+                source="verifier",
+                pass_rate=rates.get(pid),
+                constraints=chosen.get("constraints") or [],
+            )
+        )
+    return pairs

@@ -1,0 +1,98 @@
+"""augment: constraint augmentation as a data source (with `run.sources` containing
+`constraints`). Base tasks - the seed tasks that carry no constraints, tasks already learned
+(the pool) and this round's filtered proposals - get 1-3 verifiable constraints each
+(`judges.augment`), so every answer to them can be checked. The stage passes the round's
+proposals on unchanged and adds the constrained tasks after them."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Any
+
+from agent.data import write_examples
+from loop.context import Context, LoopState
+from loop.rundir import write_json
+from loop.stages.base import STATS, Stage, counts
+
+log = logging.getLogger(__name__)
+
+TASKS = "tasks.jsonl"
+
+
+def run(ctx: Context, state: LoopState) -> dict:
+    from judges.augment import augment_task
+
+    n = state["round"]
+    if ctx.rundir.stage_done(n, "augment"):
+        return {}
+    proposals = ctx.rundir.input_records(n, "augment")
+    made: list[dict[str, Any]] = []
+    bases: Counter[str] = Counter()
+    if "constraints" in ctx.cfg.run.sources:
+        cfg = ctx.cfg.augment
+        pool = base_tasks(ctx, proposals)
+        # A fresh order each round, the same on a re-run of the round.
+        random.Random(f"{cfg.seed}/{n}").shuffle(pool)
+        seen: set[str] = set()
+        for kind, task in pool:
+            if len(made) >= cfg.tasks:
+                break
+            out = augment_task(task, cfg, salt=f"/r{n}")
+            if out is None or out["id"] in seen:
+                continue
+            seen.add(out["id"])
+            made.append({**out, "round": n, "stage": "augment"})
+            bases[kind] += 1
+    types = Counter(c["type"] for t in made for c in t["constraints"])
+    with ctx.rundir.writing_stage(n, "augment") as out:
+        write_examples(out / TASKS, [*proposals, *made])
+        write_json(
+            out / STATS,
+            {
+                "proposals": len(proposals),
+                "made": len(made),
+                "bases": dict(bases),
+                "constraint_types": dict(types),
+                "constraints_per_task": dict(Counter(len(t["constraints"]) for t in made)),
+            },
+        )
+    log.info("round %d augment: %d constrained tasks (%s)", n, len(made), counts(types))
+    return {}
+
+
+def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, task) candidates to constrain: seeds without constraints of their own, learned
+    tasks (by their unconstrained base instruction), this round's proposals."""
+    from agent.seeds import load_seed_tasks
+
+    out: list[tuple[str, dict[str, Any]]] = [
+        ("seed", {**s.model_dump(), "id": s.id})
+        for s in load_seed_tasks(ctx.cfg.run.seeds_file)
+        if not s.constraints and not s.input
+    ]
+    for r in ctx.rundir.accepted():
+        if not r.get("input"):
+            base = r.get("base_instruction") or r.get("instruction")
+            if base:
+                out.append(("pool", {**r, "id": r.get("base_id") or r["id"], "instruction": base}))
+    out += [("proposal", p) for p in proposals if not p.get("input") and not p.get("constraints")]
+    return out
+
+
+def summary(s: dict[str, Any]) -> str:
+    return (
+        f"{s.get('made', 0)} constrained tasks from {counts(s.get('bases'))}; "
+        f"types: {counts(s.get('constraint_types'))}"
+    )
+
+
+STAGE = Stage(
+    name="augment",
+    run=run,
+    writes=(TASKS, STATS),
+    reads=("propose", "run.seeds_file", "pool"),
+    records=TASKS,
+    summary=summary,
+)

@@ -1,0 +1,65 @@
+"""tune: train the round's adapter on what the round kept (warm-started from the champion), or
+on the whole accepted pool plus this round from the base model (`tune.warm_start: false`).
+Writes `rounds/NNN/adapter/` (PEFT format, with train_metrics.json); step checkpoints in
+`adapter.checkpoints/` let a killed run lose at most `tune.save_steps` steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from loop.context import Context, LoopState
+from loop.faults import tune_callbacks
+from loop.stages.base import Stage
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "adapter"
+TRAIN_METRICS = "train_metrics.json"
+_METRICS = ("steps", "final_loss", "tokens", "seconds", "tokens_per_second", "peak_memory_mb")
+
+
+def run(ctx: Context, state: LoopState) -> dict:
+    from tuners import train
+
+    n = state["round"]
+    if ctx.rundir.stage_done(n, "tune"):
+        return {}
+    kept = ctx.rundir.input_records(n, "tune")
+    champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
+    if ctx.cfg.tune.warm_start and champion is not None:
+        data, init = kept, champion
+    else:  # fresh: the whole accepted pool plus this round, from the base model
+        data, init = ctx.rundir.accepted() + kept, None
+    ctx.release()
+    result = train(
+        ctx.cfg.model,
+        data,
+        ctx.rundir.adapter_dir(n),
+        ctx.cfg.tune,
+        init_adapter=init,
+        round_index=n,
+        callbacks=tune_callbacks(n),
+    )
+    log.info("round %d tune: %d steps, final loss %.4f", n, result.steps, result.final_loss)
+    return {}
+
+
+def metrics(round_dir: Path) -> dict[str, Any]:
+    path = round_dir / ADAPTER / TRAIN_METRICS
+    if not path.is_file():
+        return {}
+    t = json.loads(path.read_text())
+    return {"tune": {**{k: t[k] for k in _METRICS}, "losses": t["losses"]}}
+
+
+STAGE = Stage(
+    name="tune",
+    run=run,
+    writes=(TRAIN_METRICS, "adapter_model.safetensors", "adapter_config.json"),
+    reads=("review | dedup", "champion"),
+    output=ADAPTER,
+    metrics=metrics,
+)

@@ -1,0 +1,151 @@
+"""Constraint augmentation: drawn sets are never contradictory (a response built to pass them
+does), held-out types never reach training tasks, draws are reproducible."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from judges.augment import (
+    CLASH,
+    DEFAULT_HELD_OUT,
+    AugmentConfig,
+    augment_task,
+    compatible,
+    content_words,
+    draw_constraints,
+)
+from judges.verifiable import CONSTRAINT_TYPES, check, render_all
+
+INSTRUCTIONS = [
+    "Describe how a bicycle gear system works.",
+    "Write a short note inviting neighbours to a garden party.",
+    "Explain why leaves change colour in autumn.",
+    "Give advice to someone starting their first job in finance.",
+    "Summarize the plot of a detective story you invent.",
+]
+_FILLER_TEXT = "the river runs past old stone bridges under grey morning light"
+FILLER = _FILLER_TEXT.split()
+
+
+def witness(constraints: list[dict[str, Any]]) -> str:
+    """A response built to satisfy `constraints` (any set `draw_constraints` may return)."""
+    by = {c["type"]: c for c in constraints}
+    keywords = list(by.get("required_keywords", {}).get("value", []))
+    if "keyword_frequency" in by:
+        keywords += [by["keyword_frequency"]["keyword"]] * by["keyword_frequency"]["value"]
+    n_words = by.get("min_words", {}).get("value", 0)
+    if "json_format" in by:
+        body = " ".join(keywords + FILLER[:4])
+        body += " filler" * max(0, n_words - len(body.split()) + 2)
+        text = json.dumps({"answer": body})
+        return text.lower() if "lowercase" in by else text
+    parts = max(
+        [by[t]["value"] for t in ("paragraph_count", "bullet_count", "sections") if t in by] + [1]
+    )
+    n_sent = max(parts, by.get("min_sentences", {}).get("value", 1))
+    sentences = [" ".join(FILLER[i % 5 : i % 5 + 4]) for i in range(n_sent)]
+    sentences[0] = " ".join([*keywords, sentences[0]])
+    extra = "".join(" [place]" for _ in range(by.get("placeholders", {}).get("value", 0)))
+    extra += "".join(" *marked*" for _ in range(by.get("highlighted_sections", {}).get("value", 0)))
+    sentences[0] += extra
+    total = sum(len(s.split()) for s in sentences)
+    if total < n_words:
+        sentences[-1] += " more" * (n_words - total + 5)
+    sentences = [s[0].upper() + s[1:] + "." for s in sentences]
+    units = [" ".join(sentences[i::parts]) for i in range(parts)]
+    if "bullet_count" in by:
+        mark = "-" if "highlighted_sections" in by else "*"  # a "* " would pair with a highlight
+        text = "\n".join(f"{mark} {u}" for u in units)
+    elif "sections" in by:
+        sp = by["sections"]["splitter"]
+        text = "\n\n".join(f"{sp} {i + 1}\n{u}" for i, u in enumerate(units))
+    else:
+        text = "\n\n".join(units)
+    if "title" in by:
+        text = f"<<A Title>>\n{text}"
+    if "starts_with" in by:
+        text = f"{by['starts_with']['value']}\n{text}"  # its own line: a bullet stays a bullet
+    if "ends_with" in by:
+        text = f"{text} {by['ends_with']['value']}"
+    if "postscript" in by:
+        text = f"{text}\n{by['postscript']['value']} one more note."  # in the last paragraph
+    if "quotation" in by:
+        text = f'"{text}"'
+    if "lowercase" in by:
+        text = text.lower()
+    if "uppercase" in by:
+        text = text.upper()
+    return text
+
+
+def test_every_drawn_set_is_satisfiable_and_checked_by_its_own_checkers() -> None:
+    types = [t for t in CONSTRAINT_TYPES if t != "response_language"]
+    seen: Counter[str] = Counter()
+    for seed in range(1500):
+        rng = random.Random(seed)
+        instruction = INSTRUCTIONS[seed % len(INSTRUCTIONS)]
+        cons = draw_constraints(rng, instruction, types, k=1 + seed % 3)
+        assert cons, seed
+        assert compatible([c["type"] for c in cons])
+        response = witness(cons)
+        failed = [r for r in check(response, cons, mode="strict") if not r.passed]
+        assert not failed, (seed, cons, response, [r.reason for r in failed])
+        for c in cons:  # each rendered instruction names its parameters
+            rendered = render_all([c])
+            for v in c.values():
+                if isinstance(v, int) and not isinstance(v, bool):
+                    assert str(v) in rendered, (c, rendered)
+        seen.update(c["type"] for c in cons)
+    assert set(seen) == set(types)  # every type is drawn, alone and in company
+
+
+def test_contradictions_are_never_compatible() -> None:
+    assert not compatible(["lowercase", "uppercase"])
+    assert not compatible(["max_words", "min_sentences"])
+    assert not compatible(["json_format", "bullet_count"])
+    assert not compatible(["json_format", "starts_with"])
+    assert not compatible(["max_words", "max_words"])
+    for pair in CLASH:
+        assert not compatible(sorted(pair))
+    assert compatible(["lowercase", "required_keywords", "max_words"])
+
+
+def test_a_tight_word_limit_never_comes_with_a_crowded_layout() -> None:
+    for seed in range(800):
+        cons = draw_constraints(random.Random(seed), INSTRUCTIONS[0], ["max_words", "bullet_count",
+                                "paragraph_count", "sections"], k=2)  # fmt: skip
+        by = {c["type"]: c for c in cons}
+        if "max_words" in by and len(by) == 2:
+            (other,) = [c for t, c in by.items() if t != "max_words"]
+            assert by["max_words"]["value"] >= 15 * other["value"]
+
+
+def test_held_out_types_never_reach_training_tasks_and_draws_are_reproducible() -> None:
+    cfg = AugmentConfig(min_constraints=1, max_constraints=3)
+    drawn: Counter[str] = Counter()
+    for k, text in enumerate(INSTRUCTIONS * 60):
+        task = {"id": f"t{k}", "instruction": text}
+        out = augment_task(task, cfg)
+        assert out is not None and out == augment_task(task, cfg)
+        assert out["instruction"].startswith(text) and out["base_id"] == f"t{k}"
+        assert 1 <= len(out["constraints"]) <= 3
+        drawn.update(c["type"] for c in out["constraints"])
+    assert not set(drawn) & set(DEFAULT_HELD_OUT)
+    assert set(drawn) == set(cfg.drawn_types())
+    other = augment_task(
+        {"id": "t0", "instruction": INSTRUCTIONS[0]}, cfg.model_copy(update={"seed": 1})
+    )
+    assert other != augment_task({"id": "t0", "instruction": INSTRUCTIONS[0]}, cfg)
+
+
+def test_keywords_come_from_the_task_and_unknown_types_are_refused() -> None:
+    assert content_words("Describe how a bicycle gear system works.") == [
+        "bicycle", "gear", "system", "works",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown constraint type 'shouting'"):
+        AugmentConfig(held_out_types=("shouting",))

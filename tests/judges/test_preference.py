@@ -1,0 +1,76 @@
+"""Rejection sampling's bookkeeping and TRL-format preference pairs (judges.preference)."""
+
+from __future__ import annotations
+
+from judges.preference import pass_rates, summarize_pass_rates, trl_pair, verifier_pairs
+from judges.verifiable import check_all
+
+LOWER = [{"type": "lowercase"}]
+SHORT = [{"type": "max_words", "value": 5}, {"type": "required_keywords", "value": ["moon"]}]
+
+
+def _sample(pid: str, k: int, response: str, constraints: list[dict]) -> dict:
+    return {
+        "id": f"{pid}-s{k}",
+        "instruction_id": pid,
+        "instruction": f"Question {pid}",
+        "response": response,
+        "constraints": constraints,
+        "messages": [
+            {"role": "user", "content": f"Question {pid}"},
+            {"role": "assistant", "content": response},
+        ],
+    }
+
+
+SAMPLES = [
+    _sample("a", 0, "the moon is bright.", LOWER),
+    _sample("a", 1, "The Moon is bright tonight, as it often is in winter.", LOWER),
+    _sample("a", 2, "The moon.", LOWER),
+    _sample("b", 0, "The moon rises.", SHORT),  # passes both
+    _sample("b", 1, "The sun rises.", SHORT),  # no keyword
+    _sample("b", 2, "The moon rises slowly over the quiet hills.", SHORT),  # too long
+    _sample("c", 0, "no caps here.", LOWER),
+    _sample("c", 1, "all lower.", LOWER),
+    _sample("d", 0, "No.", LOWER),
+]
+
+
+def test_pass_rates_count_every_sample_per_prompt_and_per_type() -> None:
+    rows = {r["prompt_id"]: r for r in pass_rates(SAMPLES)}
+    assert {k: (r["samples"], r["passed"]) for k, r in rows.items()} == {
+        "a": (3, 1), "b": (3, 1), "c": (2, 2), "d": (1, 0),
+    }  # fmt: skip
+    assert rows["b"]["type_passed"] == {"max_words": 2, "required_keywords": 2}
+    s = summarize_pass_rates(list(rows.values()))
+    assert (s["always"], s["never"], s["mixed"]) == (1, 1, 2)
+    assert s["best_of_n"] == 0.75 and s["samples"] == 9
+    assert s["type_pass_rate"]["lowercase"] == round(3 / 6, 4)
+    assert s["type_pass_rate"]["max_words"] == round(2 / 3, 4)
+    assert pass_rates([{**SAMPLES[0], "constraints": []}]) == []  # unconstrained: not counted
+
+
+def test_pairs_take_a_passing_chosen_and_the_closest_failing_rejected_of_the_same_prompt() -> None:
+    passing = [s for s in SAMPLES if check_all(s["response"], s["constraints"])]
+    failing = [s for s in SAMPLES if not check_all(s["response"], s["constraints"])]
+    rates = {r["prompt_id"]: r["pass_rate"] for r in pass_rates(SAMPLES)}
+    pairs = {p["prompt_id"]: p for p in verifier_pairs(passing, failing, rates)}
+    assert set(pairs) == {"a", "b"}  # c never fails, d never passes
+    # a: "The moon." (2 words) is closer to the 4-word chosen than the 11-word one
+    assert (pairs["a"]["chosen_id"], pairs["a"]["rejected_id"]) == ("a-s0", "a-s2")
+    assert (pairs["b"]["chosen_id"], pairs["b"]["rejected_id"]) == ("b-s0", "b-s1")
+    for p in pairs.values():
+        assert p["prompt"] == [{"role": "user", "content": f"Question {p['prompt_id']}"}]
+        chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
+        assert check_all(chosen, p["constraints"]) and not check_all(rejected, p["constraints"])
+        assert p["chosen"][0]["role"] == "assistant" and p["source"] == "verifier"
+    assert pairs["a"]["pass_rate"] == 1 / 3
+
+
+def test_a_trl_pair_loads_as_a_preference_dataset() -> None:
+    from datasets import Dataset
+
+    pair = trl_pair(SAMPLES[0], SAMPLES[1], source="judge", margin=1.5)
+    ds = Dataset.from_list([pair, pair])
+    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert ds[0]["chosen"][0]["content"] == "the moon is bright."
