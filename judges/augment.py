@@ -103,6 +103,11 @@ class AugmentConfig(BaseModel):
         description="Constraint types drawn for training (None = every registered type that "
         "is not held out and not response_language).",
     )
+    languages: tuple[str, ...] = Field(
+        ("en",),
+        description="Languages of the base tasks that get constraints (the constraints are "
+        "rendered in English).",
+    )
     seed: int = Field(0, description="Seed of the draws (with each base task's id).")
 
     @field_validator("held_out_types", "train_types")

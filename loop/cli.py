@@ -243,11 +243,18 @@ def tune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """One-off fine-tuning outside the loop; re-run the same command to resume after a kill."""
+    """One-off fine-tuning outside the loop; re-run the same command to resume after a kill.
+    With tune.objective dpo or rpo, --data holds TRL-format preference pairs."""
     from agent.data import read_jsonl
     from tuners import train
+    from tuners.preference import train_preference
 
     cfg = _config(config, set_, **{"model.name": model, "tune.method": method})
+    if cfg.tune.objective != "sft":
+        pairs = read_jsonl(data)
+        result = train_preference(cfg.model, pairs, out, cfg.tune, init_adapter=init_adapter)
+        typer.echo(json.dumps(result.to_dict()))
+        return
     examples = read_jsonl(data, require_messages=True)
     result = train(cfg.model, examples, out, cfg.tune, init_adapter=init_adapter)
     typer.echo(json.dumps(result.to_dict()))
@@ -442,7 +449,12 @@ def data_export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     out: Annotated[Path, typer.Option(help="Output file or directory.")],
     fmt: Annotated[
-        str, typer.Option("--format", help="messages | alpaca | sharegpt | hf | parquet.")
+        str,
+        typer.Option(
+            "--format",
+            help="messages | alpaca | sharegpt | hf | parquet | preference (TRL-format pairs: "
+            "prompt, chosen, rejected; for trl, axolotl, LLaMA-Factory).",
+        ),
     ] = "messages",
     round_: Annotated[
         int | None,
@@ -450,11 +462,15 @@ def data_export(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Export the examples a run accepted (every promoted round, or one round's kept set)."""
+    """Export the examples a run accepted (every promoted round, or one round's kept set), or
+    with --format preference the preference pairs of those rounds."""
     from agent.formats import export_records
     from loop.rundir import RunDir
 
     rd = RunDir(run_dir).require_run()
+    if fmt == "preference":
+        _export_pairs(rd, out, round_, overwrite)
+        return
     if round_ is not None and rd.decision(round_) is None and not rd.stage_done(round_, "tune"):
         raise SelfloopError(f"{run_dir}: round {round_} has not finished selecting its examples")
     records = rd.input_records(round_, "tune") if round_ is not None else rd.accepted()
@@ -464,6 +480,22 @@ def data_export(
     typer.echo(
         f"exported {result.written} examples to {out} ({fmt}); skipped {len(result.skipped)}"
     )
+
+
+def _export_pairs(rd: Any, out: Path, round_: int | None, overwrite: bool) -> None:
+    from agent.data import write_jsonl
+
+    rounds = [round_] if round_ is not None else rd.promoted_rounds()
+    pairs = [p for n in rounds for p in rd.round_pairs(n)]
+    if not pairs:
+        which = f"round {round_}" if round_ is not None else "its promoted rounds"
+        raise SelfloopError(f"{rd.root}: no preference pairs in {which}")
+    if out.is_dir():
+        raise SelfloopError(f"{out} is a directory; --format preference writes one JSONL file")
+    if out.exists() and not overwrite:
+        raise SelfloopError(f"{out} already exists; pass --overwrite to replace it")
+    write_jsonl(out, pairs)
+    typer.echo(f"exported {len(pairs)} preference pairs to {out} (TRL format)")
 
 
 @app.command("eval")

@@ -19,6 +19,7 @@ class LoopState(TypedDict, total=False):
     rejections: int  # rejected rounds in a row
     kept: int  # new examples kept by the current round
     decision: str | None  # "promoted" | "rejected" for the current round
+    trained: bool  # False when the round had nothing its objective trains on (no pairs)
     stop: str | None  # why the run ended
 
 

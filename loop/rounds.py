@@ -30,6 +30,8 @@ def reject(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if ctx.rundir.decision(n) is None:  # only when the round ended before the gate
         why = f"rejected: round {n} kept no new examples after filtering, judging and dedup"
+        if state.get("trained") is False:
+            why = f"rejected: round {n} had no preference pairs for tune.objective to train on"
         write_json(
             ctx.rundir.decision_path(n),
             {"decision": "rejected", "promote": False, "reasons": [why], "checks": []},
@@ -58,7 +60,7 @@ def next_round(ctx: Context, state: LoopState) -> dict:
     if stop:
         log.info("stopping: %s", stop)
         return {"stop": stop}
-    return {"round": n + 1, "kept": 0, "decision": None}
+    return {"round": n + 1, "kept": 0, "decision": None, "trained": True}
 
 
 def _target_reached(ctx: Context, n: int, state: LoopState) -> bool:

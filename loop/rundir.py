@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -146,13 +146,31 @@ class RunDir:
             raise SelfloopError(f"round {n}: no finished stage before {stage} to take records from")
         return self.stage_records(n, source)
 
+    def round_pairs(self, n: int, sources: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Round `n`'s preference pairs from every finished stage that writes pairs, in
+        pipeline order, keeping those whose `source` is in `sources` (None: all)."""
+        from agent.data import read_jsonl
+        from loop.stages import PIPELINE
+
+        out: list[dict[str, Any]] = []
+        for s in PIPELINE:
+            path = self.round_dir(n) / s.done_path / (s.pairs or "")
+            if s.pairs and path.is_file():
+                out += [
+                    p for p in read_jsonl(path) if sources is None or p.get("source") in sources
+                ]
+        return out
+
+    def promoted_rounds(self) -> list[int]:
+        return [
+            m["round"]
+            for m in self.read_metrics()
+            if m.get("decision", {}).get("decision") == "promoted"
+        ]
+
     def accepted(self) -> list[dict[str, Any]]:
         """Examples of every promoted round so far (the champion's training data)."""
-        out: list[dict[str, Any]] = []
-        for m in self.read_metrics():
-            if m.get("decision", {}).get("decision") == "promoted":
-                out += self.input_records(m["round"], "tune")
-        return out
+        return [r for n in self.promoted_rounds() for r in self.input_records(n, "tune")]
 
     def adapter_dir(self, n: int) -> Path:
         from loop.stages.tune import ADAPTER

@@ -82,6 +82,31 @@ class TuneConfig(BaseModel):
         "{cpu_offload: true, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}).",
     )
     # rounds
+    objective: Literal["sft", "dpo", "rpo"] = Field(
+        "sft",
+        description="sft: next-token loss on the kept answers; dpo: trl's DPO on preference "
+        "pairs (chosen vs rejected), the reference being the adapter it starts from (the "
+        "champion) or the base; rpo: DPO plus an NLL term on the chosen answer (rpo_alpha).",
+    )
+    pair_sources: list[Literal["verifier", "judge"]] = Field(
+        default_factory=lambda: ["verifier"],
+        description="Which of a round's preference pairs dpo / rpo train on: verifier (a clean "
+        "answer passing every constraint vs one failing, from the filter stage) and/or judge "
+        "(the judge's best vs worst of n; noise when a 135M model judges itself).",
+    )
+    dpo_beta: float = Field(
+        0.1, gt=0, description="DPO's beta: how far from the reference the policy may move."
+    )
+    rpo_alpha: float = Field(
+        1.0, gt=0, description="rpo: weight of the NLL term on the chosen answer."
+    )
+    replay: float = Field(
+        0.0,
+        ge=0,
+        description="In the loop, with warm_start and sft: earlier accepted examples mixed into "
+        "a round's training, as a share of the round's new examples (0.5 = one old per two "
+        "new), so what earlier rounds taught is not trained away (model collapse).",
+    )
     warm_start: bool = Field(
         True,
         description="Continue from the champion adapter (true) or train a fresh adapter from the "
@@ -105,6 +130,13 @@ class TuneConfig(BaseModel):
             )
         if self.fsdp_config and not self.fsdp:
             return "tune.fsdp_config is set but tune.fsdp is false"
+        if self.objective != "sft" and self.method not in ("lora", "qlora"):
+            return (
+                f"tune.objective={self.objective} trains a LoRA adapter against its starting "
+                f"point as the reference; use tune.method=lora or qlora (not {self.method})"
+            )
+        if self.objective != "sft" and self.fsdp:
+            return f"tune.objective={self.objective} does not support tune.fsdp"
         if self.fsdp and self.method == "qlora":
             return "tune.fsdp does not support tune.method=qlora; run qlora data-parallel instead"
         return None
@@ -112,4 +144,6 @@ class TuneConfig(BaseModel):
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
+        if self.objective != "sft":  # preference steps move far: DPO's usual LoRA rate
+            return 5e-5
         return {"lora": 2e-4, "qlora": 2e-4, "prefix": 1e-2, "full": 2e-5}[self.method]

@@ -197,8 +197,9 @@ class StepGuard(TrainerCallback):
             marker.write_text(json.dumps({"step": state.global_step}))
 
 
-class GuardedTrainer(Trainer):
-    """The Trainer, handing each micro-batch's loss to the `StepGuard` among its callbacks."""
+class GuardLoss:
+    """Mixed into a Trainer (or a trl trainer): hands each micro-batch's loss to the
+    `StepGuard` among its callbacks."""
 
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         loss = super().training_step(*args, **kwargs)
@@ -206,3 +207,7 @@ class GuardedTrainer(Trainer):
             if isinstance(cb, StepGuard):
                 cb.note_loss(loss)
         return loss
+
+
+class GuardedTrainer(GuardLoss, Trainer):
+    """The Trainer with the step guard."""

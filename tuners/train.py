@@ -66,6 +66,9 @@ class TrainResult:
     trainable_params: int = 0
     resumed_from_step: int | None = None
     data_sha256: str = ""
+    objective: str = "sft"
+    examples: int = 0  # training examples (sft) or pairs (dpo / rpo)
+    preference: dict[str, float] = field(default_factory=dict)  # dpo/rpo: last rewards, logps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +188,11 @@ def train(
     from tuners.memory import PeakMemory
 
     cfg = config or TuneConfig()
+    if cfg.objective != "sft":
+        raise SelfloopError(
+            f"tune.objective={cfg.objective} trains on preference pairs: "
+            "tuners.preference.train_preference"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise SelfloopError(f"{out_dir} already exists; refusing to overwrite a finished artifact")
@@ -297,6 +305,7 @@ def train(
         trainable_params=trainable,
         resumed_from_step=first_step or None,
         data_sha256=digest,
+        examples=len(data),
     )
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved.display_name, round_index)
     if trainer.is_world_process_zero():
@@ -384,7 +393,7 @@ def _model_card(cfg: TuneConfig, r: TrainResult, base: str, round_index: int | N
     return (
         f"# selfloop {what}\n\n"
         f"- base model: {base}\n"
-        f"- method: {cfg.method}\n"
+        f"- method: {cfg.method}, objective: {cfg.objective}\n"
         f"- round: {round_index if round_index is not None else 'n/a'}\n"
         f"- training data sha256: {r.data_sha256}\n"
         f"- steps: {r.steps}, final loss: {r.final_loss:.4f}, tokens: {r.tokens}\n"

@@ -30,6 +30,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     proposals = ctx.rundir.input_records(n, "augment")
     made: list[dict[str, Any]] = []
     bases: Counter[str] = Counter()
+    guarded: dict[str, dict[str, Any]] = {}
     if "constraints" in ctx.cfg.run.sources:
         cfg = ctx.cfg.augment
         pool = base_tasks(ctx, proposals)
@@ -39,12 +40,18 @@ def run(ctx: Context, state: LoopState) -> dict:
         for kind, task in pool:
             if len(made) >= cfg.tasks:
                 break
+            if (task.get("language") or "en") not in cfg.languages:
+                continue
             out = augment_task(task, cfg, salt=f"/r{n}")
             if out is None or out["id"] in seen:
                 continue
             seen.add(out["id"])
             made.append({**out, "round": n, "stage": "augment"})
             bases[kind] += 1
+        # Pairs and pass rates are made from these tasks before dedup's guard runs: a task near
+        # an eval prompt is dropped here, so no answer to it is ever trained on.
+        guarded = _near_eval(ctx, made)
+        made = [t for t in made if t["id"] not in guarded]
     types = Counter(c["type"] for t in made for c in t["constraints"])
     with ctx.rundir.writing_stage(n, "augment") as out:
         write_examples(out / TASKS, [*proposals, *made])
@@ -56,10 +63,23 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "bases": dict(bases),
                 "constraint_types": dict(types),
                 "constraints_per_task": dict(Counter(len(t["constraints"]) for t in made)),
+                "contaminated": {k: v["guard_neighbour"] for k, v in guarded.items()},
             },
         )
     log.info("round %d augment: %d constrained tasks (%s)", n, len(made), counts(types))
     return {}
+
+
+def _near_eval(ctx: Context, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    from judges.dedup import near
+    from loop.config import eval_suites
+
+    evals = [
+        (f"{name}/{r['id']}", r["prompt"])
+        for name, (_, suite) in eval_suites(ctx.cfg).items()
+        for r in suite
+    ]
+    return near(tasks, evals, ctx.pool().embedder, ctx.cfg.dedup)
 
 
 def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str, Any]]]:

@@ -9,6 +9,8 @@ A stage is a function `run(ctx, state) -> state update` plus facts about its fil
 - `records` names the file of records it passes on (its kept output); the next stage that takes
   records reads them with `RunDir.input_records`, the nearest earlier finished stage's records,
   so a new stage between two others needs no change to either;
+- `pairs` names the file of preference pairs it writes (judges.preference format); a
+  preference objective trains on the round's pairs of the configured sources;
 - `accounted` stages write an `account` (loop.accounting) into their stats.json; when their
   input stage is accounted too, the chain check requires `in` == what the input kept;
 - `switch` names the config key that turns an optional stage on (review: `run.review`);
@@ -46,6 +48,7 @@ class Stage:
     writes: tuple[str, ...] = ()  # file names inside its output directory
     reads: tuple[str, ...] = ()  # "stage/file" (or "stage" = its records) it reads, to document
     records: str | None = None  # the file of records it passes on
+    pairs: str | None = None  # the file of TRL-format preference pairs it writes, if any
     output: str | None = None  # what marks it done, relative to the round dir (default: name)
     accounted: bool = False  # writes an `account` into stats.json
     proceed: Callable[[LoopState], bool] | None = None  # False: the round ends rejected here

@@ -134,6 +134,7 @@ STAGE = Stage(
     writes=(KEPT, REJECTED, PASS_RATES, PAIRS, STATS),
     reads=("respond",),
     records=KEPT,
+    pairs=PAIRS,
     accounted=True,
     summary=summary,
     drops=drops,

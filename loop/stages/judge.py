@@ -132,6 +132,7 @@ STAGE = Stage(
     writes=(KEPT, LOW, NOT_BEST, UNJUDGED, PAIRS, STATS),
     reads=("filter",),
     records=KEPT,
+    pairs=PAIRS,
     accounted=True,
     summary=summary,
     drops=drops,

@@ -26,11 +26,13 @@ def run(ctx: Context, state: LoopState) -> dict:
 
     n = state["round"]
     if ctx.rundir.stage_done(n, "tune"):
-        return {}
+        return {"trained": True}
     kept = ctx.rundir.input_records(n, "tune")
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
+    if ctx.cfg.tune.objective != "sft":
+        return _preference(ctx, n, champion)
     if ctx.cfg.tune.warm_start and champion is not None:
-        data, init = kept, champion
+        data, init = kept + replayed(ctx, n, len(kept)), champion
     else:  # fresh: the whole accepted pool plus this round, from the base model
         data, init = ctx.rundir.accepted() + kept, None
     ctx.release()
@@ -47,12 +49,56 @@ def run(ctx: Context, state: LoopState) -> dict:
     return {}
 
 
+def replayed(ctx: Context, n: int, new: int) -> list[dict[str, Any]]:
+    """`tune.replay` x `new` earlier accepted examples, drawn the same way on a re-run."""
+    import random
+
+    k = round(ctx.cfg.tune.replay * new)
+    pool = ctx.rundir.accepted()
+    if k == 0 or not pool:
+        return []
+    picked = random.Random(f"replay/{ctx.cfg.tune.seed}/{n}").sample(pool, min(k, len(pool)))
+    log.info("round %d tune: %d new examples + %d replayed", n, new, len(picked))
+    return picked
+
+
+def _preference(ctx: Context, n: int, champion: Path | None) -> dict:
+    """dpo / rpo on this round's pairs; the reference is the champion (or the base)."""
+    from tuners.preference import train_preference
+
+    pairs = ctx.rundir.round_pairs(n, ctx.cfg.tune.pair_sources)
+    if not pairs:
+        log.info("round %d tune: no preference pairs from %s", n, ctx.cfg.tune.pair_sources)
+        return {"trained": False}
+    ctx.release()
+    result = train_preference(
+        ctx.cfg.model,
+        pairs,
+        ctx.rundir.adapter_dir(n),
+        ctx.cfg.tune,
+        init_adapter=champion,
+        round_index=n,
+        callbacks=tune_callbacks(n),
+    )
+    log.info(
+        "round %d tune (%s): %d pairs, %d steps, final loss %.4f, reward margin %s",
+        n,
+        ctx.cfg.tune.objective,
+        len(pairs),
+        result.steps,
+        result.final_loss,
+        result.preference.get("rewards/margins"),
+    )
+    return {"trained": True}
+
+
 def metrics(round_dir: Path) -> dict[str, Any]:
     path = round_dir / ADAPTER / TRAIN_METRICS
     if not path.is_file():
         return {}
     t = json.loads(path.read_text())
-    return {"tune": {**{k: t[k] for k in _METRICS}, "losses": t["losses"]}}
+    extra = {k: t[k] for k in ("objective", "examples", "preference") if k in t}
+    return {"tune": {**{k: t[k] for k in _METRICS}, **extra, "losses": t["losses"]}}
 
 
 STAGE = Stage(
@@ -61,5 +107,6 @@ STAGE = Stage(
     writes=(TRAIN_METRICS, "adapter_model.safetensors", "adapter_config.json"),
     reads=("review | dedup", "champion"),
     output=ADAPTER,
+    proceed=lambda s: s.get("trained", True),  # a preference round without pairs ends here
     metrics=metrics,
 )

@@ -192,3 +192,36 @@ def test_a_custom_eval_suite_is_evaluated_and_guarded(tiny_model_dir: Path, tmp_
     (tmp_path / "gone.yaml").write_text(path.read_text().replace(str(suite), "/no/suite.jsonl"))
     with pytest.raises(Exception, match=r"eval.custom\[0\].path: file not found"):
         load_config(tmp_path / "gone.yaml")
+
+
+def test_a_constraints_round_with_dpo_runs_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The recipe's path on the tiny model: constrained tasks, n samples, pass rates and pairs,
+    DPO when there are pairs (a clean rejection when there are none), every account adding up."""
+    path = write_config(tmp_path, tiny_model_dir, max_rounds=1, sources=["constraints"])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["augment"] = {"tasks": 6, "train_types": ["lowercase", "no_commas"]}
+    cfg["respond"] = {"n": 4, "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": 0}}
+    # The tiny model writes random tokens, cut off at 8: let them through the heuristics so the
+    # verifier sees them.
+    off = {"enabled": False}
+    cfg["filters"] = {k: off for k in ("language", "cut_off", "repetition", "letters")}
+    cfg["tune"].update({"objective": "dpo", "max_steps": 2})
+    path.write_text(yaml.safe_dump(cfg))
+    rd = tmp_path / "run"
+    state = run(load_config(path), rd)
+    r1 = rd / "rounds" / "001"
+    tasks = read_jsonl(r1 / "augment" / "tasks.jsonl")
+    assert len(tasks) == 6 and all(t["constraints"] for t in tasks)
+    assert len(read_jsonl(r1 / "respond" / "responses.jsonl")) == 24
+    stats = json.loads((r1 / "filter" / "stats.json").read_text())
+    assert stats["verifier"]["prompts"] == 6 and stats["verifier"]["samples"] == 24
+    pairs = read_jsonl(r1 / "filter" / "preference_pairs.jsonl")
+    assert len(pairs) == stats["verifier"]["pairs"]
+    assert round_account(r1)["problems"] == []
+    decision = json.loads((r1 / "decision.json").read_text())
+    if pairs:
+        trained = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
+        assert trained["objective"] == "dpo" and trained["examples"] == len(pairs)
+    else:
+        assert "no preference pairs" in decision["reasons"][0]
+    assert state["stop"]

@@ -264,3 +264,86 @@ def test_a_constrained_copy_of_a_seed_is_not_dropped_as_a_seed_copy(
     stats = ctx.rundir.stage_stats(1, "dedup")
     assert list(stats["copies_seed"]) == ["copy"]
     assert [r["id"] for r in read_jsonl(ctx.rundir.stage_dir(1, "dedup") / "kept.jsonl")] == ["aug"]
+
+
+def _pairs(k: int) -> list[dict]:
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Name planet {i}. Answer in lowercase."}],
+            "chosen": [{"role": "assistant", "content": f"planet {i} is mars."}],
+            "rejected": [{"role": "assistant", "content": f"Planet {i} is Mars."}],
+            "prompt_id": f"t{i}",
+            "source": "verifier" if i % 2 == 0 else "judge",
+        }
+        for i in range(k)
+    ]
+
+
+def test_a_preference_round_trains_dpo_on_the_rounds_verifier_pairs(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from agent.data import write_jsonl
+    from loop.rounds import reject
+    from loop.stages import tune
+
+    ctx = _context(tmp_path, tiny_model_dir, "tune.objective=dpo", "tune.max_steps=2",
+                   "tune.batch_size=2", "tune.max_seq_len=128")  # fmt: skip
+    _write_stage(ctx, "dedup", "kept.jsonl", [_response("a", "Name a planet.")])
+    assert tune.run(ctx, {"round": 1}) == {"trained": False}  # no pairs: nothing to train
+    assert not ctx.rundir.stage_done(1, "tune")
+    update = reject(ctx, {"round": 1, "trained": False})
+    assert "no preference pairs" in ctx.rundir.decision(1)["reasons"][0] and update["rejections"]
+
+    write_jsonl(ctx.rundir.stage_dir(1, "filter") / "preference_pairs.jsonl", _pairs(6))
+    assert len(ctx.rundir.round_pairs(1, ["verifier"])) == 3
+    assert tune.run(ctx, {"round": 1}) == {"trained": True}
+    trained = json.loads((ctx.rundir.adapter_dir(1) / "train_metrics.json").read_text())
+    assert trained["objective"] == "dpo" and trained["examples"] == 3 and trained["steps"] == 2
+    assert tune.metrics(ctx.rundir.round_dir(1))["tune"]["objective"] == "dpo"
+
+
+def test_preference_pairs_export_for_trl_and_train_a_step(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from datasets import load_dataset
+
+    from agent.data import write_jsonl
+    from tests.helpers import selfloop
+    from tuners import TuneConfig
+    from tuners.preference import train_preference
+
+    ctx = _context(tmp_path, tiny_model_dir)
+    ctx.rundir.config_path.write_text("model: {}\n")
+    (ctx.rundir.stage_dir(1, "filter")).mkdir(parents=True)
+    write_jsonl(ctx.rundir.stage_dir(1, "filter") / "preference_pairs.jsonl", _pairs(4))
+    out = tmp_path / "pairs.jsonl"
+    res = selfloop("data", "export", str(ctx.rundir.root), "--format", "preference",
+                   "--round", "1", "--out", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    ds = load_dataset("json", data_files=str(out), split="train")
+    assert ds.num_rows == 4 and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    again = selfloop("data", "export", str(ctx.rundir.root), "--format", "preference",
+                     "--round", "1", "--out", str(out))  # fmt: skip
+    assert again.returncode == 1 and "already exists" in again.stderr
+    cfg = TuneConfig(objective="dpo", max_steps=1, batch_size=2, max_seq_len=128)
+    r = train_preference(str(tiny_model_dir), list(ds), tmp_path / "adapter", cfg)
+    assert r.steps == 1 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_replay_mixes_a_share_of_earlier_accepted_examples_reproducibly(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from loop.stages.tune import replayed
+
+    ctx = _context(tmp_path, tiny_model_dir, "tune.replay=0.5")
+    old = [_response(f"old{i}", f"Old question {i}?") for i in range(10)]
+    (ctx.rundir.round_dir(1) / "dedup").mkdir(parents=True)
+    write_examples(ctx.rundir.stage_dir(1, "dedup") / "kept.jsonl", old)
+    ctx.rundir.append_metrics({"round": 1, "decision": {"decision": "promoted"}})
+    ctx.rundir.append_metrics({"round": 2, "decision": {"decision": "rejected"}})
+    first = replayed(ctx, 3, new=6)
+    assert len(first) == 3 and {r["id"] for r in first} <= {r["id"] for r in old}
+    assert [r["id"] for r in replayed(ctx, 3, new=6)] == [r["id"] for r in first]
+    assert len(replayed(ctx, 3, new=100)) == 10  # never more than the pool holds
+    off = _context(tmp_path / "off", tiny_model_dir)
+    assert replayed(off, 3, new=6) == []

@@ -1,0 +1,253 @@
+"""Preference training: `train_preference(base, pairs, out_dir, config)` with trl's DPOTrainer.
+
+`tune.objective: dpo` is DPO (Rafailov et al.) on chosen/rejected pairs; `rpo` adds an NLL term
+on the chosen answer (trl's `loss_type=["sigmoid", "sft"]`, weighted `[1, rpo_alpha]`), which
+keeps the chosen answers likely instead of only pushing the rejected ones down. The loss is
+trl's, not selfloop's; selfloop keeps around it what `tuners.train` keeps around SFT:
+
+- the reference is the adapter training starts from (the champion, which trl copies into a
+  frozen "ref" adapter) or, for a fresh adapter, the base model (adapters disabled);
+- the same guards (settings, finite loss and gradients every step, finite weights at the end),
+  the same resumable checkpoints (`<out_dir>.checkpoints/`, complete-marker, fingerprint of
+  settings + data) and the same artifact: `out_dir` appears whole, with the PEFT adapter (the
+  trained one only), `train_metrics.json` (with the final reward margin and accuracy) and a card.
+
+Pairs are TRL's conversational format (`judges.preference.trl_pair`): `prompt` a list of chat
+messages, `chosen` / `rejected` one assistant message each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agent.atomic import atomic_write
+from agent.errors import SelfloopError
+from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
+from tuners.config import TuneConfig
+from tuners.train import (
+    TrainResult,
+    _ckpt_arg,
+    _complete_checkpoints,
+    _context_of,
+    _fingerprint,
+    _load_model,
+    _save_artifact,
+    _this_device,
+)
+
+log = logging.getLogger(__name__)
+
+# DPO's logged figures kept in train_metrics.json (their last logged value).
+PREFERENCE_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def check_pairs(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs as trl reads them (prompt, chosen, rejected); one-line error naming the pair."""
+    if not pairs:
+        raise SelfloopError("no preference pairs to train on")
+    out = []
+    for k, p in enumerate(pairs, 1):
+        where = f"pair {k}" + (f" ({p.get('prompt_id')})" if isinstance(p, Mapping) else "")
+        if not isinstance(p, Mapping):
+            raise SelfloopError(f"{where}: expected an object with prompt, chosen and rejected")
+        prompt = p.get("prompt")
+        if (
+            not isinstance(prompt, list)
+            or not prompt
+            or not all(isinstance(m, Mapping) and isinstance(m.get("content"), str) for m in prompt)
+            or prompt[-1].get("role") != "user"
+        ):
+            raise SelfloopError(
+                f"{where}: prompt must be a list of chat messages ending with the user's"
+            )
+        answers = []
+        for side in ("chosen", "rejected"):
+            msgs = p.get(side)
+            if (
+                not isinstance(msgs, list)
+                or len(msgs) != 1
+                or msgs[0].get("role") != "assistant"
+                or not str(msgs[0].get("content", "")).strip()
+            ):
+                raise SelfloopError(f"{where}: {side} must be one non-empty assistant message")
+            answers.append(msgs[0]["content"])
+        if answers[0] == answers[1]:
+            raise SelfloopError(f"{where}: chosen and rejected are the same answer")
+        out.append({"prompt": list(prompt), "chosen": p["chosen"], "rejected": p["rejected"]})
+    return out
+
+
+def pairs_hash(pairs: Sequence[Mapping[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p["prompt"], p["chosen"], p["rejected"]], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def train_preference(
+    base: ModelSpec | str,
+    pairs: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    config: TuneConfig,
+    *,
+    init_adapter: str | Path | None = None,
+    round_index: int | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """DPO / RPO on `pairs`; writes the adapter to `out_dir` (see the module docstring).
+    Re-running with the same arguments after a kill resumes from the last complete checkpoint."""
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel, TaskType
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from tuners.guards import GuardLoss, StepGuard, check_finite_weights, check_settings
+    from tuners.memory import PeakMemory
+
+    cfg = config
+    if cfg.objective == "sft":
+        raise SelfloopError("train_preference needs tune.objective dpo or rpo (sft: tuners.train)")
+    if problem := cfg.conflict():
+        raise SelfloopError(problem)
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise SelfloopError(f"{out_dir} already exists; refusing to overwrite a finished artifact")
+    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    init = Path(init_adapter) if init_adapter else None
+
+    rows = check_pairs(pairs)  # everything that can refuse comes before the first write
+    resolved = resolve(base)
+    device = pick_device(resolved.spec)
+    settings = check_settings(cfg, device, init)
+    tokenizer = load_tokenizer(resolved)
+    if cfg.max_seq_len > _context_of(resolved):
+        raise SelfloopError(f"tune.max_seq_len {cfg.max_seq_len} exceeds the model's context")
+    digest = pairs_hash(rows)
+
+    fingerprint = _fingerprint(str(resolved.path), cfg, digest, str(init) if init else None)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    fp_file = ckpt_dir / "selfloop-train-args.json"
+    if fp_file.is_file() and json.loads(fp_file.read_text()) != fingerprint:
+        raise SelfloopError(
+            f"checkpoints in {ckpt_dir} were made with other settings or pairs; delete that "
+            "directory to start over, or restore the original settings to resume"
+        )
+    atomic_write(fp_file, json.dumps(fingerprint, indent=2))
+    resume = _complete_checkpoints(ckpt_dir)
+    resume_from = resume[-1] if resume else None
+    loss_type, weights = (
+        (["sigmoid"], [1.0])
+        if cfg.objective == "dpo"
+        else (["sigmoid", "sft"], [1.0, cfg.rpo_alpha])
+    )
+
+    class GuardedDPOTrainer(GuardLoss, DPOTrainer):
+        pass
+
+    with PeakMemory(_this_device(device)) as memory:
+        torch.manual_seed(cfg.seed)
+        model = _load_model(resolved, cfg, settings.grad_ckpt, packing=False)
+        model.config.use_cache = False
+        peft_config = None
+        if init is not None:  # trl copies it into a frozen "ref" adapter: the reference
+            model = PeftModel.from_pretrained(model, init, is_trainable=True)
+        else:
+            peft_config = LoraConfig(
+                task_type=TaskType.CAUSAL_LM,
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.target_modules,
+            )
+        guard = StepGuard(cfg.abort_grad_norm)
+        args = DPOConfig(
+            output_dir=str(ckpt_dir),
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.lr(),
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=0,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.logging_steps,
+            logging_nan_inf_filter=False,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            bf16=settings.bf16,
+            **{_ckpt_arg(): settings.grad_ckpt and cfg.method != "qlora"},
+            use_cpu=not device.startswith("cuda"),
+            report_to="none",
+            dataloader_num_workers=0,
+            disable_tqdm=not os.isatty(2),
+            beta=cfg.dpo_beta,
+            loss_type=loss_type,
+            loss_weights=weights,
+            max_length=cfg.max_seq_len,
+            dataset_num_proc=None,
+        )
+        trainer = GuardedDPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[guard, *callbacks],
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        started = time.monotonic()
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        seconds = time.monotonic() - started
+    history = trainer.state.log_history
+    curve = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e] or guard.history
+    last = {k: v for e in history for k, v in e.items() if k in PREFERENCE_METRICS}
+    check_finite_weights(trainer.model, args.device)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(unwrapped, "peft_config", {}):
+        unwrapped.delete_adapter("ref")  # the artifact is the trained adapter, not its reference
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+    result = TrainResult(
+        out_dir=str(out_dir),
+        method=cfg.method,
+        steps=trainer.state.global_step,
+        final_loss=curve[-1][1] if curve else float(out.training_loss),
+        losses=curve,
+        tokens=tokens,
+        seconds=seconds,
+        tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+        peak_memory_mb=memory.peak_mb,
+        peak_memory_kind=memory.kind,
+        trainable_params=trainable,
+        resumed_from_step=first_step or None,
+        data_sha256=digest,
+        objective=cfg.objective,
+        preference={k: round(float(v), 6) for k, v in last.items()},
+        examples=len(rows),
+    )
+    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved.display_name, round_index)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result
