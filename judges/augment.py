@@ -205,6 +205,19 @@ def _fits(constraints: list[dict[str, Any]]) -> bool:
     return not asked & forbidden and not said & forbidden
 
 
+def _same_case(constraints: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A fixed opening or closing phrase in the case the answer must be written in: "the exact
+    phrase 'That is all.'" beside "only lowercase letters" would contradict itself in words."""
+    types = {c["type"] for c in constraints}
+    case = str.lower if "lowercase" in types else str.upper if "uppercase" in types else None
+    if case is None:
+        return constraints
+    return [
+        {**c, "value": case(c["value"])} if c["type"] in ("starts_with", "ends_with") else c
+        for c in constraints
+    ]
+
+
 def task_rng(seed: int, task_id: str) -> random.Random:
     digest = hashlib.sha256(f"{seed}\0{task_id}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
@@ -223,7 +236,7 @@ def draw_constraints(
                 continue
             cons = validate_all([{"type": t, **_DRAWS[t](rng, instruction)} for t in chosen])
             if _fits(cons):
-                return cons
+                return _same_case(cons)
     return []
 
 

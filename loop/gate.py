@@ -210,7 +210,7 @@ def _primary(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> dict[str,
         return {**check, "passed": False, "text": text}
     sign = 1.0 if _higher(name) else -1.0
     gain = sign * (stat["value"] - base["value"])
-    ci, method = _gain_interval(cand, champ or {}, name, stat, base, sign, cfg)
+    ci, method, diffs = _gain_interval(cand, champ or {}, name, stat, base, sign, cfg)
     check.update(
         candidate=stat["value"],
         champion=base["value"],
@@ -220,6 +220,8 @@ def _primary(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> dict[str,
         ci=ci,
         ci_method=method,
     )
+    if diffs:
+        check["min_detectable_improvement"] = detectable(diffs, cfg.margin)
     if cfg.require_ci and ci is None:
         return {**check, "passed": False, "text": f"{label}: no interval for the improvement"}
     tested = ci[0] if cfg.require_ci else gain
@@ -230,12 +232,31 @@ def _primary(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> dict[str,
         f"{label} {_f(stat['value'])} vs champion {_f(base['value'])}, improvement {shown} "
         f"({method}), {where} margin {_f(cfg.margin)}"
     )
+    if diffs:
+        text += (
+            f"; {len(diffs)} prompts detect an improvement of "
+            f"{check['min_detectable_improvement']:+.3g} or more (80% power)"
+        )
     return {**check, "passed": passed, "text": text}
+
+
+def detectable(
+    diffs: list[float], margin: float, z_alpha: float = 1.96, z_power: float = 0.84
+) -> float:
+    """The smallest true improvement a paired comparison over these prompts would show clear of
+    `margin` 80% of the time: margin + (z_0.975 + z_0.8) x the standard error of the mean paired
+    difference. With no disagreement at all between the two models, the standard error of one
+    discordant prompt out of n stands in (a difference of 0 everywhere measures nothing)."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    se = max(math.sqrt(var / n), 1 / n)
+    return round(margin + (z_alpha + z_power) * se, 4)
 
 
 def _gain_interval(
     cand: Mapping, champ: Mapping, name: str, stat: dict, base: dict, sign: float, cfg: GateConfig
-) -> tuple[list[float] | None, str]:
+) -> tuple[list[float] | None, str, list[float] | None]:
     if name.partition(".")[2] in PER_PROMPT_MEAN:
         a, b = _scores(cand, name), _scores(champ, name)
         common = sorted(set(a) & set(b))
@@ -243,12 +264,12 @@ def _gain_interval(
             diffs = [sign * (a[k] - b[k]) for k in common]
             ci = bootstrap_interval(diffs, resamples=cfg.resamples, seed=cfg.seed)
             if ci:
-                return [ci[0], ci[1]], f"paired bootstrap over {len(common)} prompts"
+                return [ci[0], ci[1]], f"paired bootstrap over {len(common)} prompts", diffs
     if stat.get("ci") and base.get("ci"):
         half = math.hypot((stat["ci"][1] - stat["ci"][0]) / 2, (base["ci"][1] - base["ci"][0]) / 2)
         gain = sign * (stat["value"] - base["value"])
-        return [gain - half, gain + half], "intervals combined"
-    return None, "none"
+        return [gain - half, gain + half], "intervals combined", None
+    return None, "none", None
 
 
 def _regression(name: str, cand: float, champ: float, tol: float, where: str) -> dict[str, Any]:

@@ -208,8 +208,14 @@ def ifeval_metrics(
     seed: int = 0,
 ) -> dict[str, Sliced]:
     """Prompt-level (every constraint passed) and instruction-level (share of constraints)
-    accuracy, strict and loose. Rows carry `strict` and `loose` lists of per-constraint flags."""
+    accuracy, strict and loose. Rows carry `strict` and `loose` lists of per-constraint flags,
+    and may carry `types` (the constraint type of each flag) and `constraint_set` ("held_out"
+    when a constraint type is held out of training, else "trained"): then the prompt-level
+    metrics are also sliced by `constraint_set`, and the instruction-level ones by
+    `constraint_type` (each type's pass rate over the prompts that carry it)."""
     keys = tuple(keys)
+    if any("constraint_set" in r for r in rows):
+        keys = (*keys, "constraint_set")
     out: dict[str, Sliced] = {}
     for mode in ("strict", "loose"):
         out[f"prompt_{mode}"] = sliced(rows, lambda rs, m=mode: rate([all(r[m]) for r in rs]), keys)
@@ -223,6 +229,12 @@ def ifeval_metrics(
             ),
             keys,
         )
+        types = sorted({t for r in rows for t in r.get("types") or ()})
+        if types:
+            out[f"instruction_{mode}"]["slices"]["constraint_type"] = {
+                t: rate([f for r in rows for ty, f in zip(r["types"], r[mode]) if ty == t])
+                for t in types
+            }
     return out
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from agent.backends.base import AdapterHost, Generator, SamplingParams, user
 from agent.errors import SelfloopError
+from judges.augment import DEFAULT_HELD_OUT
 from judges.evals import load_suites
 from judges.evals import metrics as m
 from judges.llm_judge import LLMJudge
@@ -291,7 +292,12 @@ def _reference_logprobs(
 
 
 def _own_metrics(
-    kind: str, records: list[dict[str, Any]], texts: list[str], items: list[dict], boot: dict
+    kind: str,
+    records: list[dict[str, Any]],
+    texts: list[str],
+    items: list[dict],
+    boot: dict,
+    held_out: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The suite's own metric over answered prompts; per-prompt scores go into `items`."""
     rows = []
@@ -300,6 +306,9 @@ def _own_metrics(
         s = item["scores"]
         if kind == "verifiable":
             row.update(m.score_ifeval(text, rec["constraints"]))
+            row["types"] = [c["type"] for c in rec["constraints"]]
+            held = any(t in held_out for t in row["types"])
+            row["constraint_set"] = "held_out" if held else "trained"
             for mode in ("strict", "loose"):
                 s[f"prompt_{mode}"] = float(all(row[mode]))
                 s[f"instruction_{mode}"] = round(sum(row[mode]) / len(row[mode]), 6)
@@ -341,9 +350,11 @@ def evaluate(
     reference_nll: bool = True,
     resamples: int = m.RESAMPLES,
     seed: int = 0,
+    held_out_types: Sequence[str] = DEFAULT_HELD_OUT,
 ) -> dict[str, Any]:
     """Evaluate the candidate (`adapter`) on `suites` (bundled names, or `load_suites` output;
     default: every bundled suite). See the module docstring for the models, judge and cache.
+    `held_out_types`: constraint types never trained on; verifiable suites are sliced by them.
 
     Everything but the `run` section (generation/cache counts) is a function of the inputs: two
     runs give equal dicts. A prompt whose generation failed is listed with its error and left out
@@ -397,6 +408,7 @@ def evaluate(
                 [resp[i]["text"] for i in ok],
                 [items[i] for i in ok],
                 boot,
+                held_out_types,
             ),
             "skipped": {},
         }

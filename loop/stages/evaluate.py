@@ -33,6 +33,7 @@ def run(ctx: Context, state: LoopState) -> dict:
         "cache_dir": ctx.rundir.eval_cache,
         "max_tokens": ctx.cfg.eval.max_tokens,
         "limit_per_suite": ctx.cfg.eval.limit_per_suite,
+        "held_out_types": ctx.cfg.augment.held_out_types,
     }
     t0 = time.monotonic()
     suites = eval_suites(ctx.cfg)
@@ -65,13 +66,25 @@ def metrics(round_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    return {
+    suites = data.get("suites", {})
+    out: dict[str, Any] = {
         "eval": {
             f"{s}.{m}": v.get("overall", {}).get("value")
-            for s, suite in data.get("suites", {}).items()
+            for s, suite in suites.items()
             for m, v in suite.get("metrics", {}).items()
         }
     }
+    # Verifiable suites: the held-out vs trained constraint sets, and each type's pass rate.
+    for s, suite in suites.items():
+        for m, v in suite.get("metrics", {}).items():
+            for part, stat in (v.get("slices", {}).get("constraint_set") or {}).items():
+                out["eval"][f"{s}.{m}.{part}"] = stat.get("value")
+        types = (suite.get("metrics", {}).get("instruction_loose", {}).get("slices") or {}).get(
+            "constraint_type"
+        )
+        for t, stat in (types or {}).items():
+            out.setdefault("eval_constraint_types", {})[f"{s}.{t}"] = stat.get("value")
+    return out
 
 
 STAGE = Stage(

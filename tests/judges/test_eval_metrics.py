@@ -184,3 +184,26 @@ def test_empty_slices_and_metrics_are_explicit() -> None:
     assert m.rate([])["value"] is None and m.mean([])["ci"] is None
     assert math.isclose(m.ratio([1.0], [4.0])["value"], 0.25)
     assert m.ratio([], [])["value"] is None
+
+
+def test_ifeval_metrics_slice_held_out_sets_and_each_constraint_type() -> None:
+    rows = [
+        {"strict": [True, False], "loose": [True, True], "types": ["title", "max_words"],
+         "constraint_set": "held_out", "domain": "a", "language": "en"},
+        {"strict": [True], "loose": [True], "types": ["max_words"],
+         "constraint_set": "trained", "domain": "a", "language": "en"},
+        {"strict": [False], "loose": [False], "types": ["lowercase"],
+         "constraint_set": "trained", "domain": "b", "language": "en"},
+    ]  # fmt: skip
+    out = m.ifeval_metrics(rows, resamples=200)
+    sets = out["prompt_strict"]["slices"]["constraint_set"]
+    assert (sets["held_out"]["value"], sets["held_out"]["n"]) == (0.0, 1)
+    assert (sets["trained"]["value"], sets["trained"]["n"]) == (0.5, 2)
+    types = out["instruction_strict"]["slices"]["constraint_type"]
+    assert {t: (s["value"], s["n"]) for t, s in types.items()} == {
+        "lowercase": (0.0, 1), "max_words": (0.5, 2), "title": (1.0, 1),
+    }  # fmt: skip
+    assert out["instruction_loose"]["slices"]["constraint_type"]["max_words"]["value"] == 1.0
+    plain = m.ifeval_metrics([{k: v for k, v in r.items() if k not in ("types", "constraint_set")}
+                              for r in rows], resamples=200)  # fmt: skip
+    assert "constraint_set" not in plain["prompt_strict"]["slices"]

@@ -79,9 +79,13 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
     for name, suite in first["suites"].items():
         assert set(suite["metrics"]) == EXPECTED[name], name
         assert suite["n"] == LIMIT and suite["errors"] == 0 and len(suite["items"]) == LIMIT
-        for metric in suite["metrics"].values():
+        for metric_name, metric in suite["metrics"].items():
             _check_stat(metric["overall"])
             keys = {"category", "language"} if name == "safety" else {"domain", "language"}
+            if name == "ifeval":  # held-out vs trained constraint sets; per-type pass rates
+                keys |= {"constraint_set"}
+                if metric_name.startswith("instruction_"):
+                    keys |= {"constraint_type"}
             assert set(metric["slices"]) == keys or metric["overall"]["n"] == 0
             for by_value in metric["slices"].values():
                 for stat in by_value.values():

@@ -215,3 +215,20 @@ def test_config_is_strict() -> None:
         GateConfig(primary="win_rate")
     with pytest.raises(ValidationError, match="suite.metric"):
         Guard(metric="safety.refusals")
+
+
+def test_a_paired_decision_states_the_smallest_gain_its_prompts_could_detect() -> None:
+    from loop.gate import detectable
+
+    cfg = GateConfig(primary="ifeval.prompt_loose", guards=[])
+    d = decide(_eval(ifeval=set(range(60))), CHAMPION, cfg)  # 20 prompts flip from fail to pass
+    mde = d.checks[0]["min_detectable_improvement"]
+    # 100 paired differences, 20 of them 1: sd 0.402, se 0.0402 -> 0.02 + 2.8 x 0.0402
+    assert mde == pytest.approx(0.02 + 2.8 * 0.0402, abs=1e-3)
+    assert f"100 prompts detect an improvement of {mde:+.3g} or more" in d.reasons[0]
+    # four times the prompts resolve about half the difference
+    assert detectable([1.0] * 80 + [0.0] * 320, 0.0) == pytest.approx(
+        detectable([1.0] * 20 + [0.0] * 80, 0.0) / 2, rel=0.02
+    )
+    # no disagreement at all measures nothing: one discordant prompt in n stands in
+    assert detectable([0.0] * 24, 0.02) == pytest.approx(0.02 + 2.8 / 24, abs=1e-4)

@@ -347,3 +347,37 @@ def test_replay_mixes_a_share_of_earlier_accepted_examples_reproducibly(
     assert len(replayed(ctx, 3, new=100)) == 10  # never more than the pool holds
     off = _context(tmp_path / "off", tiny_model_dir)
     assert replayed(off, 3, new=6) == []
+
+
+def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) -> None:
+    from loop.stages import evaluate
+
+    stat = {"value": 0.5, "n": 2, "ci": [0.1, 0.9]}
+    ev = {
+        "suites": {
+            "ifeval": {
+                "metrics": {
+                    "prompt_loose": {
+                        "overall": stat,
+                        "slices": {
+                            "constraint_set": {
+                                "held_out": {**stat, "value": 0.25},
+                                "trained": {**stat, "value": 0.75},
+                            }
+                        },
+                    },  # fmt: skip
+                    "instruction_loose": {
+                        "overall": stat,
+                        "slices": {"constraint_type": {"title": {**stat, "value": 0.1}}},
+                    },
+                }
+            }
+        }
+    }
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "evaluate" / "eval.json").write_text(json.dumps(ev))
+    rec = evaluate.metrics(tmp_path)
+    assert rec["eval"]["ifeval.prompt_loose"] == 0.5
+    assert rec["eval"]["ifeval.prompt_loose.held_out"] == 0.25
+    assert rec["eval"]["ifeval.prompt_loose.trained"] == 0.75
+    assert rec["eval_constraint_types"] == {"ifeval.title": 0.1}
