@@ -143,7 +143,17 @@ class EvalConfig(BaseModel):
         description="Evaluate on N prompts per suite, spread over its slices; null = every prompt "
         "(~520; right on a GPU, about an hour per model on 2 CPU cores).",
     )
+    suite_limits: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="Per-suite override of limit_per_suite (null = every prompt), e.g. "
+        "{ifeval: null}: the gate's primary suite needs all its prompts to resolve a few points.",
+    )
     max_tokens: int = Field(160, ge=8, description="Longest evaluation answer (greedy).")
+
+    def limits(self) -> dict[str, int | None]:
+        """Prompts to evaluate per suite name (None = all)."""
+        names = [*self.suites, *(c.name for c in self.custom)]
+        return {n: self.suite_limits.get(n, self.limit_per_suite) for n in names}
 
 
 class SelfloopConfig(BaseModel):
@@ -248,6 +258,11 @@ def load_config(
         except SelfloopError as e:
             raise ConfigError(f"{source}: eval.custom: {e}") from None
     evaluated = [*cfg.eval.suites, *(c.name for c in cfg.eval.custom)]
+    for name, limit in cfg.eval.suite_limits.items():
+        if name not in evaluated:
+            raise ConfigError(f"{source}: eval.suite_limits: {name!r} is not an evaluated suite")
+        if limit is not None and limit < 1:
+            raise ConfigError(f"{source}: eval.suite_limits.{name}: must be >= 1 or null")
     if cfg.gate.primary.partition(".")[0] not in evaluated:
         raise ConfigError(
             f"{source}: gate.primary: {cfg.gate.primary} is on a suite that is not evaluated "

@@ -20,6 +20,7 @@ the healthy ones waiting forever in the next collective for the one that raised.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from agent.errors import SelfloopError
+from tuners.common import MARKER, TrainingAborted
 from tuners.config import TuneConfig
-from tuners.train import MARKER, TrainingAborted, log
+
+log = logging.getLogger("tuners.train")  # the training run's progress, one logger
 
 
 @dataclass(frozen=True)

@@ -36,17 +36,13 @@ from agent.atomic import atomic_write
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from tuners.attention import use_for as use_packed_attention
+from tuners.common import MARKER
 from tuners.config import TuneConfig
 from tuners.data import Collator, packed_loss, tokenize_dataset
 
 log = logging.getLogger(__name__)
 
-MARKER = "selfloop-complete"
 METRICS = "train_metrics.json"
-
-
-class TrainingAborted(SelfloopError):
-    """Training hit a non-finite loss or an exploding gradient."""
 
 
 @dataclass

@@ -23,8 +23,9 @@ promoted candidate's outputs are already there when it becomes the champion: per
 new candidate is generated. The champion's own eval (for the gate's comparisons) is
 `evaluate(generator, suites, adapter=champion_dir)`, which then costs no generation.
 
-`limit_per_suite` evaluates a deterministic subset (spread over domains / languages / refuse vs
-comply) for tests and quick CPU runs. Progress goes to `logging`.
+`limit_per_suite` (one number, or one per suite name) evaluates a deterministic subset (spread
+over domains / languages / refuse vs comply) for tests and quick CPU runs. Progress goes to
+`logging`.
 """
 
 from __future__ import annotations
@@ -345,7 +346,7 @@ def evaluate(
     judge: LLMJudge | None = None,
     cache_dir: str | Path | None = None,
     max_tokens: int = 256,
-    limit_per_suite: int | None = None,
+    limit_per_suite: int | Mapping[str, int | None] | None = None,
     pairwise_suites: Sequence[str] | None = None,
     reference_nll: bool = True,
     resamples: int = m.RESAMPLES,
@@ -360,8 +361,10 @@ def evaluate(
     runs give equal dicts. A prompt whose generation failed is listed with its error and left out
     of every metric (and counted in the suite's `errors`).
     """
-    if limit_per_suite is not None and limit_per_suite < 1:
-        raise SelfloopError(f"limit_per_suite must be >= 1, got {limit_per_suite}")
+    limits = limit_per_suite if isinstance(limit_per_suite, Mapping) else {}
+    for value in [*limits.values(), *([] if limits else [limit_per_suite])]:
+        if value is not None and value < 1:
+            raise SelfloopError(f"limit_per_suite must be >= 1, got {value}")
     loaded = _load(suites)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     settings = _sha(params.model_dump(mode="json"))[:16]
@@ -385,7 +388,8 @@ def evaluate(
 
     out_suites: dict[str, Any] = {}
     for name, (kind, all_records) in loaded.items():
-        records = subset(all_records, limit_per_suite, STRATA.get(kind))
+        limit = limits.get(name) if limits else limit_per_suite
+        records = subset(all_records, limit, STRATA.get(kind))
         log.info("evaluating %s (%s): %d of %d prompts", name, kind, len(records), len(all_records))
         resp = _responses(generator, cand, name, records, params, settings)
         keys = m.REFUSAL_SLICE_KEYS if kind == "refusal" else m.SLICE_KEYS
@@ -446,7 +450,7 @@ def evaluate(
         "champion": champ.describe() if champ else None,
         "judge": _judge_info(judge, generator) if champ and pairwise else None,
         "generation": {**params.model_dump(mode="json"), "fingerprint": settings},
-        "limit_per_suite": limit_per_suite,
+        "limit_per_suite": dict(limits) if limits else limit_per_suite,
         "bootstrap": boot,
         "suites": out_suites,
         "run": {"candidate": cand.counts(), "champion": champ.counts() if champ else None},

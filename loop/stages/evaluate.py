@@ -32,7 +32,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     common = {
         "cache_dir": ctx.rundir.eval_cache,
         "max_tokens": ctx.cfg.eval.max_tokens,
-        "limit_per_suite": ctx.cfg.eval.limit_per_suite,
+        "limit_per_suite": ctx.cfg.eval.limits(),
         "held_out_types": ctx.cfg.augment.held_out_types,
     }
     t0 = time.monotonic()

@@ -186,3 +186,12 @@ def test_subset_spreads_over_groups() -> None:
     assert len({r["language"] for r in ml}) == 7
     assert subset(safety, None) == safety and subset(safety, 1000) == safety
     assert subset(safety, 5) == subset(safety, 5)
+
+
+def test_limits_per_suite_name(gen) -> None:
+    ev = evaluate(gen, ["ifeval", "safety"], max_tokens=4, reference_nll=False,
+                  limit_per_suite={"ifeval": 3, "safety": None})  # fmt: skip
+    assert ev["suites"]["ifeval"]["n"] == 3
+    assert ev["suites"]["safety"]["n"] == len(load_suite("safety"))
+    with pytest.raises(Exception, match="limit_per_suite must be >= 1, got 0"):
+        evaluate(gen, ["ifeval"], limit_per_suite={"ifeval": 0})

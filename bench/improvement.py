@@ -1,0 +1,183 @@
+"""Does the recipe make the bundled model better? Base model vs final champion, two seeds.
+
+    python bench/improvement.py [--config configs/recipe.yaml] [--rounds 3] [--seeds 0 1]
+                                [--out bench-runs/improvement] [--set key=value ...]
+
+For each seed, runs the loop from a fresh run directory (`RUN/seed-S`, one after the other:
+never two model processes at once), then reads what the runs left on disk:
+
+- the base model and the final champion (the base again when no round was promoted) are
+  evaluated here with the run's eval settings (suites, limits, max_tokens), through the run's
+  eval cache, so answers a round already generated are reused, not regenerated;
+- IF suite prompt- and instruction-level strict/loose pass rates of both, and the gain with a
+  paired 95% bootstrap interval over the prompts both answered; the same for the prompts that
+  carry a held-out constraint type (transfer to constraints never trained on);
+- every guard of the final champion's decision;
+- per round: constrained tasks, samples, mean pass rate, kept examples, pairs, training steps,
+  decision.
+
+The last line is the baseline comparison: the final champion's IF prompt-level loose gain over
+the base, per seed. A whole run on 2 CPU cores takes hours; `--rounds 1 --set augment.tasks=6
+--set respond.n=4 ...` makes a smoke run of the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from judges.augment import DEFAULT_HELD_OUT
+from judges.evals import load_suite
+from judges.evals.metrics import bootstrap_interval
+
+METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+
+
+def _scores(ev: dict, metric: str, ids: set[str] | None = None) -> dict[str, float]:
+    items = ev["suites"]["ifeval"]["items"]
+    return {
+        i["id"]: i["scores"][metric]
+        for i in items
+        if metric in i.get("scores", {}) and (ids is None or i["id"] in ids)
+    }
+
+
+def compare(base: dict, champ: dict, metric: str, ids: set[str] | None = None) -> dict[str, Any]:
+    a, b = _scores(champ, metric, ids), _scores(base, metric, ids)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return {"n": 0}
+    diffs = [a[k] - b[k] for k in common]
+    ci = bootstrap_interval(diffs, resamples=2000, seed=0)
+    return {
+        "n": len(common),
+        "base": sum(b[k] for k in common) / len(common),
+        "champion": sum(a[k] for k in common) / len(common),
+        "gain": sum(diffs) / len(diffs),
+        "ci": list(ci) if ci else None,
+    }
+
+
+def rounds_table(run_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for m in (json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()):
+        v = (m.get("filter") or {}).get("verifier") or {}
+        rows.append(
+            {
+                "round": m["round"],
+                "tasks": (m.get("augment") or {}).get("made", 0),
+                "samples": v.get("samples", 0),
+                "mean_pass": v.get("mean_pass_rate"),
+                "best_of_n": v.get("best_of_n"),
+                "kept": (m.get("dedup") or {}).get("kept", 0),
+                "pairs": v.get("pairs", 0),
+                "steps": (m.get("tune") or {}).get("steps", 0),
+                "decision": (m.get("decision") or {}).get("decision"),
+            }
+        )
+    return rows
+
+
+def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
+    from agent.backends import make_generator
+    from judges.evals.runner import evaluate
+    from loop.config import eval_suites
+    from loop.gate import decide
+    from loop.rundir import RunDir
+
+    rounds = rounds_table(run_dir)
+    promoted = [r["round"] for r in rounds if r["decision"] == "promoted"]
+    champion = RunDir(run_dir).champion()
+    gen = make_generator(cfg.model, cfg.backend)
+    common = {
+        "cache_dir": run_dir / "eval_cache",
+        "max_tokens": cfg.eval.max_tokens,
+        "limit_per_suite": cfg.eval.limits(),
+        "held_out_types": cfg.augment.held_out_types,
+    }
+    suites = eval_suites(cfg)
+    base = evaluate(gen, suites, **common)
+    final = evaluate(gen, suites, adapter=champion, **common) if champion else base
+    gen.close()
+    held = {
+        r["id"]
+        for r in load_suite("ifeval")
+        if any(c["type"] in DEFAULT_HELD_OUT for c in r["constraints"])
+    }
+    decision = decide(final, base, cfg.gate)  # the gate's guards, final champion vs base
+    guards = [c["text"] for c in decision.checks if c.get("kind") != "primary"]
+    return {
+        "rounds": rounds,
+        "promoted": promoted,
+        "all": {m: compare(base, final, m) for m in METRICS},
+        "held_out": {m: compare(base, final, m, held) for m in METRICS},
+        "guards": guards,
+    }
+
+
+def _fmt(c: dict[str, Any]) -> str:
+    if not c.get("n"):
+        return "n/a"
+    ci = c["ci"] or [float("nan")] * 2
+    return (
+        f"{c['base']:.3f} -> {c['champion']:.3f}  gain {100 * c['gain']:+.1f} pts "
+        f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]  n={c['n']}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", type=Path, default=Path("configs/recipe.yaml"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--out", type=Path, default=Path("bench-runs/improvement"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value")
+    args = ap.parse_args()
+
+    from loop.config import load_config
+    from loop.graph import run
+
+    results = {}
+    for seed in args.seeds:
+        run_dir = args.out / f"seed-{seed}"
+        if run_dir.exists():
+            raise SystemExit(f"error: {run_dir} exists; pick another --out (runs start fresh)")
+        sets = [
+            f"run.max_rounds={args.rounds}",
+            f"augment.seed={seed}",
+            f"tune.seed={seed}",
+            f"respond.sampling.seed={seed}",
+            *args.sets,
+        ]
+        cfg = load_config(args.config, sets)
+        t0 = time.monotonic()
+        run(cfg, run_dir)
+        print(f"seed {seed}: {run_dir} in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+        results[seed] = summarize(run_dir, cfg)
+
+    for seed, s in results.items():
+        print(f"\n== seed {seed}: promoted rounds {s['promoted'] or 'none'}")
+        for r in s["rounds"]:
+            print(
+                f"  round {r['round']}: tasks {r['tasks']}, samples {r['samples']}, mean pass "
+                f"{r['mean_pass']}, best-of-n {r['best_of_n']}, kept {r['kept']}, pairs "
+                f"{r['pairs']}, steps {r['steps']}, {r['decision']}"
+            )
+        for part in ("all", "held_out"):
+            print(f"  IF suite ({part}):")
+            for m in METRICS:
+                print(f"    {m:20} {_fmt(s[part][m])}")
+        for g in s["guards"]:
+            print(f"  guard: {g}")
+    gains = [100 * s["all"]["prompt_loose"].get("gain", 0.0) for s in results.values()]
+    print(
+        "\nIF prompt-level loose, final champion vs base model: "
+        + ", ".join(f"seed {k} {g:+.1f} pts" for k, g in zip(results, gains))
+    )
+
+
+if __name__ == "__main__":
+    main()
