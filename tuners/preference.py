@@ -43,6 +43,7 @@ from tuners.train import (
     _load_model,
     _save_artifact,
     _this_device,
+    _warmup_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def train_preference(
             num_train_epochs=cfg.epochs,
             max_steps=cfg.max_steps or -1,
             lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=0,
+            warmup_steps=_warmup_steps(cfg, len(rows)),
             weight_decay=cfg.weight_decay,
             max_grad_norm=cfg.max_grad_norm,
             logging_steps=cfg.logging_steps,

@@ -29,7 +29,6 @@ def run(ctx: Context, state: LoopState) -> dict:
         return {}
     proposals = ctx.rundir.input_records(n, "augment")
     made: list[dict[str, Any]] = []
-    bases: Counter[str] = Counter()
     guarded: dict[str, dict[str, Any]] = {}
     if "constraints" in ctx.cfg.run.sources:
         cfg = ctx.cfg.augment
@@ -46,8 +45,7 @@ def run(ctx: Context, state: LoopState) -> dict:
             if out is None or out["id"] in seen:
                 continue
             seen.add(out["id"])
-            made.append({**out, "round": n, "stage": "augment"})
-            bases[kind] += 1
+            made.append({**out, "round": n, "stage": "augment", "base_kind": kind})
         # Pairs and pass rates are made from these tasks before dedup's guard runs: a task near
         # an eval prompt is dropped here, so no answer to it is ever trained on.
         guarded = _near_eval(ctx, made)
@@ -60,7 +58,7 @@ def run(ctx: Context, state: LoopState) -> dict:
             {
                 "proposals": len(proposals),
                 "made": len(made),
-                "bases": dict(bases),
+                "bases": dict(Counter(t["base_kind"] for t in made)),
                 "constraint_types": dict(types),
                 "constraints_per_task": dict(Counter(len(t["constraints"]) for t in made)),
                 "contaminated": {k: v["guard_neighbour"] for k, v in guarded.items()},

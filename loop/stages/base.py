@@ -6,9 +6,10 @@ A stage is a function `run(ctx, state) -> state update` plus facts about its fil
 - it writes `rounds/NNN/<dir>/` atomically (`RunDir.writing_stage`), or one file (`output`);
   it is done when `output` exists (one definition, `RunDir.stage_done`) and its `run` returns
   early then, so a resumed run redoes at most the stage it was killed in;
-- `records` names the file of records it passes on (its kept output); the next stage that takes
-  records reads them with `RunDir.input_records`, the nearest earlier finished stage's records,
-  so a new stage between two others needs no change to either;
+- `records` names the file of records it passes on (its kept output); a stage reads its input
+  with `RunDir.input_records`: the records of the nearest earlier stage that passes records on
+  (skipping an optional stage that did not run), so a new stage between two others needs no
+  change to either;
 - `pairs` names the file of preference pairs it writes (judges.preference format); a
   preference objective trains on the round's pairs of the configured sources;
 - `accounted` stages write an `account` (loop.accounting) into their stats.json; when their

@@ -63,7 +63,8 @@ def replayed(ctx: Context, n: int, new: int) -> list[dict[str, Any]]:
 
 
 def _preference(ctx: Context, n: int, champion: Path | None) -> dict:
-    """dpo / rpo on this round's pairs; the reference is the champion (or the base)."""
+    """dpo / rpo on this round's pairs, from the champion (with tune.warm_start, the default; it
+    is then also the reference) or from a fresh adapter against the base."""
     from tuners.preference import train_preference
 
     pairs = ctx.rundir.round_pairs(n, ctx.cfg.tune.pair_sources)
@@ -76,7 +77,7 @@ def _preference(ctx: Context, n: int, champion: Path | None) -> dict:
         pairs,
         ctx.rundir.adapter_dir(n),
         ctx.cfg.tune,
-        init_adapter=champion,
+        init_adapter=champion if ctx.cfg.tune.warm_start else None,
         round_index=n,
         callbacks=tune_callbacks(n),
     )
