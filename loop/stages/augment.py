@@ -23,6 +23,7 @@ TASKS = "tasks.jsonl"
 
 def run(ctx: Context, state: LoopState) -> dict:
     from judges.augment import augment_task
+    from judges.filters import FilterChain
 
     n = state["round"]
     if ctx.rundir.stage_done(n, "augment"):
@@ -30,7 +31,11 @@ def run(ctx: Context, state: LoopState) -> dict:
     proposals = ctx.rundir.input_records(n, "augment")
     made: list[dict[str, Any]] = []
     guarded: dict[str, dict[str, Any]] = {}
+    unfit: Counter[str] = Counter()
     if "constraints" in ctx.cfg.run.sources:
+        # The filter stage applies the instruction rules to every answered task again: a task
+        # they reject would cost n samples for nothing (seen: a seed with a blacklisted word).
+        rules = FilterChain(ctx.cfg.filters)
         cfg = ctx.cfg.augment
         pool = base_tasks(ctx, proposals)
         # A fresh order each round, the same on a re-run of the round.
@@ -43,6 +48,10 @@ def run(ctx: Context, state: LoopState) -> dict:
                 continue
             out = augment_task(task, cfg, salt=f"/r{n}")
             if out is None or out["id"] in seen:
+                continue
+            rejected = rules.check(out, instructions_only=True)
+            if rejected is not None:
+                unfit[rejected.reason] += 1
                 continue
             seen.add(out["id"])
             made.append({**out, "round": n, "stage": "augment", "base_kind": kind})
@@ -62,6 +71,7 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "constraint_types": dict(types),
                 "constraints_per_task": dict(Counter(len(t["constraints"]) for t in made)),
                 "contaminated": {k: v["guard_neighbour"] for k, v in guarded.items()},
+                "unfit": dict(unfit),  # drawn, but the instruction filters would drop them
             },
         )
     log.info("round %d augment: %d constrained tasks (%s)", n, len(made), counts(types))

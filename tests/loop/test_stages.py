@@ -219,8 +219,12 @@ def test_augment_constrains_seed_tasks_reproducibly_and_passes_proposals_on(
     assert tasks[0]["id"] == "p1" and len(tasks) == 13
     made = tasks[1:]
     assert len({t["id"] for t in made}) == 12
+    from judges.filters import FilterChain
+
+    rules = FilterChain(ctx.cfg.filters)
     for t in made:
         assert t["origin"] == "augment" and t["constraints"]
+        assert rules.check(t, instructions_only=True) is None  # never answered just to be dropped
         assert t["instruction"].startswith(t["base_instruction"])
         assert not {c["type"] for c in t["constraints"]} & set(DEFAULT_HELD_OUT)
     assert ctx.rundir.input_stage(1, "respond") == "augment"
