@@ -56,8 +56,8 @@ def before(name: str) -> list[Stage]:
 
 def input_of(name: str, done: Callable[[str], bool]) -> Stage | None:
     """The stage whose records `name` takes: the nearest earlier one that passes records on,
-    skipping a stage that can be off (review, by default) and did not run (`done` False)."""
+    skipping a stage that can be off (review, by default) or is optional and did not run."""
     for s in reversed(before(name)):
-        if s.records is not None and (s.switch is None or done(s.name)):
+        if s.records is not None and ((s.switch is None and not s.optional) or done(s.name)):
             return s
     return None

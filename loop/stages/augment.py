@@ -122,5 +122,6 @@ STAGE = Stage(
     writes=(TASKS, STATS),
     reads=("propose", "run.seeds_file", "pool"),
     records=TASKS,
+    optional=True,  # a round begun before augment existed goes on from propose's tasks
     summary=summary,
 )

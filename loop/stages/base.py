@@ -15,6 +15,7 @@ A stage is a function `run(ctx, state) -> state update` plus facts about its fil
 - `accounted` stages write an `account` (loop.accounting) into their stats.json; when their
   input stage is accounted too, the chain check requires `in` == what the input kept;
 - `switch` names the config key that turns an optional stage on (review: `run.review`);
+  `optional` marks a stage that later stages read past when it did not run;
 - `proceed(state)` False ends the round (rejected) after the stage; after the last stage the
   round is promoted when `proceed` holds;
 - `summary` is the stage's line in `selfloop show`'s funnel, `drops` lists its rejected
@@ -55,6 +56,9 @@ class Stage:
     proceed: Callable[[LoopState], bool] | None = None  # False: the round ends rejected here
     # The boolean config key that turns the stage on (None: always on), e.g. "run.review".
     switch: str | None = None
+    # A later stage reads past it when it did not run (a run started before the stage existed,
+    # resumed mid-round, has no directory for it).
+    optional: bool = False
     summary: Callable[[dict[str, Any]], str] | None = None  # show's funnel line from stats
     drops: Callable[[Path], list[Drop]] | None = None  # its rejected records, for show
     metrics: Callable[[Path], dict[str, Any]] | None = None  # its part of a metrics record

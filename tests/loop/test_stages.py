@@ -385,3 +385,12 @@ def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) ->
     assert rec["eval"]["ifeval.prompt_loose.held_out"] == 0.25
     assert rec["eval"]["ifeval.prompt_loose.trained"] == 0.75
     assert rec["eval_constraint_types"] == {"ifeval.title": 0.1}
+
+
+def test_a_round_begun_before_augment_existed_resumes_from_proposes_tasks(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    ctx = _context(tmp_path, tiny_model_dir)
+    _write_stage(ctx, "propose", "kept.jsonl", [_response("p1", "Name a river in Spain.")])
+    assert ctx.rundir.input_stage(1, "respond") == "propose"  # no augment/ in this round
+    assert [r["id"] for r in ctx.rundir.input_records(1, "respond")] == ["p1"]
