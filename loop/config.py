@@ -278,6 +278,15 @@ def eval_suites(cfg: SelfloopConfig) -> dict[str, tuple[str, list[dict[str, Any]
     return load_suites(cfg.eval.suites, {c.name: (c.path, c.metric) for c in cfg.eval.custom})
 
 
+def eval_prompts(cfg: SelfloopConfig) -> list[tuple[str, str]]:
+    """(suite/id, prompt) of every eval prompt: what training data must never come near."""
+    return [
+        (f"{name}/{r['id']}", r["prompt"])
+        for name, (_, suite) in eval_suites(cfg).items()
+        for r in suite
+    ]
+
+
 def check_run(cfg: SelfloopConfig, source: str = "config") -> None:
     """Everything a run refuses beyond the schema, checked before anything is written; the one
     path used by `selfloop config`, `run` and `resume`, so `config` never prints a config that

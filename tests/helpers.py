@@ -117,6 +117,30 @@ def selfloop(
     )
 
 
+def kill_after_checkpoint(cmd: list[str], ckpts: Path, step: int, timeout: float = 300) -> int:
+    """Run a training command and SIGKILL it once a complete checkpoint at `step` or later is
+    in `ckpts`; the step it was killed after. Fails if training ended first."""
+    import signal
+
+    from tuners.common import MARKER
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, killed_after = time.monotonic() + timeout, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = sorted(int(p.parent.name.split("-")[1]) for p in ckpts.glob(f"*/{MARKER}"))
+        if done and done[-1] >= step:
+            proc.send_signal(signal.SIGKILL)
+            killed_after = done[-1]
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_after is not None, (
+        f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    )
+    return killed_after
+
+
 # ---------------------------------------------------------------- loop runs on the tiny model
 EXPERT = [
     {

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -30,20 +29,18 @@ from typing import Any
 
 import torch
 
-from agent.atomic import atomic_write
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from tuners.config import TuneConfig
 from tuners.train import (
     TrainResult,
-    _ckpt_arg,
-    _complete_checkpoints,
     _context_of,
     _fingerprint,
     _load_model,
     _save_artifact,
     _this_device,
-    _warmup_steps,
+    resume_point,
+    trainer_args,
 )
 
 log = logging.getLogger(__name__)
@@ -143,16 +140,7 @@ def train_preference(
     digest = pairs_hash(rows)
 
     fingerprint = _fingerprint(str(resolved.path), cfg, digest, str(init) if init else None)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fp_file = ckpt_dir / "selfloop-train-args.json"
-    if fp_file.is_file() and json.loads(fp_file.read_text()) != fingerprint:
-        raise SelfloopError(
-            f"checkpoints in {ckpt_dir} were made with other settings or pairs; delete that "
-            "directory to start over, or restore the original settings to resume"
-        )
-    atomic_write(fp_file, json.dumps(fingerprint, indent=2))
-    resume = _complete_checkpoints(ckpt_dir)
-    resume_from = resume[-1] if resume else None
+    resume_from = resume_point(ckpt_dir, fingerprint)
     loss_type, weights = (
         (["sigmoid"], [1.0])
         if cfg.objective == "dpo"
@@ -178,30 +166,9 @@ def train_preference(
                 target_modules=cfg.target_modules,
             )
         guard = StepGuard(cfg.abort_grad_norm)
+        grad_ckpt = settings.grad_ckpt and cfg.method != "qlora"
         args = DPOConfig(
-            output_dir=str(ckpt_dir),
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.lr(),
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps or -1,
-            lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=_warmup_steps(cfg, len(rows)),
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            logging_steps=cfg.logging_steps,
-            logging_nan_inf_filter=False,
-            save_strategy="steps",
-            save_steps=cfg.save_steps,
-            save_total_limit=cfg.save_total_limit,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            bf16=settings.bf16,
-            **{_ckpt_arg(): settings.grad_ckpt and cfg.method != "qlora"},
-            use_cpu=not device.startswith("cuda"),
-            report_to="none",
-            dataloader_num_workers=0,
-            disable_tqdm=not os.isatty(2),
+            **trainer_args(cfg, ckpt_dir, len(rows), settings.bf16, grad_ckpt, device),
             beta=cfg.dpo_beta,
             loss_type=loss_type,
             loss_weights=weights,

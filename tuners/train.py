@@ -213,17 +213,7 @@ def train(
         log.info("prefix tuning prepends virtual tokens to every row; training without packing")
 
     fingerprint = _fingerprint(str(resolved.path), cfg, digest, str(init) if init else None)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fp_file = ckpt_dir / "selfloop-train-args.json"
-    if fp_file.is_file() and json.loads(fp_file.read_text()) != fingerprint:
-        raise SelfloopError(
-            f"checkpoints in {ckpt_dir} were made with other settings or data; delete that "
-            "directory to start over, or restore the original settings to resume"
-        )
-    # Every torchrun rank writes it: atomically, so no rank ever reads a half-written file.
-    atomic_write(fp_file, json.dumps(fingerprint, indent=2))
-    resume = _complete_checkpoints(ckpt_dir)
-    resume_from = resume[-1] if resume else None
+    resume_from = resume_point(ckpt_dir, fingerprint)
 
     with PeakMemory(_this_device(device)) as memory:  # model, optimizer and steps
         torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
@@ -238,33 +228,10 @@ def train(
         trainer_ckpt = settings.grad_ckpt and cfg.method != "qlora" and settings.fsdp_config is None
 
         args = TrainingArguments(
-            output_dir=str(ckpt_dir),
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.lr(),
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps or -1,
-            lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=_warmup_steps(cfg, len(items)),
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            logging_steps=cfg.logging_steps,
-            # Log a NaN loss as NaN (the default replaces it by the mean); StepGuard aborts.
-            logging_nan_inf_filter=False,
-            save_strategy="steps",
-            save_steps=cfg.save_steps,
-            save_total_limit=cfg.save_total_limit,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            bf16=settings.bf16,
+            **trainer_args(cfg, ckpt_dir, len(items), settings.bf16, trainer_ckpt, device),
             fsdp=settings.fsdp_config is not None,
             fsdp_config=settings.fsdp_config,
-            **{_ckpt_arg(): trainer_ckpt},
-            use_cpu=not device.startswith("cuda"),
-            report_to="none",
             remove_unused_columns=False,
-            dataloader_num_workers=0,
-            disable_tqdm=not os.isatty(2),
         )
         trainer = GuardedTrainer(
             model=model,
@@ -309,6 +276,55 @@ def train(
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return result
+
+
+def resume_point(ckpt_dir: Path, fingerprint: dict) -> Path | None:
+    """Record the run's fingerprint in `ckpt_dir` and return the newest complete checkpoint to
+    resume from; checkpoints made with another fingerprint are refused, not mixed in."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    fp_file = ckpt_dir / "selfloop-train-args.json"
+    if fp_file.is_file() and json.loads(fp_file.read_text()) != fingerprint:
+        raise SelfloopError(
+            f"checkpoints in {ckpt_dir} were made with other settings or data; delete that "
+            "directory to start over, or restore the original settings to resume"
+        )
+    # Every torchrun rank writes it: atomically, so no rank ever reads a half-written file.
+    atomic_write(fp_file, json.dumps(fingerprint, indent=2))
+    resume = _complete_checkpoints(ckpt_dir)
+    return resume[-1] if resume else None
+
+
+def trainer_args(
+    cfg: TuneConfig, ckpt_dir: Path, n_examples: int, bf16: bool, grad_ckpt: bool, device: str
+) -> dict[str, Any]:
+    """The Trainer arguments every objective shares (SFT's TrainingArguments, trl's DPOConfig):
+    schedule, checkpoints, seeds, precision, device."""
+    return {
+        "output_dir": str(ckpt_dir),
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.lr(),
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps or -1,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "warmup_steps": _warmup_steps(cfg, n_examples),
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
+        "logging_steps": cfg.logging_steps,
+        # Log a NaN loss as NaN (the default replaces it by the mean); StepGuard aborts.
+        "logging_nan_inf_filter": False,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "bf16": bf16,
+        _ckpt_arg(): grad_ckpt,
+        "use_cpu": not device.startswith("cuda"),
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": not os.isatty(2),
+    }
 
 
 def _ckpt_arg() -> str:

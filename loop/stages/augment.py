@@ -80,14 +80,11 @@ def run(ctx: Context, state: LoopState) -> dict:
 
 def _near_eval(ctx: Context, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     from judges.dedup import near
-    from loop.config import eval_suites
+    from loop.config import eval_prompts
 
-    evals = [
-        (f"{name}/{r['id']}", r["prompt"])
-        for name, (_, suite) in eval_suites(ctx.cfg).items()
-        for r in suite
-    ]
-    return near(tasks, evals, ctx.pool().embedder, ctx.cfg.dedup)
+    if not tasks:
+        return {}
+    return near(tasks, eval_prompts(ctx.cfg), ctx.pool().embedder, ctx.cfg.dedup)
 
 
 def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str, Any]]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.data import write_examples
 from loop.accounting import account
-from loop.config import eval_suites
+from loop.config import eval_prompts
 from loop.context import Context, LoopState
 from loop.rundir import write_json
 from loop.stages.base import STATS, Drop, Stage, fmt, read_if
@@ -30,11 +30,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     # The guards run before dedup so a near-duplicate group never loses its only survivor to one.
     # The eval guard applies to constrained tasks too: a constraint does not make an eval prompt
     # fair to train on.
-    evals = [
-        (f"{name}/{r['id']}", r["prompt"])
-        for name, (_, suite) in eval_suites(ctx.cfg).items()
-        for r in suite
-    ]
+    evals = eval_prompts(ctx.cfg)
     seeds = [(f"seed/{t.id}", t.instruction) for t in load_seed_tasks(ctx.cfg.run.seeds_file)]
     pool = ctx.pool()
     contaminated = near(records, evals, pool.embedder, ctx.cfg.dedup)

@@ -116,15 +116,13 @@ def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from safetensors.torch import load_file
 
     from agent.data import write_jsonl
-    from tuners.train import MARKER
+    from tests.helpers import kill_after_checkpoint
 
     settings = dict(objective="dpo", max_steps=24, save_steps=4, batch_size=2,
                     learning_rate=5e-3, lora_dropout=0.0, max_seq_len=128)  # fmt: skip
@@ -134,17 +132,7 @@ def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(
            str(data), "--out", str(out)]  # fmt: skip
     cmd += [x for k, v in settings.items() for x in ("--set", f"tune.{k}={v}")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed_after, deadline = None, time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = sorted(int(p.parent.name.split("-")[1]) for p in ckpts.glob(f"*/{MARKER}"))
-        if done and done[-1] >= 8:
-            proc.send_signal(signal.SIGKILL)
-            killed_after = done[-1]
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert killed_after is not None, proc.stderr.read()[-2000:]
+    killed_after = kill_after_checkpoint(cmd, ckpts, 8)
     assert not out.exists()
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

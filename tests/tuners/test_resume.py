@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from agent.data import write_jsonl
-from tests.helpers import TOY
+from tests.helpers import TOY, kill_after_checkpoint
 from tuners import TuneConfig, train
-from tuners.train import MARKER
 
 SETTINGS = dict(
     max_steps=40, save_steps=4, batch_size=2, learning_rate=5e-3, lora_dropout=0.1, max_seq_len=128
@@ -45,24 +42,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_model_dir: Path, tmp_path: P
     out = tmp_path / "adapter"
     ckpts = tmp_path / "adapter.checkpoints"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        _cmd(tiny_model_dir, data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 300
-    killed_after = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = sorted(
-            int(p.parent.name.split("-")[1]) for p in ckpts.glob(f"checkpoint-*/{MARKER}")
-        )
-        if done and done[-1] >= 8:
-            proc.send_signal(signal.SIGKILL)
-            killed_after = done[-1]
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert killed_after is not None, (
-        f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    )
+    killed_after = kill_after_checkpoint(_cmd(tiny_model_dir, data, out), ckpts, 8)
     assert not out.exists()  # a killed run leaves no artifact
 
     resumed = subprocess.run(
