@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -121,13 +122,48 @@ def _connect(rd: RunDir) -> sqlite3.Connection:
     return conn
 
 
+# The state a run starts from.
+INITIAL: LoopState = {
+    "round": 1,
+    "champion": None,
+    "champion_round": None,
+    "rejections": 0,
+    "kept": 0,
+    "decision": None,
+    "stop": None,
+}
+
+
+def _thread(rd: RunDir, conn: sqlite3.Connection) -> str:
+    """The checkpoint thread of the run in `rd`: the id in its run.json.
+
+    A run started before run.json existed kept its checkpoints under the name its directory had
+    then: usually still its name; a renamed one holds a single thread, which is its own. The id
+    found is written to run.json, so a later rename cannot lose it.
+    """
+    run_id = rd.run_id()
+    if run_id is not None:
+        return run_id
+    try:
+        threads = [r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")]
+    except sqlite3.OperationalError:  # no checkpoints table: nothing was checkpointed yet
+        threads = []
+    name = rd.root.resolve().name
+    if name in threads or not threads:
+        run_id = name
+    elif len(threads) == 1:
+        run_id = threads[0]
+    else:
+        raise SelfloopError(
+            f"{rd.checkpoints} holds the runs {', '.join(map(str, threads))} and none is named "
+            f"{name}: rename the directory back to the name it was started under"
+        )
+    rd.save_run_id(run_id)
+    return run_id
+
+
 def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dict:
     rd, ctx, saver, conn = _open(run_dir, cfg)
-    graph = build_graph(ctx, saver)
-    config = {
-        "configurable": {"thread_id": rd.root.name},
-        "recursion_limit": cfg.run.recursion_limit,
-    }
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.warning("received %s: stopping after the current stage", signal.Signals(signum).name)
@@ -135,6 +171,15 @@ def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dic
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        graph = build_graph(ctx, saver)
+        config = {
+            "configurable": {"thread_id": _thread(rd, conn)},
+            "recursion_limit": cfg.run.recursion_limit,
+        }
+        if first_input is None and graph.get_state(config).created_at is None:
+            # Killed before its first checkpoint: nothing was done, so it starts afresh.
+            log.warning("%s has no checkpoint yet; starting it from round 1", rd.root)
+            first_input = dict(INITIAL)
         state = graph.invoke(first_input, config, durability="sync")
         snapshot = graph.get_state(config)
         if snapshot.next:  # paused (human review)
@@ -148,36 +193,59 @@ def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dic
         rd.unlock()
 
 
+def check_inputs(cfg: SelfloopConfig) -> None:
+    """Read what a run reads in its first round before anything is written: its models
+    resolve, its seed file and import files parse. A run that cannot start leaves nothing."""
+    from agent.formats import import_file
+    from agent.models import resolve
+    from agent.seeds import load_seed_tasks
+
+    load_seed_tasks(cfg.run.seeds_file)  # the files first: they are quick to read
+    for path in cfg.run.import_files:
+        import_file(path)
+    models = [(cfg.model, cfg.backend)]
+    if cfg.judge.model is not None:
+        models.append((cfg.judge.model, cfg.judge.backend or cfg.backend))
+    if "teacher" in cfg.run.sources and cfg.respond.teacher is not None:
+        models.append((cfg.respond.teacher, cfg.respond.teacher_backend or cfg.backend))
+    for spec, backend in models:
+        if backend.kind != "openai":  # an endpoint's model is the endpoint's to find
+            resolve(spec)
+
+
 def run(cfg: SelfloopConfig, run_dir: str | Path) -> dict:
     """Start a new run in `run_dir` (which must not hold one already)."""
     rd = RunDir(run_dir)
+    if rd.root.exists() and not rd.root.is_dir():
+        raise SelfloopError(f"{rd.root} is a file, not a directory; pick another run directory")
     if rd.checkpoints.exists():
         raise SelfloopError(f"{rd.root} already holds a run; use `selfloop resume {rd.root}`")
     check_run(cfg)  # before anything is written
-    rd.root.mkdir(parents=True, exist_ok=True)
-    rd.save_config(dump_config(cfg))
-    return _invoke(
-        rd.root,
-        cfg,
-        {
-            "round": 1,
-            "champion": None,
-            "champion_round": None,
-            "rejections": 0,
-            "kept": 0,
-            "decision": None,
-            "stop": None,
-        },
-    )
+    check_inputs(cfg)
+    created = not rd.root.exists()
+    try:
+        rd.root.mkdir(parents=True, exist_ok=True)
+        rd.save_config(dump_config(cfg))
+        rd.save_run_id()
+    except BaseException:
+        if created:  # leave no half-made run directory behind
+            shutil.rmtree(rd.root, ignore_errors=True)
+        raise
+    return _invoke(rd.root, cfg, dict(INITIAL))
+
+
+def _started_run(run_dir: str | Path) -> RunDir:
+    rd = RunDir(run_dir).require_run()
+    if not rd.checkpoints.exists():
+        raise SelfloopError(f"{rd.root} holds no run to resume (no checkpoints.sqlite)")
+    return rd
 
 
 def resume(
     run_dir: str | Path, allow_config_change: bool = False, config_path: str | Path | None = None
 ) -> dict:
     """Continue a run from its last checkpoint; a changed config is refused unless allowed."""
-    rd = RunDir(run_dir).require_run()
-    if not rd.checkpoints.exists():
-        raise SelfloopError(f"{rd.root} holds no run to resume (no checkpoints.sqlite)")
+    rd = _started_run(run_dir)
     saved = rd.config_path.read_text()
     cfg = load_config(config_path or rd.config_path)
     check_run(cfg, str(config_path or rd.config_path))
@@ -196,12 +264,17 @@ def review(run_dir: str | Path, accept: str | Path) -> dict:
     """Take the edited review file of the paused round back, then resume the run."""
     from loop.review import accept_review, pending_review
 
-    rd = RunDir(run_dir).require_run()
+    rd = _started_run(run_dir)
     rd.lock()  # no run may be writing this round while its review is taken in
     try:
         n = pending_review(rd)
         if n is None:
             raise SelfloopError(f"{rd.root} has no round waiting for review")
+        conn = _connect(rd)  # the run must be resumable before its review is written
+        try:
+            _thread(rd, conn)
+        finally:
+            conn.close()
         stats = accept_review(rd, n, accept)
     finally:
         rd.unlock()

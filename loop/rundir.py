@@ -1,6 +1,6 @@
 """The run directory: layout, one-process lock, atomic stage outputs, resolved config, champion.
 
-    RUN_DIR/config.yaml  checkpoints.sqlite  metrics.jsonl  pool.jsonl  pool.faiss  pool.faiss.json
+    RUN_DIR/run.json  config.yaml  checkpoints.sqlite  metrics.jsonl  pool.jsonl  pool.faiss ...
     RUN_DIR/champion -> rounds/NNN/adapter      (absent while the base model is champion)
     RUN_DIR/rounds/NNN/<stage>/...              each stage's outputs, renamed into place when done
 
@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,10 @@ class RunDir:
         self._lock_fd: int | None = None
 
     # ---------------------------------------------------------------- layout
+    @property
+    def run_file(self) -> Path:
+        return self.root / "run.json"
+
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"
@@ -98,6 +103,27 @@ class RunDir:
         if not self.config_path.exists():
             atomic_write(self.config_path, text)
         return config_hash(self.config_path.read_text())
+
+    # ---------------------------------------------------------------- run id
+    # The checkpoint thread is keyed on an id stored in the directory, not on its path, so a run
+    # that is moved, copied or synced elsewhere still finds its checkpoints.
+    def run_id(self) -> str | None:
+        """The id in run.json; None for a run started before run.json existed."""
+        if not self.run_file.is_file():
+            return None
+        try:
+            run_id = json.loads(self.run_file.read_text(encoding="utf-8")).get("id")
+        except (ValueError, AttributeError):
+            run_id = None
+        if not isinstance(run_id, str) or not run_id:
+            raise SelfloopError(f"{self.run_file} is damaged (no run id); it was left as it is")
+        return run_id
+
+    def save_run_id(self, run_id: str | None = None) -> str:
+        """Write run.json with `run_id` (None: a new random id) and return the id."""
+        run_id = run_id or uuid.uuid4().hex
+        write_json(self.run_file, {"id": run_id})
+        return run_id
 
     @property
     def eval_cache(self) -> Path:

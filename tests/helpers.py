@@ -105,15 +105,16 @@ def start_server(args: list[str], port: int, log: Path, timeout: float = 120.0) 
 
 
 def selfloop(
-    *args: str, env: dict | None = None, timeout: float = 600
+    *args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """`selfloop ARGS...` in a real subprocess (offline), its output captured."""
+    """`selfloop ARGS...` in a real subprocess (offline, in `cwd`), its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "loop.cli", *args],
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from agent.data import read_jsonl
 from loop.accounting import round_account
 from loop.config import load_config
 from loop.graph import resume, run
-from tests.helpers import EXPERT, PLANTED, seed_copy, write_config
+from tests.helpers import EXPERT, PLANTED, seed_copy, selfloop, write_config
 
 
 def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -155,6 +157,32 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: P
     b = json.loads((clean / "rounds/001/decision.json").read_text())
     assert a["decision"] == b["decision"] and a["reasons"] == b["reasons"]
     assert (killed / "metrics.jsonl").read_text().count("\n") == 1  # the round recorded once
+
+
+def test_a_copied_renamed_or_legacy_run_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The checkpoints are kept under the id in run.json, not the directory's name: a run paused
+    for review resumes from a copy under another name, from inside it as `.`, and a run made
+    before run.json existed (its checkpoints under the name it started with) resumes too."""
+    path = write_config(tmp_path, tiny_model_dir, max_rounds=1, review=True)
+    state = run(load_config(path), tmp_path / "run")
+    assert state.get("stop") is None and state["round"] == 1  # paused for review
+    copied, legacy = tmp_path / "copied", tmp_path / "legacy"
+    shutil.copytree(tmp_path / "run", copied, symlinks=True)
+    shutil.copytree(tmp_path / "run", legacy, symlinks=True)
+    # Made before run.json: its checkpoints are under the name it was started with.
+    (legacy / "run.json").unlink()
+    with sqlite3.connect(legacy / "checkpoints.sqlite") as db:
+        for table in ("checkpoints", "writes"):
+            db.execute(f"UPDATE {table} SET thread_id = 'run'")
+    for cwd, arg in [(tmp_path, "copied"), (copied, "."), (tmp_path, "legacy")]:
+        again = selfloop("resume", arg, cwd=cwd)
+        assert again.returncode == 0, (arg, again.stderr[-2000:])
+        assert "paused for review in round 1" in again.stdout, (arg, again.stdout)
+    assert json.loads((legacy / "run.json").read_text())["id"] == "run"  # found and kept
+    done = selfloop("review", ".", "--accept", "rounds/001/review.jsonl", cwd=copied)
+    assert done.returncode == 0 and "finished: max_rounds" in done.stdout, done.stderr[-3000:]
+    assert (copied / "rounds" / "001" / "decision.json").is_file()
+    assert not (tmp_path / "run" / "rounds" / "001" / "review").exists()  # the original untouched
 
 
 def test_a_custom_eval_suite_is_evaluated_and_guarded(tiny_model_dir: Path, tmp_path: Path) -> None:
