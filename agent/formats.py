@@ -601,6 +601,10 @@ def _write_dataset(rows: list[dict[str, Any]], tmp: Path, fmt: str) -> None:
             ds_logging.enable_progress_bar()
 
 
+# What `Dataset.save_to_disk` writes beside its data files: marks a directory an hf export made.
+_SAVED_DATASET = ("dataset_info.json", "state.json")
+
+
 def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
     if out.exists() or out.is_symlink():
         if not overwrite:
@@ -635,8 +639,17 @@ def export_records(
             f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}"
         )
     out = Path(out_path)
+    # Overwriting replaces a file, or a dataset directory an hf export wrote; never any other
+    # directory (a user's folder would be deleted with everything in it).
+    if out.is_dir() and fmt != "hf":
+        raise SelfloopError(f"{out} is a directory; {fmt} data goes to one file: name a file")
+    if out.is_dir() and not all((out / f).is_file() for f in _SAVED_DATASET):
+        raise SelfloopError(f"{out} is a directory but not a saved dataset; refusing to replace it")
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise SelfloopError(f"{out} already exists; pass overwrite=True to replace it")
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise SelfloopError(f"cannot write {out}: {above} is a file, not a directory")
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     for n, rec in enumerate(records, 1):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +55,17 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     _setup_logging(verbose)
+
+
+# The run directory of the command running now (set by the commands that have one): an
+# unexpected error's traceback is written to its logs/.
+_run_dir: Path | None = None
+
+
+def _uses_run(run_dir: Path) -> Path:
+    global _run_dir
+    _run_dir = run_dir
+    return run_dir
 
 
 def _config(config: Path | None, sets: list[str] | None, **flags: Any):
@@ -288,7 +300,7 @@ def run_cmd(
         given = [str(config)] if config is not None else []
         raise SelfloopError(f"one config file only, got {', '.join([*given, *files])}")
     cfg = _config(Path(files[0]) if files else config, [*overrides, *(set_ or [])])
-    run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = _uses_run(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     typer.echo(f"run directory: {run_dir}")
     state = run(cfg, run_dir)
     _print_end(run_dir, state)
@@ -305,7 +317,9 @@ def resume(
     """Continue a run from its last checkpoint (after a kill, a stop or a review pause)."""
     from loop.graph import resume as do_resume
 
-    state = do_resume(run_dir, allow_config_change=allow_config_change, config_path=config)
+    state = do_resume(
+        _uses_run(run_dir), allow_config_change=allow_config_change, config_path=config
+    )
     _print_end(run_dir, state)
 
 
@@ -335,7 +349,7 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     """Where a run is, its champion, and one row per finished round."""
     from loop.rundir import RunDir
 
-    rd = RunDir(run_dir).require_run()
+    rd = RunDir(_uses_run(run_dir)).require_run()
     champ = rd.champion()
     typer.echo(
         f"run {run_dir}: champion {champ.relative_to(rd.root.resolve()) if champ else 'base model'}"
@@ -467,7 +481,7 @@ def data_export(
     from agent.formats import export_records
     from loop.rundir import RunDir
 
-    rd = RunDir(run_dir).require_run()
+    rd = RunDir(_uses_run(run_dir)).require_run()
     if fmt == "preference":
         _export_pairs(rd, out, round_, overwrite)
         return
@@ -532,7 +546,7 @@ def eval_cmd(
 
     cfg = _config(config, set_, **{"model.name": model})
     if run_dir is not None:
-        rd = RunDir(run_dir)
+        rd = RunDir(_uses_run(run_dir))
         cfg = _config(rd.config_path, set_)
         adapter = rd.champion()
     gen = make_generator(cfg.model, cfg.backend)
@@ -577,7 +591,7 @@ def show(
     from loop.rundir import RunDir
     from loop.show import render_round, round_numbers
 
-    rd = RunDir(run_dir).require_run()
+    rd = RunDir(_uses_run(run_dir)).require_run()
     if round_ is None:
         rounds = round_numbers(rd.root)
         if not rounds:
@@ -597,7 +611,7 @@ def report(
     from loop.report import write_report
     from loop.rundir import RunDir
 
-    rd = RunDir(run_dir).require_run()
+    rd = RunDir(_uses_run(run_dir)).require_run()
     typer.echo(f"wrote {write_report(rd.root, out)}")
 
 
@@ -617,7 +631,7 @@ def export_cmd(
     from loop.rundir import RunDir
     from tuners.export import copy_artifact, merge_adapter
 
-    rd = RunDir(run_dir).require_run()
+    rd = RunDir(_uses_run(run_dir)).require_run()
     if round_ is not None:
         adapter = rd.adapter_dir(round_)
         if not adapter.is_dir():
@@ -634,7 +648,8 @@ def export_cmd(
         written = merge_adapter(load_config(rd.config_path).model, adapter, out)
     else:
         written = copy_artifact(adapter, out)
-    typer.echo(f"exported {adapter.relative_to(rd.root.resolve())} -> {written}")
+    # Both resolved: the champion link resolves to an absolute path, a --round path is relative.
+    typer.echo(f"exported {adapter.resolve().relative_to(rd.root.resolve())} -> {written}")
 
 
 @app.command("review")
@@ -650,7 +665,7 @@ def review_cmd(
     from loop.review import pending_review, review_paths
     from loop.rundir import RunDir
 
-    rd = RunDir(run_dir).require_run()
+    rd = RunDir(_uses_run(run_dir)).require_run()
     if accept is None:
         n = pending_review(rd)
         if n is None:
@@ -666,21 +681,72 @@ def review_cmd(
     _print_end(run_dir, state)
 
 
+# The environment variable that shows an unexpected error's traceback instead of one line.
+DEBUG_ENV = "SELFLOOP_DEBUG"
+
+
+def _verb(argv: list[str]) -> str:
+    """The command named in `argv` ("data import" for a subcommand), for the error line."""
+    words = [a for a in argv if not a.startswith("-")]
+    return " ".join(words[:2] if words[:1] == ["data"] else words[:1]) or "selfloop"
+
+
+def _save_traceback(verb: str) -> str:
+    """Write the traceback being handled to the run's logs/ (a run that exists) or a temporary
+    file; where it went, or why it could not be written."""
+    import tempfile
+    import time
+    import traceback
+
+    text = traceback.format_exc()
+    name = f"{verb.replace(' ', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.traceback"
+    if _run_dir is not None and (_run_dir / "config.yaml").is_file():
+        try:
+            logs = _run_dir / "logs"
+            logs.mkdir(exist_ok=True)
+            (logs / name).write_text(text, encoding="utf-8")
+            return str(logs / name)
+        except OSError:
+            pass  # a read-only run directory: the temporary file below
+    try:
+        fd, path = tempfile.mkstemp(prefix="selfloop-", suffix=f"-{name}")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    except OSError as e:
+        return f"nowhere: {e}"
+
+
 def main() -> None:
-    """Console-script entry point: library errors become one line on stderr and exit 1."""
+    """Console-script entry point: every failure is one line on stderr and exit 1.
+
+    A SelfloopError (or a config ValidationError) is a problem the user can fix, and its line
+    says what. Anything else is unexpected: its line names the command, the exception and the
+    file its traceback was written to. SELFLOOP_DEBUG=1 raises either with its traceback.
+    """
     from pydantic import ValidationError
 
     try:
         app()
-    except SelfloopError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except ValidationError as e:
-        print(f"error: {describe_validation(e)}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        if isinstance(e, SelfloopError):
+            line = str(e)
+        elif isinstance(e, ValidationError):
+            line = describe_validation(e)
+        else:
+            verb = _verb(sys.argv[1:])
+            message = " ".join(str(e).split())[:500]  # one line, however long the original
+            line = (
+                f"{verb}: {type(e).__name__}: {message} "
+                f"(traceback written to {_save_traceback(verb)})"
+            )
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

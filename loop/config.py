@@ -231,7 +231,17 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})"
+            ) from None
+        if not text.strip():  # an empty file named on purpose is a mistake, not "all defaults"
+            raise ConfigError(f"config file {path} is empty; leave out the file for the defaults")
+        try:
+            loaded = yaml.safe_load(text)
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

@@ -106,3 +106,165 @@ def test_resume_of_a_run_that_never_started_says_so(monkeypatch, capsys, tmp_pat
     run_dir = _fake_run(tmp_path)
     code, err = run_cli(monkeypatch, capsys, "resume", str(run_dir))
     assert code == 1 and "holds no run to resume (no checkpoints.sqlite)" in err
+
+
+GOOD = [{"instruction": "Name a primary colour.", "output": "Red."}]
+
+
+# ---------------------------------------------------------------- runs that cannot start
+@pytest.mark.parametrize(
+    "override, content, message",
+    [
+        ("model.name=/nonexistent/model", None, "model path not found: /nonexistent/model"),
+        ("run.seeds_file={f}", '{"id": "s1", "instruction": \n', "not valid JSON"),
+        ("run.import_files=[{f}]", "[1, 2, 3]\n", "bad.jsonl"),
+    ],
+    ids=["model", "seeds_file", "import_files"],
+)
+def test_a_run_that_cannot_start_leaves_no_directory(
+    monkeypatch, capsys, tmp_path: Path, tiny_model_dir: Path, override, content, message
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    if content is not None:
+        bad.write_text(content)
+    args = ["run", f"model.name={tiny_model_dir}", override.format(f=bad)]
+    code, err = run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "run"))
+    assert code == 1 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+    # A directory that was there already (empty) is left as it was.
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "empty"))
+    assert code == 1 and message in err, err
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+# ---------------------------------------------------------------- paths given relative / odd
+def _fake_adapter_run(tmp: Path) -> Path:
+    run_dir = _fake_run(tmp)
+    adapter = run_dir / "rounds" / "001" / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (run_dir / "champion").symlink_to("rounds/001/adapter")
+    return run_dir
+
+
+def test_export_with_relative_paths(monkeypatch, capsys, tmp_path: Path) -> None:
+    _fake_adapter_run(tmp_path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for out, extra in [("../by-round", ["--round", "1"]), ("../champion", [])]:
+        code, err = run_cli(monkeypatch, capsys, "export", "../run", "--out", out, *extra)
+        assert code == 0, err
+        assert (tmp_path / out.removeprefix("../") / "adapter_config.json").is_file()
+
+
+def test_data_import_never_replaces_a_directory(monkeypatch, capsys, tmp_path: Path) -> None:
+    from agent.data import write_jsonl
+
+    write_jsonl(tmp_path / "good.jsonl", GOOD)
+    (tmp_path / "somedir").mkdir()
+    (tmp_path / "somedir" / "notes.txt").write_text("mine\n")
+    before = _snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for out in ["somedir/", "somedir", "."]:
+        code, err = run_cli(
+            monkeypatch, capsys, "data", "import", "good.jsonl", "--out", out, "--overwrite"
+        )
+        assert code == 1 and "is a directory" in err and err.count("\n") == 1, (out, err)
+        assert _snapshot(tmp_path) == before
+    # A file is still replaced.
+    (tmp_path / "old.jsonl").write_text("old\n")
+    code, err = run_cli(
+        monkeypatch, capsys, "data", "import", "good.jsonl", "--out", "old.jsonl", "--overwrite"
+    )
+    assert code == 0 and "Name a primary colour." in (tmp_path / "old.jsonl").read_text(), err
+
+
+# ---------------------------------------------------------------- the CLI's error boundary
+def _nested(d: Path) -> None:
+    (d / "cfg.yaml").write_text("[" * 10_000 + "]" * 10_000)
+
+
+# (args with {d} for the work directory, what to put there first, a part of the error line)
+BAD = {
+    "config-utf16": (
+        ["config", "-c", "{d}/cfg.yaml"],
+        lambda d: (d / "cfg.yaml").write_bytes("run:\n  max_rounds: 2\n".encode("utf-16")),
+        "cfg.yaml is not UTF-8 text",
+    ),
+    "config-nested": (["config", "-c", "{d}/cfg.yaml"], _nested, "nested too deeply"),
+    "config-empty": (
+        ["config", "-c", "{d}/cfg.yaml"],
+        lambda d: (d / "cfg.yaml").write_text(""),
+        "cfg.yaml is empty",
+    ),
+    "import-binary": (
+        ["data", "import", "{d}/data.jsonl", "--out", "{d}/out.jsonl"],
+        lambda d: (d / "data.jsonl").write_bytes(bytes(range(256)) * 8),
+        "data.jsonl",
+    ),
+    "import-out-under-a-file": (
+        ["data", "import", "{d}/good.jsonl", "--out", "{d}/good.jsonl/out.jsonl"],
+        None,
+        "good.jsonl is a file, not a directory",
+    ),
+    "run-out-is-a-file": (["run", "--out", "{d}/good.jsonl"], None, "is a file"),
+    "import-out-unwritable": (
+        ["data", "import", "{d}/good.jsonl", "--out", "{d}/ro/out.jsonl"],
+        "read-only",
+        "PermissionError",
+    ),
+    "run-out-unwritable": (
+        ["run", "model.name={model}", "--out", "{d}/ro/run"],
+        "read-only",
+        "PermissionError",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line(
+    monkeypatch, capsys, tmp_path: Path, request: pytest.FixtureRequest, case: str
+) -> None:
+    import os
+    import tempfile
+
+    from agent.data import write_jsonl
+
+    args, setup, message = BAD[case]
+    d = tmp_path / "work"
+    d.mkdir()
+    write_jsonl(d / "good.jsonl", GOOD)
+    if setup == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only directory")
+        (d / "ro").mkdir(mode=0o500)
+    elif setup is not None:
+        setup(d)
+    model = request.getfixturevalue("tiny_model_dir") if "{model}" in " ".join(args) else ""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where tracebacks go
+    before = _snapshot(d)
+    code, err = run_cli(monkeypatch, capsys, *(a.format(d=d, model=model) for a in args))
+    lines = err.splitlines()
+    assert code == 1 and message in err, err
+    assert [x for x in lines if x.startswith("error:")] == lines[-1:] and "Traceback" not in err
+    assert _snapshot(d) == before
+    if setup == "read-only":
+        assert f"traceback written to {tmp_path}/selfloop-" in err
+
+
+def test_an_unexpected_error_names_its_traceback_file(monkeypatch, capsys, tmp_path: Path) -> None:
+    run_dir = _fake_run(tmp_path)
+    (run_dir / "metrics.jsonl").write_text('{"round": 1, "deci')  # a damaged metrics file
+    before = _snapshot(run_dir)
+    code, err = run_cli(monkeypatch, capsys, "status", str(run_dir))
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: status: JSONDecodeError: ")
+    saved = Path(err.rstrip().removesuffix(")").rpartition("traceback written to ")[2])
+    assert saved.parent == run_dir / "logs" and "Traceback" in saved.read_text()
+    assert all(_snapshot(run_dir)[k] == v for k, v in before.items())
+    # SELFLOOP_DEBUG=1 shows the traceback instead.
+    monkeypatch.setenv("SELFLOOP_DEBUG", "1")
+    monkeypatch.setattr(sys, "argv", ["selfloop", "status", str(run_dir)])
+    with pytest.raises(ValueError):
+        main()
