@@ -124,4 +124,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from agent.procs import bench_main
+
+    bench_main(main, "bench/collect_replies.py")

@@ -110,4 +110,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from agent.procs import bench_main
+
+    bench_main(main, "bench/generation.py")

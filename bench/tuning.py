@@ -272,4 +272,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from agent.procs import bench_main
+
+    bench_main(main, "bench/tuning.py")

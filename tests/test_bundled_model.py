@@ -14,14 +14,18 @@ import pytest
 from agent.backends import SamplingParams, user
 from agent.backends.hf import TransformersGenerator
 from agent.cache import MANIFEST
-from agent.models import resolve
+from agent.models import ModelSpec, resolve
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def smol() -> TransformersGenerator:
-    return TransformersGenerator("smollm2-135m-instruct", batch_size=8)
+    # float32 pinned: batched == one-at-a-time holds exactly in float32 only; bfloat16 (the
+    # `auto` choice on CPUs with native bfloat16) has its own test below.
+    return TransformersGenerator(
+        ModelSpec(name="smollm2-135m-instruct", dtype="float32"), batch_size=8
+    )
 
 
 def test_conversion_cache_is_reused(smol: TransformersGenerator) -> None:
@@ -51,6 +55,33 @@ def test_batched_equals_single_on_the_real_model(smol: TransformersGenerator) ->
     batched = [r.text for r in smol.generate(prompts, params)]
     single = [smol.generate([p], params)[0].text for p in prompts]
     assert batched == single
+
+
+def test_bfloat16_greedy_answers_agree_with_float32(smol: TransformersGenerator) -> None:
+    """What `model.dtype: auto` trades for ~1.8x speed on CPUs with native bfloat16: greedy
+    answers that mostly agree with float32 (bench/dtype.py measures it on 96 IF prompts)."""
+    prompts = [
+        user("Name three fruits."),
+        user("Explain in two sentences why we sleep."),
+        user("Write a haiku about rain."),
+        user("What is the boiling point of water at sea level?"),
+        user("Give one tip for learning to cook."),
+        user("Describe a cat in one sentence."),
+    ]
+    params = SamplingParams(max_tokens=32)
+    b16 = TransformersGenerator(
+        ModelSpec(name="smollm2-135m-instruct", dtype="bfloat16"), batch_size=8
+    )
+    assert b16.dtype == "bfloat16"
+    pairs = zip(smol.generate(prompts, params), b16.generate(prompts, params))
+    b16.close()
+    agree = []
+    for a, b in pairs:
+        x, y = a.text.split(), b.text.split()
+        same = next((k for k, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        agree.append(same / max(len(x), len(y), 1))
+    # Measured on 2 cores: 3 of 6 answers identical, 0.86 of the words agree on average.
+    assert min(agree) > 0 and sum(agree) / len(agree) >= 0.5, agree
 
 
 def test_cli_generate_offline_with_the_bundled_model() -> None:

@@ -51,6 +51,7 @@ class TransformersGenerator:
         self.max_batch_tokens = max_batch_tokens
         self.tokenizer.padding_side = "left"
         self.device = self.model.device
+        self.dtype = str(self.model.dtype).removeprefix("torch.")
         self.adapters: dict[str, Path] = {}
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []

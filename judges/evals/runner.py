@@ -81,6 +81,11 @@ def model_fingerprint(generator: Generator) -> str:
     """The base model's identity: backend, name, and for a local directory its weights files'
     names, sizes and modification times (cheap, and changes when the model is replaced)."""
     ident: dict[str, Any] = {"backend": generator.name, "model": generator.model_name}
+    dtype = getattr(generator, "dtype", "float32")
+    if dtype != "float32":
+        # bfloat16 answers differ a little from float32 ones; float32 stays unnamed so caches
+        # written before the dtype was part of the identity remain valid.
+        ident["dtype"] = dtype
     resolved = getattr(generator, "resolved", None)
     path = getattr(resolved, "path", None)
     if path is not None and Path(path).is_dir():

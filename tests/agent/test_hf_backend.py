@@ -11,6 +11,7 @@ import torch
 from agent.backends import SamplingParams, make_generator, user
 from agent.backends.hf import TransformersGenerator
 from agent.errors import SelfloopError
+from agent.models import ModelSpec
 from tests.helpers import make_lora_adapter
 
 PROMPTS = [
@@ -30,7 +31,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def gen(tiny_model_dir: Path) -> TransformersGenerator:
-    return TransformersGenerator(str(tiny_model_dir), batch_size=4)
+    # float32 pinned: these tests check batching and scoring logic to 1e-4, tighter than
+    # bfloat16 (what `auto` picks on a CPU with native bfloat16) holds across batch shapes.
+    return TransformersGenerator(ModelSpec(name=str(tiny_model_dir), dtype="float32"), batch_size=4)
 
 
 @pytest.fixture(scope="module")

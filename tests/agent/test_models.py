@@ -143,3 +143,38 @@ def test_manifest_lists_sizes(tmp_path: Path, tiny_model_dir: Path) -> None:
     manifest = json.loads((entry / MANIFEST).read_text())
     assert manifest["meta"] == {"source": "x"}
     assert manifest["files"]["model.safetensors"] == (entry / "model.safetensors").stat().st_size
+
+
+# ---------------------------------------------------------------- dtype; the bundled files' hashes
+def test_auto_dtype_is_bfloat16_only_where_the_hardware_has_it(monkeypatch) -> None:
+    import torch
+
+    from agent.models import pick_dtype
+
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    assert pick_dtype(ModelSpec(), "cpu") is torch.bfloat16
+    assert pick_dtype(ModelSpec(dtype="float32"), "cpu") is torch.float32  # asked for: kept
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")
+    assert pick_dtype(ModelSpec(), "cpu") is torch.float32  # emulated bfloat16 is slower
+    assert pick_dtype(ModelSpec(dtype="bfloat16"), "cpu") is torch.bfloat16
+    assert pick_dtype(ModelSpec(), "mps") is torch.float32
+
+
+def test_a_bundled_file_that_is_not_the_published_one_is_refused(tmp_path: Path) -> None:
+    from agent.models import convert_gguf
+
+    src = bundled_gguf_path("smollm2-135m-instruct")
+    with pytest.raises(ModelResolutionError, match="published SHA-256"):
+        convert_gguf(src, tmp_path, expected_sha256="0" * 64)
+    assert not (tmp_path / "models").exists()  # refused before anything was converted
+
+
+def test_the_bundled_embedder_weights_are_checked(tmp_path: Path) -> None:
+    from agent.errors import SelfloopError
+    from judges.embed import _check_weights, resolve_embedding_model
+
+    resolve_embedding_model("all-minilm-l6-v2")  # the installed file matches its hash
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(b"\0" * 64)
+    with pytest.raises(SelfloopError, match="published SHA-256"):
+        _check_weights(fake, "0" * 64)

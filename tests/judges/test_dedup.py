@@ -96,6 +96,7 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch) 
 
     from judges.embed import pick_dtype
 
+    monkeypatch.delenv("SELFLOOP_CPU_BF16", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert pick_dtype("auto", "cpu") == "float32"  # emulated bfloat16 would be slower
