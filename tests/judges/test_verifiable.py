@@ -65,6 +65,42 @@ CASES = [
         "Le ciel est bleu parce que la lumière est diffusée par l'air.",
         "The sky is blue because the light is scattered by the air.",
     ),  # fmt: skip
+    ({"type": "letter_frequency", "letter": "e", "value": 3}, "Tree, EEL.", "Tree hut."),
+    (
+        {"type": "letter_frequency", "letter": "Z", "value": 2, "relation": "less than"},
+        "A lazy day.",
+        "Zig and zag.",
+    ),
+    ({"type": "capital_word_frequency", "value": 2}, "Go NOW and STAY!", "I saw A NASA craft."),
+    (
+        {"type": "capital_word_frequency", "value": 2, "relation": "less than"},
+        "I took A BIG step.",
+        "It is VERY BIG.",
+    ),
+    (
+        {"type": "nth_paragraph_first_word", "paragraphs": 3, "nth": 2, "first_word": "Next"},
+        'First part.\n\n**"Next,"** part.\n***\nLast part.',
+        "First part.\n\nThen, next part.\n\nLast part.",
+    ),
+    (
+        {"type": "nth_paragraph_first_word", "paragraphs": 2, "nth": 1, "first_word": "Yes"},
+        "Yes indeed.\n\nMore.",
+        "Yes indeed.\n\nMore.\n\nAnd more.",
+    ),
+    ({"type": "constrained_response"}, "my answer is  NO.", "My answer is yes. My answer is no."),
+    ({"type": "constrained_response", "value": ["Agreed.", "Refused."]}, "Agreed.", "Sure."),
+    ({"type": "two_responses"}, "Yes.\n******\nNo.", "Yes.\n*******\nNo."),
+    ({"type": "two_responses"}, "A cat.\n******\nA dog.", "Same.\n******\n same. "),
+    (
+        {"type": "repeat_prompt", "prompt_to_repeat": "Name a  river."},
+        "Name a river.\nThe Nile.",
+        "Sure! Name a river. The Nile.",
+    ),
+    (
+        {"type": "repeat_prompt", "prompt_to_repeat": "Name a river."},
+        "name a river. Nile",
+        "Name a river.",
+    ),
 ]
 
 
@@ -128,6 +164,26 @@ def test_loose_mode_strips_markdown_stars() -> None:
     assert check_all(response, [c], mode="loose")
 
 
+@pytest.mark.parametrize(
+    ("constraint", "response"),
+    [
+        ({"type": "letter_frequency", "letter": "z", "value": 1, "relation": "less than"},
+         "Zebra facts:\nThey run fast."),
+        ({"type": "capital_word_frequency", "value": 1, "relation": "less than"},
+         "NOTE\nnothing shouted here"),
+        ({"type": "nth_paragraph_first_word", "paragraphs": 2, "nth": 1, "first_word": "Rivers"},
+         "Here you go:\n\nRivers flow.\n\nThey end in seas."),
+        ({"type": "constrained_response"}, "My answer is yes.\n(Not: my answer is no.)"),
+        ({"type": "two_responses"}, "Two answers:\nOne.\n******\nTwo.\n******"),
+        ({"type": "repeat_prompt", "prompt_to_repeat": "Name a river."},
+         "**Name a river.** The Nile."),
+    ],
+)  # fmt: skip
+def test_loose_mode_helps_the_new_types_as_it_helps_the_others(constraint: dict, response: str):
+    assert not check(response, [constraint])[0].passed
+    assert check(response, [constraint], mode="loose")[0].passed
+
+
 def test_loose_mode_still_fails_what_no_variant_fixes() -> None:
     [r] = check("one, two\nthree, four\nfive, six", [{"type": "no_commas"}], mode="loose")
     assert not r.passed
@@ -147,6 +203,21 @@ def test_loose_mode_still_fails_what_no_variant_fixes() -> None:
         ({"type": "keyword_frequency", "value": 2}, "missing 'keyword'"),
         ({"type": "no_commas", "value": 1}, "unexpected key 'value' (no_commas takes no param"),
         ({"type": "response_language", "value": "klingon"}, "'value' must be a language code"),
+        ({"type": "letter_frequency", "letter": "ab", "value": 2}, "'letter' must be a single"),
+        (
+            {"type": "letter_frequency", "letter": "a", "value": 2, "relation": "more than"},
+            "'relation' must be 'at least' or 'less than'",
+        ),
+        (
+            {"type": "nth_paragraph_first_word", "paragraphs": 2, "nth": 3, "first_word": "So"},
+            "'nth' (3) is beyond 'paragraphs' (2)",
+        ),
+        (
+            {"type": "nth_paragraph_first_word", "paragraphs": 2, "nth": 1, "first_word": "So it"},
+            "'first_word' must be a single word",
+        ),
+        ({"type": "constrained_response", "value": []}, "'value' must be a non-empty list"),
+        ({"type": "repeat_prompt"}, "missing 'prompt_to_repeat'"),
         ("max_words", "expected a mapping with a 'type'"),
     ],
 )
