@@ -3,10 +3,12 @@
 A base task (a seed, an accepted example, a filtered proposal, an imported record) gets 1-3
 constraints from `judges.verifiable`'s registry, with randomized parameters, rendered into its
 instruction - the AutoIF / Tulu 3 way of making instruction-following data whose every answer a
-checker can grade. Only compatible sets are drawn (`conflicts`): never lowercase with uppercase,
-never two length limits, never a structure (bullets, paragraphs, sections, JSON) that a word
-limit leaves no room for. Constraint types are split into train types and held-out types
-(`AugmentConfig`), so evaluation can measure transfer to constraints never trained on.
+checker can grade. Only compatible sets are drawn (`compatible`, `_fits`): never lowercase with
+uppercase, never two length limits, never a structure (bullets, paragraphs, sections, JSON) that
+a word limit leaves no room for; a shape with room for little (JSON, two responses, a fixed
+option) comes only with its `FRIENDS`; yes/no options only for a yes/no question. Constraint
+types are split into train types and held-out types (`AugmentConfig`), so evaluation can
+measure transfer to constraints never trained on.
 
 Everything is drawn from a `random.Random` seeded per task (config seed + task id), so a round
 re-run after a kill draws the same tasks.
@@ -22,11 +24,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from judges.verifiable import CONSTRAINT_TYPES, render_all, validate_all
+from judges.text import count_sentences, count_words
+from judges.verifiable import CONSTRAINT_TYPES, count_capital_words, render_all, validate_all
 
-# Types held out of training by default: one per family (format, content, start/end, case), so
-# the held-out slice asks for skills the training data never names.
-DEFAULT_HELD_OUT = ("title", "keyword_frequency", "postscript", "uppercase")
+# Types held out of training by default: one per family (format, content, start/end, case,
+# combination), so the held-out slice asks for skills the training data never names.
+# repeat_prompt is the combination family's: trained, it would teach the model to echo the
+# request, which the response filters reject as a failure everywhere else; held out, it measures
+# whether "copy this, then answer" transfers untaught. Its sibling two_responses is trained.
+DEFAULT_HELD_OUT = ("title", "keyword_frequency", "postscript", "uppercase", "repeat_prompt")
 # response_language is not drawn: the bundled 135M model writes little but English.
 NOT_DRAWN = ("response_language",)
 
@@ -54,13 +60,24 @@ _ENDS = (
 GROUPS: tuple[tuple[str, ...], ...] = (
     ("min_words", "max_words", "min_sentences", "max_sentences"),  # one length limit
     ("lowercase", "uppercase"),
-    ("paragraph_count", "bullet_count", "sections", "json_format"),  # one layout
+    # one layout
+    ("paragraph_count", "bullet_count", "sections", "json_format", "nth_paragraph_first_word"),
     ("ends_with", "postscript"),  # one ending
     ("quotation", "starts_with"),  # an opening quote mark hides the phrase's first letter
 )
-# JSON output leaves room for little else: only these may join it.
-JSON_FRIENDS = {"required_keywords", "forbidden_keywords", "keyword_frequency", "min_words",
-                "max_words", "lowercase"}  # fmt: skip
+# Shapes that leave room for little else: only their friends may join them.
+FRIENDS: dict[str, set[str]] = {
+    "json_format": {"required_keywords", "forbidden_keywords", "keyword_frequency", "min_words",
+                    "max_words", "lowercase"},
+    # Constraints on the whole text that hold for two answers together; a length, a layout, an
+    # opening or an ending would leave unsaid whether it is meant for each answer or for both.
+    "two_responses": {"required_keywords", "forbidden_keywords", "keyword_frequency",
+                      "lowercase", "uppercase", "no_commas", "highlighted_sections",
+                      "placeholders", "letter_frequency", "capital_word_frequency"},
+    # The answer is a fixed sentence: only what that sentence can be written to obey.
+    "constrained_response": {"lowercase", "uppercase", "quotation", "no_commas",
+                             "forbidden_keywords", "max_words", "max_sentences"},
+}  # fmt: skip
 # Pairs that cannot hold together (beyond the groups).
 CLASH: set[frozenset[str]] = {
     frozenset(p)
@@ -68,8 +85,11 @@ CLASH: set[frozenset[str]] = {
         ("lowercase", "sections"),  # "SECTION 1" has capitals
         ("lowercase", "postscript"),  # "P.S." has capitals
         ("lowercase", "title"),  # checks pass, but a title in lowercase reads as a mistake
+        ("lowercase", "capital_word_frequency"),
+        ("uppercase", "capital_word_frequency"),  # every word is one: "less than" cannot hold
         ("quotation", "bullet_count"),  # the opening quote hides the first bullet
         ("quotation", "paragraph_count"),
+        ("quotation", "nth_paragraph_first_word"),
         ("quotation", "sections"),
         ("quotation", "postscript"),  # the closing quote must end the text
         ("quotation", "ends_with"),
@@ -80,6 +100,15 @@ CLASH: set[frozenset[str]] = {
         ("max_sentences", "starts_with"),
         ("max_sentences", "ends_with"),
         ("max_sentences", "postscript"),
+        # the repeated request must open the answer, unchanged
+        ("repeat_prompt", "starts_with"),
+        ("repeat_prompt", "title"),
+        ("repeat_prompt", "quotation"),
+        ("repeat_prompt", "lowercase"),
+        ("repeat_prompt", "uppercase"),
+        # is the repeated request a paragraph of its own? Either reading is a fair one
+        ("repeat_prompt", "paragraph_count"),
+        ("repeat_prompt", "nth_paragraph_first_word"),
     )
 }
 
@@ -109,6 +138,13 @@ class AugmentConfig(BaseModel):
         "rendered in English).",
     )
     seed: int = Field(0, description="Seed of the draws (with each base task's id).")
+    curriculum: bool = Field(
+        True,
+        description="Move the number of constraints per task by one each round from the last "
+        "round's verifier: harder when a quarter or more of its prompts were always passed (and "
+        "more than never), easier when a quarter or more were never passed (and more than "
+        "always); the pairs come from the prompts in between.",
+    )
 
     @field_validator("held_out_types", "train_types")
     @classmethod
@@ -127,12 +163,12 @@ class AugmentConfig(BaseModel):
 
 
 def compatible(types: Sequence[str]) -> bool:
-    """Whether constraint types can all hold in one response (see GROUPS, JSON_FRIENDS, CLASH)."""
+    """Whether constraint types can all hold in one response (see GROUPS, FRIENDS, CLASH)."""
     if len(set(types)) != len(types):
         return False
     if any(sum(t in g for t in types) > 1 for g in GROUPS):
         return False
-    if "json_format" in types and not set(types) - {"json_format"} <= JSON_FRIENDS:
+    if any(t in FRIENDS and not set(types) - {t} <= FRIENDS[t] for t in types):
         return False
     return not any(frozenset((a, b)) in CLASH for i, a in enumerate(types) for b in types[i + 1 :])
 
@@ -148,13 +184,46 @@ def content_words(text: str) -> list[str]:
     return list(seen)
 
 
-# Parameter draws per type: (rng, instruction) -> the constraint's parameters.
-Draw = Callable[[random.Random, str], dict[str, Any]]
+# Parameter draws per type: (rng, instruction) -> the constraint's parameters, or None when the
+# type makes no sense for this instruction (yes/no options for "Describe ...").
+Draw = Callable[[random.Random, str], dict[str, Any] | None]
 
 
 def _keyword(rng: random.Random, instruction: str) -> str:
     words = content_words(instruction)
     return rng.choice(words) if words else rng.choice(("example", "simple", "important"))
+
+
+# Words to open paragraph n with, by where it stands: a first paragraph seldom says "Finally".
+_OPENERS = {
+    "first": ("First", "Imagine", "Today"),
+    "middle": ("Next", "Also", "Then", "However"),
+    "last": ("Finally", "Overall", "Together"),
+}
+_YES_NO = re.compile(
+    r"\s*(?:is|are|was|were|do|does|did|can|could|should|would|will|has|have|may|must)\b[^?]*"
+    r"\?\s*$",
+    re.IGNORECASE,
+)
+_MAX_REPEATED_WORDS = 40  # a longer request, said twice, crowds the instruction out
+
+
+def _nth_paragraph(rng: random.Random, _: str) -> dict[str, Any]:
+    n = rng.randint(2, 4)
+    k = rng.randint(1, n)
+    place = "first" if k == 1 else "last" if k == n else "middle"
+    return {"paragraphs": n, "nth": k, "first_word": rng.choice(_OPENERS[place])}
+
+
+def _letter_frequency(rng: random.Random, _: str) -> dict[str, Any]:
+    # Common letters to use often, rare ones to avoid: either way an answer can be written.
+    if rng.random() < 0.5:
+        return {
+            "letter": rng.choice("etaoinsr"),
+            "value": rng.randint(5, 12),
+            "relation": "at least",
+        }
+    return {"letter": rng.choice("zqjx"), "value": rng.randint(2, 4), "relation": "less than"}
 
 
 _DRAWS: dict[str, Draw] = {
@@ -180,29 +249,67 @@ _DRAWS: dict[str, Draw] = {
     "no_commas": lambda r, _: {},
     "quotation": lambda r, _: {},
     "response_language": lambda r, _: {"value": "en"},
+    "letter_frequency": _letter_frequency,
+    "capital_word_frequency": lambda r, _: {
+        "value": r.randint(2, 4),
+        "relation": r.choice(("at least", "less than")),
+    },
+    "nth_paragraph_first_word": _nth_paragraph,
+    "constrained_response": lambda r, i: {} if _YES_NO.match(i) else None,
+    "two_responses": lambda r, _: {},
+    "repeat_prompt": lambda r, i: (
+        {"prompt_to_repeat": i} if count_words(i) <= _MAX_REPEATED_WORDS else None
+    ),
 }
 
 
 def _fits(constraints: list[dict[str, Any]]) -> bool:
-    """Room to obey: a word limit must leave ~15 words per bullet, paragraph or section; a
-    sentence limit must allow one sentence per bullet or section; no word asked for (a keyword,
-    a fixed opening or closing phrase) is forbidden."""
+    """Room to obey: a word limit must leave ~15 words per bullet, paragraph or section (after
+    a repeated request); a sentence limit must allow one sentence per bullet or section; no word
+    asked for (a keyword, a fixed phrase, a request to repeat) is forbidden; the text the answer
+    must contain has no comma when commas are banned and does not already use up a "less than"
+    count; an "at least" letter count leaves ~4 words per letter under a word limit."""
     by = {c["type"]: c for c in constraints}
     parts = max(
         (by[t]["value"] for t in ("paragraph_count", "bullet_count", "sections") if t in by),
-        default=0,
+        default=by.get("nth_paragraph_first_word", {}).get("paragraphs", 0),
     )
-    if "max_words" in by and by["max_words"]["value"] < 15 * max(parts, 1):
+    request = by.get("repeat_prompt", {}).get("prompt_to_repeat", "")
+    if "max_words" in by and by["max_words"]["value"] < count_words(request) + 15 * max(parts, 1):
         return False
-    if "max_sentences" in by and by["max_sentences"]["value"] < parts:
-        return False
-    asked = set(by.get("required_keywords", {}).get("value", []))
+    if "max_sentences" in by:
+        before = count_sentences(request) + 1 if request else 0
+        if by["max_sentences"]["value"] < max(parts, before):
+            return False
+    nth = by.get("nth_paragraph_first_word", {}).get("nth")
+    if nth == 1 and ("starts_with" in by or "title" in by):
+        return False  # the opening line would become the first paragraph's first word
+    asked = list(by.get("required_keywords", {}).get("value", []))
     if "keyword_frequency" in by:
-        asked.add(by["keyword_frequency"]["keyword"])
+        asked += [by["keyword_frequency"]["keyword"]] * by["keyword_frequency"]["value"]
     forbidden = set(by.get("forbidden_keywords", {}).get("value", []))
-    phrases = " ".join(by[t]["value"] for t in ("starts_with", "ends_with") if t in by).lower()
-    said = set(re.findall(r"[a-z]+", phrases))  # a fixed phrase must not hold a forbidden word
-    return not asked & forbidden and not said & forbidden
+    said = [by[t]["value"] for t in ("starts_with", "ends_with", "postscript") if t in by]
+    said += by.get("constrained_response", {}).get("value", [])
+    said += [by["nth_paragraph_first_word"]["first_word"]] if nth else []
+    said += [request] if request else []
+    if "sections" in by:
+        said += [by["sections"]["splitter"]] * by["sections"]["value"]
+    said_words = set(re.findall(r"[a-z]+", " ".join(said).lower()))
+    if set(asked) & forbidden or said_words & forbidden:
+        return False
+    fixed = " ".join(asked + said)
+    if "no_commas" in by and "," in fixed:
+        return False
+    if "letter_frequency" in by:
+        c = by["letter_frequency"]
+        if c["relation"] == "less than" and fixed.lower().count(c["letter"]) >= c["value"]:
+            return False
+        limit = by.get("max_words", {}).get("value")
+        if c["relation"] == "at least" and limit is not None and c["value"] > limit // 4:
+            return False
+    if by.get("capital_word_frequency", {}).get("relation") == "less than":
+        return count_capital_words(fixed) < by["capital_word_frequency"]["value"]
+    return True
 
 
 def _same_case(constraints: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -212,10 +319,16 @@ def _same_case(constraints: list[dict[str, Any]]) -> list[dict[str, Any]]:
     case = str.lower if "lowercase" in types else str.upper if "uppercase" in types else None
     if case is None:
         return constraints
-    return [
-        {**c, "value": case(c["value"])} if c["type"] in ("starts_with", "ends_with") else c
-        for c in constraints
-    ]
+    out = []
+    for c in constraints:
+        if c["type"] in ("starts_with", "ends_with"):
+            c = {**c, "value": case(c["value"])}
+        elif c["type"] == "constrained_response":
+            c = {**c, "value": [case(o) for o in c["value"]]}
+        elif c["type"] == "nth_paragraph_first_word":
+            c = {**c, "first_word": case(c["first_word"])}
+        out.append(c)
+    return out
 
 
 def task_rng(seed: int, task_id: str) -> random.Random:
@@ -234,7 +347,10 @@ def draw_constraints(
             chosen = rng.sample(types, want)
             if not compatible(chosen):
                 continue
-            cons = validate_all([{"type": t, **_DRAWS[t](rng, instruction)} for t in chosen])
+            drawn = [_DRAWS[t](rng, instruction) for t in chosen]
+            if any(params is None for params in drawn):
+                continue
+            cons = validate_all([{"type": t, **p} for t, p in zip(chosen, drawn, strict=True)])
             if _fits(cons):
                 return _same_case(cons)
     return []

@@ -13,6 +13,7 @@ import pytest
 from judges.augment import (
     CLASH,
     DEFAULT_HELD_OUT,
+    FRIENDS,
     AugmentConfig,
     augment_task,
     compatible,
@@ -27,6 +28,7 @@ INSTRUCTIONS = [
     "Explain why leaves change colour in autumn.",
     "Give advice to someone starting their first job in finance.",
     "Summarize the plot of a detective story you invent.",
+    "Is it safe to swim in a lake during a thunderstorm?",  # yes/no: constrained_response fits
 ]
 _FILLER_TEXT = "the river runs past old stone bridges under grey morning light"
 FILLER = _FILLER_TEXT.split()
@@ -38,14 +40,25 @@ def witness(constraints: list[dict[str, Any]]) -> str:
     keywords = list(by.get("required_keywords", {}).get("value", []))
     if "keyword_frequency" in by:
         keywords += [by["keyword_frequency"]["keyword"]] * by["keyword_frequency"]["value"]
+    letters = by.get("letter_frequency", {"relation": "less than"})
+    if letters["relation"] == "at least":
+        keywords.append(letters["letter"] * letters["value"])  # one word holds them all
+    if by.get("capital_word_frequency", {}).get("relation") == "at least":
+        keywords += ["NOTE"] * by["capital_word_frequency"]["value"]
     n_words = by.get("min_words", {}).get("value", 0)
     if "json_format" in by:
         body = " ".join(keywords + FILLER[:4])
         body += " filler" * max(0, n_words - len(body.split()) + 2)
         text = json.dumps({"answer": body})
         return text.lower() if "lowercase" in by else text
+    if "constrained_response" in by:
+        text = by["constrained_response"]["value"][0]
+        text = f'"{text}"' if "quotation" in by else text
+        return text.lower() if "lowercase" in by else text.upper() if "uppercase" in by else text
+    nth = by.get("nth_paragraph_first_word", {})
     parts = max(
-        [by[t]["value"] for t in ("paragraph_count", "bullet_count", "sections") if t in by] + [1]
+        [by[t]["value"] for t in ("paragraph_count", "bullet_count", "sections") if t in by]
+        + [nth.get("paragraphs", 1)]
     )
     n_sent = max(parts, by.get("min_sentences", {}).get("value", 1))
     sentences = [" ".join(FILLER[i % 5 : i % 5 + 4]) for i in range(n_sent)]
@@ -58,6 +71,8 @@ def witness(constraints: list[dict[str, Any]]) -> str:
         sentences[-1] += " more" * (n_words - total + 5)
     sentences = [s[0].upper() + s[1:] + "." for s in sentences]
     units = [" ".join(sentences[i::parts]) for i in range(parts)]
+    if nth:
+        units[nth["nth"] - 1] = f"{nth['first_word']} {units[nth['nth'] - 1]}"
     if "bullet_count" in by:
         mark = "-" if "highlighted_sections" in by else "*"  # a "* " would pair with a highlight
         text = "\n".join(f"{mark} {u}" for u in units)
@@ -66,10 +81,14 @@ def witness(constraints: list[dict[str, Any]]) -> str:
         text = "\n\n".join(f"{sp} {i + 1}\n{u}" for i, u in enumerate(units))
     else:
         text = "\n\n".join(units)
+    if "two_responses" in by:
+        text = f"{text}\n******\nAnother answer."
     if "title" in by:
         text = f"<<A Title>>\n{text}"
     if "starts_with" in by:
         text = f"{by['starts_with']['value']}\n{text}"  # its own line: a bullet stays a bullet
+    if "repeat_prompt" in by:
+        text = f"{by['repeat_prompt']['prompt_to_repeat']}\n{text}"
     if "ends_with" in by:
         text = f"{text} {by['ends_with']['value']}"
     if "postscript" in by:
@@ -110,9 +129,37 @@ def test_contradictions_are_never_compatible() -> None:
     assert not compatible(["json_format", "bullet_count"])
     assert not compatible(["json_format", "starts_with"])
     assert not compatible(["max_words", "max_words"])
+    assert not compatible(["two_responses", "paragraph_count"])
+    assert not compatible(["two_responses", "max_words"])
+    assert not compatible(["constrained_response", "min_words"])
+    assert not compatible(["constrained_response", "two_responses"])
+    assert not compatible(["nth_paragraph_first_word", "bullet_count"])
     for pair in CLASH:
         assert not compatible(sorted(pair))
+    for shape, friends in FRIENDS.items():
+        for other in set(CONSTRAINT_TYPES) - friends - {shape}:
+            assert not compatible([shape, other]) and not compatible([other, shape])
     assert compatible(["lowercase", "required_keywords", "max_words"])
+    assert compatible(["two_responses", "letter_frequency", "no_commas"])
+
+
+def test_yes_no_options_only_answer_yes_no_questions() -> None:
+    types = ["constrained_response", *sorted(FRIENDS["constrained_response"])]
+    with_options = Counter()
+    for seed in range(300):
+        for instruction in ("Is it safe to swim in a lake during a thunderstorm?", INSTRUCTIONS[0]):
+            cons = draw_constraints(random.Random(seed), instruction, types, k=1 + seed % 3)
+            if any(c["type"] == "constrained_response" for c in cons):
+                with_options[instruction] += 1
+                assert not [r for r in check(witness(cons), cons) if not r.passed], cons
+    assert with_options[INSTRUCTIONS[0]] == 0 and with_options.total() > 30
+
+
+def test_a_long_request_is_not_asked_to_be_repeated() -> None:
+    long = "Describe " + "a very long and winding road " * 8 + "in detail."
+    for seed in range(100):
+        cons = draw_constraints(random.Random(seed), long, ["repeat_prompt", "no_commas"], k=1)
+        assert [c["type"] for c in cons] == ["no_commas"]
 
 
 def test_a_tight_word_limit_never_comes_with_a_crowded_layout() -> None:
