@@ -10,6 +10,7 @@ import pytest
 
 from agent.errors import SelfloopError
 from judges import lang
+from judges.augment import DEFAULT_HELD_OUT, FRIENDS
 from judges.evals import (
     SUITES,
     fact_match,
@@ -33,7 +34,7 @@ def suites() -> dict[str, list[dict]]:
 
 
 def test_every_suite_meets_its_minimum_size(suites: dict[str, list[dict]]) -> None:
-    assert len(suites["ifeval"]) >= 110
+    assert len(suites["ifeval"]) >= 300
     assert len(suites["helpfulness"]) >= 90
     domains = Counter(r["domain"] for r in suites["domains"])
     assert {d: n for d, n in domains.items() if n >= 28}.keys() == {"healthcare", "law", "finance"}
@@ -52,6 +53,9 @@ def test_ifeval_mixes_constraint_types_counts_domains_and_languages(
     assert set(per_prompt) == {1, 2, 3}, per_prompt
     used = Counter(c["type"] for r in records for c in r["constraints"])
     assert set(used) == set(CONSTRAINT_TYPES), set(CONSTRAINT_TYPES) - set(used)
+    assert min(used.values()) >= 6, used  # a per-type slice of a few prompts says little
+    held_out = [r for r in records if {c["type"] for c in r["constraints"]} & set(DEFAULT_HELD_OUT)]
+    assert len(held_out) >= 100
     assert len({r["domain"] for r in records}) >= 20
     others = [r for r in records if r["language"] != "en"]
     assert len(others) >= 10 and len({r["language"] for r in others}) >= 5
@@ -103,6 +107,12 @@ TYPE_CUES = {
         "placeholders": "square brackets",
         "bullet_count": "bullet",
         "paragraph_count": "paragraphs",
+        "letter_frequency": "the letter",
+        "capital_word_frequency": "capital letters",
+        "nth_paragraph_first_word": "paragraphs",
+        "constrained_response": "options",
+        "two_responses": "******",
+        "repeat_prompt": "repeat the request",
     },
     "*": {"bullet_count": '"* "', "paragraph_count": "***"},
 }
@@ -164,12 +174,39 @@ CONFLICTS = {
 }
 
 
+# What the later types cannot share a prompt with (as in training: judges.augment.compatible).
+CONFLICTS |= {
+    frozenset(pair)
+    for pair in [
+        ("lowercase", "capital_word_frequency"),
+        ("uppercase", "capital_word_frequency"),
+        ("nth_paragraph_first_word", "paragraph_count"),
+        ("nth_paragraph_first_word", "bullet_count"),
+        ("nth_paragraph_first_word", "sections"),
+        ("nth_paragraph_first_word", "json_format"),
+        *(
+            ("repeat_prompt", other)
+            for other in ("starts_with", "title", "quotation", "lowercase", "uppercase",
+                          "paragraph_count", "nth_paragraph_first_word", "json_format")
+        ),
+    ]
+}  # fmt: skip
+
+
 def test_ifeval_constraints_of_a_prompt_can_all_be_met(suites: dict[str, list[dict]]) -> None:
     for r in suites["ifeval"]:
         by_type = {c["type"]: c for c in r["constraints"]}
         assert len(by_type) == len(r["constraints"]), r["id"]
         for pair in CONFLICTS:
             assert not pair <= by_type.keys(), (r["id"], sorted(pair))
+        for shape in ("two_responses", "constrained_response"):  # shapes with room for little
+            if shape in by_type:
+                assert by_type.keys() - {shape} <= FRIENDS[shape], r["id"]
+        request = by_type.get("repeat_prompt", {}).get("prompt_to_repeat")
+        if request is not None:
+            assert r["prompt"].startswith(request), r["id"]  # the request is the prompt's task
+        if "constrained_response" in by_type:
+            assert "?" in r["prompt"].split(". ")[0], r["id"]  # the options answer a question
         for low, high in (("min_words", "max_words"), ("min_sentences", "max_sentences")):
             if low in by_type and high in by_type:
                 assert by_type[low]["value"] <= by_type[high]["value"], r["id"]
@@ -177,6 +214,8 @@ def test_ifeval_constraints_of_a_prompt_can_all_be_met(suites: dict[str, list[di
         forbidden = {k.lower() for k in by_type.get("forbidden_keywords", {}).get("value", [])}
         assert not required & forbidden, r["id"]
         phrases = [by_type[t]["value"] for t in ("starts_with", "ends_with") if t in by_type]
+        phrases += by_type.get("constrained_response", {}).get("value", [])
+        phrases += [by_type.get("nth_paragraph_first_word", {}).get("first_word", "")]
         if "lowercase" in by_type:
             assert all(p == p.lower() for p in phrases), r["id"]
         if "uppercase" in by_type:
