@@ -348,6 +348,7 @@ def _print_end(run_dir: Path, state: dict) -> None:
 def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Where a run is, its champion, and one row per finished round."""
     from loop.rundir import RunDir
+    from loop.show import time_split
 
     rd = RunDir(_uses_run(run_dir)).require_run()
     champ = rd.champion()
@@ -359,9 +360,10 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
         kept = m.get("dedup", {}).get("kept", 0)
         loss = m.get("tune", {}).get("final_loss")
         loss_s = f"{loss:.3f}" if loss is not None else "-"
+        split = time_split(m.get("seconds") or {}, top=2)
         typer.echo(
             f"round {m['round']:>3}: kept {kept:>4}  loss {loss_s:>6}  {dec.get('decision', '-'):9}"
-            f"  {(dec.get('reasons') or [''])[0]}"
+            f"  {(dec.get('reasons') or [''])[0]}" + (f"\n           time {split}" if split else "")
         )
     rounds = (
         sorted(p.name for p in (rd.root / "rounds").glob("[0-9]*"))

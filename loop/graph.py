@@ -18,10 +18,12 @@ import os
 import shutil
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent import procs
 from agent.errors import SelfloopError
 from loop import rounds, stages
 from loop.config import SelfloopConfig, check_run, dump_config, load_config
@@ -55,9 +57,15 @@ def build_graph(ctx: Context, checkpointer: Any) -> Any:
                 raise Stopping(
                     f"stopped before {name} of round {state.get('round')}; resume to go on"
                 )
-            ctx.where = f"round {state.get('round')} {name}"
+            n = state.get("round")
+            ctx.where = f"round {n} {name}"
+            # Timed only when it does the work now (a resumed run passes done stages at once).
+            timed = name not in ROUND_END and not ctx.rundir.stage_done(n, name)
+            started = time.monotonic()
             update = fn(ctx, state)
-            failpoint(f"{name}.done", state.get("round"))
+            if timed and ctx.rundir.stage_done(n, name):
+                ctx.rundir.record_time(n, name, time.monotonic() - started)
+            failpoint(f"{name}.done", n)
             return update
 
         return node
@@ -180,7 +188,8 @@ def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dic
             # Killed before its first checkpoint: nothing was done, so it starts afresh.
             log.warning("%s has no checkpoint yet; starting it from round 1", rd.root)
             first_input = dict(INITIAL)
-        state = graph.invoke(first_input, config, durability="sync")
+        with procs.claim(f"selfloop {'resume' if first_input is None else 'run'} {rd.root}"):
+            state = graph.invoke(first_input, config, durability="sync")
         snapshot = graph.get_state(config)
         if snapshot.next:  # paused (human review)
             log.info("paused before %s; see %s", snapshot.next, rd.root)

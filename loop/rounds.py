@@ -81,4 +81,6 @@ def round_metrics(rundir: RunDir, n: int) -> dict[str, Any]:
     rec: dict[str, Any] = {"round": n}
     for stage in PIPELINE:
         rec.update(stage.round_metrics(rundir.round_dir(n)))
+    if times := rundir.stage_times(n):
+        rec["seconds"] = times
     return rec

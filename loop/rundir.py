@@ -255,6 +255,27 @@ class RunDir:
         os.symlink(rel, tmp)
         os.replace(tmp, self.champion_link)
 
+    # ---------------------------------------------------------------- time
+    def timings_path(self, n: int) -> Path:
+        return self.round_dir(n) / "timings.json"
+
+    def record_time(self, n: int, stage: str, seconds: float) -> None:
+        """A stage's wall time in round `n` (model loading included where it triggered it)."""
+        times = self.stage_times(n)
+        times[stage] = round(seconds, 1)
+        self.round_dir(n).mkdir(parents=True, exist_ok=True)
+        write_json(self.timings_path(n), times)
+
+    def stage_times(self, n: int) -> dict[str, float]:
+        """stage -> seconds for the stages of round `n` that ran (a damaged file reads empty)."""
+        try:
+            data = json.loads(self.timings_path(n).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+
     # ---------------------------------------------------------------- metrics
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:

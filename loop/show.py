@@ -184,6 +184,25 @@ def _training(rd: Path) -> list[str]:
     ]
 
 
+def duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def time_split(times: dict[str, float], top: int | None = None) -> str:
+    """`total: stage time (share), ...`, largest first; `top` keeps that many stages."""
+    total = sum(times.values())
+    if total <= 0:
+        return ""
+    parts = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    shown = ", ".join(
+        f"{k} {duration(v)} ({v / total:.0%})" if top is None else f"{k} {v / total:.0%}"
+        for k, v in parts
+    )
+    return f"{duration(total)}: {shown}"
+
+
 def render_round(run_dir: Path, n: int, *, samples: int = 3, slices: bool = False) -> str:
     """Plain text (no colour codes) of what round `n` of the run in `run_dir` did.
 
@@ -225,6 +244,9 @@ def render_round(run_dir: Path, n: int, *, samples: int = 3, slices: bool = Fals
         against = ((champ or {}).get("candidate") or {}).get("adapter", "base")
         lines += ["", f"Evaluation (candidate vs champion: {against})"]
         lines += _eval_lines(cand, champ, slices)
+    if split := time_split(RunDir(run_dir).stage_times(n)):
+        lines += ["", "Time (wall clock per stage; a stage that loads a model pays for it)"]
+        lines += [f"  {split}"]
     if decision is not None:
         lines += ["", f"Decision: {decision.get('decision')}"]
         lines += [f"  - {' '.join(str(r).split())}" for r in decision.get("reasons") or []]

@@ -215,7 +215,7 @@ def train_preference(
         preference={k: round(float(v), 6) for k, v in last.items()},
         examples=len(rows),
     )
-    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved.display_name, round_index)
+    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result

@@ -36,6 +36,7 @@ from agent.atomic import atomic_write
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from tuners.attention import use_for as use_packed_attention
+from tuners.card import model_card, portable_adapter_config
 from tuners.common import MARKER
 from tuners.config import TuneConfig
 from tuners.data import Collator, packed_loss, tokenize_dataset
@@ -270,7 +271,7 @@ def train(
         data_sha256=digest,
         examples=len(data),
     )
-    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved.display_name, round_index)
+    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -368,7 +369,7 @@ def _save_artifact(
     cfg: TuneConfig,
     out_dir: Path,
     result: TrainResult,
-    base: str,
+    resolved: Any,
     round_index: int | None,
 ) -> None:
     """Called on every rank. Under FSDP the weights are sharded, so `trainer.save_model` gathers
@@ -389,7 +390,8 @@ def _save_artifact(
     if cfg.method == "full":
         tokenizer.save_pretrained(tmp)
     (tmp / METRICS).write_text(json.dumps(result.to_dict(), indent=2))
-    (tmp / "README.md").write_text(_model_card(cfg, result, base, round_index))
+    (tmp / "README.md").write_text(model_card(cfg, result, resolved, round_index))
+    portable_adapter_config(tmp, resolved)
     os.rename(tmp, out_dir)
     log.info(
         "wrote %s (%s, %d steps, final loss %.4f)",
@@ -397,19 +399,4 @@ def _save_artifact(
         cfg.method,
         result.steps,
         result.final_loss,
-    )
-
-
-def _model_card(cfg: TuneConfig, r: TrainResult, base: str, round_index: int | None) -> str:
-    what = "full fine-tune" if cfg.method == "full" else f"{cfg.method} adapter"
-    return (
-        f"# selfloop {what}\n\n"
-        f"- base model: {base}\n"
-        f"- method: {cfg.method}, objective: {cfg.objective}\n"
-        f"- round: {round_index if round_index is not None else 'n/a'}\n"
-        f"- training data sha256: {r.data_sha256}\n"
-        f"- steps: {r.steps}, final loss: {r.final_loss:.4f}, tokens: {r.tokens}\n"
-        f"- trainable parameters: {r.trainable_params}\n\n"
-        "Settings:\n\n```json\n"
-        f"{json.dumps(cfg.model_dump(), indent=2)}\n```\n"
     )

@@ -30,13 +30,14 @@ def run(ctx: Context, state: LoopState) -> dict:
         return {}
     proposals = ctx.rundir.input_records(n, "augment")
     made: list[dict[str, Any]] = []
+    level: dict[str, Any] = {}
     guarded: dict[str, dict[str, Any]] = {}
     unfit: Counter[str] = Counter()
     if "constraints" in ctx.cfg.run.sources:
         # The filter stage applies the instruction rules to every answered task again: a task
         # they reject would cost n samples for nothing (seen: a seed with a blacklisted word).
         rules = FilterChain(ctx.cfg.filters)
-        cfg = ctx.cfg.augment
+        cfg, level = curriculum(ctx, n)
         pool = base_tasks(ctx, proposals)
         # A fresh order each round, the same on a re-run of the round.
         random.Random(f"{cfg.seed}/{n}").shuffle(pool)
@@ -72,10 +73,37 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "constraints_per_task": dict(Counter(len(t["constraints"]) for t in made)),
                 "contaminated": {k: v["guard_neighbour"] for k, v in guarded.items()},
                 "unfit": dict(unfit),  # drawn, but the instruction filters would drop them
+                **({"curriculum": level} if level else {}),
             },
         )
     log.info("round %d augment: %d constrained tasks (%s)", n, len(made), counts(types))
     return {}
+
+
+def curriculum(ctx: Context, n: int) -> tuple[Any, dict[str, Any]]:
+    """This round's augment config and its constraint level (min, max per task, and why).
+
+    The level starts at the config's and moves by one from the last round's: a prompt the model
+    always or never passes gives no preference pair (no passing or no failing answer), so when a
+    quarter or more of the last round's verified prompts were always passed (and more than were
+    never passed) tasks get one constraint more, and in the opposite case one fewer (1 to 3)."""
+    cfg = ctx.cfg.augment
+    lo, hi = cfg.min_constraints, cfg.max_constraints
+    if not cfg.curriculum or n <= 1:
+        return cfg, {"min": lo, "max": hi, "step": 0, "why": "the configured level"}
+    last = (ctx.rundir.stage_stats(n - 1, "augment") or {}).get("curriculum") or {}
+    lo, hi = last.get("min", lo), last.get("max", hi)
+    verified = (ctx.rundir.stage_stats(n - 1, "filter") or {}).get("verifier") or {}
+    prompts = verified.get("prompts") or 0
+    always, never = verified.get("always", 0), verified.get("never", 0)
+    step, why = 0, f"round {n - 1}: {always} always, {never} never passed of {prompts} prompts"
+    if prompts and always > never and always >= prompts / 4:
+        step = 1
+    elif prompts and never > always and never >= prompts / 4:
+        step = -1
+    lo, hi = min(3, max(1, lo + step)), min(3, max(1, hi + step))
+    level = {"min": lo, "max": hi, "step": step, "why": why}
+    return cfg.model_copy(update={"min_constraints": lo, "max_constraints": hi}), level
 
 
 def _near_eval(ctx: Context, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -107,10 +135,15 @@ def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str,
 
 
 def summary(s: dict[str, Any]) -> str:
-    return (
+    level = s.get("curriculum")
+    moved = {1: "harder", -1: "easier", 0: "kept"}.get((level or {}).get("step"), "")
+    line = (
         f"{s.get('made', 0)} constrained tasks from {counts(s.get('bases'))}; "
         f"types: {counts(s.get('constraint_types'))}"
     )
+    if level:
+        line += f"; {level['min']}-{level['max']} constraints ({moved}: {level['why']})"
+    return line
 
 
 STAGE = Stage(

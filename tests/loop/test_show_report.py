@@ -15,7 +15,7 @@ from agent.errors import SelfloopError
 from loop.config import load_config
 from loop.graph import run
 from loop.report import PLOTS, funnel_counts, write_report
-from loop.show import render_round
+from loop.show import duration, render_round
 from tests.helpers import EXPERT, PLANTED, seed_copy, selfloop, write_config
 
 # Beyond test_loop's data: one example the filters reject (a blacklisted keyword) and a
@@ -99,6 +99,38 @@ def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
     assert f"Decision: {decision['decision']}" in text
     assert f"  - {decision['reasons'][0]}" in text
     assert f"round 1: finished: {decision['decision']}\n" in text
+
+
+def test_each_stage_that_ran_has_its_time_in_show_status_and_metrics(run_dir: Path) -> None:
+    from loop.rundir import RunDir
+    from loop.stages import names
+
+    times = RunDir(run_dir).stage_times(1)
+    ran = [s for s in names() if (run_dir / "rounds" / "001" / s).is_dir()]
+    assert set(ran) <= set(times) <= set(names()), times
+    assert all(v >= 0 for v in times.values()) and sum(times.values()) > 0
+    assert "review" not in times  # off in this config: it never ran, so it has no time
+    metrics = RunDir(run_dir).read_metrics()[0]
+    assert metrics["seconds"] == times
+    text = render_round(run_dir, 1)
+    slowest = max(times, key=times.get)
+    line = text.split("Time (wall clock per stage")[1].splitlines()[1]
+    assert f" {slowest} " in line and "%)" in line
+    status = selfloop("status", str(run_dir))
+    assert status.returncode == 0, status.stderr
+    assert f"time {duration(sum(times.values()))}: {slowest} " in status.stdout
+    assert f"{slowest} {times[slowest] / sum(times.values()):.0%}" in status.stdout
+
+
+def test_timings_of_a_damaged_file_read_empty(tmp_path: Path) -> None:
+    from loop.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    rd.record_time(1, "respond", 12.345)
+    rd.record_time(1, "tune", 3)
+    assert rd.stage_times(1) == {"respond": 12.3, "tune": 3.0}
+    rd.timings_path(1).write_text("{garbage")
+    assert rd.stage_times(1) == {}
 
 
 def test_show_a_round_that_stopped_before_tuning(run_dir: Path) -> None:

@@ -9,7 +9,7 @@ from agent.data import read_jsonl, write_examples
 from loop.accounting import round_account
 from loop.config import load_config
 from loop.context import Context
-from loop.rundir import RunDir
+from loop.rundir import RunDir, write_json
 from loop.stages import dedup, filter, judge, propose
 from loop.stages.propose import proposal_filter
 
@@ -236,6 +236,41 @@ def test_augment_constrains_seed_tasks_reproducibly_and_passes_proposals_on(
     augment.run(ctx, {"round": 2})
     again = read_jsonl(ctx.rundir.stage_dir(2, "augment") / "tasks.jsonl")
     assert {t["instruction"] for t in again}.isdisjoint({t["instruction"] for t in made})
+
+
+def test_the_constraint_level_follows_the_last_rounds_verifier(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from loop.stages import augment
+
+    ctx = _context(tmp_path, tiny_model_dir, "run.sources=[constraints]", "augment.tasks=6",
+                   "augment.min_constraints=1", "augment.max_constraints=2")  # fmt: skip
+
+    def round_(n: int, verifier: dict | None) -> dict:
+        (ctx.rundir.stage_dir(n, "propose")).mkdir(parents=True)
+        write_examples(ctx.rundir.stage_dir(n, "propose") / "kept.jsonl", [])
+        augment.run(ctx, {"round": n})
+        # what the filter stage of round n would have counted
+        (ctx.rundir.stage_dir(n, "filter")).mkdir(parents=True)
+        write_json(ctx.rundir.stage_dir(n, "filter") / "stats.json", {"verifier": verifier or {}})
+        return ctx.rundir.stage_stats(n, "augment")
+
+    first = round_(1, {"prompts": 16, "always": 1, "never": 8, "mixed": 7})
+    assert first["curriculum"] == {"min": 1, "max": 2, "step": 0, "why": "the configured level"}
+    easier = round_(2, {"prompts": 16, "always": 6, "never": 2, "mixed": 8})
+    assert easier["curriculum"]["step"] == -1 and (
+        easier["curriculum"]["min"],
+        easier["curriculum"]["max"],
+    ) == (1, 1)
+    assert "8 never passed of 16" in easier["curriculum"]["why"]
+    assert easier["constraints_per_task"] == {"1": 6}  # every task of the round got one
+    harder = round_(3, {"prompts": 16, "always": 2, "never": 2, "mixed": 12})
+    assert (harder["curriculum"]["min"], harder["curriculum"]["max"]) == (2, 2)  # from (1, 1)
+    kept = round_(4, {})  # mixed enough (or nothing verified): the level stays
+    assert (kept["curriculum"]["min"], kept["curriculum"]["max"], kept["curriculum"]["step"]) == (
+        2, 2, 0)  # fmt: skip
+    assert "2-2 constraints (kept" in augment.summary(kept)
+    ctx.release()
 
 
 def test_augment_passes_proposals_through_when_the_source_is_off(

@@ -54,6 +54,15 @@ def test_each_method_learns_the_toy_set(tiny_model_dir: Path, tmp_path: Path, me
     assert not (out / "training_args.bin").exists()
     card = (out / "README.md").read_text()
     assert f"method: {method}" in card and r.data_sha256 in card
+    from huggingface_hub import ModelCard
+
+    meta = ModelCard.load(out / "README.md").data.to_dict()
+    assert meta["library_name"] == ("transformers" if method == "full" else "peft")
+    assert "selfloop" in meta["tags"] and method in meta["tags"]
+    assert "base_model" not in meta  # a local test model has no public id
+    if method != "full":
+        base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert base == tiny_model_dir.name  # portable: not a path on this machine
     assert not out.with_name("out.checkpoints").exists()  # cleaned up after success
 
 
