@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -41,7 +42,7 @@ class ChatRequest(BaseModel):
     top_k: int = Field(0, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # beyond int64: a 400, not a 500
     stop: str | list[str] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -102,7 +103,10 @@ def create_app(
                 top_p=req.top_p,
                 top_k=req.top_k,
                 n=req.n,
-                seed=req.seed,
+                # An unseeded request draws fresh randomness: the backend restores its RNG
+                # state after each call (a seeded call must not disturb the caller's), so
+                # without a seed every request would repeat the first one's samples.
+                seed=req.seed if req.seed is not None else secrets.randbits(63),
                 stop=stop,
             )
         except ValueError as e:  # pydantic's ValidationError is a ValueError

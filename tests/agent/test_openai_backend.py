@@ -114,23 +114,30 @@ def test_continuation_logprobs_unsupported_over_http(server) -> None:
         client(server).continuation_logprobs(PROMPTS[:1], ["x"])
 
 
+def test_unseeded_requests_draw_fresh_samples(server) -> None:
+    params = SamplingParams(max_tokens=12, temperature=1.0)
+    texts = [client(server).generate(PROMPTS[:1], params)[0].text for _ in range(4)]
+    assert len(set(texts)) > 1, texts  # seen before the fix: four identical answers
+
+
 def test_unknown_model_is_a_per_request_error(server) -> None:
     g = OpenAIGenerator("nope", base_url=server["url"], max_retries=0)
     r = g.generate(PROMPTS[:1], SamplingParams(max_tokens=4))[0]
     assert not r.ok and "404" in r.error and "nope" in r.error and r.completions == []
 
 
-def test_bad_sampling_value_is_a_400(server) -> None:
+@pytest.mark.parametrize(("field", "value"), [("top_p", 5), ("seed", 2**64)])
+def test_bad_sampling_value_is_a_400(server, field: str, value: int) -> None:
     req = urllib.request.Request(
         server["url"] + "/chat/completions",
         data=json.dumps(
-            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": 5}
+            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], field: value}
         ).encode(),
         headers={"Content-Type": "application/json"},
     )
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req)
-    assert e.value.code == 400 and "top_p" in json.load(e.value)["error"]["message"]
+    assert e.value.code == 400 and field in json.load(e.value)["error"]["message"]
 
 
 def test_streaming_clients_get_one_chunk(server, local) -> None:
