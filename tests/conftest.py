@@ -21,6 +21,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # (CI sets SELFLOOP_CACHE_DIR so the real model is converted once per machine).
     if "SELFLOOP_CACHE_DIR" not in os.environ:
         os.environ["SELFLOOP_CACHE_DIR"] = str(tmp_path_factory.mktemp("selfloop-cache"))
+    # The test runs register as model processes (agent.procs) in a registry of their own: the
+    # runs the crash tests kill leave entries, and none must make a real run on this machine warn.
+    os.environ["SELFLOOP_PROCS_DIR"] = str(tmp_path_factory.mktemp("selfloop-procs"))
 
 
 @pytest.fixture(scope="session")
