@@ -72,7 +72,7 @@ def others() -> list[dict[str, Any]]:
     """The other live registered model processes (stale entries of dead ones are removed)."""
     found = []
     mine = _ancestors()
-    for f in sorted(registry().glob("*.json")) if registry().is_dir() else []:
+    for f in sorted(registry().glob("*.json")):  # none when the directory does not exist
         try:
             entry = json.loads(f.read_text())
             pid = int(entry["pid"])
