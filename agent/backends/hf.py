@@ -9,7 +9,7 @@ of the one base model and switched per call without reloading it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from agent.backends.base import (
     check_prompts,
 )
 from agent.errors import SelfloopError
-from agent.models import ModelSpec, load_model
+from agent.models import ModelSpec, check_adapter_files, load_model
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,7 @@ class TransformersGenerator:
         from peft import PeftModel
 
         path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise SelfloopError(
-                f"adapter directory {path} has no adapter_config.json (not a PEFT adapter)"
-            )
+        check_adapter_files(path)
         name = name or path.name
         if name in self.adapters:
             raise SelfloopError(f"an adapter named {name!r} is already loaded")
@@ -162,45 +159,95 @@ class TransformersGenerator:
         progress: Progress | None = None,
     ) -> list[GenerationResult]:
         check_prompts(prompts)
-        params = params or SamplingParams()
         encoded = [self.encode_prompt(m) for m in prompts]
-        results: list[GenerationResult | None] = [None] * len(prompts)
+        params = params or SamplingParams()
+        return [r for r, _ in self._generate_encoded(encoded, params, adapter, progress)]
+
+    def generate_from_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams | None = None,
+        *,
+        adapter: str | None = None,
+    ) -> list[tuple[GenerationResult, list[list[int]]]]:
+        """`generate` for prompts that are token ids already: a raw-text prompt (the server's
+        `/v1/completions`) goes in as it is, with no chat template.
+
+        Per prompt it also returns, per completion, the token ids of the completion's text: the
+        tokens generated, through the EOS that ended it, so a caller can score exactly what was
+        generated; a completion cut at a stop string is its text re-tokenized (its last
+        generated token holds the stop string, which is not part of the text).
+        """
+        if not prompt_ids:
+            raise SelfloopError("no prompts given (empty prompt list)")
+        if any(len(p) == 0 for p in prompt_ids):
+            raise SelfloopError("a prompt is empty (no tokens)")
+        encoded = [[int(t) for t in p] for p in prompt_ids]
+        return self._generate_encoded(encoded, params or SamplingParams(), adapter, None)
+
+    def _too_long(self, n_prompt: int, params: SamplingParams) -> str | None:
+        if self.context and n_prompt + params.max_tokens > self.context:
+            return (
+                f"prompt is {n_prompt} tokens; with max_tokens {params.max_tokens} it "
+                f"exceeds the model's context of {self.context}"
+            )
+        return None
+
+    def _generate_encoded(
+        self,
+        encoded: list[list[int]],
+        params: SamplingParams,
+        adapter: str | None,
+        progress: Progress | None,
+    ) -> list[tuple[GenerationResult, list[list[int]]]]:
+        results: list[tuple[GenerationResult, list[list[int]]] | None] = [None] * len(encoded)
         runnable = []
         for i, ids in enumerate(encoded):
-            if self.context and len(ids) + params.max_tokens > self.context:
-                results[i] = GenerationResult(
-                    prompt_tokens=len(ids),
-                    error=f"prompt is {len(ids)} tokens; with max_tokens {params.max_tokens} it "
-                    f"exceeds the model's context of {self.context}",
-                )
+            too_long = self._too_long(len(ids), params)
+            if too_long:
+                results[i] = (GenerationResult(prompt_tokens=len(ids), error=too_long), [])
             else:
                 runnable.append(i)
         # Greedy decoding gives n identical samples: decode once and copy.
         rows = 1 if params.greedy else params.n
         lengths = [len(encoded[i]) for i in runnable]
-        done = len(prompts) - len(runnable)
-        fork = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork), self._active(adapter), torch.inference_mode():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+        done = len(encoded) - len(runnable)
+        with self._rng(params.seed), self._active(adapter), torch.inference_mode():
             for batch in self._batches(lengths, rows, params.max_tokens):
                 idx = [runnable[b] for b in batch]
                 outs = self._generate_batch([encoded[i] for i in idx], params, rows)
                 for k, i in enumerate(idx):
-                    comps = outs[k * rows : (k + 1) * rows]
+                    got = outs[k * rows : (k + 1) * rows]
                     if rows == 1 and params.n > 1:
-                        comps = comps * params.n
-                    results[i] = GenerationResult(completions=comps, prompt_tokens=len(encoded[i]))
+                        got = got * params.n
+                    results[i] = (
+                        GenerationResult(
+                            completions=[c for c, _ in got], prompt_tokens=len(encoded[i])
+                        ),
+                        [ids for _, ids in got],
+                    )
                 done += len(idx)
-                log.debug("generated %d/%d prompts", done, len(prompts))
+                log.debug("generated %d/%d prompts", done, len(encoded))
                 if progress:
-                    progress(done, len(prompts))
+                    progress(done, len(encoded))
         return [r for r in results if r is not None]
 
-    def _generate_batch(
-        self, seqs: list[list[int]], params: SamplingParams, rows: int
-    ) -> list[Completion]:
-        ids, mask = self._pad_left(seqs)
+    def _rng(self, seed: int | None) -> Any:
+        """A context manager under which sampling draws from `seed`; the caller's RNG state is
+        restored afterwards, so a seeded call does not disturb anyone else's randomness."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def forked():
+            fork = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=fork):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                yield
+
+        return forked()
+
+    def _generate_kwargs(self, params: SamplingParams, rows: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_tokens,
             "num_return_sequences": rows,
@@ -218,11 +265,20 @@ class TransformersGenerator:
             )
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        return kwargs
+
+    def _generate_batch(
+        self, seqs: list[list[int]], params: SamplingParams, rows: int
+    ) -> list[tuple[Completion, list[int]]]:
+        ids, mask = self._pad_left(seqs)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, **self._generate_kwargs(params, rows)
+        )
         new = out[:, ids.shape[1] :].tolist()
         return [self._completion(toks, params) for toks in new]
 
-    def _completion(self, toks: list[int], params: SamplingParams) -> Completion:
+    def _completion(self, toks: list[int], params: SamplingParams) -> tuple[Completion, list[int]]:
+        """The completion in the generated tokens `toks`, and the token ids of its text."""
         eos = set(self.eos_ids)
         end = next((k for k, t in enumerate(toks) if t in eos), None)
         body = toks if end is None else toks[:end]
@@ -231,9 +287,56 @@ class TransformersGenerator:
         if cut:
             # Generation stopped at the end of the token holding the stop string; like the
             # OpenAI API, the stop string and what follows it are not part of the answer.
-            return Completion(text[: min(cut)], "stop", len(body))
+            text = text[: min(cut)]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return Completion(text, "stop", len(body)), ids
         reason = "stop" if end is not None else "length"
-        return Completion(text, reason, len(body))
+        return Completion(text, reason, len(body)), toks if end is None else toks[: end + 1]
+
+    def generate_stream(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        on_text: Callable[[str], None],
+        *,
+        adapter: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[Completion, list[int]]:
+        """One completion of one tokenized prompt, handed to `on_text` piece by piece while the
+        model decodes (a transformers streamer sees every new token); the pieces add up to the
+        returned completion's text, which is what `generate_from_ids` returns for the same
+        prompt, params and seed. `params.n` is not used: one completion.
+
+        `should_stop` is asked after every token; True ends decoding there (a client that went
+        away), and the completion is what was decoded so far.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if not prompt_ids:
+            raise SelfloopError("a prompt is empty (no tokens)")
+        too_long = self._too_long(len(prompt_ids), params)
+        if too_long:
+            raise SelfloopError(too_long)
+        streamer = _TextPieces(self, params, on_text)
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
+                stop = bool(should_stop and should_stop())
+                return torch.full((input_ids.shape[0],), stop, device=input_ids.device)
+
+        ids, mask = self._pad_left([list(prompt_ids)])
+        kwargs = self._generate_kwargs(params, 1)
+        with self._rng(params.seed), self._active(adapter), torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                **kwargs,
+            )
+        completion, token_ids = self._completion(out[0, ids.shape[1] :].tolist(), params)
+        streamer.finish(completion.text)
+        return completion, token_ids
 
     # ------------------------------------------------------------------ scoring
     def next_token_logprobs(
@@ -308,3 +411,65 @@ class TransformersGenerator:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class _TextPieces:
+    """A transformers streamer that turns the tokens `generate` hands it, one step at a time,
+    into text pieces for `on_text`.
+
+    What it sends is always a prefix of the final text, so it holds back what a later token
+    can still change: an incomplete UTF-8 character (decoded as U+FFFD), a tail that may be the
+    start of a stop string, and, where the tokenizer cleans up spaces on decode (" ." -> "."),
+    the last whitespace and what follows it.
+    """
+
+    def __init__(
+        self, gen: TransformersGenerator, params: SamplingParams, on_text: Callable[[str], None]
+    ) -> None:
+        self.gen = gen
+        self.stops = params.stop
+        self.hold = max((len(s) for s in params.stop), default=1) - 1
+        self.eos = set(gen.eos_ids)
+        self.cleans_spaces = bool(getattr(gen.tokenizer, "clean_up_tokenization_spaces", False))
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.seen_prompt = False
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # generate's first call hands over the prompt
+            self.seen_prompt = True
+            return
+        if self.ended:
+            return
+        for t in value.reshape(-1).tolist():
+            if t in self.eos:
+                self.ended = True
+                break
+            self.tokens.append(t)
+        text = self.gen.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cut = [p for p in (text.find(s) for s in self.stops) if p >= 0]
+        if cut:
+            self.ended = True  # the rest is past a stop string: never sent
+            text = text[: min(cut)]
+        else:
+            text = text[: max(len(text) - self.hold, 0)]
+            if self.cleans_spaces:
+                text = text[: max(text.rfind(" "), text.rfind("\n"), 0)]
+            text = text.rstrip("\ufffd")
+        self._send(text)
+
+    def end(self) -> None:
+        pass  # the final piece comes from `finish`, with the completion's own text
+
+    def finish(self, final: str) -> None:
+        if not final.startswith(self.sent):  # the rules above should make this impossible
+            log.warning("streamed text %r is not a prefix of the completion %r", self.sent, final)
+            return
+        self._send(final)
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            piece, self.sent = text[len(self.sent) :], text
+            self.on_text(piece)

@@ -111,6 +111,37 @@ def test_stop_string_cuts_and_reports_stop(gen: TransformersGenerator) -> None:
     assert r.text == full[: full.index(stop)]
 
 
+def test_stream_pieces_add_up_to_the_batched_answer(gen: TransformersGenerator) -> None:
+    ids = gen.encode_prompt(PROMPTS[1])
+    full = gen.generate([PROMPTS[1]], SamplingParams(max_tokens=20))[0].text
+    for params in (
+        SamplingParams(max_tokens=20),
+        SamplingParams(max_tokens=20, temperature=1.0, seed=3),
+        SamplingParams(max_tokens=20, stop=("e",)),
+        # Longer than the first pieces: what may start a stop string is held back, not sent.
+        SamplingParams(max_tokens=20, stop=(full[8:20],)),
+    ):
+        pieces: list[str] = []
+        streamed, streamed_ids = gen.generate_stream(ids, params, pieces.append)
+        (result, token_ids), *_ = gen.generate_from_ids([ids], params)
+        assert streamed == result.completions[0] and streamed_ids == token_ids[0]
+        assert "".join(pieces) == streamed.text
+        if not params.stop:
+            assert len(pieces) >= streamed.completion_tokens - 3  # token by token
+            assert gen.tokenizer.decode(streamed_ids) == streamed.text
+
+
+def test_stream_stops_when_asked(gen: TransformersGenerator) -> None:
+    pieces: list[str] = []
+    c, _ = gen.generate_stream(
+        gen.encode_prompt(PROMPTS[0]),
+        SamplingParams(max_tokens=50),
+        pieces.append,
+        should_stop=lambda: len(pieces) >= 3,
+    )
+    assert c.completion_tokens < 10 and "".join(pieces) == c.text
+
+
 def test_empty_prompt_list_is_an_error(gen: TransformersGenerator) -> None:
     with pytest.raises(SelfloopError, match="no prompts"):
         gen.generate([])

@@ -140,19 +140,6 @@ def test_bad_sampling_value_is_a_400(server, field: str, value: int) -> None:
     assert e.value.code == 400 and field in json.load(e.value)["error"]["message"]
 
 
-def test_streaming_clients_get_one_chunk(server, local) -> None:
-    import openai
-
-    c = openai.OpenAI(base_url=server["url"], api_key="x", max_retries=0)
-    chunks = list(
-        c.chat.completions.create(
-            model="tiny", messages=PROMPTS[0], max_tokens=8, temperature=0, stream=True
-        )
-    )
-    text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
-    assert text == local.generate([PROMPTS[0]], SamplingParams(max_tokens=8))[0].text
-
-
 def test_unreachable_endpoint_is_reported_per_request() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     g = OpenAIGenerator("tiny", base_url=url, max_retries=1, timeout=5)
