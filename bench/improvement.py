@@ -1,7 +1,7 @@
 """Does the recipe make the bundled model better? Base model vs final champion, two seeds.
 
     python bench/improvement.py [--config configs/recipe.yaml] [--rounds 3] [--seeds 0 1]
-                                [--out bench-runs/improvement] [--set key=value ...]
+                                [--out bench-runs/improvement] [--set key=value ...] [--resume]
 
 For each seed, runs the loop from a fresh run directory (`RUN/seed-S`, one after the other:
 never two model processes at once), then reads what the runs left on disk:
@@ -15,6 +15,9 @@ never two model processes at once), then reads what the runs left on disk:
 - every guard of the final champion's decision;
 - per round: constrained tasks, samples, mean pass rate, kept examples, pairs, training steps,
   decision.
+
+A killed bench continues with the same command plus `--resume`: each seed's run resumes from
+its last checkpoint (`selfloop resume`), under the config it started with.
 
 The last line is the baseline comparison: the final champion's IF prompt-level loose gain over
 the base, per seed. A whole run on 2 CPU cores takes hours; `--rounds 1 --set augment.tasks=6
@@ -135,16 +138,25 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", type=Path, default=Path("bench-runs/improvement"))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value")
+    ap.add_argument("--resume", action="store_true", help="continue the runs already under --out")
     args = ap.parse_args()
 
     from loop.config import load_config
-    from loop.graph import run
+    from loop.graph import resume, run
 
     results = {}
     for seed in args.seeds:
         run_dir = args.out / f"seed-{seed}"
+        t0 = time.monotonic()
+        if args.resume and (run_dir / "config.yaml").is_file():
+            resume(run_dir)  # under the config the run started with; --set does not apply
+            print(f"seed {seed}: {run_dir} resumed, {(time.monotonic() - t0) / 60:.1f} min")
+            results[seed] = summarize(run_dir, load_config(run_dir / "config.yaml"))
+            continue
         if run_dir.exists():
-            raise SystemExit(f"error: {run_dir} exists; pick another --out (runs start fresh)")
+            raise SystemExit(
+                f"error: {run_dir} exists; pick another --out (runs start fresh) or --resume"
+            )
         sets = [
             f"run.max_rounds={args.rounds}",
             f"augment.seed={seed}",
@@ -153,7 +165,6 @@ def main() -> None:
             *args.sets,
         ]
         cfg = load_config(args.config, sets)
-        t0 = time.monotonic()
         run(cfg, run_dir)
         print(f"seed {seed}: {run_dir} in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
         results[seed] = summarize(run_dir, cfg)

@@ -138,6 +138,12 @@ class AugmentConfig(BaseModel):
         "rendered in English).",
     )
     seed: int = Field(0, description="Seed of the draws (with each base task's id).")
+    pairs_per_prompt: int = Field(
+        4,
+        ge=1,
+        description="Preference pairs per constrained prompt at most (each answer in one pair "
+        "only): a prompt with 3 passing and 5 failing answers of 8 gives 3.",
+    )
     curriculum: bool = Field(
         True,
         description="Move the number of constraints per task by one each round from the last "

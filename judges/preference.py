@@ -3,10 +3,12 @@
 A round samples n answers per constrained prompt; each is checked strictly against every
 constraint of its prompt (`judges.verifiable`). `pass_rates` records, per prompt, how many of its
 samples passed - the prompts the model always passes or never passes are counted apart (a
-curriculum can make them harder or easier). `verifier_pairs` makes one preference pair per prompt
-that has both: chosen = a clean answer that passes every constraint, rejected = a clean answer
-that fails, the one closest in length to the chosen (a minimal difference: otherwise length is
-the easiest shortcut for a preference to learn).
+curriculum can make them harder or easier). `verifier_pairs` makes up to
+`augment.pairs_per_prompt` preference pairs per prompt that has both: chosen = a clean answer
+that passes every constraint, rejected = an answer that fails, clean ones first, the one closest
+in length to the chosen (a minimal difference: otherwise length is the easiest shortcut for a
+preference to learn). Several pairs per prompt, no answer used twice: pairs, not the trainer,
+were what a round lacked (bench/improvement.py's first probe made 4 from 16 prompts).
 
 Pairs are written in TRL's conversational preference format, which trl's DPOTrainer, axolotl
 and LLaMA-Factory read: `{"prompt": [messages], "chosen": [assistant message], "rejected":
@@ -109,27 +111,40 @@ def summarize_pass_rates(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def verifier_pairs(
-    passing: Sequence[Record], failing: Sequence[Record], rates: Mapping[str, float]
+    passing: Sequence[Record],
+    failing: Sequence[Record],
+    rates: Mapping[str, float],
+    *,
+    per_prompt: int = 1,
+    unclean: Sequence[Record] = (),
 ) -> list[dict[str, Any]]:
-    """One pair per prompt with a clean passing and a clean failing answer: the first passing
-    answer (the order the samples were drawn in) against the failing one closest to it in word
-    count (ties: the earlier sample)."""
+    """Up to `per_prompt` pairs per prompt, no answer used twice: the passing answers in the
+    order they were drawn, each against the unused failing answer closest to it in word count
+    (ties: the earlier sample). Clean failures come first; `unclean` ones (answers a quality
+    filter dropped - cut off, repetitive - that also fail a constraint) are the rejected side
+    only when a prompt runs out of clean ones: a cut-off ramble that misses the constraint is a
+    real failure to push down, while it could never be a chosen answer. Each pair says whether
+    its rejected answer was clean."""
     fails = _group(failing)
+    spare = _group(unclean)
     pairs = []
     for pid, good in _group(passing).items():
-        bad = fails.get(pid)
-        if not bad:
-            continue
-        chosen = good[0]
-        size = count_words(str(chosen["response"]))
-        rejected = min(bad, key=lambda r: abs(count_words(str(r["response"])) - size))
-        pairs.append(
-            trl_pair(
-                chosen,
-                rejected,
-                source="verifier",
-                pass_rate=rates.get(pid),
-                constraints=chosen.get("constraints") or [],
+        pools = [list(fails.get(pid, [])), list(spare.get(pid, []))]
+        for chosen in good[:per_prompt]:
+            pool = next((p for p in pools if p), None)
+            if pool is None:
+                break
+            size = count_words(str(chosen["response"]))
+            rejected = min(pool, key=lambda r: abs(count_words(str(r["response"])) - size))
+            pool.remove(rejected)
+            pairs.append(
+                trl_pair(
+                    chosen,
+                    rejected,
+                    source="verifier",
+                    pass_rate=rates.get(pid),
+                    constraints=chosen.get("constraints") or [],
+                    rejected_clean=pool is pools[0],
+                )
             )
-        )
     return pairs

@@ -2,9 +2,11 @@
 
 `write_report(run_dir)` reads metrics.jsonl (one record per finished round) and the rounds' files
 and writes RUN_DIR/report/: eval metrics across rounds, the funnel per round, judge score
-histograms and training loss curves, plus a page with the images and per-round tables. The new
-report is built in a temporary directory and swapped in with renames, so a reader never sees a
-half-written one. Read-only for the rest of the run directory; never loads a model.
+histograms, training loss curves and the IF suite's pass rate per constraint type (candidate vs
+champion of the last evaluated round, held-out types marked), plus a page with the images and
+per-round tables. The new report is built in a temporary directory and swapped in with renames,
+so a reader never sees a half-written one. Read-only for the rest of the run directory; never
+loads a model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from agent.atomic import make_parents
 from agent.errors import SelfloopError
 from loop.show import (
     eval_rows,
@@ -40,6 +43,7 @@ PLOTS = {
     "funnel.png": "Where each round's responses went",
     "judge_scores.png": "Judge scores of the best-of-n responses per round",
     "loss.png": "Training loss per round",
+    "constraint_types.png": "IF suite pass rate per constraint type, last evaluated round",
 }
 # Funnel segments from the bottom of each bar up: (label, colour).
 SEGMENTS = [
@@ -207,6 +211,47 @@ def _plot_loss(plt: Any, metrics: list[dict], path: Path) -> None:
     _save(plt, fig, ax, "Training loss", path)
 
 
+def type_rates(ev: dict[str, Any], suite: str = "ifeval") -> dict[str, tuple[float, int]]:
+    """Instruction-level loose pass rate and count per constraint type in an eval.json."""
+    metric = ((ev.get("suites") or {}).get(suite) or {}).get("metrics", {})
+    types = ((metric.get("instruction_loose") or {}).get("slices") or {}).get("constraint_type")
+    return {
+        t: (float(v["value"]), int(v.get("n", 0)))
+        for t, v in (types or {}).items()
+        if isinstance(v, dict) and v.get("value") is not None
+    }
+
+
+def _plot_types(plt: Any, run_dir: Path, metrics: list[dict], path: Path) -> None:
+    evaluated = [m["round"] for m in metrics if m.get("eval")]
+    cand = champ = {}
+    if evaluated:
+        ev = run_dir / "rounds" / f"{evaluated[-1]:03d}" / "evaluate"
+        cand, champ = (
+            type_rates(load_json(ev / "eval.json")),
+            type_rates(load_json(ev / "champion_eval.json")),
+        )
+    types = sorted(cand, key=lambda t: (cand[t][0], t))
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.24 * len(types) + 1.2)))
+    if types:
+        held = set((run_config(run_dir).get("augment") or {}).get("held_out_types") or ())
+        y = range(len(types))
+        ax.barh([i + 0.2 for i in y], [cand[t][0] for t in types], height=0.4,
+                color="#2a9d4b", label=f"candidate (round {evaluated[-1]})")  # fmt: skip
+        ax.barh([i - 0.2 for i in y], [champ.get(t, (0.0, 0))[0] for t in types], height=0.4,
+                color="#bdbdbd", label="champion")  # fmt: skip
+        ax.set_yticks(list(y))
+        ax.set_yticklabels(
+            [f"{t}{' (held out)' if t in held else ''} n={cand[t][1]}" for t in types], fontsize=7
+        )
+        ax.set(xlabel="instruction-level loose pass rate", xlim=(0, 1))
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3, axis="x")
+    else:
+        _placeholder(ax, "no IF suite evaluation with constraint types yet")
+    _save(plt, fig, ax, "IF suite pass rate per constraint type", path)
+
+
 def _table(head: list[str], rows: list[list[Any]]) -> str:
     e = html.escape
     th = "".join(f"<th>{e(str(h))}</th>" for h in head)
@@ -285,7 +330,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     metrics = sorted(RunDir(run_dir).read_metrics(), key=lambda m: m["round"])
     done = {m["round"] for m in metrics}
     in_progress = [n for n in round_numbers(run_dir) if n not in done]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -297,6 +342,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
             _plot_funnel(plt, metrics, tmp / "funnel.png")
             _plot_judge(plt, run_dir, metrics, tmp / "judge_scores.png")
             _plot_loss(plt, metrics, tmp / "loss.png")
+            _plot_types(plt, run_dir, metrics, tmp / "constraint_types.png")
             plots = list(PLOTS)
         (tmp / "index.html").write_text(
             _page(run_dir, metrics, plots, in_progress), encoding="utf-8"

@@ -2,7 +2,8 @@
 judge's harm rubric when on) and the verifiable constraints a task carries, checked strictly.
 Keeps what passes, writes every drop with its reason. For constrained prompts it also keeps
 rejection sampling's books (`judges.preference`): every sample's pass/fail, the per-prompt pass
-rate (pass_rates.jsonl) and a TRL-format pass-vs-fail pair per prompt (preference_pairs.jsonl)."""
+rate (pass_rates.jsonl) and TRL-format pass-vs-fail pairs, up to `augment.pairs_per_prompt`
+per prompt (preference_pairs.jsonl)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,22 @@ def run(ctx: Context, state: LoopState) -> dict:
     # and a pair (clean pass vs clean fail) where the prompt had both.
     rates = pass_rates(records)
     passing = [r for r in kept if r.get("constraints") and r.get("safety") != REFUSED]
-    pairs = verifier_pairs(passing, failed_checks, {r["prompt_id"]: r["pass_rate"] for r in rates})
+    # Answers a quality filter dropped (cut off, repetitive...) that also miss a constraint may be
+    # the rejected side of a pair when a prompt has no clean failure left; never the chosen side.
+    unclean = [
+        r
+        for r in report.rejected_records()
+        if r.get("constraints")
+        and str(r.get("response") or "").strip()
+        and not all(x.passed for x in check(r["response"], r["constraints"], mode="strict"))
+    ]
+    pairs = verifier_pairs(
+        passing,
+        failed_checks,
+        {r["prompt_id"]: r["pass_rate"] for r in rates},
+        per_prompt=ctx.cfg.augment.pairs_per_prompt,
+        unclean=unclean,
+    )
     by_type = Counter(r["failed_constraint"] for r in failed_checks)
     dropped = Counter(report.counts) + Counter(r for _, r, _ in safety.dropped)
     dropped.update({f"failed_constraint:{t}": k for t, k in by_type.items()})
@@ -88,7 +104,11 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "failed_constraint": len(failed_checks),
                 "failed_constraint_types": dict(by_type),
                 "failed_constraint_samples": samples(failed_checks, "failed_constraint"),
-                "verifier": {**summarize_pass_rates(rates), "pairs": len(pairs)},
+                "verifier": {
+                    **summarize_pass_rates(rates),
+                    "pairs": len(pairs),
+                    "pairs_unclean_rejected": sum(not p["rejected_clean"] for p in pairs),
+                },
                 "kept": len(kept),
                 "account": account("filter", len(records), len(kept), dropped),
             },
@@ -114,6 +134,11 @@ def _verifier_line(v: dict) -> str:
         f"; verifier: {v['prompts']} prompts x {v['samples'] // v['prompts']} samples, mean pass "
         f"{v['mean_pass_rate']:.2f}, best-of-n {v['best_of_n']:.2f}, always {v['always']}, "
         f"never {v['never']}, pairs {v.get('pairs', 0)}"
+        + (
+            f" ({v['pairs_unclean_rejected']} against a dropped answer)"
+            if v.get("pairs_unclean_rejected")
+            else ""
+        )
     )
 
 

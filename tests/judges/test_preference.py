@@ -74,3 +74,20 @@ def test_a_trl_pair_loads_as_a_preference_dataset() -> None:
     ds = Dataset.from_list([pair, pair])
     assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
     assert ds[0]["chosen"][0]["content"] == "the moon is bright."
+
+
+def test_several_pairs_per_prompt_never_reuse_an_answer_and_fall_back_to_unclean_rejects() -> None:
+    good = [_sample("p", k, w, LOWER) for k, w in enumerate(["all lower here.", "yes.", "ok ok."])]
+    bad = [_sample("p", 3, "Not Lower.", LOWER)]
+    cut = [_sample("p", 4, "Cut Off mid", LOWER), _sample("p", 5, "Also Cut off and long", LOWER)]
+    rates = {"p": 0.5}
+    one = verifier_pairs(good, bad, rates)
+    assert len(one) == 1 and one[0]["rejected_clean"] is True
+    pairs = verifier_pairs(good, bad, rates, per_prompt=3, unclean=cut)
+    assert [p["chosen_id"] for p in pairs] == ["p-s0", "p-s1", "p-s2"]
+    # the clean failure first, then the dropped answers closest in length; none used twice
+    assert [p["rejected_id"] for p in pairs] == ["p-s3", "p-s4", "p-s5"]
+    assert [p["rejected_clean"] for p in pairs] == [True, False, False]
+    assert len(verifier_pairs(good, bad, rates, per_prompt=3)) == 1  # no unclean: one failure
+    assert len(verifier_pairs(good, [], rates, per_prompt=2, unclean=cut)) == 2
+    assert verifier_pairs([], bad, rates, per_prompt=3, unclean=cut) == []  # no chosen: none

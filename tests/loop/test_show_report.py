@@ -14,7 +14,7 @@ from agent.data import read_jsonl, write_jsonl
 from agent.errors import SelfloopError
 from loop.config import load_config
 from loop.graph import run
-from loop.report import PLOTS, funnel_counts, write_report
+from loop.report import PLOTS, funnel_counts, type_rates, write_report
 from loop.show import duration, render_round
 from tests.helpers import EXPERT, PLANTED, seed_copy, selfloop, write_config
 
@@ -195,6 +195,13 @@ def test_report_writes_plots_and_page(run_dir: Path) -> None:
     kept = metrics[0]["dedup"]["kept"]
     assert f"<tr><td>1</td><td>{metrics[0]['respond']['responses']}</td><td>{kept}</td>" in page
     assert "Evaluation of round 1" in page and "<td>ifeval.prompt_loose</td>" in page
+    # The per-type plot's numbers: the last evaluated round's IF slices, one per constraint type.
+    last = max(m["round"] for m in metrics if m.get("eval"))
+    ev = _json(run_dir / "rounds" / f"{last:03d}" / "evaluate" / "eval.json")
+    rates = type_rates(ev)
+    assert rates and all(0 <= v <= 1 and k >= 1 for v, k in rates.values())
+    per_type = next(m for m in metrics if m["round"] == last)["eval_constraint_types"]
+    assert set(rates) == {t.split(".", 1)[1] for t in per_type if t.startswith("ifeval.")}
     # The funnel accounts for every response of every round.
     for m in metrics:
         assert sum(funnel_counts(m).values()) == m["respond"]["responses"], m["round"]
