@@ -14,16 +14,38 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent.errors import SelfloopError
+
 
 def tmp_sibling(path: Path) -> Path:
     """The temporary name `path` is written under before its rename."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def check_parents(path: str | Path) -> None:
+    """One line (SelfloopError) when a file stands where a directory above `path` should be,
+    instead of a FileExistsError or NotADirectoryError from deep inside a write."""
+    path = Path(path)
+    for above in path.absolute().parents:
+        if above.exists():
+            if not above.is_dir():
+                raise SelfloopError(f"cannot write {path}: {above} is a file, not a directory")
+            return
+
+
+def make_parents(path: Path) -> None:
+    """Create the directories above `path` (see `check_parents` for a file in the way)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        check_parents(path)
+        raise
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write `data` to `path` atomically (temporary sibling, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(path)
     tmp = tmp_sibling(path)
     try:
         with tmp.open("wb") as f:
@@ -42,7 +64,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes `final` when the block succeeds (and is
     removed when it fails). `final` must not exist: a directory is never renamed over another."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(final)
     tmp = tmp_sibling(final)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with this pid
     tmp.mkdir()

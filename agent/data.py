@@ -83,12 +83,42 @@ def write_examples(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Pa
     return write_jsonl(path, checked)
 
 
+def json_object_problem(path: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """(content, "") for a file holding a JSON object, else (None, what is wrong with it): not
+    UTF-8, not JSON, nested too deeply, or a JSON value that is not an object. Callers raise
+    the error type their layer uses, with the reason in one line."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start})"
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    except RecursionError:
+        return None, "nested too deeply"
+    if isinstance(data, dict):
+        return data, ""
+    return None, f"a JSON {type(data).__name__}, not an object"
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object file's content; a damaged one (not UTF-8, not JSON, not an object) is a
+    one-line SelfloopError naming the file. Files selfloop wrote itself are read this way, so
+    a disk error or a bad hand edit reads as what it is, not as a traceback."""
+    data, why = json_object_problem(path)
+    if data is None:
+        raise SelfloopError(f"{path} is damaged: {why}")
+    return data
+
+
 def parse_object(line: str) -> dict[str, Any]:
     """One JSONL line as a JSON object; ValueError saying what is wrong (callers add file:line)."""
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+        msg = e.msg.removesuffix(" at")  # "Invalid control character at"
+        raise ValueError(f"not valid JSON ({msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a record") from None
     if not isinstance(rec, dict):
         raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
     return rec
@@ -96,16 +126,20 @@ def parse_object(line: str) -> dict[str, Any]:
 
 def read_examples(path: str | Path) -> list[dict[str, Any]]:
     """The Example records of a JSONL file; a bad or newer-schema record names file:line."""
-    return [check_example(rec, where) for where, rec in _objects(path)]
+    return [check_example(rec, where) for where, rec in read_objects(path)]
 
 
-def _objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """("file:line", object) for every non-blank line; a line that is not an object fails."""
     path = Path(path)
     if not path.is_file():
         raise SelfloopError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SelfloopError(f"{path}:{n}: not UTF-8 text (byte {e.start})") from None
             if line.strip():
                 try:
                     yield f"{path}:{n}", parse_object(line)
@@ -116,7 +150,7 @@ def _objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def read_jsonl(path: str | Path, require_messages: bool = False) -> list[dict[str, Any]]:
     """All records of a JSONL file; blank lines are skipped; a bad line names file:line."""
     records = []
-    for where, rec in _objects(path):
+    for where, rec in read_objects(path):
         if require_messages:
             _check_messages(rec.get("messages"), where)
         records.append(rec)
@@ -124,6 +158,8 @@ def read_jsonl(path: str | Path, require_messages: bool = False) -> list[dict[st
 
 
 def _check_messages(messages: Any, where: str) -> None:
+    """A chat to train on: well-formed messages, an assistant answer, no empty turn (what
+    `data import` refuses, refused here too)."""
     if not isinstance(messages, list) or not messages:
         raise SelfloopError(f"{where}: 'messages' must be a non-empty list")
     for k, m in enumerate(messages):
@@ -135,6 +171,10 @@ def _check_messages(messages: Any, where: str) -> None:
             raise SelfloopError(
                 f"{where}: messages[{k}] must be {{role: system|user|assistant, content: str}}"
             )
+        if not m["content"].strip():
+            raise SelfloopError(f"{where}: messages[{k}] ({m['role']}) has empty content")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise SelfloopError(f"{where}: no assistant message to learn from")
 
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:

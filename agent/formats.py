@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,8 @@ class _Row:
                 value = json.loads(value)
             except json.JSONDecodeError as e:
                 raise _Invalid(f"{self.label(key)} is not valid JSON ({e.msg})") from e
+            except RecursionError:
+                raise _Invalid(f"{self.label(key)} is nested too deeply") from None
         if not isinstance(value, list):
             raise _Invalid(f"{self.label(key)} must be a list, got {type(value).__name__}")
         if not value:
@@ -349,6 +351,8 @@ def _jsonl_rows(path: Path, data: bytes) -> _Rows:
             yield f"line {n}", _object(json.loads(line))
         except json.JSONDecodeError as e:
             yield f"line {n}", _Invalid(f"not valid JSON ({e.msg} at column {e.colno})")
+        except RecursionError:
+            yield f"line {n}", _Invalid("nested too deeply to be a record")
 
 
 def _json_rows(path: Path, data: bytes) -> _Rows:
@@ -364,6 +368,8 @@ def _json_rows(path: Path, data: bytes) -> _Rows:
         raise SelfloopError(
             f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})"
         ) from e
+    except RecursionError:
+        raise SelfloopError(f"{path}: nested too deeply to be a data file") from None
     if isinstance(doc, dict):  # a single record
         leading = text[: len(text) - len(text.lstrip())]
         yield f"line {leading.count(chr(10)) + 1}", doc
@@ -381,10 +387,23 @@ def _json_rows(path: Path, data: bytes) -> _Rows:
         yield f"line {line}", _object(item)
 
 
+def unique_csv_header(path: Path, names: Sequence[str]) -> None:
+    """A CSV header naming a column twice: DictReader would keep only the last column's values."""
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names, 1):
+        if name in seen:
+            raise SelfloopError(
+                f"{path}: the CSV header names column {name!r} twice (columns {seen[name]} and "
+                f"{k}); rename one"
+            )
+        seen[name] = k
+
+
 def _csv_rows(path: Path, data: bytes) -> _Rows:
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # long answers are normal
     reader = csv.DictReader(io.StringIO(_decode(path, data), newline=""))
     try:
+        unique_csv_header(path, reader.fieldnames or [])
         for n, row in enumerate(reader, 1):
             if None in row:
                 yield f"row {n}", _Invalid(f"has more fields than the header's {len(row) - 1}")
@@ -608,7 +627,7 @@ _SAVED_DATASET = ("dataset_info.json", "state.json")
 def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
     if out.exists() or out.is_symlink():
         if not overwrite:
-            raise SelfloopError(f"{out} already exists; pass overwrite=True to replace it")
+            raise SelfloopError(f"{out} already exists; pass --overwrite to replace it")
         if out.is_dir() and not out.is_symlink():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -646,7 +665,7 @@ def export_records(
     if out.is_dir() and not all((out / f).is_file() for f in _SAVED_DATASET):
         raise SelfloopError(f"{out} is a directory but not a saved dataset; refusing to replace it")
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise SelfloopError(f"{out} already exists; pass overwrite=True to replace it")
+        raise SelfloopError(f"{out} already exists; pass --overwrite to replace it")
     above = next(p for p in out.absolute().parents if p.exists())
     if not above.is_dir():
         raise SelfloopError(f"cannot write {out}: {above} is a file, not a directory")

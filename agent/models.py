@@ -12,18 +12,20 @@ from there afterwards (~4 s instead of ~30 s for the bundled model on 2 CPU core
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.cache import default_cache_root, materialize
+from agent.cache import default_cache_root, file_sha256, materialize, safetensors_ok
+from agent.data import json_object_problem
 from agent.errors import ModelResolutionError
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ def resolve(spec: ModelSpec | str) -> ResolvedModel:
             raise ModelResolutionError(
                 f"model directory {path} has no config.json (not a Hugging Face model directory)"
             )
+        check_json_object(path / "config.json", "a model config")
         return ResolvedModel(spec, "dir", path.resolve(), path.name)
     if _looks_like_path(name):
         raise ModelResolutionError(f"model path not found: {path}")
@@ -163,14 +166,6 @@ def _download_hub(repo_id: str, revision: str | None) -> Path:
         raise ModelResolutionError(
             f"cannot fetch model {repo_id!r} from the Hub ({first}): {hint}"
         ) from e
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_gguf(path: Path) -> None:
@@ -237,6 +232,49 @@ def _dequantize_gguf(path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def check_json_object(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    """`path` read as a JSON object, or a one-line error naming the file (and `hint`)."""
+    data, why = json_object_problem(path)
+    if data is None:
+        raise ModelResolutionError(f"{path} is {why}; it should be {what}{hint}")
+    return data
+
+
+def check_adapter_files(path: Path) -> None:
+    """Fail with one line naming the file unless the adapter directory `path` holds a parseable
+    adapter_config.json and complete weights. Cheap: the weights' header is read, not the
+    weights, so a file cut short is caught before any model is loaded."""
+    if not (path / "adapter_config.json").is_file():
+        raise ModelResolutionError(
+            f"adapter directory {path} has no adapter_config.json (not a PEFT adapter)"
+        )
+    check_json_object(path / "adapter_config.json", "a PEFT adapter config", _ADAPTER_HINT)
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        if not safetensors_ok(weights):
+            raise ModelResolutionError(
+                f"{weights} is truncated or not a safetensors file{_ADAPTER_HINT}"
+            )
+    elif not (path / "adapter_model.bin").is_file():
+        raise ModelResolutionError(
+            f"adapter directory {path} has no adapter_model.safetensors (nor adapter_model.bin)"
+        )
+
+
+_ADAPTER_HINT = " (damaged or cut short: copy or export the adapter again)"
+# Files a tokenizer may be loaded from; a model directory with none of them has no tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _load_hint(resolved: ResolvedModel) -> str:
+    if resolved.kind in ("bundled", "gguf"):  # the converted copy in the cache, not the user's
+        return (
+            f" (the converted model in the cache is damaged: delete {resolved.path} and it is "
+            "converted again on next use)"
+        )
+    return ""
+
+
 def pick_device(spec: ModelSpec) -> str:
     import torch
 
@@ -285,11 +323,27 @@ def pick_dtype(spec: ModelSpec, device: str) -> Any:
 
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
+    """The model's tokenizer; a missing or damaged one is a one-line error naming the file."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        resolved.path, trust_remote_code=resolved.spec.trust_remote_code
-    )
+    path, hint = resolved.path, _load_hint(resolved)
+    if not resolved.spec.trust_remote_code and not any(
+        (path / f).is_file() for f in _TOKENIZER_FILES
+    ):
+        raise ModelResolutionError(
+            f"model directory {path} has no tokenizer (no {' or '.join(_TOKENIZER_FILES[:2])})"
+            f"{hint}"
+        )
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (path / name).is_file():
+            check_json_object(path / name, "part of the model's tokenizer", hint)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=resolved.spec.trust_remote_code)
+    except Exception as e:  # tokenizers raises bare Exception for a file it cannot read
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ModelResolutionError(
+            f"cannot load the tokenizer in {path}: {type(e).__name__}: {first}{hint}"
+        ) from e
     if tok.chat_template is None:
         raise ModelResolutionError(
             f"model {resolved.display_name!r} has no chat template; selfloop needs a chat model"
@@ -297,6 +351,22 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+@contextmanager
+def loading_weights(resolved: ResolvedModel) -> Iterator[None]:
+    """Turn a model directory transformers cannot load (a config without model_type, weights
+    cut short) into one line naming the directory."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ModelResolutionError(
+            f"cannot load the model in {resolved.path}: {type(e).__name__}: {first}"
+            f"{_load_hint(resolved)}"
+        ) from e
 
 
 def load_model(spec: ModelSpec | str) -> tuple[Any, Any, ResolvedModel]:
@@ -307,8 +377,9 @@ def load_model(spec: ModelSpec | str) -> tuple[Any, Any, ResolvedModel]:
     spec = resolved.spec
     tok = load_tokenizer(resolved)
     device = pick_device(spec)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.path, dtype=pick_dtype(spec, device), trust_remote_code=spec.trust_remote_code
-    )
+    with loading_weights(resolved):
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path, dtype=pick_dtype(spec, device), trust_remote_code=spec.trust_remote_code
+        )
     model.to(device).eval()
     return model, tok, resolved

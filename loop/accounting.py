@@ -11,11 +11,11 @@ stage kept is what the next one got), for `selfloop show`, the metrics and the t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.data import read_json
 from agent.errors import SelfloopError
 
 
@@ -45,7 +45,7 @@ def round_account(round_dir: Path) -> dict[str, Any]:
         source = None if src is None else src.name
         path = round_dir / stage.done_path / "stats.json"
         if stage.accounted and path.is_file():
-            acc = json.loads(path.read_text()).get("account")
+            acc = read_json(path).get("account")
             if acc is None:
                 problems.append(
                     f"{stage.name}: stats.json has no account (written by an older version)"

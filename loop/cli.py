@@ -81,8 +81,12 @@ def _read_prompts(path: Path) -> list[list[dict[str, str]]]:
     """JSONL of {"messages": [...]} or {"prompt": "..."}; any other suffix: one prompt per line."""
     if not path.is_file():
         raise SelfloopError(f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SelfloopError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if path.suffix not in (".jsonl", ".json"):
@@ -92,6 +96,8 @@ def _read_prompts(path: Path) -> list[list[dict[str, str]]]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise SelfloopError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+        except RecursionError:
+            raise SelfloopError(f"{path}:{n}: nested too deeply to be a prompt") from None
         if isinstance(rec, dict) and isinstance(rec.get("messages"), list):
             prompts.append(rec["messages"])
         elif isinstance(rec, dict) and isinstance(rec.get("prompt"), str):
@@ -142,6 +148,7 @@ def generate(
 ) -> None:
     """One-off generation through any backend: handy for checking a model."""
     from agent.backends import make_generator
+    from agent.models import check_adapter_files
 
     cfg = _config(
         config,
@@ -171,6 +178,7 @@ def generate(
     if adapter and cfg.backend.kind != "openai":
         adapters = _parse_adapters([adapter])
         adapter_name = next(iter(adapters))
+        check_adapter_files(Path(adapters[adapter_name]))  # before the model takes its time
     gen = make_generator(cfg.model, cfg.backend, adapters=adapters)
     results = gen.generate(prompts, cfg.sampling, adapter=adapter_name)
     failed = 0
@@ -216,12 +224,16 @@ def serve(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """An OpenAI-compatible /v1/chat/completions server over a base model and its adapters."""
+    """An OpenAI-compatible server (/v1/chat/completions, /v1/completions with echo/logprobs,
+    /v1/models, streaming) over a base model and its adapters."""
     from agent.backends import make_generator
     from agent.backends.hf import TransformersGenerator
+    from agent.serve import bind
     from agent.serve import serve as run_server
 
     cfg = _config(config, set_, **{"model.name": model})
+    # Bound before the model loads: a bad or taken port is one error line at once.
+    sock = bind(host, port)
     if cfg.backend.kind not in ("auto", "transformers"):
         raise SelfloopError(
             f"backend.kind: serve runs on the transformers backend (its log-probabilities read "
@@ -242,7 +254,7 @@ def serve(
         host,
         port,
     )
-    run_server(gen, host=host, port=port, served_name=name)
+    run_server(gen, sock, served_name=name)
 
 
 @app.command()
@@ -551,7 +563,6 @@ def eval_cmd(
         rd = RunDir(_uses_run(run_dir))
         cfg = _config(rd.config_path, set_)
         adapter = rd.champion()
-    gen = make_generator(cfg.model, cfg.backend)
     from judges.evals import load_suites
 
     names = [x.strip() for x in suites.split(",") if x.strip()]
@@ -562,9 +573,13 @@ def eval_cmd(
         if not (eq and colon and name and path and metric):
             raise SelfloopError(f"--suite-file {item!r}: expected NAME=PATH:METRIC")
         files[name] = (path, metric)
+    if not names and not files:
+        raise SelfloopError(f"--suites {suites!r} names no suite (and no --suite-file is given)")
+    chosen = load_suites(names, files)  # a bad suite fails before the model loads
+    gen = make_generator(cfg.model, cfg.backend)
     ev = evaluate(
         gen,
-        load_suites(names, files),
+        chosen,
         adapter=adapter,
         champion_adapter=against,
         max_tokens=max_tokens,

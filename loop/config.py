@@ -194,13 +194,81 @@ class ConfigError(SelfloopError):
     """A config file or override that does not validate."""
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: YAML would keep the last
+    silently, and a section written twice (two `run:` blocks) would lose the first's keys."""
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden below
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            line = first_line.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if line != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first on line {line})", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; anything else is a one-line ConfigError naming
+    the file (and the line, for bad YAML or a duplicate key)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    if not text.strip():  # an empty file named on purpose is a mistake, not "all defaults"
+        hint = "; leave out the file for the defaults" if what == "config file" else ""
+        raise ConfigError(f"{what} {path} is empty{hint}")
+    try:
+        loaded = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply to be a config") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if loaded is None:  # comments only
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded
+
+
+def _non_finite(data: Any, where: str = "") -> str | None:
+    """The dotted key of the first float that is inf or nan in `data`, else None."""
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        return where
+    if isinstance(data, list):
+        data = {f"[{k}]": v for k, v in enumerate(data)}
+    for k, v in data.items() if isinstance(data, dict) else ():
+        k = str(k)
+        key = f"{where}{k}" if k.startswith("[") else f"{where}.{k}" if where else k
+        if (found := _non_finite(v, key)) is not None:
+            return found
+    return None
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b=value` -> (["a", "b"], value parsed as YAML, so 3 is an int and [x, y] a list)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r}: expected key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from e
     return key.strip().split("."), value
@@ -230,30 +298,16 @@ def load_config(
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})"
-            ) from None
-        if not text.strip():  # an empty file named on purpose is a mistake, not "all defaults"
-            raise ConfigError(f"config file {path} is empty; leave out the file for the defaults")
-        try:
-            loaded = yaml.safe_load(text)
-        except RecursionError:
-            raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data = loaded or {}
+        data = read_yaml(path)
     data = apply_overrides(data, overrides or [])
     try:
         cfg = SelfloopConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe_validation(e)}{_suggestion(e)}") from e
+    # pydantic takes .inf and .nan for a float: no setting means either (a learning rate of
+    # inf trains to nan), so every one is refused, however it was written.
+    if (key := _non_finite(cfg.model_dump(mode="python"))) is not None:
+        raise ConfigError(f"{source}: {key}: must be a finite number")
     # A missing seed or import file would otherwise surface only when its round reaches it.
     for key, f in [
         ("run.seeds_file", cfg.run.seeds_file),

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.data import parse_object, write_examples
 from agent.errors import SelfloopError
+from agent.formats import unique_csv_header
 from loop.accounting import account
 from loop.rundir import RunDir, atomic_write, write_json
 
@@ -72,6 +73,7 @@ def _read_edited(path: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines(keepends=True))
+        unique_csv_header(path, reader.fieldnames or [])
         missing = [c for c in ("id", *EDITABLE) if c not in (reader.fieldnames or [])]
         if missing:
             raise SelfloopError(f"{path}: missing column(s) {', '.join(missing)}")

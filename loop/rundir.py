@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.atomic import atomic_write
+from agent.data import read_json, read_objects
 from agent.errors import SelfloopError
 from loop.faults import failpoint
 
@@ -145,7 +146,7 @@ class RunDir:
         from loop.stages.base import STATS
 
         path = self.round_dir(n) / get(stage).done_path / STATS
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
     def stage_records(self, n: int, stage: str) -> list[dict[str, Any]]:
         """The records `stage` of round `n` passed on (its kept output)."""
@@ -210,17 +211,14 @@ class RunDir:
 
     def decision(self, n: int) -> dict[str, Any] | None:
         path = self.decision_path(n)
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
     def eval_results(self, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Round `n`'s (candidate, champion) eval results (eval.json, champion_eval.json)."""
         from loop.stages.evaluate import CHAMPION_EVAL, EVAL
 
         d = self.stage_dir(n, "evaluate")
-        return (
-            json.loads((d / EVAL).read_text(encoding="utf-8")),
-            json.loads((d / CHAMPION_EVAL).read_text(encoding="utf-8")),
-        )
+        return read_json(d / EVAL), read_json(d / CHAMPION_EVAL)
 
     @contextmanager
     def writing_stage(self, n: int, stage: str) -> Iterator[Path]:
@@ -284,9 +282,21 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """One record per finished round; a damaged line is a one-line error naming file:line
+        (the file is left as it is: it is the run's history)."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        out = []
+        try:
+            for where, rec in read_objects(self.metrics_path):
+                if not isinstance(rec.get("round"), int) or isinstance(rec["round"], bool):
+                    raise SelfloopError(f"{where}: no round number")
+                out.append(rec)
+        except SelfloopError as e:
+            raise SelfloopError(
+                f"{e}; the run's metrics file is damaged: fix or remove that line"
+            ) from None
+        return out
 
 
 def config_hash(text: str) -> str:

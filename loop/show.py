@@ -7,11 +7,10 @@ a round that ended before training (nothing new kept) says which stages it skipp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from agent.data import read_jsonl
+from agent.data import read_json, read_jsonl
 from agent.errors import SelfloopError
 from loop import stages as pipeline
 from loop.accounting import round_account
@@ -25,8 +24,9 @@ PAIRWISE = (".win_rate", ".consistency_rate")
 
 
 def load_json(path: Path) -> Any:
-    """A JSON file's content, or None when it does not exist (a stage not reached)."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """A JSON file's content, or None when it does not exist (a stage not reached); a damaged
+    one is a one-line error naming it."""
+    return read_json(path) if path.is_file() else None
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -42,10 +42,11 @@ def round_numbers(run_dir: Path) -> list[int]:
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved config.yaml as plain data (no validation: reading must not fail)."""
-    import yaml
+    """The run's resolved config.yaml as plain data: not validated (a key a later selfloop
+    dropped must not hide the run), but a file that is not a YAML mapping is a one-line error."""
+    from loop.config import read_yaml
 
-    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    return read_yaml(Path(run_dir) / "config.yaml", "the run's config")
 
 
 def sparkline(values: list[float]) -> str:
@@ -123,6 +124,8 @@ def _funnel(rd: Path, raw_config: dict[str, Any]) -> list[str]:
                 out.append(f"  {stage.name:9} {stage.summarize(stats)}")
         elif not stage.is_enabled(raw_config):
             out.append(f"  {stage.name:9} off ({stage.switch}: false)")
+        elif STATS in stage.writes and (rd / stage.done_path).is_dir():
+            out.append(f"  {stage.name:9} done, but {rd / stage.done_path / STATS} is missing")
         elif stage.name == "review" and (rd / "review.jsonl").is_file():
             out.append(f"  review    waiting: edit {rd / 'review.jsonl'} and accept it")
     out += [f"  ACCOUNT   {p}" for p in round_account(rd)["problems"]]

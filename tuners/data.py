@@ -34,6 +34,10 @@ def tokenize_example(tokenizer: Any, example: Mapping[str, Any], where: str = ""
     turns = [k for k, m in enumerate(messages) if m.get("role") == "assistant"]
     if not turns:
         raise SelfloopError(f"{where}: example has no assistant message to learn from")
+    for k in turns:
+        content = messages[k].get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise SelfloopError(f"{where}: messages[{k}] (assistant) has empty content")
     full = _ids(tokenizer, messages[: turns[-1] + 1], generation_prompt=False)
     labels = [IGNORE] * len(full)
     for k in turns:
@@ -58,10 +62,11 @@ def tokenize_dataset(
     limit = min(max_seq_len, context) if context else max_seq_len
     out = []
     too_long = []
-    for i, ex in enumerate(examples):
-        item = tokenize_example(tokenizer, ex, where=f"example {ex.get('id', i)}")
+    for i, ex in enumerate(examples, 1):
+        name = f"example {i}" + (f" (id {ex['id']})" if ex.get("id") else "")
+        item = tokenize_example(tokenizer, ex, where=name)
         if len(item["input_ids"]) > limit:
-            too_long.append((ex.get("id", i), len(item["input_ids"])))
+            too_long.append((ex.get("id") or f"example {i}", len(item["input_ids"])))
         out.append(item)
     if too_long:
         first = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:3])

@@ -15,7 +15,7 @@ import torch
 
 from agent.atomic import atomic_dir
 from agent.errors import SelfloopError
-from agent.models import ModelSpec, load_tokenizer, resolve
+from agent.models import ModelSpec, check_adapter_files, load_tokenizer, loading_weights, resolve
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,17 @@ def merge_adapter(base: ModelSpec | str, adapter: str | Path, out_dir: str | Pat
         raise SelfloopError(f"{adapter} has no adapter_config.json (not a PEFT adapter)")
     if out_dir.exists():
         raise SelfloopError(f"{out_dir} already exists; refusing to overwrite it")
+    check_adapter_files(adapter)
     if PeftConfig.from_pretrained(adapter).is_prompt_learning:
         raise SelfloopError(
             f"{adapter} is a prefix-tuning adapter: it adds virtual tokens at run time and cannot "
             "be merged into the weights; serve it with the base model instead"
         )
     resolved = resolve(base)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.path, dtype=torch.float32, trust_remote_code=resolved.spec.trust_remote_code
-    )
+    with loading_weights(resolved):
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path, dtype=torch.float32, trust_remote_code=resolved.spec.trust_remote_code
+        )
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)

@@ -31,6 +31,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from agent.errors import SelfloopError
+from agent.models import check_adapter_files
 from tuners.common import MARKER, TrainingAborted
 from tuners.config import TuneConfig
 
@@ -90,6 +91,7 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
             raise SelfloopError("tune.method=full cannot warm-start from an adapter")
         if not (init_adapter / "adapter_config.json").is_file():
             raise SelfloopError(f"warm-start adapter {init_adapter} has no adapter_config.json")
+        check_adapter_files(init_adapter)
 
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else bool(cfg.bf16)
     if cfg.gradient_checkpointing == "auto":

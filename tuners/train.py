@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from agent.atomic import atomic_write
+from agent.atomic import atomic_write, check_parents
 from agent.errors import SelfloopError
-from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
+from agent.models import ModelSpec, load_tokenizer, loading_weights, pick_device, resolve
 from tuners.attention import use_for as use_packed_attention
 from tuners.card import model_card, portable_adapter_config
 from tuners.common import MARKER
@@ -111,19 +111,21 @@ def _load_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool, packing: bool) 
         )
         # A quantized model is placed at load time and cannot be moved afterwards: without a
         # device_map every torchrun process would put its copy on GPU 0.
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.path,
-            quantization_config=quant,
-            dtype=torch.bfloat16,
-            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
-            trust_remote_code=trust,
-        )
+        with loading_weights(resolved):
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.path,
+                quantization_config=quant,
+                dtype=torch.bfloat16,
+                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
+                trust_remote_code=trust,
+            )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
     else:
         # Master weights stay float32; bf16 is applied as autocast by the Trainer.
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.path, dtype=torch.float32, trust_remote_code=trust
-        )
+        with loading_weights(resolved):
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.path, dtype=torch.float32, trust_remote_code=trust
+            )
     # Packed rows attend per example where that is exact (tuners.attention); else the mask.
     if packing and not use_packed_attention(model, trust):
         log.info(
@@ -193,6 +195,7 @@ def train(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise SelfloopError(f"{out_dir} already exists; refusing to overwrite a finished artifact")
+    check_parents(out_dir)  # before the model loads, not at the end when it is saved
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
     init = Path(init_adapter) if init_adapter else None
 

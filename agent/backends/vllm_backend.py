@@ -25,7 +25,7 @@ from agent.backends.base import (
     check_prompts,
 )
 from agent.errors import SelfloopError
-from agent.models import ModelSpec, load_tokenizer, resolve
+from agent.models import ModelSpec, check_adapter_files, load_tokenizer, resolve
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,7 @@ class VLLMGenerator:
         from vllm.lora.request import LoRARequest
 
         path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise SelfloopError(
-                f"adapter directory {path} has no adapter_config.json (not a PEFT adapter)"
-            )
+        check_adapter_files(path)
         name = name or path.name
         if name in self.adapters:
             raise SelfloopError(f"an adapter named {name!r} is already loaded")

@@ -91,9 +91,9 @@ class Stage:
         stats = round_dir / self.done_path / STATS
         if not stats.is_file():
             return {}
-        import json
+        from agent.data import read_json
 
-        return {self.name: json.loads(stats.read_text())}
+        return {self.name: read_json(stats)}
 
 
 def one_line(text: Any, width: int = 60) -> str:

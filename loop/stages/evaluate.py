@@ -4,12 +4,12 @@ The champion's responses come from the eval cache after the first round (judges.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from agent.data import read_json
 from loop.config import eval_suites
 from loop.context import Context, LoopState
 from loop.faults import failpoint
@@ -65,7 +65,7 @@ def metrics(round_dir: Path) -> dict[str, Any]:
     path = round_dir / "evaluate" / EVAL
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    data = read_json(path)
     suites = data.get("suites", {})
     out: dict[str, Any] = {
         "eval": {

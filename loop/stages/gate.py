@@ -30,12 +30,12 @@ def run(ctx: Context, state: LoopState) -> dict:
 
 
 def metrics(round_dir: Path) -> dict[str, Any]:
-    import json
+    from agent.data import read_json
 
     path = round_dir / DECISION
     if not path.is_file():
         return {}
-    d = json.loads(path.read_text())
+    d = read_json(path)
     return {"decision": {"decision": d["decision"], "reasons": d["reasons"]}}
 
 

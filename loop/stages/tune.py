@@ -5,11 +5,11 @@ Writes `rounds/NNN/adapter/` (PEFT format, with train_metrics.json); step checkp
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from agent.data import read_json
 from loop.context import Context, LoopState
 from loop.faults import tune_callbacks
 from loop.stages.base import Stage
@@ -97,7 +97,7 @@ def metrics(round_dir: Path) -> dict[str, Any]:
     path = round_dir / ADAPTER / TRAIN_METRICS
     if not path.is_file():
         return {}
-    t = json.loads(path.read_text())
+    t = read_json(path)
     extra = {k: t[k] for k in ("objective", "examples", "preference") if k in t}
     return {"tune": {**{k: t[k] for k in _METRICS}, **extra, "losses": t["losses"]}}
 

@@ -533,7 +533,7 @@ def test_export_refuses_to_overwrite(tmp_path: Path) -> None:
         out = tmp_path / name
         export_records(RECORDS[:1], out, fmt)
         before = sorted(p.read_bytes() for p in ([out] if out.is_file() else out.rglob("*.arrow")))
-        with pytest.raises(SelfloopError, match=rf"^{out} already exists; pass overwrite=True"):
+        with pytest.raises(SelfloopError, match=rf"^{out} already exists; pass --overwrite"):
             export_records(RECORDS, out, fmt)
         after = sorted(p.read_bytes() for p in ([out] if out.is_file() else out.rglob("*.arrow")))
         assert before == after

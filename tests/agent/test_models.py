@@ -105,7 +105,17 @@ def test_cache_builds_once_and_reuses(tmp_path: Path, tiny_model_dir: Path) -> N
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "no-manifest", "delete-file", "bad-header"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncate",
+        "no-manifest",
+        "delete-file",
+        "bad-header",
+        "garbage-weights",
+        "garbage-tokenizer",
+    ],
+)
 def test_corrupt_cache_is_detected_and_rebuilt(
     tmp_path: Path, tiny_model_dir: Path, damage: str
 ) -> None:
@@ -119,10 +129,17 @@ def test_corrupt_cache_is_detected_and_rebuilt(
         (entry / MANIFEST).unlink()
     elif damage == "delete-file":
         weights.unlink()
-    else:  # same size, garbage header: only the header check catches it
+    elif damage == "bad-header":  # same size, garbage header: the header check catches it
         data = bytearray(weights.read_bytes())
         data[8:40] = b"}" * 32
         weights.write_bytes(bytes(data))
+    elif damage == "garbage-weights":  # same size, header intact: only the SHA-256 catches it
+        data = bytearray(weights.read_bytes())
+        data[-4096:] = b"\0" * 4096
+        weights.write_bytes(bytes(data))
+    else:  # a same-size tokenizer.json of garbage (it loaded as a traceback)
+        tok = entry / "tokenizer.json"
+        tok.write_bytes(b"x" * tok.stat().st_size)
     assert check_entry(entry) is not None
     again = materialize(tmp_path, "k", _builder(calls, tiny_model_dir))
     assert calls == [1, 1] and check_entry(again) is None
@@ -138,11 +155,78 @@ def test_interrupted_build_leaves_no_entry(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_manifest_lists_sizes(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_manifest_lists_sizes_and_hashes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from agent.cache import file_sha256
+
     entry = materialize(tmp_path, "k", _builder([], tiny_model_dir), meta={"source": "x"})
     manifest = json.loads((entry / MANIFEST).read_text())
+    weights = entry / "model.safetensors"
     assert manifest["meta"] == {"source": "x"}
-    assert manifest["files"]["model.safetensors"] == (entry / "model.safetensors").stat().st_size
+    assert manifest["files"]["model.safetensors"] == weights.stat().st_size
+    assert manifest["sha256"]["model.safetensors"] == file_sha256(weights)
+
+
+def test_an_entry_from_before_hashes_gets_them_without_a_rebuild(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    calls: list[int] = []
+    entry = materialize(tmp_path, "k", _builder(calls, tiny_model_dir))
+    manifest = json.loads((entry / MANIFEST).read_text())
+    del manifest["sha256"]
+    (entry / MANIFEST).write_text(json.dumps(manifest))
+    assert check_entry(entry) is None
+    assert "sha256" in json.loads((entry / MANIFEST).read_text())
+    (entry / "config.json").write_text(" " * (entry / "config.json").stat().st_size)
+    assert "config.json does not match its SHA-256" in check_entry(entry)
+    materialize(tmp_path, "k", _builder(calls, tiny_model_dir))
+    assert calls == [1, 1]
+
+
+def test_a_killed_build_leaves_no_temporary_directory_behind(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from agent import cache
+    from agent.cache import STALE_TMP_SECONDS, remove_stale_builds
+
+    # A process that has exited: its pid is free (reused within this test only by bad luck).
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    gone = tmp_path / f".tmp-k-{cache._HOST}-{pid}-0123abcd"  # its process was killed
+    alive = tmp_path / f".tmp-k-{cache._HOST}-{os.getpid()}-0123abcd"  # still building
+    other = tmp_path / ".tmp-k-ffffffff-1-0123abcd"  # another machine's, recent
+    old = tmp_path / ".tmp-k-1-0123abcd"  # an older selfloop's name, two days old
+    for d in (gone, alive, other, old):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * STALE_TMP_SECONDS
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert sorted(remove_stale_builds(tmp_path)) == sorted([gone, old])
+    assert alive.is_dir() and other.is_dir()
+    # materialize clears them on its way to building an entry.
+    gone.mkdir()
+    materialize(tmp_path, "k", _builder([], tiny_model_dir))
+    assert not gone.exists()
+
+
+def test_a_damaged_tokenizer_in_the_cache_says_how_to_rebuild(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from agent.models import ResolvedModel, load_tokenizer
+
+    entry = tmp_path / "entry"
+    shutil.copytree(tiny_model_dir, entry)
+    (entry / "tokenizer.json").write_text('{"version": "1.0", "model": 7}')
+    with pytest.raises(ModelResolutionError) as e:
+        load_tokenizer(ResolvedModel(ModelSpec(), "gguf", entry, "x.gguf"))
+    assert f"cannot load the tokenizer in {entry}" in str(e.value)
+    assert f"delete {entry} and it is converted again" in str(e.value)
 
 
 # ---------------------------------------------------------------- dtype; the bundled files' hashes

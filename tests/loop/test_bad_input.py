@@ -1,5 +1,6 @@
 """Bad input to the loop's commands: one line naming the key or file, a non-zero exit, and
-nothing already in the run directory changed."""
+nothing already on disk changed. Damaged files count as bad input: a run's metrics, stats,
+decisions and config, a model directory, an adapter."""
 
 from __future__ import annotations
 
@@ -185,6 +186,30 @@ def _nested(d: Path) -> None:
     (d / "cfg.yaml").write_text("[" * 10_000 + "]" * 10_000)
 
 
+def _run_with(name: str, content: str | bytes):
+    """Setup: a fake run in d/run whose file `name` holds `content`."""
+
+    def setup(d: Path) -> None:
+        _fake_run(d)
+        path = d / "run" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def _write(name: str, content: str | bytes):
+    def setup(d: Path) -> None:
+        (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+DEEP = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+EMPTY_ANSWER = (
+    '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]}\n'
+)
+
 # (args with {d} for the work directory, what to put there first, a part of the error line)
 BAD = {
     "config-utf16": (
@@ -218,6 +243,106 @@ BAD = {
         ["run", "model.name={model}", "--out", "{d}/ro/run"],
         "read-only",
         "PermissionError",
+    ),
+    # A run's own files, damaged (a full disk, a bad copy, a hand edit): named, left as they are.
+    "status-metrics-cut-short": (
+        ["status", "{d}/run"],
+        _run_with("metrics.jsonl", '{"round": 1, "deci'),
+        "run/metrics.jsonl:1: not valid JSON",
+    ),
+    "status-metrics-binary": (
+        ["status", "{d}/run"],
+        _run_with("metrics.jsonl", bytes(range(128, 256))),
+        "metrics.jsonl:1: not UTF-8 text",
+    ),
+    "report-metrics-not-a-record": (
+        ["report", "{d}/run"],
+        _run_with("metrics.jsonl", "[1, 2]\n"),
+        "metrics.jsonl:1: expected a JSON object",
+    ),
+    "show-stats-damaged": (
+        ["show", "{d}/run"],
+        _run_with("rounds/001/propose/stats.json", '{"account": '),
+        "rounds/001/propose/stats.json is damaged: not valid JSON",
+    ),
+    "show-decision-not-an-object": (
+        ["show", "{d}/run"],
+        _run_with("rounds/001/decision.json", "[]"),
+        "rounds/001/decision.json is damaged: a JSON list, not an object",
+    ),
+    "show-config-damaged": (
+        ["show", "{d}/run"],
+        _run_with("config.yaml", "run: [1, 2\n"),
+        "run/config.yaml line 2: not valid YAML",
+    ),
+    "show-config-binary": (
+        ["show", "{d}/run"],
+        _run_with("config.yaml", bytes(range(128, 256))),
+        "config.yaml is not UTF-8 text",
+    ),
+    "report-config-not-a-mapping": (
+        ["report", "{d}/run"],
+        lambda d: (
+            _run_with("config.yaml", "- 1\n")(d),
+            (d / "run" / "metrics.jsonl").write_text('{"round": 1}\n'),
+        ),
+        "config.yaml: the top level must be a mapping",
+    ),
+    # Files and flags a person gets wrong.
+    "config-duplicate-key": (
+        ["config", "-c", "{d}/cfg.yaml"],
+        _write("cfg.yaml", "run:\n  max_rounds: 2\nrun:\n  patience: 3\n"),
+        "cfg.yaml line 3: not valid YAML (key 'run' given twice (first on line 1))",
+    ),
+    "config-infinite-learning-rate": (
+        ["config", "--set", "tune.learning_rate=.inf"],
+        None,
+        "tune.learning_rate: must be a finite number",
+    ),
+    "import-csv-column-twice": (
+        ["data", "import", "{d}/data.csv", "--out", "{d}/out.jsonl"],
+        _write("data.csv", "instruction,output,output\nHi,Hello,Bye\n"),
+        "names column 'output' twice (columns 2 and 3)",
+    ),
+    "import-nested": (
+        ["data", "import", "{d}/data.jsonl", "--out", "{d}/out.jsonl"],
+        _write("data.jsonl", DEEP),
+        "data.jsonl:1: nested too deeply",
+    ),
+    "prompts-utf16": (
+        ["generate", "--model", "{model}", "--prompts-file", "{d}/prompts.txt"],
+        _write("prompts.txt", "Hi there\n".encode("utf-16")),
+        "prompts.txt: not UTF-8 text",
+    ),
+    "prompts-nested": (
+        ["generate", "--model", "{model}", "--prompts-file", "{d}/prompts.jsonl"],
+        _write("prompts.jsonl", DEEP),
+        "prompts.jsonl:1: nested too deeply",
+    ),
+    "tune-empty-answer": (
+        ["tune", "--data", "{d}/train.jsonl", "--out", "{d}/adapter", "--model", "{model}"],
+        _write("train.jsonl", EMPTY_ANSWER),
+        "train.jsonl:1: messages[1] (assistant) has empty content",
+    ),
+    "eval-no-suite": (
+        ["eval", "--suites", ",", "--model", "{model}"],
+        None,
+        "--suites ',' names no suite",
+    ),
+    "run-out-holds-a-foreign-config": (
+        ["run", "model.name={model}", "--out", "{d}/mine"],
+        lambda d: ((d / "mine").mkdir(), (d / "mine" / "config.yaml").write_text("notes: 1\n")),
+        "mine/config.yaml exists and is not this run's config",
+    ),
+    "export-out-under-a-file": (
+        ["export", "{d}/run", "--round", "1", "--out", "{d}/good.jsonl/adapter"],
+        _fake_adapter_run,
+        "good.jsonl is a file, not a directory",
+    ),
+    "report-out-under-a-file": (
+        ["report", "{d}/run", "--out", "{d}/good.jsonl/report"],
+        _fake_run,
+        "good.jsonl is a file, not a directory",
     ),
 }
 
@@ -254,8 +379,13 @@ def test_bad_input_is_one_line(
 
 
 def test_an_unexpected_error_names_its_traceback_file(monkeypatch, capsys, tmp_path: Path) -> None:
+    import json
+
+    from loop.rundir import RunDir
+
     run_dir = _fake_run(tmp_path)
-    (run_dir / "metrics.jsonl").write_text('{"round": 1, "deci')  # a damaged metrics file
+    # A bug stands in for the unexpected: a parse error the code does not handle.
+    monkeypatch.setattr(RunDir, "read_metrics", lambda self: json.loads('{"round": 1, "deci'))
     before = _snapshot(run_dir)
     code, err = run_cli(monkeypatch, capsys, "status", str(run_dir))
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
@@ -268,3 +398,98 @@ def test_an_unexpected_error_names_its_traceback_file(monkeypatch, capsys, tmp_p
     monkeypatch.setattr(sys, "argv", ["selfloop", "status", str(run_dir)])
     with pytest.raises(ValueError):
         main()
+
+
+# ---------------------------------------------------------------- damaged models and adapters
+def _cut(path: Path, keep: int = 1000) -> None:
+    path.write_bytes(path.read_bytes()[:keep])  # a copy cut short
+
+
+# (what to damage in a copy of the tiny model (m) or of an adapter (a), the command, the line)
+DAMAGED = {
+    "model-config-json": (
+        lambda m, a: (m / "config.json").write_text("{bad"),
+        ["generate", "--model", "{m}", "-p", "Hi"],
+        "m/config.json is not valid JSON",
+    ),
+    "model-no-tokenizer": (
+        lambda m, a: [p.unlink() for p in m.iterdir() if p.name.startswith("tokenizer")],
+        ["generate", "--model", "{m}", "-p", "Hi"],
+        "has no tokenizer (no tokenizer.json or tokenizer.model)",
+    ),
+    "model-garbage-tokenizer": (
+        lambda m, a: (m / "tokenizer.json").write_bytes(bytes(range(256)) * 4),
+        ["generate", "--model", "{m}", "-p", "Hi"],
+        "m/tokenizer.json is not UTF-8 text",
+    ),
+    "model-weights-cut-short": (
+        lambda m, a: _cut(m / "model.safetensors", 5000),
+        ["generate", "--model", "{m}", "-p", "Hi"],
+        "cannot load the model in",
+    ),
+    "generate-adapter-cut-short": (
+        lambda m, a: _cut(a / "adapter_model.safetensors"),
+        ["generate", "--model", "{m}", "--adapter", "{a}", "-p", "Hi"],
+        "a/adapter_model.safetensors is truncated or not a safetensors file",
+    ),
+    "generate-adapter-config-broken": (
+        lambda m, a: (a / "adapter_config.json").write_text('{"peft_type": '),
+        ["generate", "--model", "{m}", "--adapter", "{a}", "-p", "Hi"],
+        "a/adapter_config.json is not valid JSON",
+    ),
+    "merge-adapter-cut-short": (
+        lambda m, a: _cut(a / "adapter_model.safetensors"),
+        ["merge", "--model", "{m}", "--adapter", "{a}", "--out", "{d}/merged"],
+        "a/adapter_model.safetensors is truncated or not a safetensors file",
+    ),
+    "merge-adapter-config-broken": (
+        lambda m, a: (a / "adapter_config.json").write_text("[]"),
+        ["merge", "--model", "{m}", "--adapter", "{a}", "--out", "{d}/merged"],
+        "a/adapter_config.json is a JSON list, not an object",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    from tests.helpers import make_lora_adapter
+
+    return make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "a")
+
+
+@pytest.mark.parametrize("case", DAMAGED)
+def test_a_damaged_model_or_adapter_is_named(
+    monkeypatch, capsys, tmp_path: Path, tiny_model_dir: Path, tiny_adapter: Path, case: str
+) -> None:
+    import shutil
+
+    damage, args, message = DAMAGED[case]
+    d = tmp_path / "work"
+    m, a = d / "m", d / "a"
+    shutil.copytree(tiny_model_dir, m)
+    shutil.copytree(tiny_adapter, a)
+    damage(m, a)
+    before = _snapshot(d)
+    code, err = run_cli(monkeypatch, capsys, *(x.format(d=d, m=m, a=a) for x in args))
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err and "traceback written" not in err
+    assert _snapshot(d) == before
+
+
+def test_show_names_a_finished_stage_whose_stats_are_missing(tmp_path: Path) -> None:
+    from loop.show import render_round
+
+    run_dir = _fake_run(tmp_path)  # propose finished (its directory is there), no stats.json
+    text = render_round(run_dir, 1)
+    assert f"propose   done, but {run_dir}/rounds/001/propose/stats.json is missing" in text, text
+
+
+def test_a_review_csv_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    from agent.errors import SelfloopError
+    from loop.review import _read_edited
+
+    path = tmp_path / "review.csv"
+    path.write_text("id,instruction,input,response,response\na,Hi,,Hello,Bye\n")
+    with pytest.raises(SelfloopError, match="names column 'response' twice"):
+        _read_edited(path)
