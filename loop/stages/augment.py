@@ -1,8 +1,9 @@
 """augment: constraint augmentation as a data source (with `run.sources` containing
 `constraints`). Base tasks - the seed tasks that carry no constraints, tasks already learned
 (the pool) and this round's filtered proposals - get 1-3 verifiable constraints each
-(`judges.augment`), so every answer to them can be checked. The stage passes the round's
-proposals on unchanged and adds the constrained tasks after them."""
+(`judges.augment`), so every answer to them can be checked; with fewer bases than
+`augment.tasks` a base is constrained again with other constraints (up to 4 times). The stage
+passes the round's proposals on unchanged and adds the constrained tasks after them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from loop.stages.base import STATS, Stage, counts
 log = logging.getLogger(__name__)
 
 TASKS = "tasks.jsonl"
+# How often one base task may be constrained in a round when bases are fewer than `tasks`.
+MAX_DRAWS_PER_BASE = 4
 
 
 def run(ctx: Context, state: LoopState) -> dict:
@@ -41,21 +44,28 @@ def run(ctx: Context, state: LoopState) -> dict:
         pool = base_tasks(ctx, proposals)
         # A fresh order each round, the same on a re-run of the round.
         random.Random(f"{cfg.seed}/{n}").shuffle(pool)
+        pool = [(k, t) for k, t in pool if (t.get("language") or "en") in cfg.languages]
         seen: set[str] = set()
-        for kind, task in pool:
-            if len(made) >= cfg.tasks:
+        # With fewer base tasks than `tasks` (round 1 has only the seeds), each base is drawn
+        # again with other constraints: the probe's round kept 30 of 48 tasks otherwise, and
+        # the same question under different constraints is still a different lesson.
+        for draw in range(MAX_DRAWS_PER_BASE):
+            before = len(made)
+            for kind, task in pool:
+                if len(made) >= cfg.tasks:
+                    break
+                salt = f"/r{n}" if draw == 0 else f"/r{n}/d{draw}"
+                out = augment_task(task, cfg, salt=salt)
+                if out is None or out["id"] in seen:
+                    continue
+                rejected = rules.check(out, instructions_only=True)
+                if rejected is not None:
+                    unfit[rejected.reason] += 1
+                    continue
+                seen.add(out["id"])
+                made.append({**out, "round": n, "stage": "augment", "base_kind": kind})
+            if len(made) >= cfg.tasks or len(made) == before:
                 break
-            if (task.get("language") or "en") not in cfg.languages:
-                continue
-            out = augment_task(task, cfg, salt=f"/r{n}")
-            if out is None or out["id"] in seen:
-                continue
-            rejected = rules.check(out, instructions_only=True)
-            if rejected is not None:
-                unfit[rejected.reason] += 1
-                continue
-            seen.add(out["id"])
-            made.append({**out, "round": n, "stage": "augment", "base_kind": kind})
         # Pairs and pass rates are made from these tasks before dedup's guard runs: a task near
         # an eval prompt is dropped here, so no answer to it is ever trained on.
         guarded = _near_eval(ctx, made)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from agent.data import read_jsonl, write_examples
@@ -236,6 +237,28 @@ def test_augment_constrains_seed_tasks_reproducibly_and_passes_proposals_on(
     augment.run(ctx, {"round": 2})
     again = read_jsonl(ctx.rundir.stage_dir(2, "augment") / "tasks.jsonl")
     assert {t["instruction"] for t in again}.isdisjoint({t["instruction"] for t in made})
+
+
+def test_augment_constrains_a_base_again_when_bases_are_fewer_than_tasks(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from loop.stages import augment
+
+    ctx = _context(tmp_path, tiny_model_dir, "run.sources=[constraints]", "augment.tasks=60")
+    _write_stage(ctx, "propose", "kept.jsonl", [])
+    augment.run(ctx, {"round": 1})
+    made = read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl")
+    bases = Counter(t["base_id"] for t in made)
+    assert len(bases) < 60 == len(made)  # the English seeds are fewer than 60
+    assert max(bases.values()) <= augment.MAX_DRAWS_PER_BASE and max(bases.values()) > 1
+    assert len({t["instruction"] for t in made}) == 60  # other constraints each time
+    first = {t["base_id"]: t for t in reversed(made)}  # a base's first task (the draw-0 one)
+    ctx2 = _context(tmp_path / "few", tiny_model_dir, "run.sources=[constraints]",
+                    "augment.tasks=5")  # fmt: skip
+    _write_stage(ctx2, "propose", "kept.jsonl", [])
+    augment.run(ctx2, {"round": 1})
+    for t in read_jsonl(ctx2.rundir.stage_dir(1, "augment") / "tasks.jsonl"):
+        assert t == first[t["base_id"]]  # enough bases: one draw each, the same as before
 
 
 def test_the_constraint_level_follows_the_last_rounds_verifier(
