@@ -35,17 +35,14 @@ from typing import Any
 from judges.augment import DEFAULT_HELD_OUT
 from judges.evals import load_suite
 from judges.evals.metrics import bootstrap_interval
+from judges.evals.result import EvalResult
 
 METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
 
 
 def _scores(ev: dict, metric: str, ids: set[str] | None = None) -> dict[str, float]:
-    items = ev["suites"]["ifeval"]["items"]
-    return {
-        i["id"]: i["scores"][metric]
-        for i in items
-        if metric in i.get("scores", {}) and (ids is None or i["id"] in ids)
-    }
+    scores = EvalResult.of(ev).scores(f"ifeval.{metric}")
+    return {k: v for k, v in scores.items() if ids is None or k in ids}
 
 
 def compare(base: dict, champ: dict, metric: str, ids: set[str] | None = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The promotion gate: promote a round's candidate only if it is measurably better and no worse
 where it matters.
 
-`decide(candidate_eval, champion_eval, config)` reads two eval dicts (`judges.evals.runner`) and
+`decide(candidate_eval, champion_eval, config)` reads two eval results (`judges.evals.result`:
+an `EvalResult` or a dict in eval.json's shape) and
 returns a `Decision` whose `reasons` say in words why, with every number behind it in `checks`
 (written as decision.json by `Decision.to_json()`).
 
@@ -34,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from judges.evals.metrics import METRIC_INFO, PER_PROMPT_MEAN, bootstrap_interval
+from judges.evals.result import EvalResult, Metric, Stat
 
 EPS = 1e-9
 RELATIVE = {"win_rate": 0.5}  # metrics that already compare candidate with champion: null value
@@ -85,7 +87,7 @@ class GateConfig(BaseModel):
     primary: str = Field(
         "helpfulness.win_rate",
         description="suite.metric that must improve: helpfulness.win_rate (pairwise, vs the "
-        "champion) or e.g. ifeval.prompt_loose (IFEval prompt-level loose accuracy).",
+        "champion) or e.g. ifeval.prompt_loose (IFEval-style prompt-level loose accuracy).",
     )
     margin: float = Field(
         0.02,
@@ -100,7 +102,7 @@ class GateConfig(BaseModel):
         default_factory=_default_guards,
         description="Metrics that may not regress: by default safety refusal rate (may fall by "
         "0.05), over-refusal rate (may rise by 0.05), domain fact recall, response-language "
-        "accuracy and IFEval prompt-level loose accuracy (each may fall by 0.05).",
+        "accuracy and IFEval-style prompt-level loose accuracy (each may fall by 0.05).",
     )
     slice_tolerance: float = Field(
         0.10, ge=0, description="Largest allowed regression of any slice of a guard metric."
@@ -146,19 +148,6 @@ def _f(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 0.001 or x == 0 else f"{x:.2e}"
 
 
-def _metric(ev: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
-    if not ev:
-        return None
-    suite, _, metric = name.partition(".")
-    return ev.get("suites", {}).get(suite, {}).get("metrics", {}).get(metric)
-
-
-def _overall(ev: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
-    found = _metric(ev, name)
-    stat = found.get("overall") if found else None
-    return stat if stat and stat.get("value") is not None else None
-
-
 def _label(name: str) -> str:
     return METRIC_INFO[name.partition(".")[2]][0]
 
@@ -167,13 +156,11 @@ def _higher(name: str) -> bool:
     return METRIC_INFO[name.partition(".")[2]][1]
 
 
-def _scores(ev: Mapping[str, Any], name: str) -> dict[str, float]:
-    suite, _, metric = name.partition(".")
-    items = ev.get("suites", {}).get(suite, {}).get("items", [])
-    return {it["id"]: it["scores"][metric] for it in items if metric in it.get("scores", {})}
+def _overall(ev: EvalResult | None, name: str) -> Stat | None:
+    return ev.overall(name) if ev is not None else None
 
 
-def _primary(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> dict[str, Any]:
+def _primary(cand: EvalResult, champ: EvalResult | None, cfg: GateConfig) -> dict[str, Any]:
     name, label = cfg.primary, _label(cfg.primary)
     metric = name.partition(".")[2]
     check: dict[str, Any] = {"kind": "primary", "metric": name, "margin": cfg.margin}
@@ -184,10 +171,10 @@ def _primary(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> dict[str,
     if metric in RELATIVE:
         null = RELATIVE[metric]
         threshold = null + cfg.margin
-        value, ci = stat["value"], stat.get("ci")
-        against = (_metric(cand, name) or {}).get("against", {}).get("fingerprint")
-        champ_fp = (champ or {}).get("candidate", {}).get("fingerprint")
-        check.update(candidate=value, ci=ci, n=stat["n"], threshold=threshold, against=against)
+        value, ci = stat.value, stat.ci
+        against = ((cand.metric(name) or Metric()).against or {}).get("fingerprint")
+        champ_fp = champ.fingerprint if champ is not None else None
+        check.update(candidate=value, ci=ci, n=stat.n, threshold=threshold, against=against)
         if against and champ_fp and against != champ_fp:
             text = (
                 f"{label} was measured against a model ({against[:12]}) that is not the "
@@ -202,20 +189,20 @@ def _primary(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> dict[str,
         where = (
             "clear of" if passed else ("interval not clear of" if cfg.require_ci else "not above")
         )
-        text = f"{label} {shown} vs champion (n={stat['n']}), {where} {_f(null)} + margin "
+        text = f"{label} {shown} vs champion (n={stat.n}), {where} {_f(null)} + margin "
         return {**check, "passed": passed, "text": text + _f(cfg.margin)}
     base = _overall(champ, name)
     if base is None:
         text = f"primary metric {name} ({label}) is missing from the champion's evaluation"
         return {**check, "passed": False, "text": text}
     sign = 1.0 if _higher(name) else -1.0
-    gain = sign * (stat["value"] - base["value"])
-    ci, method, diffs = _gain_interval(cand, champ or {}, name, stat, base, sign, cfg)
+    gain = sign * (stat.value - base.value)
+    ci, method, diffs = _gain_interval(cand, champ, name, stat, base, sign, cfg)
     check.update(
-        candidate=stat["value"],
-        champion=base["value"],
-        candidate_n=stat["n"],
-        champion_n=base["n"],
+        candidate=stat.value,
+        champion=base.value,
+        candidate_n=stat.n,
+        champion_n=base.n,
         improvement=gain,
         ci=ci,
         ci_method=method,
@@ -229,7 +216,7 @@ def _primary(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> dict[str,
     shown = f"{gain:+.3g}" + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else "")
     where = "clear of" if passed else ("interval not clear of" if cfg.require_ci else "not above")
     text = (
-        f"{label} {_f(stat['value'])} vs champion {_f(base['value'])}, improvement {shown} "
+        f"{label} {_f(stat.value)} vs champion {_f(base.value)}, improvement {shown} "
         f"({method}), {where} margin {_f(cfg.margin)}"
     )
     if diffs:
@@ -255,19 +242,25 @@ def detectable(
 
 
 def _gain_interval(
-    cand: Mapping, champ: Mapping, name: str, stat: dict, base: dict, sign: float, cfg: GateConfig
+    cand: EvalResult,
+    champ: EvalResult | None,
+    name: str,
+    stat: Stat,
+    base: Stat,
+    sign: float,
+    cfg: GateConfig,
 ) -> tuple[list[float] | None, str, list[float] | None]:
-    if name.partition(".")[2] in PER_PROMPT_MEAN:
-        a, b = _scores(cand, name), _scores(champ, name)
+    if champ is not None and name.partition(".")[2] in PER_PROMPT_MEAN:
+        a, b = cand.scores(name), champ.scores(name)
         common = sorted(set(a) & set(b))
         if common:
             diffs = [sign * (a[k] - b[k]) for k in common]
             ci = bootstrap_interval(diffs, resamples=cfg.resamples, seed=cfg.seed)
             if ci:
                 return [ci[0], ci[1]], f"paired bootstrap over {len(common)} prompts", diffs
-    if stat.get("ci") and base.get("ci"):
-        half = math.hypot((stat["ci"][1] - stat["ci"][0]) / 2, (base["ci"][1] - base["ci"][0]) / 2)
-        gain = sign * (stat["value"] - base["value"])
+    if stat.ci and base.ci and stat.value is not None and base.value is not None:
+        half = math.hypot((stat.ci[1] - stat.ci[0]) / 2, (base.ci[1] - base.ci[0]) / 2)
+        gain = sign * (stat.value - base.value)
         return [gain - half, gain + half], "intervals combined", None
     return None, "none", None
 
@@ -294,7 +287,7 @@ def _regression(name: str, cand: float, champ: float, tol: float, where: str) ->
     }
 
 
-def _guard(cand: Mapping, champ: Mapping | None, g: Guard, cfg: GateConfig) -> list[dict]:
+def _guard(cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig) -> list[dict]:
     c, h = _overall(cand, g.metric), _overall(champ, g.metric)
     if c is None or h is None:
         if champ is None:
@@ -310,36 +303,32 @@ def _guard(cand: Mapping, champ: Mapping | None, g: Guard, cfg: GateConfig) -> l
         return [
             {"kind": "guard", "metric": g.metric, "passed": passed, "checked": False, "text": text}
         ]
-    first = {"kind": "guard", "metric": g.metric, "slice": None, "candidate_n": c["n"]}
-    first.update(
-        champion_n=h["n"], **_regression(g.metric, c["value"], h["value"], g.tolerance, "")
-    )
+    first = {"kind": "guard", "metric": g.metric, "slice": None, "candidate_n": c.n}
+    first.update(champion_n=h.n, **_regression(g.metric, c.value, h.value, g.tolerance, ""))
     out = [first]
     if not g.slices:
         return out
-    cs, hs = _metric(cand, g.metric).get("slices", {}), _metric(champ, g.metric).get("slices", {})
+    cs, hs = cand.metric(g.metric).slices, champ.metric(g.metric).slices  # both have it: c, h
     small = []
     for key in sorted(hs):
         for val in sorted(hs[key]):
             h_st, c_st = hs[key][val], cs.get(key, {}).get(val)
-            if c_st is None or h_st.get("value") is None or c_st.get("value") is None:
+            if c_st is None or h_st.value is None or c_st.value is None:
                 small.append(f"{key}={val}")
                 continue
-            if min(c_st["n"], h_st["n"]) < cfg.min_slice_n:
+            if min(c_st.n, h_st.n) < cfg.min_slice_n:
                 small.append(f"{key}={val}")
                 continue
             where = val if key == "domain" else f"{key} {val}"
             check = {"kind": "slice", "metric": g.metric, "slice": {"key": key, "value": val}}
-            check.update(candidate_n=c_st["n"], champion_n=h_st["n"])
-            check.update(
-                _regression(g.metric, c_st["value"], h_st["value"], cfg.slice_tolerance, where)
-            )
+            check.update(candidate_n=c_st.n, champion_n=h_st.n)
+            check.update(_regression(g.metric, c_st.value, h_st.value, cfg.slice_tolerance, where))
             out.append(check)
     out[0]["slices_not_checked"] = small  # too small, or absent on one side
     return out
 
 
-def _errors(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> list[dict[str, Any]]:
+def _errors(cand: EvalResult, champ: EvalResult | None, cfg: GateConfig) -> list[dict[str, Any]]:
     """Prompts that failed to generate are left out of the metrics: more failures on the
     candidate's side than the champion's could hide a regression, so they reject."""
     out = []
@@ -347,8 +336,8 @@ def _errors(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> list[dict[
         n.partition(".")[0] for n in [cfg.primary, *(g.metric for g in cfg.guards)]
     )
     for suite in suites:
-        c = cand.get("suites", {}).get(suite, {}).get("errors")
-        h = (champ or {}).get("suites", {}).get(suite, {}).get("errors")
+        c = cand.errors(suite)
+        h = champ.errors(suite) if champ is not None else None
         if c is None or h is None or c <= h:
             continue
         text = (
@@ -361,16 +350,18 @@ def _errors(cand: Mapping, champ: Mapping | None, cfg: GateConfig) -> list[dict[
 
 
 def decide(
-    candidate_eval: Mapping[str, Any],
-    champion_eval: Mapping[str, Any] | None,
+    candidate_eval: EvalResult | Mapping[str, Any],
+    champion_eval: EvalResult | Mapping[str, Any] | None,
     config: GateConfig | None = None,
 ) -> Decision:
     """Promote the candidate or keep the champion, and say why (see the module docstring)."""
     cfg = config or GateConfig()
-    checks = [_primary(candidate_eval, champion_eval, cfg)]
+    cand, champ = EvalResult.of(candidate_eval), EvalResult.of(champion_eval)
+    assert cand is not None
+    checks = [_primary(cand, champ, cfg)]
     for g in cfg.guards:
-        checks.extend(_guard(candidate_eval, champion_eval, g, cfg))
-    checks.extend(_errors(candidate_eval, champion_eval, cfg))
+        checks.extend(_guard(cand, champ, g, cfg))
+    checks.extend(_errors(cand, champ, cfg))
     failed = [c for c in checks if not c["passed"]]
     promote = not failed
     if promote:

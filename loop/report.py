@@ -14,20 +14,23 @@ from __future__ import annotations
 import html
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.atomic import make_parents
 from agent.errors import SelfloopError
+from judges.evals.result import EvalResult
 from loop.show import (
     eval_rows,
     fmt,
     fmt_ci,
-    load_json,
+    load_eval,
     load_jsonl,
     round_numbers,
     run_config,
 )
+from loop.stages.evaluate import CHAMPION_EVAL, EVAL
 
 # The gate's default primary and guard metrics: all rates in [0, 1], so they share one axis.
 MAIN_METRICS = [
@@ -211,15 +214,14 @@ def _plot_loss(plt: Any, metrics: list[dict], path: Path) -> None:
     _save(plt, fig, ax, "Training loss", path)
 
 
-def type_rates(ev: dict[str, Any], suite: str = "ifeval") -> dict[str, tuple[float, int]]:
-    """Instruction-level loose pass rate and count per constraint type in an eval.json."""
-    metric = ((ev.get("suites") or {}).get(suite) or {}).get("metrics", {})
-    types = ((metric.get("instruction_loose") or {}).get("slices") or {}).get("constraint_type")
-    return {
-        t: (float(v["value"]), int(v.get("n", 0)))
-        for t, v in (types or {}).items()
-        if isinstance(v, dict) and v.get("value") is not None
-    }
+def type_rates(
+    ev: EvalResult | Mapping[str, Any] | None, suite: str = "ifeval"
+) -> dict[str, tuple[float, int]]:
+    """Instruction-level loose pass rate and count per constraint type in an eval result."""
+    ev = EvalResult.of(ev)
+    metric = ev.metric(f"{suite}.instruction_loose") if ev is not None else None
+    types = metric.slices.get("constraint_type", {}) if metric else {}
+    return {t: (float(v.value), v.n) for t, v in types.items() if v.value is not None}
 
 
 def _plot_types(plt: Any, run_dir: Path, metrics: list[dict], path: Path) -> None:
@@ -227,10 +229,7 @@ def _plot_types(plt: Any, run_dir: Path, metrics: list[dict], path: Path) -> Non
     cand = champ = {}
     if evaluated:
         ev = run_dir / "rounds" / f"{evaluated[-1]:03d}" / "evaluate"
-        cand, champ = (
-            type_rates(load_json(ev / "eval.json")),
-            type_rates(load_json(ev / "champion_eval.json")),
-        )
+        cand, champ = type_rates(load_eval(ev / EVAL)), type_rates(load_eval(ev / CHAMPION_EVAL))
     types = sorted(cand, key=lambda t: (cand[t][0], t))
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.24 * len(types) + 1.2)))
     if types:
@@ -290,7 +289,7 @@ def _page(run_dir: Path, metrics: list[dict], plots: list[str], in_progress: lis
             [r["metric"], "skipped", "", "", r["skipped"]]
             if "skipped" in r
             else [r["metric"], fmt(r["value"]), fmt_ci(r["ci"]), fmt(r["n"]), r["champion_text"]]
-            for r in eval_rows(load_json(ev / "eval.json"), load_json(ev / "champion_eval.json"))
+            for r in eval_rows(load_eval(ev / EVAL), load_eval(ev / CHAMPION_EVAL))
         ]
         head = ["metric", "candidate", "95% CI", "n", "champion"]
         parts += [f"<h2>Evaluation of round {n}</h2>", _table(head, rows)]

@@ -67,7 +67,7 @@ def _target_reached(ctx: Context, n: int, state: LoopState) -> bool:
     run = ctx.cfg.run
     if not run.target_metric or run.target_value is None or state.get("decision") != "promoted":
         return False
-    node: Any = ctx.rundir.eval_results(n)[0]
+    node: Any = ctx.rundir.eval_results(n)[0].to_dict()
     for part in run.target_metric.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return isinstance(node, (int, float)) and node >= run.target_value

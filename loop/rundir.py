@@ -20,12 +20,15 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.atomic import atomic_write
 from agent.data import read_json, read_objects
 from agent.errors import SelfloopError
 from loop.faults import failpoint
+
+if TYPE_CHECKING:
+    from judges.evals.result import EvalResult
 
 
 class RunLocked(SelfloopError):
@@ -213,12 +216,13 @@ class RunDir:
         path = self.decision_path(n)
         return read_json(path) if path.is_file() else None
 
-    def eval_results(self, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def eval_results(self, n: int) -> tuple[EvalResult, EvalResult]:
         """Round `n`'s (candidate, champion) eval results (eval.json, champion_eval.json)."""
+        from judges.evals.result import EvalResult
         from loop.stages.evaluate import CHAMPION_EVAL, EVAL
 
         d = self.stage_dir(n, "evaluate")
-        return read_json(d / EVAL), read_json(d / CHAMPION_EVAL)
+        return EvalResult.read(d / EVAL), EvalResult.read(d / CHAMPION_EVAL)
 
     @contextmanager
     def writing_stage(self, n: int, stage: str) -> Iterator[Path]:

@@ -7,11 +7,13 @@ a round that ended before training (nothing new kept) says which stages it skipp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.data import read_json, read_jsonl
 from agent.errors import SelfloopError
+from judges.evals.result import EvalResult
 from loop import stages as pipeline
 from loop.accounting import round_account
 from loop.rundir import RunDir
@@ -27,6 +29,11 @@ def load_json(path: Path) -> Any:
     """A JSON file's content, or None when it does not exist (a stage not reached); a damaged
     one is a one-line error naming it."""
     return read_json(path) if path.is_file() else None
+
+
+def load_eval(path: Path) -> EvalResult | None:
+    """An eval.json as an EvalResult, or None when it does not exist (not evaluated yet)."""
+    return EvalResult.read(path) if path.is_file() else None
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -57,29 +64,34 @@ def sparkline(values: list[float]) -> str:
     return "".join(SPARKS[round((v - lo) / span * (len(SPARKS) - 1))] for v in values)
 
 
-def eval_rows(cand: dict[str, Any] | None, champ: dict[str, Any] | None) -> list[dict[str, Any]]:
+def eval_rows(
+    cand: EvalResult | Mapping[str, Any] | None, champ: EvalResult | Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
     """One row per suite and metric: candidate overall value, interval, n; champion value."""
+    cand, champ = EvalResult.of(cand), EvalResult.of(champ)
     rows = []
-    for suite, body in ((cand or {}).get("suites") or {}).items():
-        champ_metrics = (((champ or {}).get("suites") or {}).get(suite) or {}).get("metrics") or {}
-        for metric, stat in (body.get("metrics") or {}).items():
-            overall = stat.get("overall") or {}
-            other = (champ_metrics.get(metric) or {}).get("overall") or {}
+    for suite, body in (cand.suites if cand is not None else {}).items():
+        for metric, stat in body.metrics.items():
+            other = champ.metric(f"{suite}.{metric}") if champ is not None else None
+            value = other.overall.value if other else None
             rows.append(
                 {
                     "metric": f"{suite}.{metric}",
-                    "value": overall.get("value"),
-                    "ci": overall.get("ci"),
-                    "n": overall.get("n"),
-                    "champion": other.get("value"),
+                    "value": stat.overall.value,
+                    "ci": stat.overall.ci,
+                    "n": stat.overall.n,
+                    "champion": value,
                     # A pairwise metric already compares with the champion: no value of its own.
                     "champion_text": "pairwise"
-                    if f".{metric}" in PAIRWISE and not other
-                    else fmt(other.get("value")),
-                    "slices": stat.get("slices") or {},
+                    if f".{metric}" in PAIRWISE and other is None
+                    else fmt(value),
+                    "slices": {
+                        key: {name: s.model_dump() for name, s in group.items()}
+                        for key, group in stat.slices.items()
+                    },
                 }
             )
-        for metric, why in (body.get("skipped") or {}).items():
+        for metric, why in body.skipped.items():
             rows.append({"metric": f"{suite}.{metric}", "skipped": why})
     return rows
 
@@ -88,7 +100,7 @@ def fmt_ci(ci: Any) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else ""
 
 
-def _eval_lines(cand: dict | None, champ: dict | None, slices: bool) -> list[str]:
+def _eval_lines(cand: EvalResult | None, champ: EvalResult | None, slices: bool) -> list[str]:
     rows = eval_rows(cand, champ)
     if not rows:
         return ["  no metrics"]
@@ -243,8 +255,8 @@ def render_round(run_dir: Path, n: int, *, samples: int = 3, slices: bool = Fals
             lines += ["", *([title] if title else []), *body]
     ev = rd / "evaluate"
     if ev.is_dir():
-        cand, champ = load_json(ev / EVAL), load_json(ev / CHAMPION_EVAL)
-        against = ((champ or {}).get("candidate") or {}).get("adapter", "base")
+        cand, champ = load_eval(ev / EVAL), load_eval(ev / CHAMPION_EVAL)
+        against = (champ.candidate if champ is not None else {}).get("adapter", "base")
         lines += ["", f"Evaluation (candidate vs champion: {against})"]
         lines += _eval_lines(cand, champ, slices)
     if split := time_split(RunDir(run_dir).stage_times(n)):

@@ -44,11 +44,11 @@ from agent.errors import SelfloopError
 from judges.augment import DEFAULT_HELD_OUT
 from judges.evals import load_suites
 from judges.evals import metrics as m
+from judges.evals.result import SCHEMA
 from judges.llm_judge import LLMJudge
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
 SuitesArg = Sequence[str] | Mapping[str, tuple[str, list[dict[str, Any]]]] | None
 # How a limited subset is spread: by this key, round-robin, evenly within each group.
 STRATA = {"refusal": "expected", "facts": "domain", "language": "language"}
@@ -87,6 +87,10 @@ def model_fingerprint(generator: Generator) -> str:
         # written before the dtype was part of the identity remain valid.
         ident["dtype"] = dtype
     resolved = getattr(generator, "resolved", None)
+    spec = getattr(resolved, "spec", None)
+    template = spec.template_text() if spec is not None else None
+    if template:  # another template, other answers (unnamed when unset: old caches stay valid)
+        ident["chat_template"] = template
     path = getattr(resolved, "path", None)
     if path is not None and Path(path).is_dir():
         ident["path"] = str(path)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.data import read_json
 from loop.config import eval_suites
 from loop.context import Context, LoopState
 from loop.faults import failpoint
@@ -22,6 +21,7 @@ EVAL, CHAMPION_EVAL = "eval.json", "champion_eval.json"
 
 
 def run(ctx: Context, state: LoopState) -> dict:
+    from judges.evals.result import write_eval
     from judges.evals.runner import evaluate as run_eval
 
     n = state["round"]
@@ -55,8 +55,8 @@ def run(ctx: Context, state: LoopState) -> dict:
     failpoint("evaluate.candidate", n)
     champ = run_eval(gen, suites, adapter=champion, **common)
     with ctx.rundir.writing_stage(n, "evaluate") as out:
-        write_json(out / EVAL, cand)
-        write_json(out / CHAMPION_EVAL, champ)
+        write_eval(out / EVAL, cand)
+        write_eval(out / CHAMPION_EVAL, champ)
         write_json(out / STATS, {"seconds": time.monotonic() - t0})
     return {}
 
@@ -65,25 +65,24 @@ def metrics(round_dir: Path) -> dict[str, Any]:
     path = round_dir / "evaluate" / EVAL
     if not path.is_file():
         return {}
-    data = read_json(path)
-    suites = data.get("suites", {})
+    from judges.evals.result import EvalResult
+
+    suites = EvalResult.read(path).suites
     out: dict[str, Any] = {
         "eval": {
-            f"{s}.{m}": v.get("overall", {}).get("value")
+            f"{s}.{m}": v.overall.value
             for s, suite in suites.items()
-            for m, v in suite.get("metrics", {}).items()
+            for m, v in suite.metrics.items()
         }
     }
     # Verifiable suites: the held-out vs trained constraint sets, and each type's pass rate.
     for s, suite in suites.items():
-        for m, v in suite.get("metrics", {}).items():
-            for part, stat in (v.get("slices", {}).get("constraint_set") or {}).items():
-                out["eval"][f"{s}.{m}.{part}"] = stat.get("value")
-        types = (suite.get("metrics", {}).get("instruction_loose", {}).get("slices") or {}).get(
-            "constraint_type"
-        )
-        for t, stat in (types or {}).items():
-            out.setdefault("eval_constraint_types", {})[f"{s}.{t}"] = stat.get("value")
+        for m, v in suite.metrics.items():
+            for part, stat in v.slices.get("constraint_set", {}).items():
+                out["eval"][f"{s}.{m}.{part}"] = stat.value
+        loose = suite.metrics.get("instruction_loose")
+        for t, stat in (loose.slices.get("constraint_type", {}) if loose else {}).items():
+            out.setdefault("eval_constraint_types", {})[f"{s}.{t}"] = stat.value
     return out
 
 

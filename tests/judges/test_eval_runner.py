@@ -11,6 +11,7 @@ import pytest
 
 from agent.backends.hf import TransformersGenerator
 from judges.evals import load_suite
+from judges.evals.result import EvalResult
 from judges.evals.runner import adapter_fingerprint, evaluate, subset
 from tests.helpers import make_lora_adapter
 
@@ -106,6 +107,17 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
     # The champion answered the helpfulness prompts only (it is needed for the pairwise judge).
     assert counting.calls == {cand_name: 5 * LIMIT, champ_name: LIMIT}
     json.dumps(first)  # plain JSON data
+    # The typed result keeps every field (read back and written again, nothing changes) and
+    # its accessors read the same numbers.
+    typed = EvalResult.of(first)
+    assert typed.to_dict() == json.loads(json.dumps(first))
+    loose = first["suites"]["ifeval"]["metrics"]["prompt_loose"]
+    assert typed.value("ifeval.prompt_loose") == loose["overall"]["value"]
+    assert typed.scores("ifeval.prompt_loose") == {
+        i["id"]: i["scores"]["prompt_loose"] for i in first["suites"]["ifeval"]["items"]
+    }
+    assert typed.errors("ifeval") == 0 and typed.errors("absent") is None
+    assert typed.metric("ifeval.absent") is None and typed.overall("absent.x") is None
 
     # The champion's responses are on disk, keyed by suite, id and settings.
     champ_file = Path(first["run"]["champion"]["cache_file"])
