@@ -73,6 +73,27 @@ class ModelSpec(BaseModel):
         description="Where converted GGUF models are cached; default $SELFLOOP_CACHE_DIR or the "
         "user cache dir (~/.cache/selfloop).",
     )
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template, or the path of a .jinja/.j2 file holding one: for a "
+        "model without a template of its own, or to replace it. Saved with every adapter and "
+        "merged model (their tokenizer files carry it).",
+    )
+
+    def template_text(self) -> str | None:
+        """`chat_template` as template text (a file's content for a path), or None."""
+        t = self.chat_template
+        if not t or "{" in t:
+            return t or None
+        path = Path(t).expanduser()
+        if not path.is_file():
+            raise ModelResolutionError(
+                f"model.chat_template: {t!r} is neither a Jinja template nor a file"
+            )
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelResolutionError(f"model.chat_template: cannot read {path}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -344,9 +365,12 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
         raise ModelResolutionError(
             f"cannot load the tokenizer in {path}: {type(e).__name__}: {first}{hint}"
         ) from e
+    if (template := resolved.spec.template_text()) is not None:
+        tok.chat_template = template
     if tok.chat_template is None:
         raise ModelResolutionError(
-            f"model {resolved.display_name!r} has no chat template; selfloop needs a chat model"
+            f"model {resolved.display_name!r} has no chat template; selfloop needs a chat model "
+            "(or set model.chat_template)"
         )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

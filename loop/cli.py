@@ -257,19 +257,43 @@ def serve(
     run_server(gen, sock, served_name=name)
 
 
+FormatOpt = Annotated[str, typer.Option("--format", help="auto or a format name.")]
+MapOpt = Annotated[list[str] | None, typer.Option("--map", help="field=column (repeatable).")]
+
+
+def _mapping(map_: list[str] | None) -> dict[str, str] | None:
+    mapping = dict(m.split("=", 1) for m in map_ or [] if "=" in m)
+    if map_ and len(mapping) != len(map_):
+        raise SelfloopError("--map expects field=column")
+    return mapping or None
+
+
 @app.command()
 def tune(
-    data: Annotated[Path, typer.Option(help="JSONL of chat examples ({messages: [...]}).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Chat examples in any format `data import` reads (messages/Alpaca/ShareGPT/"
+            "Self-Instruct JSON(L), CSV, Parquet, HF dir); TRL-format pairs JSONL for dpo/rpo."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Where the adapter (or full model) is written.")],
     model: Annotated[str | None, typer.Option(help="Base model spec.")] = None,
     method: Annotated[str | None, typer.Option(help="lora | prefix | full | qlora.")] = None,
     init_adapter: Annotated[Path | None, typer.Option(help="Warm-start from this adapter.")] = None,
+    fmt: FormatOpt = "auto",
+    map_: MapOpt = None,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Skip bad records (listed) instead of rejecting the file.")
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """One-off fine-tuning outside the loop; re-run the same command to resume after a kill.
-    With tune.objective dpo or rpo, --data holds TRL-format preference pairs."""
+    --data is read like `data import` (validated; exact repeats dropped); with tune.objective
+    dpo or rpo it holds TRL-format preference pairs (prompt, chosen, rejected)."""
     from agent.data import read_jsonl
+    from agent.formats import import_file
     from tuners import train
     from tuners.preference import train_preference
 
@@ -279,8 +303,10 @@ def tune(
         result = train_preference(cfg.model, pairs, out, cfg.tune, init_adapter=init_adapter)
         typer.echo(json.dumps(result.to_dict()))
         return
-    examples = read_jsonl(data, require_messages=True)
-    result = train(cfg.model, examples, out, cfg.tune, init_adapter=init_adapter)
+    read = import_file(data, fmt=fmt, mapping=_mapping(map_), skip_invalid=skip_invalid)
+    for where, why in read.skipped:
+        typer.echo(f"skipped {where}: {why}", err=True)
+    result = train(cfg.model, read.records, out, cfg.tune, init_adapter=init_adapter)
     typer.echo(json.dumps(result.to_dict()))
 
 
@@ -447,10 +473,8 @@ def data_import(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Where the validated examples go (messages JSONL).")],
-    fmt: Annotated[str, typer.Option("--format", help="auto or a format name.")] = "auto",
-    map_: Annotated[
-        list[str] | None, typer.Option("--map", help="field=column (repeatable).")
-    ] = None,
+    fmt: FormatOpt = "auto",
+    map_: MapOpt = None,
     skip_invalid: Annotated[
         bool, typer.Option(help="Skip bad records (listed) instead of rejecting the file.")
     ] = False,
@@ -459,10 +483,7 @@ def data_import(
     """Validate expert data and write it as chat-messages JSONL (source: human)."""
     from agent.formats import export_records, import_file
 
-    mapping = dict(m.split("=", 1) for m in map_ or [] if "=" in m)
-    if map_ and len(mapping) != len(map_):
-        raise SelfloopError("--map expects field=column")
-    result = import_file(path, fmt=fmt, mapping=mapping or None, skip_invalid=skip_invalid)
+    result = import_file(path, fmt=fmt, mapping=_mapping(map_), skip_invalid=skip_invalid)
     for where, why in result.skipped:
         typer.echo(f"skipped {where}: {why}", err=True)
     export_records(result.records, out, "messages", overwrite=overwrite)
@@ -555,8 +576,9 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model or adapter (or a run's champion) on held-out suites; print a table."""
     from agent.backends import make_generator
+    from judges.evals.result import EvalResult, write_eval
     from judges.evals.runner import evaluate
-    from loop.rundir import RunDir, write_json
+    from loop.rundir import RunDir
 
     cfg = _config(config, set_, **{"model.name": model})
     if run_dir is not None:
@@ -585,15 +607,15 @@ def eval_cmd(
         max_tokens=max_tokens,
         limit_per_suite=limit,
     )
-    for suite, data in ev["suites"].items():
-        for metric, v in data["metrics"].items():
-            o = v.get("overall", {})
-            ci = o.get("ci") or [None, None]
-            val = "-" if o.get("value") is None else f"{o['value']:.3f}"
-            rng = "" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-            typer.echo(f"{suite:13} {metric:20} {val:>7} {rng:18} n={o.get('n', 0)}")
+    result = EvalResult.of(ev)
+    for suite, data in result.suites.items():
+        for metric, v in data.metrics.items():
+            o = v.overall
+            val = "-" if o.value is None else f"{o.value:.3f}"
+            rng = f"[{o.ci[0]:.3f}, {o.ci[1]:.3f}]" if o.ci else ""
+            typer.echo(f"{suite:13} {metric:20} {val:>7} {rng:18} n={o.n}")
     if out is not None:
-        write_json(out, ev)
+        write_eval(out, ev)
         typer.echo(f"wrote {out}")
 
 

@@ -183,8 +183,9 @@ class SelfloopConfig(BaseModel):
     )
     gate: GateConfig = Field(
         default_factory=lambda: GateConfig(primary="ifeval.prompt_loose"),
-        description="Promotion rule. The loop's default primary metric is the verifiable IFEval "
-        "pass rate, not the pairwise win rate: judged by the bundled SmolLM2-135M, every pair "
+        description="Promotion rule. The loop's default primary metric is the verifiable "
+        "IFEval-style pass rate of selfloop's own IF suite, not the pairwise win rate: judged "
+        "by the bundled SmolLM2-135M, every pair "
         "flipped with the order (consistency 0 of 24 in a real quickstart round), so the win rate "
         "is a constant 0.5 there. Use gate.primary=helpfulness.win_rate with a stronger model.",
     )

@@ -39,10 +39,10 @@ REFUSAL_SLICE_KEYS: tuple[str, ...] = ("category", "language")
 # metric name -> (label for people, higher is better). `win_rate` is relative to the champion
 # already (0.5 = as good); every other metric is compared between two evaluations.
 METRIC_INFO: dict[str, tuple[str, bool]] = {
-    "prompt_strict": ("IFEval prompt-level strict accuracy", True),
-    "prompt_loose": ("IFEval prompt-level loose accuracy", True),
-    "instruction_strict": ("IFEval instruction-level strict accuracy", True),
-    "instruction_loose": ("IFEval instruction-level loose accuracy", True),
+    "prompt_strict": ("IFEval-style prompt-level strict accuracy", True),
+    "prompt_loose": ("IFEval-style prompt-level loose accuracy", True),
+    "instruction_strict": ("IFEval-style instruction-level strict accuracy", True),
+    "instruction_loose": ("IFEval-style instruction-level loose accuracy", True),
     "win_rate": ("win rate", True),
     "consistency_rate": ("judge consistency rate", True),
     "reference_nll": ("reference NLL per token", False),

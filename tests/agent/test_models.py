@@ -27,6 +27,30 @@ def test_model_loads_with_chat_template(tiny_model_dir: Path) -> None:
     assert not model.training
 
 
+def test_model_chat_template_for_a_model_without_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from agent.models import load_tokenizer
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelResolutionError, match="no chat template.*model.chat_template"):
+        load_tokenizer(resolve(str(bare)))
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    (tmp_path / "t.jinja").write_text(template)
+    for given in (template, str(tmp_path / "t.jinja")):
+        tok = load_tokenizer(resolve(ModelSpec(name=str(bare), chat_template=given)))
+        text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+        assert text == "<user>hi\n<assistant>"
+    # it replaces a model's own template too, and a path that is not there is named
+    tok = load_tokenizer(resolve(ModelSpec(name=str(tiny_model_dir), chat_template=template)))
+    assert tok.chat_template == template
+    with pytest.raises(ModelResolutionError, match="model.chat_template: 'nope.jinja'"):
+        load_tokenizer(resolve(ModelSpec(name=str(bare), chat_template="nope.jinja")))
+
+
 @pytest.mark.parametrize(
     "name, needle",
     [

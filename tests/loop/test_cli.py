@@ -210,6 +210,25 @@ def test_data_import_writes_messages_and_rejects_bad_files(
     assert not (tmp_path / "o2.jsonl").exists()
 
 
+def test_tune_reads_the_formats_data_import_reads(
+    monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = [("Capital of France?", "Paris."), ("Two plus two?", "Four.")] * 2  # one repeat each
+    data = tmp_path / "train.csv"
+    data.write_text("question,answer\n" + "".join(f"{q},{a}\n" for q, a in rows))
+    args = ["tune", "--model", str(tiny_model_dir), "--data", str(data), "--out"]
+    sets = ("tune.max_steps=1", "tune.batch_size=2", "tune.max_seq_len=128")
+    steps = [a for s in sets for a in ("--set", s)]
+    code, _, err = run_cli(monkeypatch, capsys, *args, str(tmp_path / "a"), *steps)
+    assert code == 1 and "cannot tell the record format" in err  # other column names: --map
+    mapped = [*args, str(tmp_path / "a"), "--map", "instruction=question", "--map", "output=answer"]
+    code, out, err = run_cli(monkeypatch, capsys, *mapped, *steps)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["examples"] == 2  # the repeats dropped
+    assert "dropped 2 exact repeats" in err
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
+
+
 def test_eval_prints_a_table(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     code, stdout, _ = run_cli(

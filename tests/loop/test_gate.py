@@ -166,14 +166,14 @@ def test_rejects_a_missing_primary_metric() -> None:
     d = decide(cand_no_ifeval, no_ifeval)
     assert d.promote
     assert (
-        "not checked: IFEval prompt-level loose accuracy (ifeval.prompt_loose) is in neither "
+        "not checked: IFEval-style prompt-level loose accuracy (ifeval.prompt_loose) is in neither "
         "evaluation" in d.reasons
     )
     assert not decide(cand_no_ifeval, no_ifeval, GateConfig(missing_guard="reject")).promote
     d = decide(_eval(), no_ifeval)
     assert d.reasons == [
-        "rejected: IFEval prompt-level loose accuracy (ifeval.prompt_loose) is missing from the "
-        "champion's evaluation",
+        "rejected: IFEval-style prompt-level loose accuracy (ifeval.prompt_loose) is missing "
+        "from the champion's evaluation",
         *d.reasons[1:],
     ]
     d = decide(_eval(), None)
@@ -191,7 +191,7 @@ def test_ifeval_primary_uses_a_paired_bootstrap() -> None:
     assert better.promote
     assert "paired bootstrap over 100 prompts" in better.reasons[0]
     assert better.reasons[0].startswith(
-        "promoted: IFEval prompt-level loose accuracy 0.6 vs champion 0.4, improvement +0.2 ["
+        "promoted: IFEval-style prompt-level loose accuracy 0.6 vs champion 0.4, improvement +0.2 ["
     )
     same = decide(_eval(ifeval=set(range(40))), CHAMPION, cfg)  # identical: a tie
     assert not same.promote and "interval not clear of margin 0.02" in same.reasons[0]
