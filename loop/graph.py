@@ -188,6 +188,8 @@ def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dic
             # Killed before its first checkpoint: nothing was done, so it starts afresh.
             log.warning("%s has no checkpoint yet; starting it from round 1", rd.root)
             first_input = dict(INITIAL)
+        elif first_input is None:
+            _extend_finished(graph, config, ctx)
         with procs.claim(f"selfloop {'resume' if first_input is None else 'run'} {rd.root}"):
             state = graph.invoke(first_input, config, durability="sync")
         snapshot = graph.get_state(config)
@@ -200,6 +202,20 @@ def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dic
         ctx.release()
         conn.close()
         rd.unlock()
+
+
+def _extend_finished(graph: Any, config: dict, ctx: Context) -> None:
+    """A finished run resumed under a config that no longer stops it (a raised max_rounds or
+    patience) goes on with its next round, as if `next` had decided so; otherwise it stays
+    finished and resume reports why again."""
+    snapshot = graph.get_state(config)
+    values = snapshot.values
+    if snapshot.next or not values.get("stop") or rounds.stop_reason(ctx, values):
+        return
+    n = values["round"]
+    log.info("%s finished after round %d (%s); the config lets it go on: round %d",
+             ctx.rundir.root, n, values["stop"], n + 1)  # fmt: skip
+    graph.update_state(config, rounds.next_round_state(n), as_node="next")
 
 
 def check_inputs(cfg: SelfloopConfig) -> None:

@@ -48,19 +48,30 @@ def next_round(ctx: Context, state: LoopState) -> dict:
         from loop.metrics import sync
 
         sync(ctx.rundir, ctx.cfg.metrics)
-    stop = None
-    if n >= ctx.cfg.run.max_rounds:
-        stop = f"max_rounds ({ctx.cfg.run.max_rounds}) reached"
-    elif state.get("rejections", 0) >= ctx.cfg.run.patience:
-        stop = f"patience: {state['rejections']} rejected rounds in a row"
-    elif state.get("kept", 0) < ctx.cfg.run.min_new_examples:
-        stop = f"nothing left to learn: round {n} kept {state.get('kept', 0)} new examples"
-    elif _target_reached(ctx, n, state):
-        stop = f"target {ctx.cfg.run.target_metric} >= {ctx.cfg.run.target_value} reached"
-    if stop:
+    if stop := stop_reason(ctx, state):
         log.info("stopping: %s", stop)
         return {"stop": stop}
-    return {"round": n + 1, "kept": 0, "decision": None, "trained": True}
+    return next_round_state(n)
+
+
+def next_round_state(n: int) -> dict:
+    """The state update that starts round n + 1."""
+    return {"round": n + 1, "kept": 0, "decision": None, "trained": True, "stop": None}
+
+
+def stop_reason(ctx: Context, state: LoopState) -> str | None:
+    """Why the run stops after its round `state["round"]` under ctx's config; None: go on.
+    Asked again when a finished run is resumed, so a raised max_rounds or patience extends it."""
+    n, run = state["round"], ctx.cfg.run
+    if n >= run.max_rounds:
+        return f"max_rounds ({run.max_rounds}) reached"
+    if state.get("rejections", 0) >= run.patience:
+        return f"patience: {state['rejections']} rejected rounds in a row"
+    if state.get("kept", 0) < run.min_new_examples:
+        return f"nothing left to learn: round {n} kept {state.get('kept', 0)} new examples"
+    if _target_reached(ctx, n, state):
+        return f"target {run.target_metric} >= {run.target_value} reached"
+    return None
 
 
 def _target_reached(ctx: Context, n: int, state: LoopState) -> bool:

@@ -120,6 +120,24 @@ def test_resume_refuses_a_changed_config(tiny_model_dir: Path, tmp_path: Path) -
         resume(rd, config_path=changed)
 
 
+def test_a_finished_run_goes_on_when_resumed_with_more_rounds(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, tiny_model_dir, max_rounds=1)
+    rd = tmp_path / "run"
+    assert run(load_config(path), rd)["stop"] == "max_rounds (1) reached"
+    assert resume(rd)["stop"] == "max_rounds (1) reached"  # the same config: still finished
+    assert not (rd / "rounds" / "002").exists()
+    more = tmp_path / "more.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["run"]["max_rounds"] = 2
+    more.write_text(yaml.safe_dump(cfg))
+    state = resume(rd, allow_config_change=True, config_path=more)
+    assert state["round"] == 2 and ("round 2" in state["stop"] or "(2)" in state["stop"])
+    assert (rd / "rounds" / "002" / "decision.json").is_file()
+    assert [m["round"] for m in map(json.loads, (rd / "metrics.jsonl").open())] == [1, 2]
+
+
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: Path) -> None:
     """SIGKILL a real `selfloop run` after round 1 judged, resume it, compare with a clean run."""
     path = write_config(tmp_path, tiny_model_dir, max_rounds=1)
