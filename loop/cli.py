@@ -34,6 +34,16 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config key: key.sub=value (repeatable)."),
 ]
 
+PushOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--push-to-hub",
+        help="Upload what was written to this Hub repo (user/name; created if missing). "
+        "Token: HF_TOKEN or `hf auth login`.",
+    ),
+]
+PrivateOpt = Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.")]
+
 
 def _setup_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
@@ -510,6 +520,16 @@ def data_export(
         typer.Option("--round", help="One round's kept examples (default: all promoted)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    hub_layout: Annotated[
+        bool,
+        typer.Option(
+            "--hub-layout",
+            help="Write --out as a dataset directory the Hub reads: README.md (a dataset card) "
+            "and data/train.<ext>.",
+        ),
+    ] = False,
+    push: PushOpt = None,
+    private: PrivateOpt = False,
 ) -> None:
     """Export the examples a run accepted (every promoted round, or one round's kept set), or
     with --format preference the preference pairs of those rounds."""
@@ -517,28 +537,44 @@ def data_export(
     from loop.rundir import RunDir
 
     rd = RunDir(_uses_run(run_dir)).require_run()
+    rounds = [round_] if round_ is not None else rd.promoted_rounds()
     if fmt == "preference":
-        _export_pairs(rd, out, round_, overwrite)
+        records = [p for n in rounds for p in rd.round_pairs(n)]
+        if not records:
+            which = f"round {round_}" if round_ is not None else "its promoted rounds"
+            raise SelfloopError(f"{rd.root}: no preference pairs in {which}")
+    else:
+        if round_ is not None and rd.decision(round_) is None and not rd.stage_done(round_, "tune"):
+            raise SelfloopError(f"{run_dir}: round {round_} has not finished selecting examples")
+        records = rd.input_records(round_, "tune") if round_ is not None else rd.accepted()
+        if not records:
+            raise SelfloopError(f"{run_dir}: no accepted examples to export")
+    if hub_layout or push:
+        from loop.config import load_config
+        from loop.hub import dataset_card, push_to_hub, write_dataset_dir
+
+        cfg = load_config(rd.config_path)
+        card = dataset_card(
+            records, fmt=fmt, run=rd.root.resolve().name, model=cfg.model.name, rounds=rounds,
+            reviewed=cfg.run.review,
+        )  # fmt: skip
+        write_dataset_dir(records, out, fmt, card, overwrite)
+        typer.echo(f"exported {len(records)} records to {out} (dataset card + {fmt} data)")
+        if push:
+            typer.echo(f"pushed to {push_to_hub(out, push, 'dataset', private)}")
         return
-    if round_ is not None and rd.decision(round_) is None and not rd.stage_done(round_, "tune"):
-        raise SelfloopError(f"{run_dir}: round {round_} has not finished selecting its examples")
-    records = rd.input_records(round_, "tune") if round_ is not None else rd.accepted()
-    if not records:
-        raise SelfloopError(f"{run_dir}: no accepted examples to export")
+    if fmt == "preference":
+        _export_pairs(records, out, overwrite)
+        return
     result = export_records(records, out, fmt, overwrite=overwrite)
     typer.echo(
         f"exported {result.written} examples to {out} ({fmt}); skipped {len(result.skipped)}"
     )
 
 
-def _export_pairs(rd: Any, out: Path, round_: int | None, overwrite: bool) -> None:
+def _export_pairs(pairs: list[dict[str, Any]], out: Path, overwrite: bool) -> None:
     from agent.data import write_jsonl
 
-    rounds = [round_] if round_ is not None else rd.promoted_rounds()
-    pairs = [p for n in rounds for p in rd.round_pairs(n)]
-    if not pairs:
-        which = f"round {round_}" if round_ is not None else "its promoted rounds"
-        raise SelfloopError(f"{rd.root}: no preference pairs in {which}")
     if out.is_dir():
         raise SelfloopError(f"{out} is a directory; --format preference writes one JSONL file")
     if out.exists() and not overwrite:
@@ -664,6 +700,8 @@ def export_cmd(
     merge_: Annotated[
         bool, typer.Option("--merge", help="Merge into the base: a plain model directory.")
     ] = False,
+    push: PushOpt = None,
+    private: PrivateOpt = False,
 ) -> None:
     """Export a round's adapter (default: the champion's), or merge it into the base model."""
     from loop.config import load_config
@@ -689,6 +727,10 @@ def export_cmd(
         written = copy_artifact(adapter, out)
     # Both resolved: the champion link resolves to an absolute path, a --round path is relative.
     typer.echo(f"exported {adapter.resolve().relative_to(rd.root.resolve())} -> {written}")
+    if push:
+        from loop.hub import push_to_hub
+
+        typer.echo(f"pushed to {push_to_hub(Path(written), push, 'model', private)}")
 
 
 @app.command("review")

@@ -270,6 +270,20 @@ def test_cli_show_report_and_export(run_dir: Path, tmp_path: Path) -> None:
         assert (tmp_path / "a1" / f.name).read_bytes() == f.read_bytes()
     again = selfloop("export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a1"))
     assert again.returncode == 1 and "already exists" in again.stderr
+    pushed = selfloop(  # the conftest keeps the tests offline: the upload is refused, in a line
+        "export", str(run_dir), "--round", "1", "--out", str(tmp_path / "a3"),
+        "--push-to-hub", "me/selfloop-adapter",
+    )  # fmt: skip
+    assert pushed.returncode == 1 and "HF_HUB_OFFLINE is set" in pushed.stderr, pushed.stderr
+    assert (tmp_path / "a3" / "adapter_config.json").is_file()  # the export itself stays
+    data = selfloop(
+        "data", "export", str(run_dir), "--round", "1", "--hub-layout", "--out", str(tmp_path / "d")
+    )
+    assert data.returncode == 0, data.stderr
+    from huggingface_hub import ModelCard
+
+    meta = ModelCard.load(tmp_path / "d" / "README.md").data.to_dict()
+    assert "selfloop" in meta["tags"] and (tmp_path / "d" / "data" / "train.jsonl").is_file()
     no_adapter = selfloop("export", str(run_dir), "--round", "2", "--out", str(tmp_path / "a2"))
     assert no_adapter.returncode == 1 and "round 2 has no adapter" in no_adapter.stderr
 
