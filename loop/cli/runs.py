@@ -1,0 +1,229 @@
+"""Verbs on a run directory: run, resume, status, show, report, export, review."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.errors import SelfloopError
+from loop.cli import ConfigOpt, PrivateOpt, PushOpt, SetOpt, _config, _uses_run, app
+
+
+@app.command("run")
+def run_cmd(
+    positional: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[CONFIG] [key.sub=value ...]: the older spelling of -c/--config and --set."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default: runs/<timestamp>).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run self-improvement rounds unattended (no arguments: the quickstart, bundled models)."""
+    import time
+
+    from loop.graph import run
+
+    # A word with `=` is an override (even one holding a path, `model.name=/m`); the first other
+    # word is the config file.
+    args = list(positional or [])
+    overrides = [a for a in args if "=" in a]
+    files = [a for a in args if "=" not in a]
+    if len(files) + (config is not None) > 1:
+        given = [str(config)] if config is not None else []
+        raise SelfloopError(f"one config file only, got {', '.join([*given, *files])}")
+    cfg = _config(Path(files[0]) if files else config, [*overrides, *(set_ or [])])
+    run_dir = _uses_run(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    typer.echo(f"run directory: {run_dir}")
+    state = run(cfg, run_dir)
+    _print_end(run_dir, state)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory to continue.")],
+    config: Annotated[Path | None, typer.Option(help="A changed config to continue with.")] = None,
+    allow_config_change: Annotated[
+        bool, typer.Option(help="Accept a config that differs.")
+    ] = False,
+) -> None:
+    """Continue a run from its last checkpoint (after a kill, a stop or a review pause)."""
+    from loop.graph import resume as do_resume
+
+    state = do_resume(
+        _uses_run(run_dir), allow_config_change=allow_config_change, config_path=config
+    )
+    _print_end(run_dir, state)
+
+
+def _print_end(run_dir: Path, state: dict) -> None:
+    from loop.review import pending_review
+    from loop.rundir import RunDir
+
+    if state.get("stop"):
+        typer.echo(f"finished: {state['stop']}; champion: {state.get('champion') or 'base model'}")
+        typer.echo(
+            f"next: `selfloop status {run_dir}` (one row per round), `selfloop show {run_dir} "
+            f"--round N` (what a round did), `selfloop report {run_dir}` (plots + HTML)"
+        )
+    elif (n := pending_review(RunDir(run_dir))) is not None:
+        typer.echo(
+            f"paused for review in round {n}: `selfloop review {run_dir}` says what to edit, "
+            f"`selfloop review {run_dir} --accept FILE` goes on"
+        )
+    else:
+        typer.echo(
+            f"paused in round {state.get('round')}; continue with `selfloop resume {run_dir}`"
+        )
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Where a run is, its champion, and one row per finished round."""
+    from loop.rundir import RunDir
+    from loop.show import time_split
+
+    rd = RunDir(_uses_run(run_dir)).require_run()
+    champ = rd.champion()
+    typer.echo(
+        f"run {run_dir}: champion {champ.relative_to(rd.root.resolve()) if champ else 'base model'}"
+    )
+    for m in rd.read_metrics():
+        dec = m.get("decision", {})
+        kept = m.get("dedup", {}).get("kept", 0)
+        loss = m.get("tune", {}).get("final_loss")
+        loss_s = f"{loss:.3f}" if loss is not None else "-"
+        split = time_split(m.get("seconds") or {}, top=2)
+        typer.echo(
+            f"round {m['round']:>3}: kept {kept:>4}  loss {loss_s:>6}  {dec.get('decision', '-'):9}"
+            f"  {(dec.get('reasons') or [''])[0]}" + (f"\n           time {split}" if split else "")
+        )
+    rounds = (
+        sorted(p.name for p in (rd.root / "rounds").glob("[0-9]*"))
+        if (rd.root / "rounds").exists()
+        else []
+    )
+    done = {f"{m['round']:03d}" for m in rd.read_metrics()}
+    for r in rounds:
+        if r not in done:
+            stages = [
+                p.name
+                for p in sorted((rd.root / "rounds" / r).iterdir())
+                if not p.name.startswith(".")
+            ]
+            typer.echo(
+                f"round {int(r):>3}: in progress (done: {', '.join(stages) or 'nothing yet'})"
+            )
+
+
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    round_: Annotated[
+        int | None, typer.Option("--round", "-r", help="The round (default: the latest).")
+    ] = None,
+) -> None:
+    """What one round did: funnel with reasons, judge scores, samples, training, eval, decision."""
+    from loop.rundir import RunDir
+    from loop.show import render_round, round_numbers
+
+    rd = RunDir(_uses_run(run_dir)).require_run()
+    if round_ is None:
+        rounds = round_numbers(rd.root)
+        if not rounds:
+            raise SelfloopError(f"{run_dir} has no rounds yet")
+        round_ = rounds[-1]
+    typer.echo(render_round(rd.root, round_), nl=False)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where the report goes (default RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Write PNG plots and an HTML page of every round (metrics, funnel, scores, training)."""
+    from loop.report import write_report
+    from loop.rundir import RunDir
+
+    rd = RunDir(_uses_run(run_dir)).require_run()
+    typer.echo(f"wrote {write_report(rd.root, out)}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    out: Annotated[Path, typer.Option(help="Where the adapter or merged model is written.")],
+    round_: Annotated[
+        int | None, typer.Option("--round", "-r", help="That round's adapter (default: champion).")
+    ] = None,
+    merge_: Annotated[
+        bool, typer.Option("--merge", help="Merge into the base: a plain model directory.")
+    ] = False,
+    push: PushOpt = None,
+    private: PrivateOpt = False,
+) -> None:
+    """Export a round's adapter (default: the champion's), or merge it into the base model."""
+    from loop.config import load_config
+    from loop.rundir import RunDir
+    from tuners.export import copy_artifact, merge_adapter
+
+    rd = RunDir(_uses_run(run_dir)).require_run()
+    if round_ is not None:
+        adapter = rd.adapter_dir(round_)
+        if not adapter.is_dir():
+            raise SelfloopError(f"{run_dir}: round {round_} has no adapter (not tuned yet?)")
+    else:
+        champ = rd.champion()
+        if champ is None:
+            raise SelfloopError(
+                f"{run_dir}: no round has been promoted (the base model is champion); "
+                "pass --round N to export a rejected round's adapter"
+            )
+        adapter = champ
+    if merge_:
+        written = merge_adapter(load_config(rd.config_path).model, adapter, out)
+    else:
+        written = copy_artifact(adapter, out)
+    # Both resolved: the champion link resolves to an absolute path, a --round path is relative.
+    typer.echo(f"exported {adapter.resolve().relative_to(rd.root.resolve())} -> {written}")
+    if push:
+        from loop.hub import push_to_hub
+
+        typer.echo(f"pushed to {push_to_hub(Path(written), push, 'model', private)}")
+
+
+@app.command("review")
+def review_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run paused for review.")],
+    accept: Annotated[
+        Path | None,
+        typer.Option(help="The edited review file (JSONL or CSV) to take back and resume."),
+    ] = None,
+) -> None:
+    """Human review: without --accept, say which files to edit; with it, take them and go on."""
+    from loop.graph import review as do_review
+    from loop.review import pending_review, review_paths
+    from loop.rundir import RunDir
+
+    rd = RunDir(_uses_run(run_dir)).require_run()
+    if accept is None:
+        n = pending_review(rd)
+        if n is None:
+            raise SelfloopError(f"{run_dir} has no round waiting for review")
+        jsonl, csv_path = review_paths(rd, n)
+        typer.echo(
+            f"round {n} waits for review: edit {jsonl} or {csv_path} (delete a row to reject it, "
+            f"edit instruction/input/response to correct it), then run "
+            f"`selfloop review {run_dir} --accept FILE`"
+        )
+        return
+    state = do_review(rd.root, accept)
+    _print_end(run_dir, state)
