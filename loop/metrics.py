@@ -1,10 +1,16 @@
-"""Per-round metrics for dashboards: TensorBoard and MLflow, each optional, the round as the step.
+"""Metrics for dashboards: TensorBoard, MLflow and Weights & Biases, each optional.
 
-`metrics.jsonl` (written by the loop's `next` node) is the record; these loggers mirror it. Each
-keeps a note of the rounds it has logged and, on every call, logs the rounds of metrics.jsonl it
-has not, so a run killed between the two writes catches up on resume and no round is logged
-twice. Every numeric leaf of a round's record becomes one scalar (`dedup/kept`,
-`tune/final_loss`, `eval/ifeval.prompt_loose`, ...), plus `decision/promoted` (1 or 0).
+Per round: `metrics.jsonl` (written by the loop's `next` node) is the record; the loggers mirror
+it with the round as the step. Each keeps a note of the rounds it has logged and, on every call,
+logs the rounds of metrics.jsonl it has not, so a run killed between the two writes catches up
+on resume and no round is logged twice. Every numeric leaf of a round's record becomes one
+scalar (`dedup/kept`, `tune/final_loss`, `eval/ifeval.prompt_loose`, ...), plus
+`decision/promoted` (1 or 0).
+
+Per training step: `step_callback` is a transformers `TrainerCallback` the tune stage adds; it
+sends what the Trainer logs (loss, learning rate, grad norm, DPO rewards) plus tokens/s as
+`train/...` scalars, on one step axis for the whole run (the steps of earlier rounds first), so
+the rounds' curves follow one another.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +45,18 @@ class MetricsConfig(BaseModel):
         None, description="MLflow tracking URI (default: sqlite:///RUN_DIR/mlflow.db)."
     )
     mlflow_experiment: str = Field("selfloop", description="MLflow experiment name.")
+    wandb: bool = Field(
+        False, description="Log to Weights & Biases (needs wandb; offline unless wandb_mode)."
+    )
+    wandb_project: str = Field("selfloop", description="W&B project name.")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline",
+        description="offline: RUN_DIR/wandb, no network (`wandb sync` uploads it later); "
+        "online: log as it runs (needs a W&B login).",
+    )
+
+    def enabled(self) -> bool:
+        return self.tensorboard or self.mlflow or self.wandb
 
 
 class MetricLogger(Protocol):
@@ -121,6 +139,41 @@ class MLflowLogger:
         self.mlflow.end_run()
 
 
+class WandbLogger:
+    name = "wandb"
+
+    def __init__(self, run_dir: Path, cfg: MetricsConfig) -> None:
+        import wandb
+
+        self.wandb = wandb
+        # One W&B run per selfloop run: its id is the run directory's, so resume continues it.
+        rid = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_dir.resolve().name)
+        self.run = wandb.init(
+            project=cfg.wandb_project,
+            dir=str(run_dir),
+            mode=cfg.wandb_mode,
+            id=rid,
+            name=run_dir.name,
+            resume="allow",
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+        # W&B keeps one step counter per run: rounds and training steps get axes of their own.
+        self.run.define_metric("round")
+        self.run.define_metric("train/step")
+        self.run.define_metric("train/*", step_metric="train/step")
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if values and all(k.startswith("train/") for k in values):
+            self.run.log({**values, "train/step": step})
+            return
+        for key in values:
+            self.run.define_metric(key, step_metric="round")
+        self.run.log({**values, "round": step})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 def check_available(cfg: MetricsConfig) -> None:
     """Fail before round 1 (not after it) when an enabled logger's package is missing."""
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -131,15 +184,25 @@ def check_available(cfg: MetricsConfig) -> None:
         raise SelfloopError(
             "metrics.mlflow needs mlflow: pip install mlflow (or mlflow-skinny sqlalchemy alembic)"
         )
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        raise SelfloopError("metrics.wandb needs the wandb package: pip install wandb")
 
 
-def sync(rundir: RunDir, cfg: MetricsConfig) -> list[int]:
-    """Log every round of metrics.jsonl that an enabled logger has not logged yet."""
+def open_loggers(rundir: RunDir, cfg: MetricsConfig) -> list[MetricLogger]:
+    """The enabled loggers, opened (each must be closed)."""
     loggers: list[MetricLogger] = []
     if cfg.tensorboard:
         loggers.append(TensorBoardLogger(rundir.root / "tensorboard"))
     if cfg.mlflow:
         loggers.append(MLflowLogger(rundir.root, cfg))
+    if cfg.wandb:
+        loggers.append(WandbLogger(rundir.root, cfg))
+    return loggers
+
+
+def sync(rundir: RunDir, cfg: MetricsConfig) -> list[int]:
+    """Log every round of metrics.jsonl that an enabled logger has not logged yet."""
+    loggers = open_loggers(rundir, cfg)
     logged_now: list[int] = []
     records = rundir.read_metrics()
     for lg in loggers:
@@ -155,3 +218,56 @@ def sync(rundir: RunDir, cfg: MetricsConfig) -> list[int]:
         finally:
             lg.close()
     return sorted(set(logged_now))
+
+
+# What the Trainer logs that a curve is drawn from (SFT and trl's DPO), under the name it gets;
+# `epoch` and the end-of-training summary are left out. tokens/s: SFT counts input tokens.
+STEP_KEYS = {
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "rewards/margins": "rewards/margins",
+    "rewards/accuracies": "rewards/accuracies",
+    "train_tokens_per_second": "tokens_per_second",
+}
+
+
+def step_callback(rundir: RunDir, cfg: MetricsConfig, round_index: int) -> Any | None:
+    """A TrainerCallback sending round `round_index`'s training logs to the enabled loggers as
+    `train/<key>` (and `train/round`) at the run's cumulative step: the training steps of
+    earlier rounds (metrics.jsonl) plus this round's. None when no logger is enabled. Only the
+    main process logs."""
+    if not cfg.enabled():
+        return None
+    from transformers import TrainerCallback
+
+    offset = sum(int((m.get("tune") or {}).get("steps") or 0) for m in rundir.read_metrics()
+                 if m.get("round", 0) < round_index)  # fmt: skip
+
+    class StepMetrics(TrainerCallback):
+        def __init__(self) -> None:
+            self.loggers: list[MetricLogger] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                self.loggers = open_loggers(rundir, cfg)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if not self.loggers or not logs or "train_runtime" in logs:
+                return
+            values = {
+                f"train/{STEP_KEYS[k]}": float(v)
+                for k, v in logs.items()
+                if k in STEP_KEYS and isinstance(v, (int, float)) and math.isfinite(v)
+            }
+            if values:
+                values["train/round"] = float(round_index)
+                for lg in self.loggers:
+                    lg.log(offset + state.global_step, values)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            for lg in self.loggers:
+                lg.close()
+            self.loggers = []
+
+    return StepMetrics()

@@ -44,7 +44,7 @@ def next_round(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if not any(m.get("round") == n for m in ctx.rundir.read_metrics()):
         ctx.rundir.append_metrics(round_metrics(ctx.rundir, n))
-    if ctx.cfg.metrics.tensorboard or ctx.cfg.metrics.mlflow:
+    if ctx.cfg.metrics.enabled():
         from loop.metrics import sync
 
         sync(ctx.rundir, ctx.cfg.metrics)

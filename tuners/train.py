@@ -236,6 +236,8 @@ def train(
             fsdp=settings.fsdp_config is not None,
             fsdp_config=settings.fsdp_config,
             remove_unused_columns=False,
+            # Logs train_tokens_per_second per step; packed rows hold no padding to leave out.
+            include_num_input_tokens_seen="all" if packing else "non_padding",
         )
         trainer = GuardedTrainer(
             model=model,

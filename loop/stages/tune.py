@@ -43,10 +43,18 @@ def run(ctx: Context, state: LoopState) -> dict:
         ctx.cfg.tune,
         init_adapter=init,
         round_index=n,
-        callbacks=tune_callbacks(n),
+        callbacks=_callbacks(ctx, n),
     )
     log.info("round %d tune: %d steps, final loss %.4f", n, result.steps, result.final_loss)
     return {}
+
+
+def _callbacks(ctx: Context, n: int) -> list[Any]:
+    """Step-level metrics for the enabled dashboards, and the kill tests' failpoint."""
+    from loop.metrics import step_callback
+
+    steps = step_callback(ctx.rundir, ctx.cfg.metrics, n)
+    return [*([steps] if steps is not None else []), *tune_callbacks(n)]
 
 
 def replayed(ctx: Context, n: int, new: int) -> list[dict[str, Any]]:
@@ -79,7 +87,7 @@ def _preference(ctx: Context, n: int, champion: Path | None) -> dict:
         ctx.cfg.tune,
         init_adapter=champion if ctx.cfg.tune.warm_start else None,
         round_index=n,
-        callbacks=tune_callbacks(n),
+        callbacks=_callbacks(ctx, n),
     )
     log.info(
         "round %d tune (%s): %d pairs, %d steps, final loss %.4f, reward margin %s",

@@ -1,5 +1,6 @@
-"""Round metrics mirrored to TensorBoard and MLflow: every numeric figure of metrics.jsonl with
-the round as the step, each round logged once, a missed round caught up on the next sync."""
+"""Round metrics mirrored to TensorBoard, MLflow and W&B (offline): every numeric figure of
+metrics.jsonl with the round as the step, each round logged once, a missed round caught up on the
+next sync; and the training steps (loss, learning rate, grad norm, tokens/s) as `train/...`."""
 
 from __future__ import annotations
 
@@ -61,12 +62,24 @@ def test_a_run_logs_its_rounds_to_tensorboard_and_mlflow(
 ) -> None:
     path = write_config(tmp_path, tiny_model_dir)
     cfg = yaml.safe_load(path.read_text())
-    cfg["metrics"] = {"tensorboard": True, "mlflow": True}
+    cfg["metrics"] = {"tensorboard": True, "mlflow": True, "wandb": True}
     path.write_text(yaml.safe_dump(cfg))
     rd = tmp_path / "run"
     run(load_config(path), rd)
     records = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
+
+    # Training steps: the Trainer's own logs, one point per step, the curve train_metrics has.
+    curve = [(s, pytest.approx(v, rel=1e-5)) for s, v in records[0]["tune"]["losses"]]
+    assert len(curve) == records[0]["tune"]["steps"] > 1
+    tb_steps = _tb_scalars(rd / "tensorboard")
+    assert tb_steps["train/loss"] == curve
+    assert {"train/learning_rate", "train/grad_norm", "train/tokens_per_second"} <= set(tb_steps)
+    assert all(v > 0 for _, v in tb_steps["train/tokens_per_second"])
+    assert _mlflow_history(rd, "train/loss") == curve
+    # W&B offline: its run files hold both kinds of figures (read back needs `wandb sync`).
+    logged = b"".join(f.read_bytes() for f in (rd / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert logged.count(b"train/loss") >= len(curve) and b"dedup/kept" in logged
 
     tb = _tb_scalars(rd / "tensorboard")
     assert tb["dedup/kept"] == [(r["round"], float(r["dedup"]["kept"])) for r in records]
