@@ -229,6 +229,7 @@ STEP_KEYS = {
     "rewards/margins": "rewards/margins",
     "rewards/accuracies": "rewards/accuracies",
     "train_tokens_per_second": "tokens_per_second",
+    "reward": "reward",  # grpo: the verifier's mean pass share of the sampled answers
 }
 
 

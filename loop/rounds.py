@@ -31,7 +31,10 @@ def reject(ctx: Context, state: LoopState) -> dict:
     if ctx.rundir.decision(n) is None:  # only when the round ended before the gate
         why = f"rejected: round {n} kept no new examples after filtering, judging and dedup"
         if state.get("trained") is False:
-            why = f"rejected: round {n} had no preference pairs for tune.objective to train on"
+            why = (
+                f"rejected: round {n} had nothing tune.objective={ctx.cfg.tune.objective} "
+                "trains on (no preference pairs; grpo: no prompt passed only sometimes)"
+            )
         write_json(
             ctx.rundir.decision_path(n),
             {"decision": "rejected", "promote": False, "reasons": [why], "checks": []},

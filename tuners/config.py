@@ -82,11 +82,13 @@ class TuneConfig(BaseModel):
         "{cpu_offload: true, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}).",
     )
     # rounds
-    objective: Literal["sft", "dpo", "rpo"] = Field(
+    objective: Literal["sft", "dpo", "rpo", "grpo"] = Field(
         "sft",
         description="sft: next-token loss on the kept answers; dpo: trl's DPO on preference "
         "pairs (chosen vs rejected), the reference being the adapter it starts from (the "
-        "champion) or the base; rpo: DPO plus an NLL term on the chosen answer (rpo_alpha).",
+        "champion) or the base; rpo: DPO plus an NLL term on the chosen answer (rpo_alpha); "
+        "grpo: trl's GRPO on the round's constrained tasks, the verifier's pass share as the "
+        "reward (online: samples its own answers while training).",
     )
     pair_sources: list[Literal["verifier", "judge"]] = Field(
         default_factory=lambda: ["verifier"],
@@ -100,6 +102,18 @@ class TuneConfig(BaseModel):
     rpo_alpha: float = Field(
         1.0, gt=0, description="rpo: weight of the NLL term on the chosen answer."
     )
+    grpo_generations: int = Field(
+        4, ge=2, description="grpo: answers sampled per prompt (a group); divides batch_size."
+    )
+    grpo_max_tokens: int = Field(
+        256, ge=8, description="grpo: longest sampled answer; cut-off answers are left out of "
+        "the loss (trl's mask_truncated_completions).",
+    )  # fmt: skip
+    grpo_temperature: float = Field(0.9, gt=0, description="grpo: sampling temperature.")
+    grpo_beta: float = Field(
+        0.0, ge=0, description="grpo: KL weight against the base (0: no reference model, trl's "
+        "default since DAPO; > 0 keeps a reference forward pass per step).",
+    )  # fmt: skip
     replay: float = Field(
         0.0,
         ge=0,
@@ -137,6 +151,12 @@ class TuneConfig(BaseModel):
             )
         if self.objective != "sft" and self.fsdp:
             return f"tune.objective={self.objective} does not support tune.fsdp"
+        if self.objective == "grpo" and (self.batch_size * self.grad_accum) % self.grpo_generations:
+            return (
+                f"tune.objective=grpo samples tune.grpo_generations={self.grpo_generations} "
+                f"answers per prompt: tune.batch_size x grad_accum "
+                f"({self.batch_size * self.grad_accum}) must be a multiple of it"
+            )
         if self.fsdp and self.method == "qlora":
             return "tune.fsdp does not support tune.method=qlora; run qlora data-parallel instead"
         return None
@@ -144,6 +164,6 @@ class TuneConfig(BaseModel):
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        if self.objective != "sft":  # preference steps move far: DPO's usual LoRA rate
+        if self.objective != "sft":  # preference / RL steps move far: DPO's usual LoRA rate
             return 5e-5
         return {"lora": 2e-4, "qlora": 2e-4, "prefix": 1e-2, "full": 2e-5}[self.method]

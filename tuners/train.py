@@ -64,8 +64,9 @@ class TrainResult:
     resumed_from_step: int | None = None
     data_sha256: str = ""
     objective: str = "sft"
-    examples: int = 0  # training examples (sft) or pairs (dpo / rpo)
-    preference: dict[str, float] = field(default_factory=dict)  # dpo/rpo: last rewards, logps
+    examples: int = 0  # training examples (sft), pairs (dpo / rpo) or prompts (grpo)
+    # dpo/rpo: last rewards and logps; grpo: last mean reward, its spread, answer lengths
+    preference: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,16 +46,18 @@ def tune(
 ) -> None:
     """One-off fine-tuning outside the loop; re-run the same command to resume after a kill.
     --data is read like `data import` (validated; exact repeats dropped); with tune.objective
-    dpo or rpo it holds TRL-format preference pairs (prompt, chosen, rejected)."""
+    dpo or rpo it holds TRL-format preference pairs (prompt, chosen, rejected); with grpo,
+    constrained tasks (instruction and constraints, as augment writes them)."""
     from agent.data import read_jsonl
     from agent.formats import import_file
     from tuners import train
+    from tuners.grpo import train_grpo
     from tuners.preference import train_preference
 
     cfg = _config(config, set_, **{"model.name": model, "tune.method": method})
     if cfg.tune.objective != "sft":
-        pairs = read_jsonl(data)
-        result = train_preference(cfg.model, pairs, out, cfg.tune, init_adapter=init_adapter)
+        fn = train_grpo if cfg.tune.objective == "grpo" else train_preference
+        result = fn(cfg.model, read_jsonl(data), out, cfg.tune, init_adapter=init_adapter)
         typer.echo(json.dumps(result.to_dict()))
         return
     read = import_file(data, fmt=fmt, mapping=_mapping(map_), skip_invalid=skip_invalid)

@@ -29,6 +29,8 @@ def run(ctx: Context, state: LoopState) -> dict:
         return {"trained": True}
     kept = ctx.rundir.input_records(n, "tune")
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
+    if ctx.cfg.tune.objective == "grpo":
+        return _grpo(ctx, n, champion)
     if ctx.cfg.tune.objective != "sft":
         return _preference(ctx, n, champion)
     if ctx.cfg.tune.warm_start and champion is not None:
@@ -97,6 +99,40 @@ def _preference(ctx: Context, n: int, champion: Path | None) -> dict:
         result.steps,
         result.final_loss,
         result.preference.get("rewards/margins"),
+    )
+    return {"trained": True}
+
+
+def _grpo(ctx: Context, n: int, champion: Path | None) -> dict:
+    """grpo on the round's constrained prompts that the model passes sometimes (the filter
+    stage's pass rates): a prompt always or never passed gives every answer of a group the same
+    reward, so no gradient. From the champion with tune.warm_start."""
+    from agent.data import read_jsonl
+    from loop.stages.filter import PASS_RATES
+    from tuners.grpo import train_grpo
+
+    path = ctx.rundir.round_dir(n) / "filter" / PASS_RATES
+    rates = read_jsonl(path) if path.is_file() else []
+    tasks = [r for r in rates if 0 < r.get("pass_rate", 0) < 1 and r.get("constraints")]
+    if not tasks:
+        log.info("round %d tune: no prompt the model passes only sometimes: nothing for grpo", n)
+        return {"trained": False}
+    ctx.release()
+    result = train_grpo(
+        ctx.cfg.model,
+        tasks,
+        ctx.rundir.adapter_dir(n),
+        ctx.cfg.tune,
+        init_adapter=champion if ctx.cfg.tune.warm_start else None,
+        round_index=n,
+        callbacks=_callbacks(ctx, n),
+    )
+    log.info(
+        "round %d tune (grpo): %d prompts, %d steps, mean reward %s",
+        n,
+        len(tasks),
+        result.steps,
+        result.preference.get("reward"),
     )
     return {"trained": True}
 

@@ -364,6 +364,31 @@ def test_a_preference_round_trains_dpo_on_the_rounds_verifier_pairs(
     assert tune.metrics(ctx.rundir.round_dir(1))["tune"]["objective"] == "dpo"
 
 
+def test_a_grpo_round_trains_on_the_prompts_passed_only_sometimes(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from agent.data import write_jsonl
+    from loop.stages import tune
+
+    sets = ["objective=grpo", "max_steps=1", "batch_size=2", "grpo_generations=2",
+            "grpo_max_tokens=8"]  # fmt: skip
+    ctx = _context(tmp_path, tiny_model_dir, *[f"tune.{s}" for s in sets])
+    _write_stage(ctx, "dedup", "kept.jsonl", [_response("a", "Name a planet.")])
+    rates = [
+        {"prompt_id": f"p{k}", "instruction": f"Name planet {k}. Answer in lowercase.",
+         "constraints": [{"type": "lowercase"}], "samples": 8, "passed": passed,
+         "pass_rate": passed / 8}
+        for k, passed in enumerate([0, 8, 3, 5])
+    ]  # fmt: skip
+    write_jsonl(ctx.rundir.stage_dir(1, "filter") / "pass_rates.jsonl", rates[:2])
+    assert tune.run(ctx, {"round": 1}) == {"trained": False}  # always or never: no signal
+    write_jsonl(ctx.rundir.stage_dir(1, "filter") / "pass_rates.jsonl", rates)
+    assert tune.run(ctx, {"round": 1}) == {"trained": True}
+    trained = json.loads((ctx.rundir.adapter_dir(1) / "train_metrics.json").read_text())
+    assert trained["objective"] == "grpo" and trained["examples"] == 2  # the two mixed prompts
+    assert "reward" in trained["preference"]
+
+
 def test_preference_pairs_export_for_trl_and_train_a_step(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
