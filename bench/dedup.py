@@ -47,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from judges.dedup import DedupConfig, DedupReport, Pool, dedup  # noqa: E402
+from judges.dedup import DedupConfig, DedupReport, Pool, dedup, pair_is_duplicate  # noqa: E402
 from judges.embed import Embedder  # noqa: E402
 from judges.text import rouge_l, rouge_tokens  # noqa: E402
 
@@ -594,7 +594,10 @@ def main() -> None:
     ]
     a = embedder.encode([p["a"] for p in pairs])
     b = embedder.encode([p["b"] for p in pairs])
-    faiss_pred = [bool(x) for x in (a * b).sum(axis=1) >= config.threshold]
+    faiss_pred = [  # the rule dedup applies: threshold, then the contrast stage
+        pair_is_duplicate(float(s), p["a"], p["b"], config)
+        for s, p in zip((a * b).sum(axis=1), pairs)
+    ]
     print(
         f"labelled pairs ({len(pairs)}: {sum(actual)} duplicate, "
         f"{len(pairs) - sum(actual)} distinct):"

@@ -17,6 +17,12 @@ answer. It runs with batched FAISS/BLAS searches: the pool is searched once for 
 and the batch is decided in chunks, each chunk searched against the candidates kept so far
 (a temporary index) and against itself (one small matrix product).
 
+Second stage (`contrast`, on by default): embeddings put near-misses ("List 3 ..." / "List 10
+...", "with" / "without sugar", "in Python" / "in Rust") as close as paraphrases, so a neighbour
+at or above the threshold is checked by judges.contrast before it counts; a pair told apart is
+kept (listed in `contrasted`, with the reason) and the next-nearest neighbours (up to 4) are
+checked in turn. The check reads words only, so the cost stays one embedding per candidate.
+
 Self-matches never count: a candidate is never compared with itself, and a candidate whose id
 is already in the pool (a round re-run after its examples were added) is kept, listed in
 `already_in_pool`, not compared with anything and not added again.
@@ -113,6 +119,12 @@ class DedupConfig(BaseModel):
         "0.85 measured best on tests/judges/data/dedup_pairs.jsonl with all-MiniLM-L6-v2 "
         "(precision 0.93, recall 0.92; at 0.90: 0.96 and 0.81).",
     )
+    contrast: bool = Field(
+        True,
+        description="Second stage: a pair at or above the threshold is still two tasks when "
+        "judges.contrast tells them apart (numbers, a negation, opposites, word order, one "
+        "word or name swapped); the next-nearest neighbours are checked too.",
+    )
     text_fields: tuple[str, ...] = Field(
         ("instruction", "input"),
         min_length=1,
@@ -159,6 +171,8 @@ class DedupReport:
     kept_nearest: list[float | None] = field(default_factory=list)
     dropped: list[Drop] = field(default_factory=list)
     already_in_pool: list[str] = field(default_factory=list)
+    # kept although at or above the threshold: (id, neighbour id, similarity, why they differ)
+    contrasted: list[tuple[str, str, float, str]] = field(default_factory=list)
     no_neighbour: int = 0  # decided with nothing to compare against
     threshold: float = 0.0
     pool_size: int = 0
@@ -201,6 +215,11 @@ class DedupReport:
             "dropped_vs_pool": sum(d.where == "pool" for d in self.dropped),
             "dropped_vs_batch": sum(d.where == "batch" for d in self.dropped),
             "drop_rate": len(self.dropped) / self.total if self.total else 0.0,
+            "kept_by_contrast": len({c[0] for c in self.contrasted}),
+            "contrast_samples": [
+                {"id": a, "neighbour_id": b, "similarity": round(s, 4), "why": why}
+                for a, b, s, why in self.contrasted[: self.samples]
+            ],
             "threshold": self.threshold,
             "pool_size": self.pool_size,
             "index": self.index_kind,
@@ -300,20 +319,23 @@ def _all_vectors(index: faiss.Index) -> np.ndarray:
     return index.reconstruct_n(0, index.ntotal)
 
 
-def _search(index: faiss.Index | None, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest neighbour of each row: (similarities, rows); rows are -1 where there is none."""
+def _search(
+    index: faiss.Index | None, vectors: np.ndarray, k: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of each row, nearest first: (similarities, rows), each of shape
+    (n, k) - or (n,) for k = 1; rows are -1 (similarity -inf) where there is none."""
     n = len(vectors)
     if index is None or index.ntotal == 0 or n == 0:
-        return np.full(n, -np.inf, dtype=np.float32), np.full(n, -1, dtype=np.int64)
+        shape = (n,) if k == 1 else (n, k)
+        return np.full(shape, -np.inf, dtype=np.float32), np.full(shape, -1, dtype=np.int64)
     if vectors.shape[1] != index.d:
         raise SelfloopError(
             f"the pool index holds {index.d}-dimensional vectors but the embedding model gives "
             f"{vectors.shape[1]}: the pool was built with another model (use it, or a new run)"
         )
-    sims, rows = index.search(vectors, 1)
-    sims, rows = sims[:, 0], rows[:, 0]
+    sims, rows = index.search(vectors, k)
     sims[rows < 0] = -np.inf
-    return sims, rows
+    return (sims[:, 0], rows[:, 0]) if k == 1 else (sims, rows)
 
 
 # ---- the pool ----
@@ -361,9 +383,10 @@ class Pool:
     def index_kind(self) -> str:
         return _index_kind(self.index) if self.index is not None else _kind_for(self.config, 0)
 
-    def search(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest pool row of each vector: (similarities, rows), -inf / -1 where none."""
-        return _search(self.index, np.ascontiguousarray(vectors, dtype=np.float32))
+    def search(self, vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest pool row(s) of each vector: (similarities, rows), -inf / -1 where none
+        (see `_search` for the shapes)."""
+        return _search(self.index, np.ascontiguousarray(vectors, dtype=np.float32), k)
 
     def add(self, records: Iterable[Record], vectors: np.ndarray | None = None) -> int:
         """Append records whose id is not in the pool yet; returns how many were added.
@@ -563,6 +586,16 @@ def near(
     }
 
 
+def pair_is_duplicate(similarity: float, a: str, b: str, config: DedupConfig) -> bool:
+    """The rule dedup applies to one pair: at or above the threshold and, with the contrast
+    stage on, not told apart by judges.contrast. (For benches and tests of labelled pairs.)"""
+    from judges.contrast import contrast
+
+    if similarity < config.threshold:
+        return False
+    return not config.contrast or contrast(a, b) is None
+
+
 # ---- dedup ----
 
 
@@ -610,20 +643,22 @@ def dedup(
 
         fresh.sort(key=priority)
 
-    decision = _decide(fresh, ids, vectors, pool, config)
+    decision = _decide(fresh, ids, texts, vectors, pool, config)
     kept_rows = []
     for i, rec in enumerate(records):
         if i in in_pool:
             kept_rows.append(i)
             report.kept_nearest.append(None)
             continue
-        best = decision[i]
-        if best is not None and best[0] >= config.threshold:
-            report.dropped.append(Drop(rec, best[1], best[0], best[2]))
+        d = decision[i]
+        if d.duplicate_of is not None:
+            dup = d.duplicate_of
+            report.dropped.append(Drop(rec, dup[1], dup[0], dup[2]))
         else:
             kept_rows.append(i)
-            report.kept_nearest.append(None if best is None else best[0])
-            report.no_neighbour += int(best is None)
+            report.kept_nearest.append(None if d.nearest is None else d.nearest[0])
+            report.no_neighbour += int(d.nearest is None)
+            report.contrasted += [(ids[i], nid, sim, why) for nid, sim, why in d.contrasts]
     report.kept = [records[i] for i in kept_rows]
     report.kept_vectors = vectors[kept_rows]
     log.info(
@@ -637,41 +672,77 @@ def dedup(
     return report
 
 
+# Neighbours checked per candidate when the contrast stage is on: a near-miss may be the
+# nearest while a true duplicate is the next one.
+_NEIGHBOURS = 4
+
+
+class Decision(NamedTuple):
+    nearest: Nearest | None  # the most similar example it was checked against
+    duplicate_of: Nearest | None  # the kept example it duplicates, None: kept
+    contrasts: list[tuple[str, float, str]]  # (neighbour id, similarity, why) told apart
+
+
 def _decide(
-    order: list[int], ids: list[str], vectors: np.ndarray, pool: Pool, config: DedupConfig
-) -> dict[int, Nearest | None]:
-    """The greedy pass: for each row of `order` (priority order), the nearest example it was
-    checked against (the pool, or a row kept before it), or None when there was none. A row is
-    kept when that similarity is below the threshold."""
-    pool_sims, pool_rows = pool.search(vectors[order]) if order else (np.zeros(0), np.zeros(0))
-    decision: dict[int, Nearest | None] = {}
+    order: list[int],
+    ids: list[str],
+    texts: list[str],
+    vectors: np.ndarray,
+    pool: Pool,
+    config: DedupConfig,
+) -> dict[int, Decision]:
+    """The greedy pass: for each row of `order` (priority order), what it was checked against
+    (the pool, or rows kept before it). A row is a duplicate of the most similar of those at or
+    above the threshold that the contrast stage (when on) does not tell apart from it."""
+    from judges.contrast import contrast
+
+    k = _NEIGHBOURS if config.contrast else 1
+    empty = (np.zeros((0, k)), np.zeros((0, k), dtype=np.int64))
+    pool_sims, pool_rows = pool.search(vectors[order], k) if order else empty
+    pool_sims, pool_rows = pool_sims.reshape(len(order), k), pool_rows.reshape(len(order), k)
+    decision: dict[int, Decision] = {}
     kept_index: faiss.Index | None = None  # rows kept so far, in earlier chunks
-    kept_ids: list[str] = []
+    kept_rows: list[int] = []  # their candidate rows, in index order
     for start in range(0, len(order), _CHUNK):
         chunk = order[start : start + _CHUNK]
         cv = vectors[chunk]
-        batch_sims, batch_rows = _search(kept_index, cv)
+        batch_sims, batch_rows = _search(kept_index, cv, k)
+        batch_sims, batch_rows = batch_sims.reshape(len(chunk), k), batch_rows.reshape(-1, k)
         inner = cv @ cv.T  # the chunk against itself, for rows kept earlier in this chunk
         kept_here = np.zeros(len(chunk), dtype=bool)
         for pos, i in enumerate(chunk):
-            best: Nearest | None = None
-            k = start + pos
-            if pool_rows[k] >= 0:
-                best = (float(pool_sims[k]), pool.ids[pool_rows[k]], "pool")
-            if batch_rows[pos] >= 0 and (best is None or batch_sims[pos] > best[0]):
-                best = (float(batch_sims[pos]), kept_ids[batch_rows[pos]], "batch")
-            if kept_here.any():
-                row = np.where(kept_here, inner[pos], -np.inf)
-                j = int(row.argmax())
-                if best is None or row[j] > best[0]:
-                    best = (float(row[j]), ids[chunk[j]], "batch")
-            decision[i] = best
-            kept_here[pos] = best is None or best[0] < config.threshold
+            at = start + pos
+            found: list[tuple[float, str, Where, str]] = [
+                (float(pool_sims[at, j]), pool.ids[r], "pool", pool.texts[r])
+                for j, r in enumerate(pool_rows[at]) if r >= 0
+            ]  # fmt: skip
+            found += [
+                (float(batch_sims[pos, j]), ids[kept_rows[r]], "batch", texts[kept_rows[r]])
+                for j, r in enumerate(batch_rows[pos]) if r >= 0
+            ]  # fmt: skip
+            here = np.flatnonzero(kept_here)
+            if len(here):
+                top = here[np.argsort(-inner[pos, here], kind="stable")[:k]]
+                found += [(float(inner[pos, j]), ids[chunk[j]], "batch", texts[chunk[j]])
+                          for j in top]  # fmt: skip
+            found.sort(key=lambda f: -f[0])
+            nearest = found[0][:3] if found else None
+            duplicate_of, contrasts = None, []
+            for sim, nid, where, ntext in found:
+                if sim < config.threshold:
+                    break
+                why = contrast(texts[i], ntext) if config.contrast else None
+                if why is None:
+                    duplicate_of = (sim, nid, where)
+                    break
+                contrasts.append((nid, sim, why))
+            decision[i] = Decision(nearest, duplicate_of, contrasts)
+            kept_here[pos] = duplicate_of is None
         new_kept = [i for pos, i in enumerate(chunk) if kept_here[pos]]
         if new_kept:
             if kept_index is None:
                 kind = _kind_for(config, len(order))
                 kept_index = _new_index(kind, vectors.shape[1], config, vectors[order])
             kept_index.add(vectors[new_kept])
-            kept_ids.extend(ids[i] for i in new_kept)
+            kept_rows.extend(new_kept)
     return decision

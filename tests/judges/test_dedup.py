@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 
 from agent.errors import SelfloopError
-from judges.dedup import FINGERPRINT_FILE, INDEX_FILE, RECORDS_FILE, DedupConfig, Pool, dedup
+from judges.dedup import (
+    FINGERPRINT_FILE,
+    INDEX_FILE,
+    RECORDS_FILE,
+    DedupConfig,
+    Pool,
+    dedup,
+    pair_is_duplicate,
+)
 from judges.embed import Embedder, resolve_embedding_model
 
 PAIRS = Path(__file__).parent / "data" / "dedup_pairs.jsonl"
+HARD = Path(__file__).parent / "data" / "dedup_hard_pairs.jsonl"
 KINDS = {"paraphrase", "exact", "near_miss", "cross_language", "unrelated"}
 
 # Three groups of near-identical tasks (interleaved below) and two loners.
@@ -161,15 +170,18 @@ def test_labelled_set_is_well_formed() -> None:
 
 def test_precision_and_recall_on_labelled_pairs(pair_sims: np.ndarray) -> None:
     pairs, sims = load_pairs(), pair_sims
-    threshold = DedupConfig().threshold
-    predicted = sims >= threshold
+    config = DedupConfig()
+    threshold = config.threshold
+    predicted = np.array(
+        [pair_is_duplicate(s, p["a"], p["b"], config) for s, p in zip(sims, pairs)]
+    )
     actual = np.array([p["label"] == "duplicate" for p in pairs])
     tp = int((predicted & actual).sum())
     precision, recall = tp / predicted.sum(), tp / actual.sum()
-    # Measured with all-MiniLM-L6-v2 at 0.85: precision 0.933, recall 0.916. The false
-    # positives are near-misses that differ in a number or one word ("for adults" / "for
-    # children"), which the model barely separates (0.89-0.99).
-    assert precision >= 0.9, (precision, recall)
+    # Measured with all-MiniLM-L6-v2 at 0.85: cosine alone precision 0.933, recall 0.916 (the
+    # false positives: near-misses differing in a number or one word, 0.89-0.99); with the
+    # contrast stage 1.000 and 0.907 (bench/dedup_quality.py).
+    assert precision >= 0.97, (precision, recall)
     assert recall >= 0.85, (precision, recall)
     by_kind = {k: sims[[p["kind"] == k for p in pairs]] for k in KINDS}
     assert by_kind["exact"].min() >= threshold
@@ -177,6 +189,24 @@ def test_precision_and_recall_on_labelled_pairs(pair_sims: np.ndarray) -> None:
     # Labelled distinct on purpose (a task in Spanish trains answering in Spanish); the
     # English-centric model agrees at this threshold.
     assert by_kind["cross_language"].max() < threshold
+
+
+def test_near_misses_of_the_hard_set_are_kept_apart(embedder: Embedder) -> None:
+    """The hard set (written after the threshold was chosen): near-misses that differ in one
+    number, a negation, an order or an entity score 0.92-0.96 (median) and the cosine alone
+    calls 81-94% of the number/negation/order ones duplicates; the contrast stage must keep
+    them apart. (Its low-overlap paraphrases are out of MiniLM's reach: median 0.65, recall
+    0.035 at the threshold; see the README.)"""
+    pairs = [json.loads(x) for x in HARD.read_text(encoding="utf-8").splitlines()]
+    assert len(pairs) >= 400 and all(set(p) == {"a", "b", "label", "kind"} for p in pairs)
+    near = [p for p in pairs if p["kind"].startswith("near_miss")]
+    va, vb = embedder.encode([p["a"] for p in near]), embedder.encode([p["b"] for p in near])
+    config = DedupConfig()
+    called = [pair_is_duplicate(float(x @ y), p["a"], p["b"], config)
+              for x, y, p in zip(va, vb, near)]  # fmt: skip
+    cosine_only = [float(x @ y) >= config.threshold for x, y in zip(va, vb)]
+    assert sum(cosine_only) > len(near) / 2  # what the stage is for
+    assert sum(called) <= 0.03 * len(near), [p for p, c in zip(near, called) if c]
 
 
 def test_dedup_decides_pairs_like_their_similarity(pool: Pool, pair_sims: np.ndarray) -> None:
@@ -189,9 +219,27 @@ def test_dedup_decides_pairs_like_their_similarity(pool: Pool, pair_sims: np.nda
         next(j for j, p in enumerate(pairs) if p["kind"] == k) for k in KINDS
     }
     assert (sims[near] >= t).any() and (sims[near] < t).any()
+    picked |= {j for j, p in enumerate(pairs) if sims[j] >= t and p["kind"] == "near_miss"}
     for i in sorted(picked):
-        report = dedup([rec("a", pairs[i]["a"]), rec("b", pairs[i]["b"])], pool)
-        assert ids(report.kept) == (["a"] if sims[i] >= t else ["a", "b"]), pairs[i]
+        a, b = pairs[i]["a"], pairs[i]["b"]
+        report = dedup([rec("a", a), rec("b", b)], pool)
+        dup = pair_is_duplicate(sims[i], a, b, pool.config)  # the contrast stage included
+        assert ids(report.kept) == (["a"] if dup else ["a", "b"]), pairs[i]
+        assert bool(report.contrasted) == (sims[i] >= t and not dup)
+
+
+def test_a_near_miss_neighbour_is_passed_over_for_a_true_duplicate(pool: Pool) -> None:
+    near_miss, same = "List 10 ways to save money.", "List three ways to save money!"
+    pool.add([rec("p0", near_miss), rec("p1", same)])
+    report = dedup([rec("c", "List 3 ways to save money.")], pool)
+    assert [d.neighbour_id for d in report.dropped] == ["p1"]
+    kept = dedup([rec("d", "List 25 ways to save money.")], pool)
+    assert ids(kept.kept) == ["d"] and "p0" in {c[1] for c in kept.contrasted}
+    assert kept.summary()["kept_by_contrast"] == 1
+    assert "numbers differ" in kept.summary()["contrast_samples"][0]["why"]
+    off = dedup([rec("d", "List 25 ways to save money.")], pool, pool.config.model_copy(
+        update={"contrast": False}))  # fmt: skip
+    assert not off.kept and not off.contrasted
 
 
 def test_matches_a_brute_force_greedy_over_several_chunks(
@@ -203,7 +251,8 @@ def test_matches_a_brute_force_greedy_over_several_chunks(
     texts = list(pair_vectors)
     assert len(texts) - n_pool > 256
     vecs = np.stack([pair_vectors[t] for t in texts])
-    pool = Pool(None, DedupConfig(), embedder)
+    # The greedy and chunk mechanics; the contrast stage has tests of its own.
+    pool = Pool(None, DedupConfig(contrast=False), embedder)
     pool.add([rec(f"p{k}", t) for k, t in enumerate(texts[:n_pool])], vecs[:n_pool])
     batch_ids = [f"c{k}" for k in range(len(texts) - n_pool)]
     rng = np.random.default_rng(0)
