@@ -254,7 +254,8 @@ def step_callback(rundir: RunDir, cfg: MetricsConfig, round_index: int) -> Any |
                 self.loggers = open_loggers(rundir, cfg)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if not self.loggers or not logs or "train_runtime" in logs:
+            # The end-of-training summary has train_loss (step logs carry train_runtime too).
+            if not self.loggers or not logs or "train_loss" in logs:
                 return
             values = {
                 f"train/{STEP_KEYS[k]}": float(v)

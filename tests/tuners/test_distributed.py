@@ -20,7 +20,12 @@ COMMON = dict(max_steps=12, learning_rate=5e-3, lora_dropout=0.0, max_seq_len=12
 
 
 def test_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = write_jsonl(tmp_path / "toy.jsonl", TOY * 2)
+    # 12 distinct examples: the CLI reads --data like `data import`, which drops exact repeats
+    toy = TOY + [
+        {"id": f"{r['id']}b", "messages": [r["messages"][0], {"role": "assistant",
+         "content": r["messages"][1]["content"] + " Indeed."}]} for r in TOY
+    ]  # fmt: skip
+    data = write_jsonl(tmp_path / "toy.jsonl", toy)
     sets = [x for k, v in {**COMMON, "batch_size": 2}.items() for x in ("--set", f"tune.{k}={v}")]
     cmd = [
         sys.executable,
@@ -48,7 +53,10 @@ def test_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path) -> None:
     ddp = lines[0]
 
     single = train(
-        str(tiny_model_dir), TOY * 2, tmp_path / "one", TuneConfig(**COMMON, batch_size=4)
+        str(tiny_model_dir),
+        toy,
+        tmp_path / "one",
+        TuneConfig(**COMMON, batch_size=4),
     )
     assert ddp["steps"] == single.steps == 12
     assert ddp["final_loss"] == pytest.approx(single.final_loss, rel=1e-3)
