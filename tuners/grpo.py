@@ -34,6 +34,7 @@ from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from judges.verifiable import check, validate_all
 from tuners.config import TuneConfig
+from tuners.preference import trl_result
 from tuners.train import (
     TrainResult,
     _context_of,
@@ -191,30 +192,11 @@ def train_grpo(
         started = time.monotonic()
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         seconds = time.monotonic() - started
-    history = trainer.state.log_history
-    curve = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e] or guard.history
-    last = {k: v for e in history for k, v in e.items() if k in GRPO_METRICS}
     check_finite_weights(trainer.model, args.device)
-    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-    first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
-    result = TrainResult(
-        out_dir=str(out_dir),
-        method=cfg.method,
-        steps=trainer.state.global_step,
-        final_loss=curve[-1][1] if curve else float(out.training_loss),
-        losses=curve,
-        tokens=tokens,
-        seconds=seconds,
-        tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
-        peak_memory_mb=memory.peak_mb,
-        peak_memory_kind=memory.kind,
-        trainable_params=trainable,
-        resumed_from_step=first_step or None,
-        data_sha256=digest,
-        objective=cfg.objective,
-        preference={k: round(float(v), 6) for k, v in last.items()},
-        examples=len(rows),
-    )
+    result = trl_result(
+        trainer, out, guard, cfg, out_dir, seconds=seconds, memory=memory, trainable=trainable,
+        resume_from=resume_from, digest=digest, examples=len(rows), keys=GRPO_METRICS,
+    )  # fmt: skip
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():
         shutil.rmtree(ckpt_dir, ignore_errors=True)

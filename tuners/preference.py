@@ -188,16 +188,43 @@ def train_preference(
         started = time.monotonic()
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         seconds = time.monotonic() - started
-    history = trainer.state.log_history
-    curve = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e] or guard.history
-    last = {k: v for e in history for k, v in e.items() if k in PREFERENCE_METRICS}
     check_finite_weights(trainer.model, args.device)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(unwrapped, "peft_config", {}):
         unwrapped.delete_adapter("ref")  # the artifact is the trained adapter, not its reference
+    result = trl_result(
+        trainer, out, guard, cfg, out_dir, seconds=seconds, memory=memory, trainable=trainable,
+        resume_from=resume_from, digest=digest, examples=len(rows), keys=PREFERENCE_METRICS,
+    )  # fmt: skip
+    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result
+
+
+def trl_result(
+    trainer: Any,
+    out: Any,
+    guard: Any,
+    cfg: TuneConfig,
+    out_dir: Path,
+    *,
+    seconds: float,
+    memory: Any,
+    trainable: int,
+    resume_from: Path | None,
+    digest: str,
+    examples: int,
+    keys: Sequence[str],
+) -> TrainResult:
+    """The TrainResult of a finished trl run (DPO or GRPO): the loss curve, the last logged
+    value of each of `keys`, tokens, time and memory."""
+    history = trainer.state.log_history
+    curve = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e] or guard.history
+    last = {k: v for e in history for k, v in e.items() if k in keys}
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
-    result = TrainResult(
+    return TrainResult(
         out_dir=str(out_dir),
         method=cfg.method,
         steps=trainer.state.global_step,
@@ -213,9 +240,5 @@ def train_preference(
         data_sha256=digest,
         objective=cfg.objective,
         preference={k: round(float(v), 6) for k, v in last.items()},
-        examples=len(rows),
+        examples=examples,
     )
-    _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
-    if trainer.is_world_process_zero():
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return result
