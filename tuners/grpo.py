@@ -34,12 +34,11 @@ from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from judges.verifiable import check, validate_all
 from tuners.config import TuneConfig
-from tuners.preference import trl_result
+from tuners.preference import trl_model, trl_result
 from tuners.train import (
     TrainResult,
     _context_of,
     _fingerprint,
-    _load_model,
     _save_artifact,
     _this_device,
     resume_point,
@@ -119,7 +118,6 @@ def train_grpo(
     """GRPO on `tasks`; writes the adapter to `out_dir` (see the module docstring). Re-running
     with the same arguments after a kill resumes from the last complete checkpoint."""
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel, TaskType
     from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -153,18 +151,7 @@ def train_grpo(
 
     with PeakMemory(_this_device(device)) as memory:
         torch.manual_seed(cfg.seed)
-        model = _load_model(resolved, cfg, settings.grad_ckpt, packing=False)
-        peft_config = None
-        if init is not None:
-            model = PeftModel.from_pretrained(model, init, is_trainable=True)
-        else:
-            peft_config = LoraConfig(
-                task_type=TaskType.CAUSAL_LM,
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=cfg.target_modules,
-            )
+        model, peft_config = trl_model(resolved, cfg, settings.grad_ckpt, init)
         guard = StepGuard(cfg.abort_grad_norm)
         grad_ckpt = settings.grad_ckpt and cfg.method != "qlora"
         args = GRPOConfig(

@@ -112,7 +112,6 @@ def train_preference(
     """DPO / RPO on `pairs`; writes the adapter to `out_dir` (see the module docstring).
     Re-running with the same arguments after a kill resumes from the last complete checkpoint."""
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel, TaskType
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -152,19 +151,9 @@ def train_preference(
 
     with PeakMemory(_this_device(device)) as memory:
         torch.manual_seed(cfg.seed)
-        model = _load_model(resolved, cfg, settings.grad_ckpt, packing=False)
+        # trl copies a starting adapter into a frozen "ref" adapter: the reference
+        model, peft_config = trl_model(resolved, cfg, settings.grad_ckpt, init)
         model.config.use_cache = False
-        peft_config = None
-        if init is not None:  # trl copies it into a frozen "ref" adapter: the reference
-            model = PeftModel.from_pretrained(model, init, is_trainable=True)
-        else:
-            peft_config = LoraConfig(
-                task_type=TaskType.CAUSAL_LM,
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=cfg.target_modules,
-            )
         guard = StepGuard(cfg.abort_grad_norm)
         grad_ckpt = settings.grad_ckpt and cfg.method != "qlora"
         args = DPOConfig(
@@ -242,3 +231,21 @@ def trl_result(
         preference={k: round(float(v), 6) for k, v in last.items()},
         examples=examples,
     )
+
+
+def trl_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool, init: Path | None) -> Any:
+    """(model, peft_config) for a trl trainer: the base with the starting adapter loaded
+    trainable, or the base and a fresh LoRA config for trl to apply."""
+    from peft import LoraConfig, PeftModel, TaskType
+
+    model = _load_model(resolved, cfg, grad_ckpt, packing=False)
+    if init is not None:
+        return PeftModel.from_pretrained(model, init, is_trainable=True), None
+    lora = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+    )
+    return model, lora
