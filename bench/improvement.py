@@ -118,7 +118,7 @@ def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
     }
 
 
-def _fmt(c: dict[str, Any]) -> str:
+def fmt(c: dict[str, Any]) -> str:
     if not c.get("n"):
         return "n/a"
     ci = c["ci"] or [float("nan")] * 2
@@ -177,7 +177,7 @@ def main() -> None:
         for part in ("all", "held_out"):
             print(f"  IF suite ({part}):")
             for m in METRICS:
-                print(f"    {m:20} {_fmt(s[part][m])}")
+                print(f"    {m:20} {fmt(s[part][m])}")
         for g in s["guards"]:
             print(f"  guard: {g}")
     gains = [100 * s["all"]["prompt_loose"].get("gain", 0.0) for s in results.values()]

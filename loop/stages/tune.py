@@ -6,13 +6,20 @@ Writes `rounds/NNN/adapter/` (PEFT format, with train_metrics.json); step checkp
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.data import read_json
 from loop.context import Context, LoopState
 from loop.faults import tune_callbacks
 from loop.stages.base import Stage
+
+if TYPE_CHECKING:
+    from loop.config import SelfloopConfig
+    from loop.rundir import RunDir
+    from tuners.config import TuneConfig
+    from tuners.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -22,33 +29,90 @@ _METRICS = ("steps", "final_loss", "tokens", "seconds", "tokens_per_second", "pe
 
 
 def run(ctx: Context, state: LoopState) -> dict:
-    from tuners import train
-
     n = state["round"]
     if ctx.rundir.stage_done(n, "tune"):
         return {"trained": True}
-    kept = ctx.rundir.input_records(n, "tune")
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
-    if ctx.cfg.tune.objective == "grpo":
-        return _grpo(ctx, n, champion)
-    if ctx.cfg.tune.objective != "sft":
-        return _preference(ctx, n, champion)
-    if ctx.cfg.tune.warm_start and champion is not None:
-        data, init = kept + replayed(ctx, n, len(kept)), champion
-    else:  # fresh: the whole accepted pool plus this round, from the base model
-        data, init = ctx.rundir.accepted() + kept, None
+    data, init = training_data(ctx.rundir, ctx.cfg.tune, n, champion)
+    if not data:
+        return {"trained": False}
     ctx.release()
-    result = train(
-        ctx.cfg.model,
+    fit(ctx.cfg, data, ctx.rundir.adapter_dir(n), init, n, _callbacks(ctx, n))
+    return {"trained": True}
+
+
+def training_data(
+    rundir: RunDir, cfg: TuneConfig, n: int, champion: Path | None
+) -> tuple[list[dict[str, Any]], Path | None]:
+    """What round `n` trains on under `cfg.objective`, and the adapter it starts from (None: a
+    fresh adapter on the base). An empty list: nothing to train (logged). `bench/objectives.py`
+    calls this too, so a bench trains each objective on exactly what the loop would.
+
+    - sft: the round's kept examples (plus `replay`) from the champion with `warm_start`, else
+      the whole accepted pool plus this round from the base;
+    - dpo / rpo: the round's preference pairs from `pair_sources`;
+    - grpo: the round's constrained prompts the model passes only sometimes (the filter stage's
+      pass rates): a prompt always or never passed gives every answer of a group the same
+      reward, so no gradient.
+    """
+    start = champion if cfg.warm_start else None
+    if cfg.objective == "grpo":
+        from agent.data import read_jsonl
+        from loop.stages.filter import PASS_RATES
+
+        path = rundir.round_dir(n) / "filter" / PASS_RATES
+        rates = read_jsonl(path) if path.is_file() else []
+        tasks = [r for r in rates if 0 < r.get("pass_rate", 0) < 1 and r.get("constraints")]
+        if not tasks:
+            log.info("round %d tune: no prompt passed only sometimes: nothing for grpo", n)
+        return tasks, start
+    if cfg.objective != "sft":
+        pairs = rundir.round_pairs(n, cfg.pair_sources)
+        if not pairs:
+            log.info("round %d tune: no preference pairs from %s", n, cfg.pair_sources)
+        return pairs, start
+    kept = rundir.input_records(n, "tune")
+    if start is not None:
+        return kept + replayed(rundir, cfg, n, len(kept)), start
+    return rundir.accepted() + kept, None  # fresh: the whole accepted pool plus this round
+
+
+def fit(
+    cfg: SelfloopConfig,
+    data: list[dict[str, Any]],
+    out: Path,
+    init: Path | None,
+    n: int,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Train `data` (from `training_data`) into the adapter directory `out` with the objective's
+    trainer."""
+    from tuners import train
+    from tuners.grpo import train_grpo
+    from tuners.preference import train_preference
+
+    objective = cfg.tune.objective
+    trainer = {"sft": train, "grpo": train_grpo}.get(objective, train_preference)
+    result = trainer(
+        cfg.model,
         data,
-        ctx.rundir.adapter_dir(n),
-        ctx.cfg.tune,
+        out,
+        cfg.tune,
         init_adapter=init,
         round_index=n,
-        callbacks=_callbacks(ctx, n),
+        callbacks=list(callbacks),
     )
-    log.info("round %d tune: %d steps, final loss %.4f", n, result.steps, result.final_loss)
-    return {}
+    extra = {"dpo": "rewards/margins", "rpo": "rewards/margins", "grpo": "reward"}.get(objective)
+    log.info(
+        "round %d tune (%s): %d examples, %d steps, final loss %.4f%s",
+        n,
+        objective,
+        len(data),
+        result.steps,
+        result.final_loss,
+        f", {extra} {result.preference.get(extra)}" if extra else "",
+    )
+    return result
 
 
 def _callbacks(ctx: Context, n: int) -> list[Any]:
@@ -59,82 +123,17 @@ def _callbacks(ctx: Context, n: int) -> list[Any]:
     return [*([steps] if steps is not None else []), *tune_callbacks(n)]
 
 
-def replayed(ctx: Context, n: int, new: int) -> list[dict[str, Any]]:
-    """`tune.replay` x `new` earlier accepted examples, drawn the same way on a re-run."""
+def replayed(rundir: RunDir, cfg: TuneConfig, n: int, new: int) -> list[dict[str, Any]]:
+    """`cfg.replay` x `new` earlier accepted examples, drawn the same way on a re-run."""
     import random
 
-    k = round(ctx.cfg.tune.replay * new)
-    pool = ctx.rundir.accepted()
+    k = round(cfg.replay * new)
+    pool = rundir.accepted()
     if k == 0 or not pool:
         return []
-    picked = random.Random(f"replay/{ctx.cfg.tune.seed}/{n}").sample(pool, min(k, len(pool)))
+    picked = random.Random(f"replay/{cfg.seed}/{n}").sample(pool, min(k, len(pool)))
     log.info("round %d tune: %d new examples + %d replayed", n, new, len(picked))
     return picked
-
-
-def _preference(ctx: Context, n: int, champion: Path | None) -> dict:
-    """dpo / rpo on this round's pairs, from the champion (with tune.warm_start, the default; it
-    is then also the reference) or from a fresh adapter against the base."""
-    from tuners.preference import train_preference
-
-    pairs = ctx.rundir.round_pairs(n, ctx.cfg.tune.pair_sources)
-    if not pairs:
-        log.info("round %d tune: no preference pairs from %s", n, ctx.cfg.tune.pair_sources)
-        return {"trained": False}
-    ctx.release()
-    result = train_preference(
-        ctx.cfg.model,
-        pairs,
-        ctx.rundir.adapter_dir(n),
-        ctx.cfg.tune,
-        init_adapter=champion if ctx.cfg.tune.warm_start else None,
-        round_index=n,
-        callbacks=_callbacks(ctx, n),
-    )
-    log.info(
-        "round %d tune (%s): %d pairs, %d steps, final loss %.4f, reward margin %s",
-        n,
-        ctx.cfg.tune.objective,
-        len(pairs),
-        result.steps,
-        result.final_loss,
-        result.preference.get("rewards/margins"),
-    )
-    return {"trained": True}
-
-
-def _grpo(ctx: Context, n: int, champion: Path | None) -> dict:
-    """grpo on the round's constrained prompts that the model passes sometimes (the filter
-    stage's pass rates): a prompt always or never passed gives every answer of a group the same
-    reward, so no gradient. From the champion with tune.warm_start."""
-    from agent.data import read_jsonl
-    from loop.stages.filter import PASS_RATES
-    from tuners.grpo import train_grpo
-
-    path = ctx.rundir.round_dir(n) / "filter" / PASS_RATES
-    rates = read_jsonl(path) if path.is_file() else []
-    tasks = [r for r in rates if 0 < r.get("pass_rate", 0) < 1 and r.get("constraints")]
-    if not tasks:
-        log.info("round %d tune: no prompt the model passes only sometimes: nothing for grpo", n)
-        return {"trained": False}
-    ctx.release()
-    result = train_grpo(
-        ctx.cfg.model,
-        tasks,
-        ctx.rundir.adapter_dir(n),
-        ctx.cfg.tune,
-        init_adapter=champion if ctx.cfg.tune.warm_start else None,
-        round_index=n,
-        callbacks=_callbacks(ctx, n),
-    )
-    log.info(
-        "round %d tune (grpo): %d prompts, %d steps, mean reward %s",
-        n,
-        len(tasks),
-        result.steps,
-        result.preference.get("reward"),
-    )
-    return {"trained": True}
 
 
 def metrics(round_dir: Path) -> dict[str, Any]:

@@ -428,12 +428,13 @@ def test_replay_mixes_a_share_of_earlier_accepted_examples_reproducibly(
     write_examples(ctx.rundir.stage_dir(1, "dedup") / "kept.jsonl", old)
     ctx.rundir.append_metrics({"round": 1, "decision": {"decision": "promoted"}})
     ctx.rundir.append_metrics({"round": 2, "decision": {"decision": "rejected"}})
-    first = replayed(ctx, 3, new=6)
+    run, tune = ctx.rundir, ctx.cfg.tune
+    first = replayed(run, tune, 3, new=6)
     assert len(first) == 3 and {r["id"] for r in first} <= {r["id"] for r in old}
-    assert [r["id"] for r in replayed(ctx, 3, new=6)] == [r["id"] for r in first]
-    assert len(replayed(ctx, 3, new=100)) == 10  # never more than the pool holds
+    assert [r["id"] for r in replayed(run, tune, 3, new=6)] == [r["id"] for r in first]
+    assert len(replayed(run, tune, 3, new=100)) == 10  # never more than the pool holds
     off = _context(tmp_path / "off", tiny_model_dir)
-    assert replayed(off, 3, new=6) == []
+    assert replayed(off.rundir, off.cfg.tune, 3, new=6) == []
 
 
 def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) -> None:

@@ -1,0 +1,141 @@
+"""Which training objective makes the most of one round's data? SFT vs DPO/RPO vs GRPO, same data.
+
+    python bench/objectives.py --run RUN_DIR [--round N] [--objectives rpo grpo sft]
+                               [--out bench-runs/objectives] [--set tune.key=value ...]
+
+RUN_DIR is a finished loop run of the verifier recipe (`selfloop run configs/recipe.yaml --out
+RUN_DIR`); its round N (default: the last one with filter outputs) is the data. For each
+objective the bench trains what the loop's tune stage would train under that objective
+(`loop.stages.tune.training_data`: the kept answers for sft, the verifier's pass-vs-fail pairs
+for dpo / rpo, the prompts passed only sometimes for grpo), from the champion the round started
+from, with the run's tune settings (plus `--set`), into `OUT/<objective>/adapter`. Each adapter
+is then evaluated on the IF suite with the run's eval settings through the run's eval cache (the
+champion's answers are not regenerated), and compared with the champion, paired, on every
+prompt, on the prompts with trained constraint types only and on those with a held-out type
+(transfer). One model process at a time; a killed bench re-run with the same command reuses
+every adapter and evaluation it finished (an objective's `eval.json`).
+
+The last lines are the comparison: per objective, the gain in IF prompt-level loose pass rate
+over the round's champion, with its paired 95% bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from improvement import METRICS, compare, fmt  # bench/ is on sys.path: run as a script
+
+OBJECTIVES = ["sft", "dpo", "rpo", "grpo"]
+
+
+def starting_champion(rundir: Any, n: int) -> Path | None:
+    """The adapter round `n` started from: the last promoted round before it (None: the base)."""
+    before = [p for p in rundir.promoted_rounds() if p < n]
+    return rundir.adapter_dir(max(before)) if before else None
+
+
+def last_data_round(rundir: Any) -> int:
+    rounds = sorted(
+        int(d.name) for d in rundir.root.joinpath("rounds").iterdir() if d.name.isdigit()
+    )
+    for n in reversed(rounds):
+        if rundir.stage_done(n, "filter"):
+            return n
+    raise SystemExit(f"error: {rundir.root}: no round has finished its filter stage")
+
+
+def slices(suite: list[dict[str, Any]], held_out: list[str]) -> dict[str, set[str] | None]:
+    held = {r["id"] for r in suite if any(c["type"] in held_out for c in r["constraints"])}
+    return {"all": None, "trained": {r["id"] for r in suite} - held, "held_out": held}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="a finished run of the recipe")
+    ap.add_argument("--round", type=int, default=None, help="default: the last with data")
+    ap.add_argument("--objectives", nargs="+", default=["rpo", "grpo", "sft"], choices=OBJECTIVES)
+    ap.add_argument("--out", type=Path, default=Path("bench-runs/objectives"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="tune.key=value")
+    args = ap.parse_args()
+
+    from agent.backends import make_generator
+    from judges.evals.result import EvalResult, write_eval
+    from judges.evals.runner import evaluate
+    from loop.config import eval_suites, load_config
+    from loop.rundir import RunDir
+    from loop.stages.tune import fit, training_data
+
+    rundir = RunDir(args.run).require_run()
+    n = args.round or last_data_round(rundir)
+    champion = starting_champion(rundir, n)
+    suites = {"ifeval": eval_suites(load_config(rundir.config_path))["ifeval"]}
+    common: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
+    base_eval = None
+    for objective in args.objectives:
+        cfg = load_config(rundir.config_path, [f"tune.objective={objective}", *args.sets])
+        common = {
+            "cache_dir": rundir.eval_cache,
+            "max_tokens": cfg.eval.max_tokens,
+            "limit_per_suite": cfg.eval.limits(),
+            "held_out_types": cfg.augment.held_out_types,
+        }
+        out = args.out / f"round-{n:03d}" / objective
+        adapter, ev_path = out / "adapter", out / "eval.json"
+        row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}
+        data, init = training_data(rundir, cfg.tune, n, champion)
+        row["examples"] = len(data)
+        if not data:
+            print(f"{objective}: nothing to train on in round {n}", flush=True)
+            results[objective] = row
+            continue
+        if not adapter.is_dir():
+            t0 = time.monotonic()
+            out.mkdir(parents=True, exist_ok=True)
+            fit(cfg, data, adapter, init, n)
+            row["minutes"] = (time.monotonic() - t0) / 60
+        metrics = json.loads((adapter / "train_metrics.json").read_text())
+        row["steps"] = metrics["steps"]
+        if not ev_path.is_file():
+            gen = make_generator(cfg.model, cfg.backend)
+            try:
+                write_eval(ev_path, evaluate(gen, suites, adapter=adapter, **common))
+                if base_eval is None:
+                    base_eval = evaluate(gen, suites, adapter=champion, **common)
+            finally:
+                gen.close()
+        row["eval"] = EvalResult.read(ev_path)
+        results[objective] = row
+        print(f"{objective}: {row['examples']} examples, {row['steps']} steps", flush=True)
+
+    if base_eval is None:  # every objective's eval was cached: the champion's is too
+        cfg = load_config(rundir.config_path)
+        gen = make_generator(cfg.model, cfg.backend)
+        try:
+            base_eval = evaluate(gen, suites, adapter=champion, **common)
+        finally:
+            gen.close()
+    parts = slices(suites["ifeval"][1], common.get("held_out_types", []))
+    print(f"\n== round {n} of {rundir.root}, from {champion or 'the base model'}")
+    for objective, row in results.items():
+        print(f"{objective}: {row['examples']} examples, {row['steps']} steps")
+        if "eval" not in row:
+            continue
+        for part, ids in parts.items():
+            print(f"  IF suite ({part}):")
+            for m in METRICS:
+                print(f"    {m:20} {fmt(compare(base_eval, row['eval'], m, ids))}")
+    print("\nIF prompt-level loose, each objective vs the round's champion:")
+    for objective, row in results.items():
+        if "eval" in row:
+            print(f"  {objective:5} {fmt(compare(base_eval, row['eval'], 'prompt_loose'))}")
+
+
+if __name__ == "__main__":
+    from agent.procs import bench_main
+
+    bench_main(main, "bench/objectives.py")
