@@ -20,9 +20,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.backends.base import Generator, SamplingParams
+from agent.backends.base import Generator, SamplingParams, section_sampling
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")  # scripts writt
 _QUOTES = {'"': '"', "“": "”", "'": "'", "«": "»"}
 
 
+PROPOSE_SAMPLING = SamplingParams(max_tokens=400, temperature=0.9, top_p=0.95)
+
+
 class ProposeConfig(BaseModel):
     """Self-instruct proposal settings (the `propose:` config section)."""
 
@@ -71,9 +74,11 @@ class ProposeConfig(BaseModel):
     pool_examples: int = Field(
         2, ge=0, description="Examples shown from earlier accepted tasks (m)."
     )
-    temperature: float = Field(0.9, ge=0, description="Sampling temperature for proposals.")
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(400, ge=16, description="Longest proposal reply.")
+    sampling: SamplingParams = Field(
+        default_factory=lambda: PROPOSE_SAMPLING,
+        description="How proposals are sampled (max_tokens: the longest reply, at least 16). One "
+        "completion per call; each call's seed is drawn from propose.seed.",
+    )
     domains: dict[str, float] = Field(
         default_factory=dict,
         description="Weights steering each call to a domain (e.g. {healthcare: 2, general: 1}); "
@@ -89,6 +94,24 @@ class ProposeConfig(BaseModel):
         0.0, ge=0, le=1, description="Share of calls that mutate instead."
     )
     seed: int = Field(0, description="Seed for example choice and steering draws.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_sampling(cls, data: object) -> object:
+        return section_sampling(
+            data, "propose", PROPOSE_SAMPLING, flat=("temperature", "top_p", "max_tokens")
+        )
+
+    @field_validator("sampling")
+    @classmethod
+    def _one_reply(cls, v: SamplingParams) -> SamplingParams:
+        if v.max_tokens < 16:
+            raise ValueError("sampling.max_tokens must be >= 16: a list of tasks needs room")
+        if v.n != 1:
+            raise ValueError("sampling.n must be 1: each call asks for a list of tasks once")
+        if v.seed is not None:
+            raise ValueError("sampling.seed: each call's seed is drawn from propose.seed; set that")
+        return v
 
 
 def parse_numbered_list(text: str, truncated: bool = False) -> list[str]:
@@ -249,12 +272,7 @@ def propose(
                 "language": language,
             }
         )
-    params = SamplingParams(
-        max_tokens=config.max_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=rng.randrange(2**31),
-    )
+    params = config.sampling.model_copy(update={"seed": rng.randrange(2**31)})
     results = generator.generate(prompts, params)
     proposals: list[dict[str, Any]] = []
     stats: dict[str, Any] = {

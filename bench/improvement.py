@@ -7,7 +7,7 @@ For each seed, runs the loop from a fresh run directory (`RUN/seed-S`, one after
 never two model processes at once), then reads what the runs left on disk:
 
 - the base model and the final champion (the base again when no round was promoted) are
-  evaluated here with the run's eval settings (suites, limits, max_tokens), through the run's
+  evaluated here with the run's eval settings (suites, limits, sampling), through the run's
   eval cache, so answers a round already generated are reused, not regenerated;
 - IF suite prompt- and instruction-level strict/loose pass rates of both, and the gain with a
   paired 95% bootstrap interval over the prompts both answered; the same for the prompts that
@@ -94,7 +94,7 @@ def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
     gen = make_generator(cfg.model, cfg.backend)
     common = {
         "cache_dir": run_dir / "eval_cache",
-        "max_tokens": cfg.eval.max_tokens,
+        "sampling": cfg.eval.sampling,
         "limit_per_suite": cfg.eval.limits(),
         "held_out_types": cfg.augment.held_out_types,
     }

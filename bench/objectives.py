@@ -80,7 +80,7 @@ def main() -> None:
         cfg = load_config(rundir.config_path, [f"tune.objective={objective}", *args.sets])
         common = {
             "cache_dir": rundir.eval_cache,
-            "max_tokens": cfg.eval.max_tokens,
+            "sampling": cfg.eval.sampling,
             "limit_per_suite": cfg.eval.limits(),
             "held_out_types": cfg.augment.held_out_types,
         }

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.backends import BackendConfig, SamplingParams
+from agent.backends.base import section_sampling
 from agent.construct import ProposeConfig
 from agent.errors import SelfloopError, describe_validation
 from agent.models import ModelSpec
@@ -66,6 +67,10 @@ class RunConfig(BaseModel):
     recursion_limit: int = Field(10_000, ge=50, description="LangGraph step limit (safety net).")
 
 
+RESPOND_SAMPLING = SamplingParams(max_tokens=320, temperature=0.7, top_p=0.95)
+EVAL_SAMPLING = SamplingParams(max_tokens=160)  # greedy: two evaluations of a model agree
+
+
 class RespondConfig(BaseModel):
     """How responses are written."""
 
@@ -73,11 +78,17 @@ class RespondConfig(BaseModel):
 
     n: int = Field(2, ge=1, description="Responses per instruction; the judge keeps the best.")
     sampling: SamplingParams = Field(
-        default_factory=lambda: SamplingParams(max_tokens=320, temperature=0.7, top_p=0.95),
-        description="Sampling for responses (n is taken from respond.n).",
+        default_factory=lambda: RESPOND_SAMPLING,
+        description="Sampling for responses (n is taken from respond.n; keys left out keep "
+        "these defaults).",
     )
     teacher: ModelSpec | None = Field(None, description="Teacher model for the teacher source.")
     teacher_backend: BackendConfig | None = Field(None, description="How the teacher runs.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampling_defaults(cls, data: object) -> object:
+        return section_sampling(data, "respond", RESPOND_SAMPLING)
 
 
 class LoopJudgeConfig(BaseModel):
@@ -148,7 +159,26 @@ class EvalConfig(BaseModel):
         description="Per-suite override of limit_per_suite (null = every prompt), e.g. "
         "{ifeval: null}: the gate's primary suite needs all its prompts to resolve a few points.",
     )
-    max_tokens: int = Field(160, ge=8, description="Longest evaluation answer (greedy).")
+    sampling: SamplingParams = Field(
+        default_factory=lambda: EVAL_SAMPLING,
+        description="How evaluation answers are generated: greedy (temperature 0) by default, so "
+        "two evaluations of one model agree and the champion's answers can be cached; "
+        "max_tokens at least 8; one answer per prompt.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_sampling(cls, data: object) -> object:
+        return section_sampling(data, "eval", EVAL_SAMPLING, flat=("max_tokens",))
+
+    @field_validator("sampling")
+    @classmethod
+    def _one_answer(cls, v: SamplingParams) -> SamplingParams:
+        if v.max_tokens < 8:
+            raise ValueError("sampling.max_tokens must be >= 8")
+        if v.n != 1:
+            raise ValueError("sampling.n must be 1: each prompt gets one scored answer")
+        return v
 
     def limits(self) -> dict[str, int | None]:
         """Prompts to evaluate per suite name (None = all)."""

@@ -285,10 +285,9 @@ def resume(
 ) -> dict:
     """Continue a run from its last checkpoint; a changed config is refused unless allowed."""
     rd = _started_run(run_dir)
-    saved = rd.config_path.read_text()
     cfg = load_config(config_path or rd.config_path)
     check_run(cfg, str(config_path or rd.config_path))
-    if config_path is not None and config_hash(dump_config(cfg)) != config_hash(saved):
+    if config_path is not None and config_changed(rd, cfg):
         if not allow_config_change:
             raise SelfloopError(
                 f"{config_path} differs from the config this run started with ({rd.config_path}); "
@@ -297,6 +296,14 @@ def resume(
         (rd.root / "config.changes.log").open("a").write(f"resumed with {config_path}\n")
         rd.config_path.write_text(dump_config(cfg))
     return _invoke(rd.root, cfg, None)
+
+
+def config_changed(rd: RunDir, cfg: SelfloopConfig) -> bool:
+    """Whether `cfg` differs from the config the run started with, compared as loaded, not as
+    text: a run saved before a key moved (propose.temperature -> propose.sampling.temperature)
+    has the same config written the old way."""
+    saved = dump_config(load_config(rd.config_path))
+    return config_hash(dump_config(cfg)) != config_hash(saved)
 
 
 def review(run_dir: str | Path, accept: str | Path) -> dict:

@@ -140,9 +140,10 @@ def test_one_real_round_end_to_end(tmp_path) -> None:
     from loop.graph import run
 
     cfg = load_config(None, [
-        "run.max_rounds=1", "propose.calls=2", "propose.tasks_per_call=4", "propose.max_tokens=160",
-        "respond.n=2", "respond.sampling.max_tokens=48", "judge.min_score=1.0",
-        "tune.max_steps=2", "tune.batch_size=2", "eval.limit_per_suite=2", "eval.max_tokens=24",
+        "run.max_rounds=1", "propose.calls=2", "propose.tasks_per_call=4",
+        "propose.sampling.max_tokens=160", "respond.n=2", "respond.sampling.max_tokens=48",
+        "judge.min_score=1.0", "tune.max_steps=2", "tune.batch_size=2",
+        "eval.limit_per_suite=2", "eval.sampling.max_tokens=24",
     ])  # fmt: skip
     state = run(cfg, tmp_path / "run")
     assert state["stop"] == "max_rounds (1) reached"
@@ -182,7 +183,9 @@ def test_real_model_proposes_from_the_seed_pool(smol: TransformersGenerator) -> 
     from agent.seeds import load_seed_tasks
 
     seeds = [s.model_dump() for s in load_seed_tasks()]
-    cfg = ProposeConfig(calls=8, max_tokens=200)  # a short cap keeps it cheap; cut items drop
+    cfg = ProposeConfig(
+        calls=8, sampling={"max_tokens": 200}
+    )  # a short cap keeps it cheap; cut items drop
     proposals, stats = propose(smol, seeds, [], cfg, round_index=1)
     assert stats["calls"] == 8 and stats["backend_errors"] == 0
     productive = {p["id"].rsplit("-", 1)[0] for p in proposals}  # r001-cNNN: the call

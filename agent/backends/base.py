@@ -59,6 +59,42 @@ class SamplingParams(BaseModel):
         return self.temperature == 0
 
 
+def section_sampling(
+    data: object, section: str, default: SamplingParams, flat: Sequence[str] = ()
+) -> object:
+    """A config section's `sampling:` block before validation: keys it leaves out keep the
+    section's own defaults (`respond.sampling: {temperature: 1.0}` keeps respond's 320 tokens,
+    not SamplingParams' 256), and its old flat keys (`propose.temperature`, `eval.max_tokens`)
+    move into the block, so configs and run directories written before every section took one
+    `sampling:` shape still load. A moved key logs a one-line deprecation notice; a key given
+    both ways is an error naming both."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    given = data.get("sampling", {})
+    if not isinstance(given, dict):
+        return data  # not a mapping: let validation name it
+    nested = {**default.model_dump(exclude_unset=True), **given}
+    moved = [k for k in flat if k in data]
+    for key in moved:
+        if key in given:
+            raise ValueError(
+                f"{section}.{key} and {section}.sampling.{key} are both set; keep only "
+                f"{section}.sampling.{key}"
+            )
+        nested[key] = data.pop(key)
+    if moved:
+        import logging
+
+        logging.getLogger("selfloop.config").warning(
+            "config: %s is deprecated; write it as %s",
+            ", ".join(f"{section}.{k}" for k in moved),
+            ", ".join(f"{section}.sampling.{k}" for k in moved),
+        )
+    data["sampling"] = nested
+    return data
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str

@@ -354,7 +354,7 @@ def evaluate(
     champion_adapter: str | Path | None = None,
     judge: LLMJudge | None = None,
     cache_dir: str | Path | None = None,
-    max_tokens: int = 256,
+    sampling: SamplingParams | None = None,
     limit_per_suite: int | Mapping[str, int | None] | None = None,
     pairwise_suites: Sequence[str] | None = None,
     reference_nll: bool = True,
@@ -365,6 +365,7 @@ def evaluate(
     """Evaluate the candidate (`adapter`) on `suites` (bundled names, or `load_suites` output;
     default: every bundled suite). See the module docstring for the models, judge and cache.
     `held_out_types`: constraint types never trained on; verifiable suites are sliced by them.
+    `sampling`: how answers are generated (default: greedy, 256 tokens at most; one answer each).
 
     Everything but the `run` section (generation/cache counts) is a function of the inputs: two
     runs give equal dicts. A prompt whose generation failed is listed with its error and left out
@@ -375,7 +376,9 @@ def evaluate(
         if value is not None and value < 1:
             raise SelfloopError(f"limit_per_suite must be >= 1, got {value}")
     loaded = _load(suites)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    params = sampling or SamplingParams(max_tokens=256)
+    if params.n != 1:
+        raise SelfloopError(f"evaluation scores one answer per prompt; sampling.n is {params.n}")
     settings = _sha(params.model_dump(mode="json"))[:16]
     model_fp = model_fingerprint(generator)
     cand = _model(generator, adapter, "candidate", cache_dir, model_fp)

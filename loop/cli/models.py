@@ -248,7 +248,9 @@ def eval_cmd(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Prompts per suite (default: all).")] = None,
-    max_tokens: Annotated[int, typer.Option()] = 160,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Longest answer (default: eval.sampling.max_tokens).")
+    ] = None,
     against: Annotated[
         str | None, typer.Option(help="Pairwise against 'base' or an adapter dir.")
     ] = None,
@@ -286,7 +288,9 @@ def eval_cmd(
         chosen,
         adapter=adapter,
         champion_adapter=against,
-        max_tokens=max_tokens,
+        sampling=cfg.eval.sampling.model_copy(
+            update={} if max_tokens is None else {"max_tokens": max_tokens}
+        ),
         limit_per_suite=limit,
     )
     result = EvalResult.of(ev)

@@ -31,7 +31,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
     common = {
         "cache_dir": ctx.rundir.eval_cache,
-        "max_tokens": ctx.cfg.eval.max_tokens,
+        "sampling": ctx.cfg.eval.sampling,
         "limit_per_suite": ctx.cfg.eval.limits(),
         "held_out_types": ctx.cfg.augment.held_out_types,
     }

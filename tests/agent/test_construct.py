@@ -188,7 +188,9 @@ def seeds() -> list[dict]:
 
 def test_propose_records_provenance(gen, seeds) -> None:
     accepted = [{"id": "acc-1", "instruction": "Explain what a budget is."}]
-    cfg = ProposeConfig(calls=4, tasks_per_call=3, max_tokens=24, domains={"law": 1, "finance": 3})
+    cfg = ProposeConfig(
+        calls=4, tasks_per_call=3, sampling={"max_tokens": 24}, domains={"law": 1, "finance": 3}
+    )
     proposals, stats = propose(gen, seeds, accepted, cfg, round_index=2)
     assert stats["calls"] == 4 and stats["proposals"] == len(proposals)
     assert stats["empty_parses"] + stats["backend_errors"] <= 4
@@ -219,7 +221,9 @@ def test_steering_weights_shape_the_mix(gen, seeds) -> None:
 
 def test_mutations_rewrite_accepted_tasks(gen, seeds) -> None:
     accepted = [{"id": "acc-1", "instruction": "Explain what a budget is."}]
-    cfg = ProposeConfig(calls=3, max_tokens=16, mutations=["harder"], mutation_share=1.0)
+    cfg = ProposeConfig(
+        calls=3, sampling={"max_tokens": 16}, mutations=["harder"], mutation_share=1.0
+    )
     proposals, stats = propose(gen, seeds, accepted, cfg, round_index=1)
     assert all(p["method"] == "evol:harder" and p["shown_ids"] == ["acc-1"] for p in proposals)
 

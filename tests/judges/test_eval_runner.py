@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agent.backends.base import SamplingParams
 from agent.backends.hf import TransformersGenerator
 from judges.evals import load_suite
 from judges.evals.result import EvalResult
@@ -70,7 +71,7 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
         adapter=adapters["candidate"],
         champion_adapter=adapters["champion"],
         cache_dir=tmp_path / "cache",
-        max_tokens=MAX_TOKENS,
+        sampling=SamplingParams(max_tokens=MAX_TOKENS),
         limit_per_suite=LIMIT,
     )
     first = evaluate(counting, **kwargs)
@@ -148,7 +149,7 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
         ["helpfulness", "safety"],
         adapter=adapters["champion"],
         cache_dir=tmp_path / "cache",
-        max_tokens=MAX_TOKENS,
+        sampling=SamplingParams(max_tokens=MAX_TOKENS),
         limit_per_suite=LIMIT,
     )
     assert counting.calls == {champ_name: LIMIT}  # safety only
@@ -159,7 +160,11 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
 
 
 def test_an_adapter_changes_the_candidate(gen, adapters) -> None:
-    common = dict(suites=["helpfulness", "domains"], max_tokens=MAX_TOKENS, limit_per_suite=LIMIT)
+    common = dict(
+        suites=["helpfulness", "domains"],
+        sampling=SamplingParams(max_tokens=MAX_TOKENS),
+        limit_per_suite=LIMIT,
+    )
     base = evaluate(gen, champion_adapter="base", **common)
     tuned = evaluate(gen, adapter=adapters["candidate"], champion_adapter="base", **common)
     assert base["candidate"] == {"adapter": "base", "fingerprint": "base"}
@@ -180,7 +185,9 @@ def test_an_adapter_changes_the_candidate(gen, adapters) -> None:
 
 def test_generation_failures_are_counted_not_scored(gen) -> None:
     # More new tokens than the tiny model's 512-token context: every request fails up front.
-    ev = evaluate(gen, ["safety", "multilingual"], max_tokens=600, limit_per_suite=2)
+    ev = evaluate(
+        gen, ["safety", "multilingual"], sampling=SamplingParams(max_tokens=600), limit_per_suite=2
+    )
     for suite in ev["suites"].values():
         assert suite["errors"] == 2
         assert all("exceeds the model's context" in it["error"] for it in suite["items"])
@@ -201,8 +208,8 @@ def test_subset_spreads_over_groups() -> None:
 
 
 def test_limits_per_suite_name(gen) -> None:
-    ev = evaluate(gen, ["ifeval", "safety"], max_tokens=4, reference_nll=False,
-                  limit_per_suite={"ifeval": 3, "safety": None})  # fmt: skip
+    ev = evaluate(gen, ["ifeval", "safety"], sampling=SamplingParams(max_tokens=4),
+                  reference_nll=False, limit_per_suite={"ifeval": 3, "safety": None})  # fmt: skip
     assert ev["suites"]["ifeval"]["n"] == 3
     assert ev["suites"]["safety"]["n"] == len(load_suite("safety"))
     with pytest.raises(Exception, match="limit_per_suite must be >= 1, got 0"):
