@@ -1,0 +1,303 @@
+"""The dedup decision: which candidates are kept against the pool and each other (see
+`judges.dedup`), and `near`, the same neighbour search against a fixed list of texts."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import faiss
+import numpy as np
+
+from agent.errors import SelfloopError
+from judges.dedup.config import DedupConfig, Record, record_id, record_text
+from judges.dedup.pool import Pool, index_kind_for, new_index, search
+from judges.embed import Embedder
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 256  # candidates decided per step: one (chunk x kept) search + one (chunk x chunk) product
+
+
+Where = Literal["pool", "batch"]  # the neighbour was accepted earlier, or kept in this batch
+Nearest = tuple[float, str, Where]  # (similarity, neighbour id, where)
+
+
+class Drop(NamedTuple):
+    record: Record
+    neighbour_id: str  # the kept example it duplicates
+    similarity: float
+    where: Where
+
+
+@dataclass
+class DedupReport:
+    kept: list[Record] = field(default_factory=list)  # input order, already_in_pool included
+    kept_vectors: np.ndarray | None = None  # rows aligned with `kept`; pass to Pool.add
+    # similarity to the nearest example each kept one was checked against; None when it was
+    # already in the pool or there was nothing to compare with (first of an empty pool)
+    kept_nearest: list[float | None] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
+    already_in_pool: list[str] = field(default_factory=list)
+    # kept although at or above the threshold: (id, neighbour id, similarity, why they differ)
+    contrasted: list[tuple[str, str, float, str]] = field(default_factory=list)
+    no_neighbour: int = 0  # decided with nothing to compare against
+    threshold: float = 0.0
+    pool_size: int = 0
+    index_kind: str = "flat"
+    histogram_bins: int = 10
+    samples: int = 5
+
+    @property
+    def total(self) -> int:
+        return len(self.kept) + len(self.dropped)
+
+    def dropped_records(self) -> list[dict[str, Any]]:
+        """Dropped records with their nearest kept neighbour, similarity and where it was."""
+        return [
+            {
+                **d.record,
+                "dedup_neighbour": d.neighbour_id,
+                "dedup_similarity": round(d.similarity, 4),
+                "dedup_where": d.where,
+            }
+            for d in self.dropped
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain JSON data for metrics: counts, drop rate, nearest-similarity histogram, samples.
+
+        The histogram counts, for every candidate that was decided, its similarity to the
+        nearest example it was checked against (pool, or kept earlier in the batch); negative
+        similarities fall in the first bin. Candidates already in the pool are not in it.
+        """
+        sims = [d.similarity for d in self.dropped]
+        sims += [s for s in self.kept_nearest if s is not None]
+        edges = np.linspace(0.0, 1.0, self.histogram_bins + 1)
+        counts, _ = np.histogram(np.clip(np.asarray(sims, dtype=np.float64), 0.0, 1.0), edges)
+        return {
+            "total": self.total,
+            "kept": len(self.kept),
+            "dropped": len(self.dropped),
+            "already_in_pool": len(self.already_in_pool),
+            "dropped_vs_pool": sum(d.where == "pool" for d in self.dropped),
+            "dropped_vs_batch": sum(d.where == "batch" for d in self.dropped),
+            "drop_rate": len(self.dropped) / self.total if self.total else 0.0,
+            "kept_by_contrast": len({c[0] for c in self.contrasted}),
+            "contrast_samples": [
+                {"id": a, "neighbour_id": b, "similarity": round(s, 4), "why": why}
+                for a, b, s, why in self.contrasted[: self.samples]
+            ],
+            "threshold": self.threshold,
+            "pool_size": self.pool_size,
+            "index": self.index_kind,
+            "nearest_similarity": {
+                "edges": [round(float(e), 4) for e in edges],
+                "counts": [int(c) for c in counts],
+                "mean": float(np.mean(sims)) if sims else None,
+                "no_neighbour": self.no_neighbour,
+            },
+            "samples": [
+                {
+                    "id": record_id(d.record, 0),
+                    "neighbour_id": d.neighbour_id,
+                    "similarity": round(d.similarity, 4),
+                    "where": d.where,
+                }
+                for d in self.dropped[: self.samples]
+            ],
+        }
+
+
+# ---- guard: near a fixed list of texts ----
+
+
+def near(
+    records: Sequence[Record],
+    texts: Sequence[tuple[str, str]],
+    embedder: Embedder,
+    config: DedupConfig,
+) -> dict[str, dict[str, Any]]:
+    """Records whose text (the configured `text_fields`, as dedup embeds them) is within the
+    dedup threshold of one of `texts` ((id, text) pairs, e.g. eval prompts or seed tasks):
+    record id -> the nearest text's id, the text and the similarity. The same embedding and
+    threshold as the pool's dedup, so "too close" means one thing everywhere."""
+    if not records or not texts:
+        return {}
+    a = embedder.encode([record_text(r, config.text_fields, i) for i, r in enumerate(records)])
+    sims = np.asarray(a @ embedder.encode([t for _, t in texts]).T)
+    best = sims.argmax(axis=1)
+    return {
+        record_id(r, i): {
+            "guard_neighbour": texts[j][0],
+            "guard_text": texts[j][1],
+            "guard_similarity": round(float(sims[i, j]), 4),
+        }
+        for i, (r, j) in enumerate(zip(records, best))
+        if sims[i, j] >= config.threshold
+    }
+
+
+def pair_is_duplicate(similarity: float, a: str, b: str, config: DedupConfig) -> bool:
+    """The rule dedup applies to one pair: at or above the threshold and, with the contrast
+    stage on, not told apart by judges.contrast. (For benches and tests of labelled pairs.)"""
+    from judges.contrast import contrast
+
+    if similarity < config.threshold:
+        return False
+    return not config.contrast or contrast(a, b) is None
+
+
+# ---- dedup ----
+
+
+def dedup(
+    candidates: Iterable[Record],
+    pool: Pool,
+    config: DedupConfig | None = None,
+    scores: Mapping[str, float] | None = None,
+) -> DedupReport:
+    """Drop candidates that duplicate the pool or a better/earlier candidate of the batch.
+
+    `scores` (id -> judge score, higher is better) picks which one of a near-duplicate group
+    survives; without it the first in input order does. The pool is not changed: call
+    `pool.add(report.kept, report.kept_vectors)` once the round's output is safely written.
+    """
+    config = config or pool.config
+    if (config.model, config.text_fields) != (pool.config.model, pool.config.text_fields):
+        raise SelfloopError("dedup config and pool disagree on the embedding model or text fields")
+    records = list(candidates)
+    ids = [record_id(r, i) for i, r in enumerate(records)]
+    texts = [record_text(r, config.text_fields, i) for i, r in enumerate(records)]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise SelfloopError(f"dedup: id {dup!r} appears twice in the candidates")
+    already = [i for i, rid in enumerate(ids) if rid in pool]
+    for i in already:
+        pool._check_same(ids[i], texts[i])
+    report = DedupReport(
+        threshold=config.threshold,
+        pool_size=len(pool),
+        index_kind=pool.index_kind,
+        histogram_bins=config.histogram_bins,
+        samples=config.samples,
+        already_in_pool=[ids[i] for i in already],
+    )
+    vectors = pool.embedder.encode(texts)
+    in_pool = set(already)
+    fresh = [i for i in range(len(records)) if i not in in_pool]
+    if scores is not None:
+        score = {str(k): float(v) for k, v in scores.items()}
+
+        def priority(i: int) -> tuple[float, int]:
+            s = score.get(ids[i], -math.inf)  # unscored candidates yield to scored ones
+            return (-s if not math.isnan(s) else math.inf, i)
+
+        fresh.sort(key=priority)
+
+    decision = _decide(fresh, ids, texts, vectors, pool, config)
+    kept_rows = []
+    for i, rec in enumerate(records):
+        if i in in_pool:
+            kept_rows.append(i)
+            report.kept_nearest.append(None)
+            continue
+        d = decision[i]
+        if d.duplicate_of is not None:
+            dup = d.duplicate_of
+            report.dropped.append(Drop(rec, dup[1], dup[0], dup[2]))
+        else:
+            kept_rows.append(i)
+            report.kept_nearest.append(None if d.nearest is None else d.nearest[0])
+            report.no_neighbour += int(d.nearest is None)
+            report.contrasted += [(ids[i], nid, sim, why) for nid, sim, why in d.contrasts]
+    report.kept = [records[i] for i in kept_rows]
+    report.kept_vectors = vectors[kept_rows]
+    log.info(
+        "dedup: kept %d of %d (%d dropped vs pool, %d vs batch, %d already in pool)",
+        len(report.kept),
+        report.total,
+        sum(d.where == "pool" for d in report.dropped),
+        sum(d.where == "batch" for d in report.dropped),
+        len(already),
+    )
+    return report
+
+
+# Neighbours checked per candidate when the contrast stage is on: a near-miss may be the
+# nearest while a true duplicate is the next one.
+_NEIGHBOURS = 4
+
+
+class Decision(NamedTuple):
+    nearest: Nearest | None  # the most similar example it was checked against
+    duplicate_of: Nearest | None  # the kept example it duplicates, None: kept
+    contrasts: list[tuple[str, float, str]]  # (neighbour id, similarity, why) told apart
+
+
+def _decide(
+    order: list[int],
+    ids: list[str],
+    texts: list[str],
+    vectors: np.ndarray,
+    pool: Pool,
+    config: DedupConfig,
+) -> dict[int, Decision]:
+    """The greedy pass: for each row of `order` (priority order), what it was checked against
+    (the pool, or rows kept before it). A row is a duplicate of the most similar of those at or
+    above the threshold that the contrast stage (when on) does not tell apart from it."""
+    from judges.contrast import contrast
+
+    k = _NEIGHBOURS if config.contrast else 1
+    empty = (np.zeros((0, k)), np.zeros((0, k), dtype=np.int64))
+    pool_sims, pool_rows = pool.search(vectors[order], k) if order else empty
+    pool_sims, pool_rows = pool_sims.reshape(len(order), k), pool_rows.reshape(len(order), k)
+    decision: dict[int, Decision] = {}
+    kept_index: faiss.Index | None = None  # rows kept so far, in earlier chunks
+    kept_rows: list[int] = []  # their candidate rows, in index order
+    for start in range(0, len(order), _CHUNK):
+        chunk = order[start : start + _CHUNK]
+        cv = vectors[chunk]
+        batch_sims, batch_rows = search(kept_index, cv, k)
+        batch_sims, batch_rows = batch_sims.reshape(len(chunk), k), batch_rows.reshape(-1, k)
+        inner = cv @ cv.T  # the chunk against itself, for rows kept earlier in this chunk
+        kept_here = np.zeros(len(chunk), dtype=bool)
+        for pos, i in enumerate(chunk):
+            at = start + pos
+            found: list[tuple[float, str, Where, str]] = [
+                (float(pool_sims[at, j]), pool.ids[r], "pool", pool.texts[r])
+                for j, r in enumerate(pool_rows[at]) if r >= 0
+            ]  # fmt: skip
+            found += [
+                (float(batch_sims[pos, j]), ids[kept_rows[r]], "batch", texts[kept_rows[r]])
+                for j, r in enumerate(batch_rows[pos]) if r >= 0
+            ]  # fmt: skip
+            here = np.flatnonzero(kept_here)
+            if len(here):
+                top = here[np.argsort(-inner[pos, here], kind="stable")[:k]]
+                found += [(float(inner[pos, j]), ids[chunk[j]], "batch", texts[chunk[j]])
+                          for j in top]  # fmt: skip
+            found.sort(key=lambda f: -f[0])
+            nearest = found[0][:3] if found else None
+            duplicate_of, contrasts = None, []
+            for sim, nid, where, ntext in found:
+                if sim < config.threshold:
+                    break
+                why = contrast(texts[i], ntext) if config.contrast else None
+                if why is None:
+                    duplicate_of = (sim, nid, where)
+                    break
+                contrasts.append((nid, sim, why))
+            decision[i] = Decision(nearest, duplicate_of, contrasts)
+            kept_here[pos] = duplicate_of is None
+        new_kept = [i for pos, i in enumerate(chunk) if kept_here[pos]]
+        if new_kept:
+            if kept_index is None:
+                kind = index_kind_for(config, len(order))
+                kept_index = new_index(kind, vectors.shape[1], config, vectors[order])
+            kept_index.add(vectors[new_kept])
+            kept_rows.extend(new_kept)
+    return decision
