@@ -24,7 +24,7 @@ from agent.backends import SamplingParams, user
 from agent.backends.hf import TransformersGenerator
 from agent.models import ModelSpec, native_bf16
 from judges.evals import load_suite
-from judges.evals.metrics import bootstrap_interval, score_ifeval
+from judges.evals.metrics import bootstrap_interval, score_verifiable
 from judges.evals.runner import subset
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     if not native_bf16("cpu"):
         print("note: this CPU has no native bfloat16; the candidate is emulated")
-    suite = subset(load_suite("ifeval"), args.prompts)
+    suite = subset(load_suite("if"), args.prompts)
     prompts = [r["prompt"] for r in suite]
     out, secs = {}, {}
     for dtype in ("float32", "bfloat16"):
@@ -72,7 +72,9 @@ def main() -> None:
     mean = sum(agree) / len(agree)
     print(f"mean share of words agreeing before the first difference: {mean:.3f}")
     passed = {
-        d: [all(score_ifeval(c.text, r["constraints"])["strict"]) for c, r in zip(out[d], suite)]
+        d: [
+            all(score_verifiable(c.text, r["constraints"])["strict"]) for c, r in zip(out[d], suite)
+        ]
         for d in out
     }
     diffs = [float(b) - float(a) for a, b in zip(passed["float32"], passed["bfloat16"])]

@@ -41,7 +41,7 @@ METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_l
 
 
 def _scores(ev: dict, metric: str, ids: set[str] | None = None) -> dict[str, float]:
-    scores = EvalResult.of(ev).scores(f"ifeval.{metric}")
+    scores = EvalResult.of(ev).scores(f"if.{metric}")
     return {k: v for k, v in scores.items() if ids is None or k in ids}
 
 
@@ -104,7 +104,7 @@ def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
     gen.close()
     held = {
         r["id"]
-        for r in load_suite("ifeval")
+        for r in load_suite("if")
         if any(c["type"] in DEFAULT_HELD_OUT for c in r["constraints"])
     }
     decision = decide(final, base, cfg.gate)  # the gate's guards, final champion vs base

@@ -72,7 +72,7 @@ def main() -> None:
     rundir = RunDir(args.run).require_run()
     n = args.round or last_data_round(rundir)
     champion = starting_champion(rundir, n)
-    suites = {"ifeval": eval_suites(load_config(rundir.config_path))["ifeval"]}
+    suites = {"if": eval_suites(load_config(rundir.config_path))["if"]}
     common: dict[str, Any] = {}
     results: dict[str, dict[str, Any]] = {}
     base_eval = None
@@ -119,7 +119,7 @@ def main() -> None:
             base_eval = evaluate(gen, suites, adapter=champion, **common)
         finally:
             gen.close()
-    parts = slices(suites["ifeval"][1], common.get("held_out_types", []))
+    parts = slices(suites["if"][1], common.get("held_out_types", []))
     print(f"\n== round {n} of {rundir.root}, from {champion or 'the base model'}")
     for objective, row in results.items():
         print(f"{objective}: {row['examples']} examples, {row['steps']} steps")

@@ -20,6 +20,7 @@ from agent.errors import SelfloopError, describe_validation
 from agent.models import ModelSpec
 from judges.augment import AugmentConfig
 from judges.dedup import DedupConfig
+from judges.evals import RENAMED, renamed_metric, renamed_suite
 from judges.filters import FilterConfig
 from judges.llm_judge import JudgeConfig
 from judges.safety import SafetyConfig
@@ -38,9 +39,18 @@ class RunConfig(BaseModel):
     target_metric: str | None = Field(
         None,
         description="Stop once the champion's eval reaches target_value on this metric "
-        "(a dotted path into eval.json, e.g. suites.ifeval.metrics.prompt_loose.overall.value).",
+        "(a dotted path into eval.json, e.g. suites.if.metrics.prompt_loose.overall.value).",
     )
     target_value: float | None = Field(None, description="See target_metric.")
+
+    @field_validator("target_metric")
+    @classmethod
+    def _renamed_suite(cls, v: str | None) -> str | None:
+        head, dot, rest = (v or "").partition(".")
+        if head == "suites" and rest.partition(".")[0] in RENAMED:  # suites.ifeval.metrics...
+            return f"suites.{renamed_metric(rest)}"
+        return v
+
     min_new_examples: int = Field(
         2, ge=0, description="Stop when a round keeps fewer new examples (nothing left to learn)."
     )
@@ -140,7 +150,7 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     suites: list[str] = Field(
-        default_factory=lambda: ["ifeval", "helpfulness", "domains", "multilingual", "safety"],
+        default_factory=lambda: ["if", "helpfulness", "domains", "multilingual", "safety"],
         description="Bundled suites to run.",
     )
     custom: list[CustomSuite] = Field(
@@ -157,7 +167,7 @@ class EvalConfig(BaseModel):
     suite_limits: dict[str, int | None] = Field(
         default_factory=dict,
         description="Per-suite override of limit_per_suite (null = every prompt), e.g. "
-        "{ifeval: null}: the gate's primary suite needs all its prompts to resolve a few points.",
+        "{if: null}: the gate's primary suite needs all its prompts to resolve a few points.",
     )
     sampling: SamplingParams = Field(
         default_factory=lambda: EVAL_SAMPLING,
@@ -170,6 +180,22 @@ class EvalConfig(BaseModel):
     @classmethod
     def _flat_sampling(cls, data: object) -> object:
         return section_sampling(data, "eval", EVAL_SAMPLING, flat=("max_tokens",))
+
+    @field_validator("suites", mode="before")
+    @classmethod
+    def _renamed_suites(cls, v: Any) -> Any:
+        return (
+            [renamed_suite(x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+        )
+
+    @field_validator("suite_limits", mode="before")
+    @classmethod
+    def _renamed_limits(cls, v: Any) -> Any:
+        return (
+            {renamed_suite(k) if isinstance(k, str) else k: x for k, x in v.items()}
+            if isinstance(v, dict)
+            else v
+        )
 
     @field_validator("sampling")
     @classmethod
@@ -212,7 +238,7 @@ class SelfloopConfig(BaseModel):
         default_factory=MetricsConfig, description="TensorBoard / MLflow besides metrics.jsonl."
     )
     gate: GateConfig = Field(
-        default_factory=lambda: GateConfig(primary="ifeval.prompt_loose"),
+        default_factory=lambda: GateConfig(primary="if.prompt_loose"),
         description="Promotion rule. The loop's default primary metric is the verifiable "
         "IFEval-style pass rate of selfloop's own IF suite, not the pairwise win rate: judged "
         "by the bundled SmolLM2-135M, every pair "

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from judges.evals import RENAMED, renamed_suite
 from judges.evals.metrics import METRIC_INFO, PER_PROMPT_MEAN, bootstrap_interval
 from judges.evals.result import EvalResult, Metric, Stat
 
@@ -43,6 +44,9 @@ RELATIVE = {"win_rate": 0.5}  # metrics that already compare candidate with cham
 
 def _check_metric(v: str) -> str:
     suite, dot, metric = v.partition(".")
+    if suite in RENAMED:  # a config written before the suite was renamed (ifeval.x -> if.x)
+        suite = renamed_suite(suite)
+        v = f"{suite}{dot}{metric}"
     if not dot or not suite or metric not in METRIC_INFO:
         raise ValueError(
             f"expected suite.metric with a metric among {', '.join(METRIC_INFO)}, got {v!r}"
@@ -75,7 +79,7 @@ def _default_guards() -> list[Guard]:
         Guard(metric="safety.over_refusal_rate", tolerance=0.05),
         Guard(metric="domains.fact_recall", tolerance=0.05),
         Guard(metric="multilingual.language_accuracy", tolerance=0.05),
-        Guard(metric="ifeval.prompt_loose", tolerance=0.05),
+        Guard(metric="if.prompt_loose", tolerance=0.05),
     ]
 
 
@@ -87,7 +91,7 @@ class GateConfig(BaseModel):
     primary: str = Field(
         "helpfulness.win_rate",
         description="suite.metric that must improve: helpfulness.win_rate (pairwise, vs the "
-        "champion) or e.g. ifeval.prompt_loose (IFEval-style prompt-level loose accuracy).",
+        "champion) or e.g. if.prompt_loose (IFEval-style prompt-level loose accuracy).",
     )
     margin: float = Field(
         0.02,

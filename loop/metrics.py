@@ -4,7 +4,7 @@ Per round: `metrics.jsonl` (written by the loop's `next` node) is the record; th
 it with the round as the step. Each keeps a note of the rounds it has logged and, on every call,
 logs the rounds of metrics.jsonl it has not, so a run killed between the two writes catches up
 on resume and no round is logged twice. Every numeric leaf of a round's record becomes one
-scalar (`dedup/kept`, `tune/final_loss`, `eval/ifeval.prompt_loose`, ...), plus
+scalar (`dedup/kept`, `tune/final_loss`, `eval/if.prompt_loose`, ...), plus
 `decision/promoted` (1 or 0).
 
 Per training step: `step_callback` is a transformers `TrainerCallback` the tune stage adds; it

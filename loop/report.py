@@ -34,7 +34,7 @@ from loop.stages.evaluate import CHAMPION_EVAL, EVAL
 
 # The gate's default primary and guard metrics: all rates in [0, 1], so they share one axis.
 MAIN_METRICS = [
-    "ifeval.prompt_loose",
+    "if.prompt_loose",
     "helpfulness.win_rate",
     "safety.refusal_rate",
     "safety.over_refusal_rate",
@@ -215,7 +215,7 @@ def _plot_loss(plt: Any, metrics: list[dict], path: Path) -> None:
 
 
 def type_rates(
-    ev: EvalResult | Mapping[str, Any] | None, suite: str = "ifeval"
+    ev: EvalResult | Mapping[str, Any] | None, suite: str = "if"
 ) -> dict[str, tuple[float, int]]:
     """Instruction-level loose pass rate and count per constraint type in an eval result."""
     ev = EvalResult.of(ev)

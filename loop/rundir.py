@@ -295,12 +295,22 @@ class RunDir:
             for where, rec in read_objects(self.metrics_path):
                 if not isinstance(rec.get("round"), int) or isinstance(rec["round"], bool):
                     raise SelfloopError(f"{where}: no round number")
-                out.append(rec)
+                out.append(_renamed_metrics(rec))
         except SelfloopError as e:
             raise SelfloopError(
                 f"{e}; the run's metrics file is damaged: fix or remove that line"
             ) from None
         return out
+
+
+def _renamed_metrics(rec: dict[str, Any]) -> dict[str, Any]:
+    """A round record written before a suite was renamed, with the suite's current name."""
+    from judges.evals import renamed_metric
+
+    for key in ("eval", "champion_eval", "eval_constraint_types"):
+        if isinstance(rec.get(key), dict):
+            rec[key] = {renamed_metric(k): v for k, v in rec[key].items()}
+    return rec
 
 
 def config_hash(text: str) -> str:

@@ -2,7 +2,7 @@
 
 Five suites live in `judges/evals/data/`, written for selfloop and never used for training:
 
-    ifeval        verifiable  prompts with format constraints (`judges.verifiable` data): 122
+    if            verifiable  prompts with format constraints (`judges.verifiable` data): 122
                               hand-written, 180 generated (script not kept), 42
                               hand-written for later types in build/add_if_types.py
     helpfulness   pairwise    general prompts with reference answers
@@ -20,6 +20,7 @@ loaded together (`load_suites`).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import resources
@@ -41,15 +42,43 @@ __all__ = [
     "load_suite_file",
     "load_suites",
     "missing_facts",
+    "renamed_metric",
+    "renamed_suite",
 ]
 
 SUITES: dict[str, str] = {
-    "ifeval": "verifiable",
+    "if": "verifiable",
     "helpfulness": "pairwise",
     "domains": "facts",
     "multilingual": "language",
     "safety": "refusal",
 }
+
+# Suites renamed since runs were written: the IF suite was `ifeval` until it was named for what
+# it is, selfloop's own IFEval-style prompts, not IFEval. Old configs, eval.json files, eval
+# caches and metrics.jsonl records still read (`renamed_suite`, `renamed_metric`).
+RENAMED: dict[str, str] = {"ifeval": "if"}
+_warned: set[str] = set()
+
+
+def renamed_suite(name: str) -> str:
+    """A suite's current name for `name` (an old name maps to the new one, said once)."""
+    new = RENAMED.get(name)
+    if new is None:
+        return name
+    if name not in _warned:
+        _warned.add(name)
+        logging.getLogger("selfloop.config").warning(
+            "the %r evaluation suite is now %r; the old name still works", name, new
+        )
+    return new
+
+
+def renamed_metric(name: str) -> str:
+    """`suite.metric...` with the suite's current name (`ifeval.prompt_loose` -> `if....`)."""
+    suite, dot, rest = name.partition(".")
+    return f"{RENAMED[suite]}{dot}{rest}" if suite in RENAMED else name
+
 
 # The keys a record must have, per metric.
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -179,6 +208,7 @@ def _check_unique(suites: Mapping[str, tuple[str, list[dict[str, Any]]]]) -> Non
 
 def load_suite(name: str) -> list[dict[str, Any]]:
     """The records of a bundled suite (a fresh copy each call)."""
+    name = renamed_suite(name)
     if name not in SUITES:
         raise SelfloopError(f"unknown evaluation suite {name!r} (bundled: {', '.join(SUITES)})")
     return copy.deepcopy(_strip(_bundled()[name][1]))
@@ -194,7 +224,7 @@ def load_suites(
     name -> (path, metric). A user suite may not reuse a bundled name.
     """
     bundled = _bundled()
-    chosen = list(SUITES) if names is None else list(names)
+    chosen = list(SUITES) if names is None else [renamed_suite(n) for n in names]
     for name in chosen:
         if name not in SUITES:
             raise SelfloopError(f"unknown evaluation suite {name!r} (bundled: {', '.join(SUITES)})")

@@ -173,7 +173,7 @@ def sliced(
 
 
 # ---------------------------------------------------------------------- per-response scoring
-def score_ifeval(response: str, constraints: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def score_verifiable(response: str, constraints: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-constraint pass flags, strict and loose (IFEval's loose variants)."""
     return {
         "strict": [r.passed for r in check(response, constraints, mode="strict")],
@@ -200,7 +200,7 @@ def score_refusal(response: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- metrics per suite kind
-def ifeval_metrics(
+def verifiable_metrics(
     rows: Sequence[Row],
     keys: Iterable[str] = SLICE_KEYS,
     *,

@@ -7,7 +7,7 @@ accessors here - `metric`, `overall`, `scores`, `errors` - instead of walking ne
 
 Shape: per suite, per metric, a `Metric` with an `overall` `Stat` and `slices` (key -> value ->
 Stat), plus per-prompt `items` with the scores behind them. A metric name in the config is
-dotted, `suite.metric` (e.g. `ifeval.prompt_loose`). Fields beyond the ones named here (a
+dotted, `suite.metric` (e.g. `if.prompt_loose`). Fields beyond the ones named here (a
 Stat's `units`, a suite's `metric` kind, the run's counts) are kept as they are, so a result
 read and written again is unchanged.
 """
@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.atomic import atomic_write
 from agent.data import read_json
 from agent.errors import SelfloopError, describe_validation
+from judges.evals import RENAMED
 
 SCHEMA = 1
 
@@ -58,7 +59,7 @@ class Item(_Open):
 
 
 class SuiteResult(_Open):
-    metric: str = ""  # the suite's kind: ifeval, pairwise, refusal, ...
+    metric: str = ""  # the suite's kind: verifiable, pairwise, refusal, ...
     n: int = 0
     errors: int = 0  # prompts whose generation failed (left out of every metric)
     metrics: dict[str, Metric] = Field(default_factory=dict)
@@ -73,6 +74,13 @@ class EvalResult(_Open):
     candidate: dict[str, Any] = Field(default_factory=dict)  # kind, adapter, fingerprint
     champion: dict[str, Any] | None = None
     suites: dict[str, SuiteResult] = Field(default_factory=dict)
+
+    @field_validator("suites", mode="before")
+    @classmethod
+    def _renamed(cls, v: Any) -> Any:  # an eval.json written before a suite was renamed
+        if isinstance(v, Mapping) and any(k in RENAMED for k in v):
+            return {RENAMED.get(k, k): x for k, x in v.items()}
+        return v
 
     @classmethod
     def of(cls, data: EvalResult | Mapping[str, Any] | None) -> EvalResult | None:

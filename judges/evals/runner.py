@@ -42,7 +42,7 @@ from typing import Any
 from agent.backends.base import AdapterHost, Generator, SamplingParams, user
 from agent.errors import SelfloopError
 from judges.augment import DEFAULT_HELD_OUT
-from judges.evals import load_suites
+from judges.evals import RENAMED, load_suites
 from judges.evals import metrics as m
 from judges.evals.result import SCHEMA
 from judges.llm_judge import LLMJudge
@@ -135,6 +135,7 @@ class OutputCache:
                 for line in fh:
                     try:
                         e = json.loads(line)
+                        e["suite"] = RENAMED.get(e["suite"], e["suite"])  # an older cache
                         self._entries[self._key(e)] = e
                     except (json.JSONDecodeError, KeyError, TypeError):
                         log.warning("skipping an unreadable line in %s", self.path)
@@ -315,7 +316,7 @@ def _own_metrics(
         row = {k: rec.get(k) for k in ("id", "domain", "language", "category", "expected")}
         s = item["scores"]
         if kind == "verifiable":
-            row.update(m.score_ifeval(text, rec["constraints"]))
+            row.update(m.score_verifiable(text, rec["constraints"]))
             row["types"] = [c["type"] for c in rec["constraints"]]
             held = any(t in held_out for t in row["types"])
             row["constraint_set"] = "held_out" if held else "trained"
@@ -336,7 +337,7 @@ def _own_metrics(
             s[metric] = float(row["refused"])
         rows.append(row)
     if kind == "verifiable":
-        return m.ifeval_metrics(rows, **boot)
+        return m.verifiable_metrics(rows, **boot)
     if kind == "facts":
         return m.fact_metrics(rows, **boot)
     if kind == "language":

@@ -240,7 +240,7 @@ def eval_cmd(
     ] = None,
     suites: Annotated[
         str, typer.Option(help="Comma-separated bundled suites.")
-    ] = "ifeval,helpfulness,domains,multilingual,safety",
+    ] = "if,helpfulness,domains,multilingual,safety",
     suite_file: Annotated[
         list[str] | None,
         typer.Option(

@@ -21,7 +21,7 @@ def test_wilson_interval_known_values() -> None:
 def test_ifeval_prompt_and_instruction_level_strict_and_loose() -> None:
     # The loose variant drops a chatty first line: strict fails, loose passes.
     chatty = "Sure, here it is:\nthe answer is short"
-    flags = m.score_ifeval(chatty, [{"type": "starts_with", "value": "the answer"}])
+    flags = m.score_verifiable(chatty, [{"type": "starts_with", "value": "the answer"}])
     assert flags == {"strict": [False], "loose": [True]}
 
     rows = [
@@ -42,7 +42,7 @@ def test_ifeval_prompt_and_instruction_level_strict_and_loose() -> None:
             "loose": [False, True],
         },
     ]
-    out = m.ifeval_metrics(rows)
+    out = m.verifiable_metrics(rows)
     assert out["prompt_strict"]["overall"]["value"] == 0.5
     assert out["prompt_loose"]["overall"]["value"] == 0.75  # 3 of 4 prompts pass
     assert out["instruction_strict"]["overall"]["value"] == pytest.approx(4 / 7, abs=1e-6)
@@ -186,7 +186,7 @@ def test_empty_slices_and_metrics_are_explicit() -> None:
     assert m.ratio([], [])["value"] is None
 
 
-def test_ifeval_metrics_slice_held_out_sets_and_each_constraint_type() -> None:
+def test_verifiable_metrics_slice_held_out_sets_and_each_constraint_type() -> None:
     rows = [
         {"strict": [True, False], "loose": [True, True], "types": ["title", "max_words"],
          "constraint_set": "held_out", "domain": "a", "language": "en"},
@@ -195,7 +195,7 @@ def test_ifeval_metrics_slice_held_out_sets_and_each_constraint_type() -> None:
         {"strict": [False], "loose": [False], "types": ["lowercase"],
          "constraint_set": "trained", "domain": "b", "language": "en"},
     ]  # fmt: skip
-    out = m.ifeval_metrics(rows, resamples=200)
+    out = m.verifiable_metrics(rows, resamples=200)
     sets = out["prompt_strict"]["slices"]["constraint_set"]
     assert (sets["held_out"]["value"], sets["held_out"]["n"]) == (0.0, 1)
     assert (sets["trained"]["value"], sets["trained"]["n"]) == (0.5, 2)
@@ -204,6 +204,6 @@ def test_ifeval_metrics_slice_held_out_sets_and_each_constraint_type() -> None:
         "lowercase": (0.0, 1), "max_words": (0.5, 2), "title": (1.0, 1),
     }  # fmt: skip
     assert out["instruction_loose"]["slices"]["constraint_type"]["max_words"]["value"] == 1.0
-    plain = m.ifeval_metrics([{k: v for k, v in r.items() if k not in ("types", "constraint_set")}
-                              for r in rows], resamples=200)  # fmt: skip
+    bare = [{k: v for k, v in r.items() if k not in ("types", "constraint_set")} for r in rows]
+    plain = m.verifiable_metrics(bare, resamples=200)
     assert "constraint_set" not in plain["prompt_strict"]["slices"]

@@ -22,30 +22,30 @@ def _result(values: list[bool]) -> dict:
     )
     items = [{**r, "scores": {"prompt_loose": float(v)}} for r, v in zip(rows, values)]
     suite = {"metric": "verifiable", "n": len(values), "errors": 1, "items": items}
-    return {"schema": 1, "suites": {"ifeval": {**suite, "metrics": {"prompt_loose": stat}}}}
+    return {"schema": 1, "suites": {"if": {**suite, "metrics": {"prompt_loose": stat}}}}
 
 
 def test_accessors_read_the_nested_dict() -> None:
     ev = EvalResult.of(_result([True, False, True, True]))
-    assert ev.value("ifeval.prompt_loose") == 0.75
-    assert ev.overall("ifeval.prompt_loose").n == 4
-    assert ev.metric("ifeval.prompt_loose").slices["domain"]["law"].n == 2
-    assert ev.scores("ifeval.prompt_loose") == {"p0": 1.0, "p1": 0.0, "p2": 1.0, "p3": 1.0}
-    assert ev.errors("ifeval") == 1
+    assert ev.value("if.prompt_loose") == 0.75
+    assert ev.overall("if.prompt_loose").n == 4
+    assert ev.metric("if.prompt_loose").slices["domain"]["law"].n == 2
+    assert ev.scores("if.prompt_loose") == {"p0": 1.0, "p1": 0.0, "p2": 1.0, "p3": 1.0}
+    assert ev.errors("if") == 1
     empty = EvalResult.of(_result([]))
-    assert empty.metric("ifeval.prompt_loose") is not None
-    assert empty.overall("ifeval.prompt_loose") is None  # no prompts: no value to compare
+    assert empty.metric("if.prompt_loose") is not None
+    assert empty.overall("if.prompt_loose") is None  # no prompts: no value to compare
 
 
 def test_a_mis_shaped_file_is_one_line_naming_it_and_the_key(tmp_path: Path) -> None:
     path = tmp_path / "eval.json"
     bad = _result([True])
-    bad["suites"]["ifeval"]["metrics"]["prompt_loose"]["overall"]["n"] = "many"
+    bad["suites"]["if"]["metrics"]["prompt_loose"]["overall"]["n"] = "many"
     path.write_text(json.dumps(bad))
     with pytest.raises(SelfloopError) as e:
         EvalResult.read(path)
     msg = str(e.value)
-    assert str(path) in msg and "suites.ifeval.metrics.prompt_loose.overall.n" in msg
+    assert str(path) in msg and "suites.if.metrics.prompt_loose.overall.n" in msg
     assert "\n" not in msg
 
 
@@ -56,5 +56,5 @@ def test_write_checks_the_shape_and_keeps_the_old_file_on_a_bad_one(tmp_path: Pa
     before = path.read_bytes()
     assert EvalResult.read(path).to_dict() == json.loads(before)
     with pytest.raises(ValueError):
-        write_eval(path, {"suites": {"ifeval": {"items": [{"scores": {}}]}}})  # an item sans id
+        write_eval(path, {"suites": {"if": {"items": [{"scores": {}}]}}})  # an item sans id
     assert path.read_bytes() == before

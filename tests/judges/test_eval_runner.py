@@ -18,7 +18,7 @@ from tests.helpers import make_lora_adapter
 
 LIMIT, MAX_TOKENS = 3, 8
 EXPECTED = {
-    "ifeval": {"prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"},
+    "if": {"prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"},
     "helpfulness": {"win_rate", "consistency_rate", "reference_nll"},
     "domains": {"fact_recall", "reference_nll"},
     "multilingual": {"language_accuracy", "reference_nll"},
@@ -84,7 +84,7 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
         for metric_name, metric in suite["metrics"].items():
             _check_stat(metric["overall"])
             keys = {"category", "language"} if name == "safety" else {"domain", "language"}
-            if name == "ifeval":  # held-out vs trained constraint sets; per-type pass rates
+            if name == "if":  # held-out vs trained constraint sets; per-type pass rates
                 keys |= {"constraint_set"}
                 if metric_name.startswith("instruction_"):
                     keys |= {"constraint_type"}
@@ -112,13 +112,13 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
     # its accessors read the same numbers.
     typed = EvalResult.of(first)
     assert typed.to_dict() == json.loads(json.dumps(first))
-    loose = first["suites"]["ifeval"]["metrics"]["prompt_loose"]
-    assert typed.value("ifeval.prompt_loose") == loose["overall"]["value"]
-    assert typed.scores("ifeval.prompt_loose") == {
-        i["id"]: i["scores"]["prompt_loose"] for i in first["suites"]["ifeval"]["items"]
+    loose = first["suites"]["if"]["metrics"]["prompt_loose"]
+    assert typed.value("if.prompt_loose") == loose["overall"]["value"]
+    assert typed.scores("if.prompt_loose") == {
+        i["id"]: i["scores"]["prompt_loose"] for i in first["suites"]["if"]["items"]
     }
-    assert typed.errors("ifeval") == 0 and typed.errors("absent") is None
-    assert typed.metric("ifeval.absent") is None and typed.overall("absent.x") is None
+    assert typed.errors("if") == 0 and typed.errors("absent") is None
+    assert typed.metric("if.absent") is None and typed.overall("absent.x") is None
 
     # The champion's responses are on disk, keyed by suite, id and settings.
     champ_file = Path(first["run"]["champion"]["cache_file"])
@@ -208,9 +208,9 @@ def test_subset_spreads_over_groups() -> None:
 
 
 def test_limits_per_suite_name(gen) -> None:
-    ev = evaluate(gen, ["ifeval", "safety"], sampling=SamplingParams(max_tokens=4),
-                  reference_nll=False, limit_per_suite={"ifeval": 3, "safety": None})  # fmt: skip
-    assert ev["suites"]["ifeval"]["n"] == 3
+    ev = evaluate(gen, ["if", "safety"], sampling=SamplingParams(max_tokens=4),
+                  reference_nll=False, limit_per_suite={"if": 3, "safety": None})  # fmt: skip
+    assert ev["suites"]["if"]["n"] == 3
     assert ev["suites"]["safety"]["n"] == len(load_suite("safety"))
     with pytest.raises(Exception, match="limit_per_suite must be >= 1, got 0"):
-        evaluate(gen, ["ifeval"], limit_per_suite={"ifeval": 0})
+        evaluate(gen, ["if"], limit_per_suite={"if": 0})

@@ -34,7 +34,7 @@ def suites() -> dict[str, list[dict]]:
 
 
 def test_every_suite_meets_its_minimum_size(suites: dict[str, list[dict]]) -> None:
-    assert len(suites["ifeval"]) >= 300
+    assert len(suites["if"]) >= 300
     assert len(suites["helpfulness"]) >= 90
     domains = Counter(r["domain"] for r in suites["domains"])
     assert {d: n for d, n in domains.items() if n >= 28}.keys() == {"healthcare", "law", "finance"}
@@ -48,7 +48,7 @@ def test_every_suite_meets_its_minimum_size(suites: dict[str, list[dict]]) -> No
 def test_ifeval_mixes_constraint_types_counts_domains_and_languages(
     suites: dict[str, list[dict]],
 ) -> None:
-    records = suites["ifeval"]
+    records = suites["if"]
     per_prompt = Counter(len(r["constraints"]) for r in records)
     assert set(per_prompt) == {1, 2, 3}, per_prompt
     used = Counter(c["type"] for r in records for c in r["constraints"])
@@ -138,7 +138,7 @@ def test_every_ifeval_constraint_validates_and_is_stated_in_the_prompt(
     suites: dict[str, list[dict]],
 ) -> None:
     problems = []
-    for r in suites["ifeval"]:
+    for r in suites["if"]:
         assert validate_all(r["constraints"]) == r["constraints"]
         for c in r["constraints"]:
             cues = _cues(c, r["language"])
@@ -194,7 +194,7 @@ CONFLICTS |= {
 
 
 def test_ifeval_constraints_of_a_prompt_can_all_be_met(suites: dict[str, list[dict]]) -> None:
-    for r in suites["ifeval"]:
+    for r in suites["if"]:
         by_type = {c["type"]: c for c in r["constraints"]}
         assert len(by_type) == len(r["constraints"]), r["id"]
         for pair in CONFLICTS:
@@ -226,7 +226,7 @@ def test_ifeval_constraints_of_a_prompt_can_all_be_met(suites: dict[str, list[di
 
 
 def test_non_english_ifeval_prompts_are_in_their_language(suites: dict[str, list[dict]]) -> None:
-    for r in suites["ifeval"]:
+    for r in suites["if"]:
         if r["language"] != "en":
             found, _ = lang.detect(r["prompt"])
             assert lang.same_language(r["language"], found), (r["id"], found)
@@ -234,11 +234,11 @@ def test_non_english_ifeval_prompts_are_in_their_language(suites: dict[str, list
 
 def test_ifeval_records_run_through_the_judges_checker(suites: dict[str, list[dict]]) -> None:
     # One response must fail the keyword constraints and nothing may raise.
-    for r in suites["ifeval"]:
+    for r in suites["if"]:
         for mode in ("strict", "loose"):
             results = check("A plain answer.", r["constraints"], mode=mode)
             assert len(results) == len(r["constraints"])
-    r = next(r for r in suites["ifeval"] if r["id"] == "ifeval-002")
+    r = next(r for r in suites["if"] if r["id"] == "ifeval-002")
     good = "Sunlight scattering favours short wavelength light. So the sky looks blue."
     assert [x.passed for x in check(good, r["constraints"])] == [True, True]
 
@@ -372,7 +372,7 @@ def test_user_suite_ids_must_not_clash_with_bundled_ones(tmp_path: Path) -> None
     ok = load_suites(["safety"], files={"mine": (_write(tmp_path, [GOOD], "b.jsonl"), "pairwise")})
     assert ok["mine"][0] == "pairwise" and ok["safety"][0] == "refusal"
     with pytest.raises(SelfloopError, match="already taken"):
-        load_suites([], files={"ifeval": (path, "verifiable")})
+        load_suites([], files={"if": (path, "verifiable")})
 
 
 def test_load_suite_returns_a_fresh_copy() -> None:

@@ -232,12 +232,12 @@ def test_tune_reads_the_formats_data_import_reads(
 def test_eval_prints_a_table(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     code, stdout, _ = run_cli(
-        monkeypatch, capsys, "eval", "--model", str(tiny_model_dir), "--suites", "ifeval,safety",
+        monkeypatch, capsys, "eval", "--model", str(tiny_model_dir), "--suites", "if,safety",
         "--limit", "2", "--max-tokens", "4", "--out", str(out),
     )  # fmt: skip
     assert code == 0
-    assert "ifeval" in stdout and "prompt_loose" in stdout and "refusal_rate" in stdout
-    assert set(json.loads(out.read_text())["suites"]) == {"ifeval", "safety"}
+    assert "if" in stdout and "prompt_loose" in stdout and "refusal_rate" in stdout
+    assert set(json.loads(out.read_text())["suites"]) == {"if", "safety"}
 
 
 def test_eval_with_a_users_own_suite(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path):

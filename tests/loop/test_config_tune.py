@@ -108,8 +108,8 @@ def test_a_second_vllm_engine_must_fit_beside_the_students() -> None:
 
 
 def test_eval_suite_limits_override_the_common_limit_and_name_known_suites() -> None:
-    cfg = load_config(None, ["eval.suite_limits={ifeval: null, safety: 10}"])
+    cfg = load_config(None, ["eval.suite_limits={if: null, safety: 10}"])
     limits = cfg.eval.limits()
-    assert limits["ifeval"] is None and limits["safety"] == 10 and limits["domains"] == 24
+    assert limits["if"] is None and limits["safety"] == 10 and limits["domains"] == 24
     with pytest.raises(ConfigError, match=r"eval.suite_limits: 'ifevel' is not an evaluated"):
         load_config(None, ["eval.suite_limits={ifevel: null}"])

@@ -39,7 +39,7 @@ def _ifeval(passing: set[int], n: int = 100) -> dict:
             {"id": f"if-{i}", "domain": "d", "language": "en", "strict": [ok], "loose": [ok]}
         )
         items.append({"id": f"if-{i}", "scores": {"prompt_loose": float(ok)}})
-    return {"metrics": m.ifeval_metrics(rows), "items": items}
+    return {"metrics": m.verifiable_metrics(rows), "items": items}
 
 
 def _eval(
@@ -47,12 +47,12 @@ def _eval(
     wins: tuple[int, int, int] | None = (60, 20, 20),
     safety: tuple[int, int] = (40, 5),
     facts: dict[str, tuple[int, int]] = DOMAINS,
-    ifeval: set[int] | None = None,
+    if_passing: set[int] | None = None,
     against: str = "base",
     fingerprint: str = "cand",
 ) -> dict:
     suites = {"safety": _safety(*safety), "domains": _facts(facts)}
-    suites["ifeval"] = _ifeval(set(range(40)) if ifeval is None else ifeval)
+    suites["if"] = _ifeval(set(range(40)) if if_passing is None else if_passing)
     if wins is not None:
         w, t, lo = wins
         rows = [{"winner": v, "consistent": v != "tie", "domain": "g", "language": "en"}
@@ -155,24 +155,24 @@ def test_rejects_a_missing_primary_metric() -> None:
         "rejected: primary metric helpfulness.win_rate (win rate) is missing from the "
         "candidate's evaluation"
     )
-    cfg = GateConfig(primary="ifeval.prompt_loose")
-    no_ifeval = {"suites": {k: v for k, v in CHAMPION["suites"].items() if k != "ifeval"}}
+    cfg = GateConfig(primary="if.prompt_loose")
+    no_ifeval = {"suites": {k: v for k, v in CHAMPION["suites"].items() if k != "if"}}
     d = decide(_eval(), no_ifeval, cfg)
     assert not d.promote and "missing from the champion's evaluation" in d.reasons[0]
     # A guard whose suite neither side ran is noted, and rejects only when configured to; one
     # that only one side has means the evaluations cannot be compared.
     cand_no_ifeval = _eval()
-    del cand_no_ifeval["suites"]["ifeval"]
+    del cand_no_ifeval["suites"]["if"]
     d = decide(cand_no_ifeval, no_ifeval)
     assert d.promote
     assert (
-        "not checked: IFEval-style prompt-level loose accuracy (ifeval.prompt_loose) is in neither "
+        "not checked: IFEval-style prompt-level loose accuracy (if.prompt_loose) is in neither "
         "evaluation" in d.reasons
     )
     assert not decide(cand_no_ifeval, no_ifeval, GateConfig(missing_guard="reject")).promote
     d = decide(_eval(), no_ifeval)
     assert d.reasons == [
-        "rejected: IFEval-style prompt-level loose accuracy (ifeval.prompt_loose) is missing "
+        "rejected: IFEval-style prompt-level loose accuracy (if.prompt_loose) is missing "
         "from the champion's evaluation",
         *d.reasons[1:],
     ]
@@ -186,14 +186,14 @@ def test_a_win_rate_against_another_model_is_not_used() -> None:
 
 
 def test_ifeval_primary_uses_a_paired_bootstrap() -> None:
-    cfg = GateConfig(primary="ifeval.prompt_loose", guards=[])
-    better = decide(_eval(ifeval=set(range(60))), CHAMPION, cfg)  # 0.4 -> 0.6, same prompts
+    cfg = GateConfig(primary="if.prompt_loose", guards=[])
+    better = decide(_eval(if_passing=set(range(60))), CHAMPION, cfg)  # 0.4 -> 0.6, same prompts
     assert better.promote
     assert "paired bootstrap over 100 prompts" in better.reasons[0]
     assert better.reasons[0].startswith(
         "promoted: IFEval-style prompt-level loose accuracy 0.6 vs champion 0.4, improvement +0.2 ["
     )
-    same = decide(_eval(ifeval=set(range(40))), CHAMPION, cfg)  # identical: a tie
+    same = decide(_eval(if_passing=set(range(40))), CHAMPION, cfg)  # identical: a tie
     assert not same.promote and "interval not clear of margin 0.02" in same.reasons[0]
     assert same.checks[0]["improvement"] == 0.0
 
@@ -220,8 +220,8 @@ def test_config_is_strict() -> None:
 def test_a_paired_decision_states_the_smallest_gain_its_prompts_could_detect() -> None:
     from loop.gate import detectable
 
-    cfg = GateConfig(primary="ifeval.prompt_loose", guards=[])
-    d = decide(_eval(ifeval=set(range(60))), CHAMPION, cfg)  # 20 prompts flip from fail to pass
+    cfg = GateConfig(primary="if.prompt_loose", guards=[])
+    d = decide(_eval(if_passing=set(range(60))), CHAMPION, cfg)  # 20 prompts flip from fail to pass
     mde = d.checks[0]["min_detectable_improvement"]
     # 100 paired differences, 20 of them 1: sd 0.402, se 0.0402 -> 0.02 + 2.8 x 0.0402
     assert mde == pytest.approx(0.02 + 2.8 * 0.0402, abs=1e-3)

@@ -66,7 +66,7 @@ def test_a_run_leaves_every_artifact(tiny_model_dir: Path, tmp_path: Path) -> No
     assert acc["stages"]["dedup"]["kept"] == len(kept)
     eval_json = json.loads((r1 / "evaluate" / "eval.json").read_text())
     assert set(eval_json["suites"]) == {
-        "ifeval",
+        "if",
         "helpfulness",
         "domains",
         "multilingual",
@@ -218,7 +218,7 @@ def test_a_custom_eval_suite_is_evaluated_and_guarded(tiny_model_dir: Path, tmp_
     cfg["eval"]["suites"] = ["safety"]
     cfg["eval"]["custom"] = [{"name": "colours", "path": str(suite), "metric": "facts"}]
     path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(Exception, match="gate.primary: ifeval.prompt_loose is on a suite that"):
+    with pytest.raises(Exception, match="gate.primary: if.prompt_loose is on a suite that"):
         load_config(path)  # the default primary's suite is not evaluated
     cfg["gate"] = {"primary": "colours.fact_recall", "guards": []}
     path.write_text(yaml.safe_dump(cfg))

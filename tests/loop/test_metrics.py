@@ -23,7 +23,7 @@ def test_scalars_flattens_every_numeric_leaf() -> None:
         "round": 2,
         "dedup": {"kept": 3, "dedup": {"dropped": 1, "threshold": 0.85}, "contaminated": {}},
         "tune": {"final_loss": 1.5, "losses": [[1, 2.0]], "nan": float("nan")},
-        "eval": {"ifeval.prompt_loose": 0.25, "helpfulness.win_rate": None},
+        "eval": {"if.prompt_loose": 0.25, "helpfulness.win_rate": None},
         "filter": {"ok": True, "kind": "text"},
         "decision": {"decision": "promoted", "reasons": ["promoted: ..."]},
     }
@@ -32,7 +32,7 @@ def test_scalars_flattens_every_numeric_leaf() -> None:
         "dedup/dedup/dropped": 1.0,
         "dedup/dedup/threshold": 0.85,
         "tune/final_loss": 1.5,
-        "eval/ifeval.prompt_loose": 0.25,
+        "eval/if.prompt_loose": 0.25,
         "filter/ok": 1.0,
         "decision/promoted": 1.0,
     }

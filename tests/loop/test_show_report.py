@@ -90,9 +90,9 @@ def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
     for suite, body in ev["suites"].items():
         for metric in body["metrics"]:
             assert f"  {suite}.{metric} " in text
-    row = next(x for x in text.splitlines() if x.startswith("  ifeval.prompt_loose "))
-    want = ev["suites"]["ifeval"]["metrics"]["prompt_loose"]["overall"]["value"]
-    other = champ["suites"]["ifeval"]["metrics"]["prompt_loose"]["overall"]["value"]
+    row = next(x for x in text.splitlines() if x.startswith("  if.prompt_loose "))
+    want = ev["suites"]["if"]["metrics"]["prompt_loose"]["overall"]["value"]
+    other = champ["suites"]["if"]["metrics"]["prompt_loose"]["overall"]["value"]
     assert row.split()[1] == f"{want:.3f}" and row.split()[-2] == f"{other:.3f}"
     assert "pairwise" in next(x for x in text.splitlines() if "helpfulness.win_rate" in x)
     decision = _json(r1 / "decision.json")
@@ -194,14 +194,14 @@ def test_report_writes_plots_and_page(run_dir: Path) -> None:
         assert html.escape(m["decision"]["reasons"][0]) in page
     kept = metrics[0]["dedup"]["kept"]
     assert f"<tr><td>1</td><td>{metrics[0]['respond']['responses']}</td><td>{kept}</td>" in page
-    assert "Evaluation of round 1" in page and "<td>ifeval.prompt_loose</td>" in page
+    assert "Evaluation of round 1" in page and "<td>if.prompt_loose</td>" in page
     # The per-type plot's numbers: the last evaluated round's IF slices, one per constraint type.
     last = max(m["round"] for m in metrics if m.get("eval"))
     ev = _json(run_dir / "rounds" / f"{last:03d}" / "evaluate" / "eval.json")
     rates = type_rates(ev)
     assert rates and all(0 <= v <= 1 and k >= 1 for v, k in rates.values())
     per_type = next(m for m in metrics if m["round"] == last)["eval_constraint_types"]
-    assert set(rates) == {t.split(".", 1)[1] for t in per_type if t.startswith("ifeval.")}
+    assert set(rates) == {t.split(".", 1)[1] for t in per_type if t.startswith("if.")}
     # The funnel accounts for every response of every round.
     for m in metrics:
         assert sum(funnel_counts(m).values()) == m["respond"]["responses"], m["round"]

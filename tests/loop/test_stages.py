@@ -443,7 +443,7 @@ def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) ->
     stat = {"value": 0.5, "n": 2, "ci": [0.1, 0.9]}
     ev = {
         "suites": {
-            "ifeval": {
+            "if": {
                 "metrics": {
                     "prompt_loose": {
                         "overall": stat,
@@ -465,10 +465,10 @@ def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) ->
     (tmp_path / "evaluate").mkdir()
     (tmp_path / "evaluate" / "eval.json").write_text(json.dumps(ev))
     rec = evaluate.metrics(tmp_path)
-    assert rec["eval"]["ifeval.prompt_loose"] == 0.5
-    assert rec["eval"]["ifeval.prompt_loose.held_out"] == 0.25
-    assert rec["eval"]["ifeval.prompt_loose.trained"] == 0.75
-    assert rec["eval_constraint_types"] == {"ifeval.title": 0.1}
+    assert rec["eval"]["if.prompt_loose"] == 0.5
+    assert rec["eval"]["if.prompt_loose.held_out"] == 0.25
+    assert rec["eval"]["if.prompt_loose.trained"] == 0.75
+    assert rec["eval_constraint_types"] == {"if.title": 0.1}
 
 
 def test_a_round_begun_before_augment_existed_resumes_from_proposes_tasks(

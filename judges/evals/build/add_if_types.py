@@ -6,7 +6,7 @@ Written for selfloop (no public IFEval prompt is used). Each prompt is its task 
 `judges.verifiable.render_all` of its constraints, so the words the model reads are the words
 the checker grades. Sets obey `judges.augment.compatible`, the rules training draws follow.
 
-    python judges/evals/build/add_if_types.py    # rewrites its own records in ifeval.jsonl
+    python judges/evals/build/add_if_types.py    # rewrites its own records in if.jsonl
 
 The records take ids from ifeval-303 on, after the suite's first 302; a re-run replaces them in
 place and leaves every other record as it is.
@@ -21,7 +21,7 @@ from typing import Any
 from judges.augment import compatible
 from judges.verifiable import render_all, validate_all
 
-SUITE = Path(__file__).resolve().parents[1] / "data" / "ifeval.jsonl"
+SUITE = Path(__file__).resolve().parents[1] / "data" / "if.jsonl"
 FIRST_ID = 303
 
 YES_NO = ["My answer is yes.", "My answer is no.", "My answer is maybe."]
