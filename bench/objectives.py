@@ -13,7 +13,9 @@ is then evaluated on the IF suite with the run's eval settings through the run's
 champion's answers are not regenerated), and compared with the champion, paired, on every
 prompt, on the prompts with trained constraint types only and on those with a held-out type
 (transfer). One model process at a time; a killed bench re-run with the same command reuses
-every adapter and evaluation it finished (an objective's `eval.json`).
+every adapter and evaluation it finished (an objective's `eval.json`); each `--set` combination
+has its own directory (`OUT/round-NNN/rpo+learning_rate=2e-4`), so a sweep is one command per
+setting.
 
 The last lines are the comparison: per objective, the gain in IF prompt-level loose pass rate
 over the round's champion, with its paired 95% bootstrap interval.
@@ -23,13 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from improvement import METRICS, compare, fmt  # bench/ is on sys.path: run as a script
 
 OBJECTIVES = ["sft", "dpo", "rpo", "grpo"]
+
+
+def variant(objective: str, sets: list[str]) -> str:
+    """The directory name of one objective under `--set` overrides (rpo, rpo+learning_rate=2e-4),
+    so a sweep keeps each setting's adapter and evaluation apart."""
+    tail = "+".join(x.removeprefix("tune.").replace("/", "_") for x in sets)
+    return f"{objective}+{tail}" if tail else objective
 
 
 def starting_champion(rundir: Any, n: int) -> Path | None:
@@ -84,22 +92,21 @@ def main() -> None:
             "limit_per_suite": cfg.eval.limits(),
             "held_out_types": cfg.augment.held_out_types,
         }
-        out = args.out / f"round-{n:03d}" / objective
+        name = variant(objective, args.sets)
+        out = args.out / f"round-{n:03d}" / name
         adapter, ev_path = out / "adapter", out / "eval.json"
-        row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}
+        row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}  # minutes training
         data, init = training_data(rundir, cfg.tune, n, champion)
         row["examples"] = len(data)
         if not data:
-            print(f"{objective}: nothing to train on in round {n}", flush=True)
-            results[objective] = row
+            print(f"{name}: nothing to train on in round {n}", flush=True)
+            results[name] = row
             continue
         if not adapter.is_dir():
-            t0 = time.monotonic()
             out.mkdir(parents=True, exist_ok=True)
             fit(cfg, data, adapter, init, n)
-            row["minutes"] = (time.monotonic() - t0) / 60
         metrics = json.loads((adapter / "train_metrics.json").read_text())
-        row["steps"] = metrics["steps"]
+        row["steps"], row["minutes"] = metrics["steps"], metrics["seconds"] / 60
         if not ev_path.is_file():
             gen = make_generator(cfg.model, cfg.backend)
             try:
@@ -109,8 +116,8 @@ def main() -> None:
             finally:
                 gen.close()
         row["eval"] = EvalResult.read(ev_path)
-        results[objective] = row
-        print(f"{objective}: {row['examples']} examples, {row['steps']} steps", flush=True)
+        results[name] = row
+        print(f"{name}: {row['examples']} examples, {row['steps']} steps", flush=True)
 
     if base_eval is None:  # every objective's eval was cached: the champion's is too
         cfg = load_config(rundir.config_path)
@@ -121,8 +128,8 @@ def main() -> None:
             gen.close()
     parts = slices(suites["if"][1], common.get("held_out_types", []))
     print(f"\n== round {n} of {rundir.root}, from {champion or 'the base model'}")
-    for objective, row in results.items():
-        print(f"{objective}: {row['examples']} examples, {row['steps']} steps")
+    for name, row in results.items():
+        print(f"{name}: {row['examples']} examples, {row['steps']} steps, {row['minutes']:.0f} min")
         if "eval" not in row:
             continue
         for part, ids in parts.items():
@@ -130,9 +137,9 @@ def main() -> None:
             for m in METRICS:
                 print(f"    {m:20} {fmt(compare(base_eval, row['eval'], m, ids))}")
     print("\nIF prompt-level loose, each objective vs the round's champion:")
-    for objective, row in results.items():
+    for name, row in results.items():
         if "eval" in row:
-            print(f"  {objective:5} {fmt(compare(base_eval, row['eval'], 'prompt_loose'))}")
+            print(f"  {name:5} {fmt(compare(base_eval, row['eval'], 'prompt_loose'))}")
 
 
 if __name__ == "__main__":

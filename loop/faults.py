@@ -7,6 +7,11 @@ written to its temporary directory but not renamed into place), `<node>.done` (a
 but its checkpoint is not saved), `tune.saved` (training wrote its first step checkpoint),
 `evaluate.candidate` (the candidate is evaluated, the champion not yet). Unset, a point costs one
 environment lookup.
+
+With `SELFLOOP_FAILPOINT_FILL=<file>` set as well, the point does not kill: it fills the disk
+that holds `<file>` (writing zeros to it until the filesystem says ENOSPC) and lets the process
+go on, so the run's next writes meet a real full disk wherever they happen. The disk-full test
+runs a loop on a small tmpfs that way, frees the space and resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import signal
 from typing import Any
 
 ENV = "SELFLOOP_FAILPOINT"
+FILL_ENV = "SELFLOOP_FAILPOINT_FILL"
 
 
 def failpoint(name: str, round_index: int | None = None) -> None:
@@ -25,7 +31,25 @@ def failpoint(name: str, round_index: int | None = None) -> None:
         return
     point, _, rnd = want.partition("@")
     if point == name and (not rnd or (round_index is not None and int(rnd) == round_index)):
+        if fill := os.environ.get(FILL_ENV):
+            _fill_disk(fill)
+            return
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fill_disk(path: str) -> None:
+    """Write zeros to `path` until its filesystem is full (the test frees it by deleting it)."""
+    import errno
+
+    block = b"\0" * (1 << 16)
+    try:
+        with open(path, "ab") as f:
+            while True:
+                f.write(block)
+                f.flush()
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
 
 
 def tune_callbacks(round_index: int) -> list[Any]:

@@ -128,6 +128,24 @@ def _save_traceback(verb: str) -> str:
         return f"nowhere: {e}"
 
 
+def _disk_full(e: BaseException) -> bool:
+    """Whether `e` (or what it was raised from: sqlite, torch and the Trainer wrap OSErrors) is
+    a full disk."""
+    import errno
+    import sqlite3
+
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e, seen = (e.__cause__ or e.__context__), seen + 1
+    return False
+
+
 def main() -> None:
     """Console-script entry point: every failure is one line on stderr and exit 1.
 
@@ -149,6 +167,15 @@ def main() -> None:
             line = str(e)
         elif isinstance(e, ValidationError):
             line = describe_validation(e)
+        elif _disk_full(e):
+            verb = _verb(sys.argv[1:])
+            loop = verb in ("run", "resume", "review") and _run_dir is not None
+            line = (
+                f"{verb}: no space left on the device "
+                f"({getattr(e, 'filename', None) or ' '.join(str(e).split())[:200]}); free some "
+                "space, then "
+                + (f"`selfloop resume {_run_dir}` goes on" if loop else "run the command again")
+            )
         else:
             verb = _verb(sys.argv[1:])
             message = " ".join(str(e).split())[:500]  # one line, however long the original

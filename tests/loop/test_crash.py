@@ -83,3 +83,57 @@ def test_kill_at_any_point_then_resume_matches_a_clean_run(
         assert got[key] == expected[key], f"{point}: {key} differs"
     pool_ids = [json.loads(x)["id"] for x in got["pool"].splitlines()]
     assert len(pool_ids) == len(set(pool_ids)) > 0  # nothing duplicated in the pool
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # noqa: ANN201
+    """A 256 MiB tmpfs to fill (root only; skipped where mounting is not allowed)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("filling a disk needs a tmpfs mount (root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "judge.writing@1",  # the disk fills mid-stage: its rename works, the checkpoint write not
+        "tune.saved@1",  # mid-training, after the first step checkpoint
+        "evaluate.candidate@1",  # between the two evaluations (eval cache, eval.json)
+    ],
+)
+def test_a_full_disk_stops_the_run_with_one_line_and_resume_after_freeing_it_matches(
+    clean: tuple[Path, dict], small_disk: Path, point: str
+) -> None:
+    cfg, expected = clean
+    run_dir, filler = small_disk / "run", small_disk / "filler"
+    full = selfloop(
+        "run",
+        str(cfg),
+        "--out",
+        str(run_dir),
+        env={"SELFLOOP_FAILPOINT": point, "SELFLOOP_FAILPOINT_FILL": str(filler)},
+    )
+    assert full.returncode == 1, (point, full.returncode, full.stderr[-2000:])
+    errors = [x for x in full.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the device" in errors[0], full.stderr[-2000:]
+    assert f"selfloop resume {run_dir}" in errors[0]
+    assert "Traceback" not in full.stderr
+    filler.unlink()  # space freed
+    resumed = selfloop("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = _outcome(run_dir)
+    for key in expected:
+        assert got[key] == expected[key], f"{point}: {key} differs"
