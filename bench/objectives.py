@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-runs/objectives"))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="tune.key=value")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("selfloop").setLevel(logging.INFO)  # training and generation progress
 
     from agent.backends import make_generator
     from judges.evals.result import EvalResult, write_eval
     from judges.evals.runner import evaluate
     from loop.config import eval_suites, load_config
+    from loop.progress import training_progress
     from loop.rundir import RunDir
     from loop.stages.tune import fit, training_data
 
@@ -104,7 +108,7 @@ def main() -> None:
             continue
         if not adapter.is_dir():
             out.mkdir(parents=True, exist_ok=True)
-            fit(cfg, data, adapter, init, n)
+            fit(cfg, data, adapter, init, n, [training_progress(f"{name} training")])
         metrics = json.loads((adapter / "train_metrics.json").read_text())
         row["steps"], row["minutes"] = metrics["steps"], metrics["seconds"] / 60
         if not ev_path.is_file():

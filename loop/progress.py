@@ -1,10 +1,11 @@
-"""Progress of long generation stages: a bar in a terminal, plain log lines when not in one.
+"""Progress of long stages: a bar in a terminal, plain log lines when not in one.
 
 The loop wraps the generators it hands to the stages (`tracked`), so every `generate` call of
 propose, respond, judge and evaluate reports without the stages knowing: in a terminal a rich
 progress bar per call (prompts done / total, rate, time left); under nohup, systemd or CI a log
 line at most every `every` seconds and one when the call ends, so a log file shows the run is
-alive and how far it got.
+alive and how far it got. Training reports its optimizer steps the same way
+(`training_progress`, a transformers TrainerCallback the tune stage adds).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ log = logging.getLogger("selfloop.progress")
 Callback = Callable[[int, int], None]
 
 
-def reporter(label: str, total: int, every: float = 30.0) -> tuple[Callback, Callable[[], None]]:
+def reporter(
+    label: str, total: int, every: float = 30.0, unit: str = "prompts"
+) -> tuple[Callback, Callable[[], None]]:
     """(callback(done, total), finish()) for one unit of work of `total` items."""
     if sys.stderr.isatty():
         from rich.progress import (
@@ -53,10 +56,11 @@ def reporter(label: str, total: int, every: float = 30.0) -> tuple[Callback, Cal
         now = time.monotonic()
         if now - last >= every and done < total_:
             last = now
-            log.info("%s: %d/%d prompts (%.0f s)", label, done, total_, now - started)
+            log.info("%s: %d/%d %s (%.0f s)", label, done, total_, unit, now - started)
 
     def finish() -> None:
-        log.info("%s: %d/%d prompts in %.0f s", label, seen[0], total, time.monotonic() - started)
+        took = time.monotonic() - started
+        log.info("%s: %d/%d %s in %.0f s", label, seen[0], total, unit, took)
 
     return plain, finish
 
@@ -82,3 +86,30 @@ class Tracked:
             return self._gen.generate(prompts, params, adapter=adapter, progress=both)
         finally:
             finish()
+
+
+def training_progress(label: str, every: float = 30.0) -> Any:
+    """A TrainerCallback reporting optimizer steps done / total under `label` (a bar in a
+    terminal, a log line at most every `every` seconds otherwise), so a long tune stage is not
+    silent."""
+    from transformers import TrainerCallback
+
+    class TrainingProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.update: Callback | None = None
+            self.finish: Callable[[], None] | None = None
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            self.update, self.finish = reporter(label, state.max_steps, every, unit="steps")
+            self.update(state.global_step, state.max_steps)  # a resumed run starts part way
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            if self.update is not None:
+                self.update(state.global_step, state.max_steps)
+
+        def on_train_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            if self.finish is not None:
+                self.finish()
+                self.update = self.finish = None
+
+    return TrainingProgress()

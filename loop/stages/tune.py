@@ -116,11 +116,13 @@ def fit(
 
 
 def _callbacks(ctx: Context, n: int) -> list[Any]:
-    """Step-level metrics for the enabled dashboards, and the kill tests' failpoint."""
+    """Progress, step-level metrics for the enabled dashboards, and the kill tests' failpoint."""
     from loop.metrics import step_callback
+    from loop.progress import training_progress
 
     steps = step_callback(ctx.rundir, ctx.cfg.metrics, n)
-    return [*([steps] if steps is not None else []), *tune_callbacks(n)]
+    label = f"round {n} tune ({ctx.cfg.tune.objective})"
+    return [training_progress(label), *([steps] if steps is not None else []), *tune_callbacks(n)]
 
 
 def replayed(rundir: RunDir, cfg: TuneConfig, n: int, new: int) -> list[dict[str, Any]]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from agent.data import read_jsonl, write_examples
 from loop.accounting import round_account
@@ -342,7 +345,7 @@ def _pairs(k: int) -> list[dict]:
 
 
 def test_a_preference_round_trains_dpo_on_the_rounds_verifier_pairs(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from agent.data import write_jsonl
     from loop.rounds import reject
@@ -358,9 +361,12 @@ def test_a_preference_round_trains_dpo_on_the_rounds_verifier_pairs(
 
     write_jsonl(ctx.rundir.stage_dir(1, "filter") / "preference_pairs.jsonl", _pairs(6))
     assert len(ctx.rundir.round_pairs(1, ["verifier"])) == 3
-    assert tune.run(ctx, {"round": 1}) == {"trained": True}
+    with caplog.at_level(logging.INFO, logger="selfloop.progress"):
+        assert tune.run(ctx, {"round": 1}) == {"trained": True}
     trained = json.loads((ctx.rundir.adapter_dir(1) / "train_metrics.json").read_text())
     assert trained["objective"] == "dpo" and trained["examples"] == 3 and trained["steps"] == 2
+    # a long tune stage is not silent: its steps are reported (a log line when not in a terminal)
+    assert "round 1 tune (dpo): 2/2 steps in" in caplog.text
     assert tune.metrics(ctx.rundir.round_dir(1))["tune"]["objective"] == "dpo"
 
 
