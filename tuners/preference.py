@@ -207,10 +207,12 @@ def trl_result(
     keys: Sequence[str],
 ) -> TrainResult:
     """The TrainResult of a finished trl run (DPO or GRPO): the loss curve, the last logged
-    value of each of `keys`, tokens, time and memory."""
+    value of each of `keys` and its curve over the steps, tokens, time and memory."""
     history = trainer.state.log_history
     curve = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e] or guard.history
     last = {k: v for e in history for k, v in e.items() if k in keys}
+    steps = [e for e in history if "step" in e and "train_runtime" not in e]  # not the summary
+    curves = {k: [(int(e["step"]), round(float(e[k]), 6)) for e in steps if k in e] for k in last}
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
     return TrainResult(
@@ -229,6 +231,7 @@ def trl_result(
         data_sha256=digest,
         objective=cfg.objective,
         preference={k: round(float(v), 6) for k, v in last.items()},
+        curves=curves,
         examples=examples,
     )
 

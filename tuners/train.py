@@ -67,6 +67,9 @@ class TrainResult:
     examples: int = 0  # training examples (sft), pairs (dpo / rpo) or prompts (grpo)
     # dpo/rpo: last rewards and logps; grpo: last mean reward, its spread, answer lengths
     preference: dict[str, float] = field(default_factory=dict)
+    # the same figures per logged step, [[step, value], ...]: whether the reward (grpo) or the
+    # reward margin (dpo / rpo) climbed during the run, not just where it ended
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -59,6 +59,9 @@ def test_grpo_trains_an_adapter_on_the_verifier_reward(tiny_model_dir: Path, tmp
     assert 0.0 <= result.preference["reward"] <= 1.0
     saved = json.loads((out / "train_metrics.json").read_text())
     assert saved["objective"] == "grpo" and "reward" in saved["preference"]
+    # the reward per step, its last point the reported value
+    assert [s for s, _ in saved["curves"]["reward"]] == [1, 2, 3, 4]
+    assert saved["curves"]["reward"][-1][1] == saved["preference"]["reward"]
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all("lora" in k for k in weights)
     assert "prompts (verifier reward)" in (out / "README.md").read_text()

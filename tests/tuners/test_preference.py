@@ -79,6 +79,8 @@ def test_preference_training_moves_the_margin_and_lowers_the_loss(
     assert r.preference["rewards/margins"] > 0
     saved = json.loads((out / "train_metrics.json").read_text())
     assert saved["objective"] == objective and saved["preference"] == r.preference
+    margins = saved["curves"]["rewards/margins"]
+    assert len(margins) == 12 and margins[-1][1] == r.preference["rewards/margins"]
     assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
 
 
