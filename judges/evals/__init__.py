@@ -231,7 +231,7 @@ def load_suites(
     loaded = {name: bundled[name] for name in chosen}
     metrics = {name: SUITES[name] for name in chosen}
     for name, (path, metric) in (files or {}).items():
-        if name in loaded or name in SUITES:
+        if name in loaded or name in SUITES or name in RENAMED:  # an old name reads as the new
             raise SelfloopError(f"{path}: suite name {name!r} is already taken by a bundled suite")
         loaded[name] = _read_file(path, metric)
         metrics[name] = metric

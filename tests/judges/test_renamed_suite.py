@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import SelfloopError
 from judges.evals import load_suite, load_suites
 from judges.evals.result import EvalResult
 from judges.evals.runner import OutputCache
@@ -17,9 +18,14 @@ from loop.config import load_config
 from loop.rundir import RunDir
 
 
-def test_the_old_suite_name_loads_the_renamed_suite() -> None:
+def test_the_old_suite_name_loads_the_renamed_suite(tmp_path: Path) -> None:
     assert load_suite("ifeval") == load_suite("if")
     assert list(load_suites(["ifeval", "safety"])) == ["if", "safety"]
+    # a user's suite cannot take the old name: old files would read it as the bundled one
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(load_suite("if")[0]) + "\n")
+    with pytest.raises(SelfloopError, match="'ifeval' is already taken"):
+        load_suites([], files={"ifeval": (path, "verifiable")})
 
 
 def test_a_config_with_the_old_name_reads_as_the_new(
