@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -226,6 +227,35 @@ def crash_config(tmp: Path, model_dir: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# ---------------------------------------------------------------- crash and resume
+# Figures that depend on the machine or on how much a process did itself (a resumed training
+# process sees only the steps after its checkpoint): left out of the comparison.
+VOLATILE = {"seconds", "tokens_per_second", "peak_memory_mb", "tokens"}
+
+
+def _strip(x):  # noqa: ANN001, ANN202
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if k not in VOLATILE}
+    if isinstance(x, list):
+        return [_strip(v) for v in x]
+    return x
+
+
+def run_outcome(run_dir: Path) -> dict:
+    """Everything that must not differ between a killed-and-resumed run and a clean one."""
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    champion = run_dir / "champion"
+    rounds = sorted((run_dir / "rounds").glob("[0-9][0-9][0-9]"))
+    return {
+        "metrics": _strip(metrics),
+        "pool": (run_dir / "pool.jsonl").read_text() if (run_dir / "pool.jsonl").exists() else "",
+        "champion": os.readlink(champion) if champion.is_symlink() else None,
+        "decisions": [json.loads((r / "decision.json").read_text())["reasons"] for r in rounds],
+        "kept": [(r / "dedup" / "kept.jsonl").read_text() for r in rounds],
+        "leftovers": sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*tmp-*")),
+    }
 
 
 # ---------------------------------------------------------------- tuning

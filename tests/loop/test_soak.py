@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import crash_config, selfloop
-from tests.loop.test_crash import _outcome
+from tests.helpers import crash_config, run_outcome, selfloop
 
 ROUNDS = 5
 # Round 1 trains, evaluates and is promoted; later rounds have nothing new to import, so they end
@@ -48,7 +47,7 @@ def test_random_kills_over_five_rounds_end_as_an_uninterrupted_run(
 ) -> None:
     clean = selfloop("run", str(soak_config), "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr[-3000:]
-    expected = _outcome(tmp_path / "clean")
+    expected = run_outcome(tmp_path / "clean")
     assert len(expected["metrics"]) == ROUNDS
     assert [m["decision"]["decision"] for m in expected["metrics"]] == ["promoted"] + [
         "rejected"
@@ -62,6 +61,6 @@ def test_random_kills_over_five_rounds_end_as_an_uninterrupted_run(
         assert proc.returncode == -signal.SIGKILL, (schedule, point, proc.stderr[-2000:])
     done = selfloop("resume", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
-    got = _outcome(run_dir)
+    got = run_outcome(run_dir)
     for key in expected:
         assert got[key] == expected[key], f"{schedule}: {key} differs"
