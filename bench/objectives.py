@@ -43,7 +43,7 @@ def variant(objective: str, sets: list[str]) -> str:
 
 def starting_champion(rundir: Any, n: int) -> Path | None:
     """The adapter round `n` started from: the last promoted round before it (None: the base)."""
-    before = [p for p in rundir.promoted_rounds() if p < n]
+    before = rundir.promoted_rounds(before=n)
     return rundir.adapter_dir(max(before)) if before else None
 
 

@@ -302,7 +302,10 @@ def config_changed(rd: RunDir, cfg: SelfloopConfig) -> bool:
     """Whether `cfg` differs from the config the run started with, compared as loaded, not as
     text: a run saved before a key moved (propose.temperature -> propose.sampling.temperature)
     has the same config written the old way."""
-    saved = dump_config(load_config(rd.config_path))
+    try:
+        saved = dump_config(load_config(rd.config_path))
+    except SelfloopError:  # it no longer loads (a moved seeds file...): then it has changed
+        return True
     return config_hash(dump_config(cfg)) != config_hash(saved)
 
 

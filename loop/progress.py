@@ -22,10 +22,11 @@ Callback = Callable[[int, int], None]
 
 
 def reporter(
-    label: str, total: int, every: float = 30.0, unit: str = "prompts"
+    label: str, total: int, every: float = 30.0, unit: str = "prompts", bar: bool = True
 ) -> tuple[Callback, Callable[[], None]]:
-    """(callback(done, total), finish()) for one unit of work of `total` items."""
-    if sys.stderr.isatty():
+    """(callback(done, total), finish()) for one unit of work of `total` items; `bar=False`:
+    log lines even in a terminal."""
+    if bar and sys.stderr.isatty():
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -89,9 +90,10 @@ class Tracked:
 
 
 def training_progress(label: str, every: float = 30.0) -> Any:
-    """A TrainerCallback reporting optimizer steps done / total under `label` (a bar in a
-    terminal, a log line at most every `every` seconds otherwise), so a long tune stage is not
-    silent."""
+    """A TrainerCallback logging optimizer steps done / total under `label` at most every
+    `every` seconds and at the end, so a long tune stage is not silent under nohup or CI. Log
+    lines only: in a terminal transformers draws its own bar, and a log line needs no cleanup
+    when training raises."""
     from transformers import TrainerCallback
 
     class TrainingProgress(TrainerCallback):
@@ -100,7 +102,9 @@ def training_progress(label: str, every: float = 30.0) -> Any:
             self.finish: Callable[[], None] | None = None
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-            self.update, self.finish = reporter(label, state.max_steps, every, unit="steps")
+            self.update, self.finish = reporter(
+                label, state.max_steps, every, unit="steps", bar=False
+            )
             self.update(state.global_step, state.max_steps)  # a resumed run starts part way
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201

@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.atomic import make_parents
 from agent.errors import SelfloopError
+from judges.evals import renamed_metric
 from judges.evals.result import EvalResult
 from loop.show import (
     eval_rows,
@@ -337,6 +338,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         plots = []
         if metrics:
             primary = (run_config(run_dir).get("gate") or {}).get("primary")
+            primary = renamed_metric(primary) if isinstance(primary, str) else primary
             _plot_eval(plt, metrics, primary, tmp / "eval.png")
             _plot_funnel(plt, metrics, tmp / "funnel.png")
             _plot_judge(plt, run_dir, metrics, tmp / "judge_scores.png")

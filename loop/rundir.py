@@ -191,16 +191,20 @@ class RunDir:
                 ]
         return out
 
-    def promoted_rounds(self) -> list[int]:
+    def promoted_rounds(self, before: int | None = None) -> list[int]:
+        """Promoted rounds (only those before round `before`, when given)."""
         return [
             m["round"]
             for m in self.read_metrics()
             if m.get("decision", {}).get("decision") == "promoted"
+            and (before is None or m["round"] < before)
         ]
 
-    def accepted(self) -> list[dict[str, Any]]:
-        """Examples of every promoted round so far (the champion's training data)."""
-        return [r for n in self.promoted_rounds() for r in self.input_records(n, "tune")]
+    def accepted(self, before: int | None = None) -> list[dict[str, Any]]:
+        """Examples of every promoted round so far (the champion's training data); with
+        `before`, of the rounds before that one only (what round `before` started from, also
+        when the run has gone further since, as in a bench re-training an old round)."""
+        return [r for n in self.promoted_rounds(before) for r in self.input_records(n, "tune")]
 
     def adapter_dir(self, n: int) -> Path:
         from loop.stages.tune import ADAPTER

@@ -67,7 +67,8 @@ def section_sampling(
     not SamplingParams' 256), and its old flat keys (`propose.temperature`, `eval.max_tokens`)
     move into the block, so configs and run directories written before every section took one
     `sampling:` shape still load. A moved key logs a one-line deprecation notice; a key given
-    both ways is an error naming both."""
+    both ways (an old run's saved config and a new `--set`) takes the `sampling:` one, saying
+    so."""
     if not isinstance(data, dict):
         return data
     data = dict(data)
@@ -76,16 +77,18 @@ def section_sampling(
         return data  # not a mapping: let validation name it
     nested = {**default.model_dump(exclude_unset=True), **given}
     moved = [k for k in flat if k in data]
-    for key in moved:
-        if key in given:
-            raise ValueError(
-                f"{section}.{key} and {section}.sampling.{key} are both set; keep only "
-                f"{section}.sampling.{key}"
-            )
-        nested[key] = data.pop(key)
-    if moved:
-        import logging
+    import logging
 
+    for key in moved:
+        old = data.pop(key)
+        if key in given:
+            logging.getLogger("selfloop.config").warning(
+                "config: %s.%s and %s.sampling.%s are both set; using %s.sampling.%s",
+                *(section, key) * 3,
+            )
+            continue
+        nested[key] = old
+    if moved:
         logging.getLogger("selfloop.config").warning(
             "config: %s is deprecated; write it as %s",
             ", ".join(f"{section}.{k}" for k in moved),

@@ -169,7 +169,11 @@ def main() -> None:
             line = describe_validation(e)
         elif _disk_full(e):
             verb = _verb(sys.argv[1:])
-            loop = verb in ("run", "resume", "review") and _run_dir is not None
+            loop = (
+                verb in ("run", "resume", "review")
+                and _run_dir is not None
+                and (_run_dir / "checkpoints.sqlite").is_file()
+            )
             line = (
                 f"{verb}: no space left on the device "
                 f"({getattr(e, 'filename', None) or ' '.join(str(e).split())[:200]}); free some "

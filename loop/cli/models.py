@@ -259,7 +259,7 @@ def eval_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Evaluate a model or adapter (or a run's champion) on held-out suites; print a table."""
-    from agent.backends import make_generator
+    from agent.backends import SamplingParams, make_generator
     from judges.evals.result import EvalResult, write_eval
     from judges.evals.runner import evaluate
     from loop.rundir import RunDir
@@ -288,8 +288,11 @@ def eval_cmd(
         chosen,
         adapter=adapter,
         champion_adapter=against,
-        sampling=cfg.eval.sampling.model_copy(
-            update={} if max_tokens is None else {"max_tokens": max_tokens}
+        sampling=SamplingParams.model_validate(
+            {
+                **cfg.eval.sampling.model_dump(),
+                **({} if max_tokens is None else {"max_tokens": max_tokens}),
+            }
         ),
         limit_per_suite=limit,
     )

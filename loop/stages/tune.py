@@ -74,7 +74,7 @@ def training_data(
     kept = rundir.input_records(n, "tune")
     if start is not None:
         return kept + replayed(rundir, cfg, n, len(kept)), start
-    return rundir.accepted() + kept, None  # fresh: the whole accepted pool plus this round
+    return rundir.accepted(before=n) + kept, None  # fresh: the whole accepted pool plus this round
 
 
 def fit(
@@ -130,7 +130,7 @@ def replayed(rundir: RunDir, cfg: TuneConfig, n: int, new: int) -> list[dict[str
     import random
 
     k = round(cfg.replay * new)
-    pool = rundir.accepted()
+    pool = rundir.accepted(before=n)
     if k == 0 or not pool:
         return []
     picked = random.Random(f"replay/{cfg.seed}/{n}").sample(pool, min(k, len(pool)))

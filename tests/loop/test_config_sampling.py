@@ -50,10 +50,15 @@ def test_old_flat_keys_load_into_the_block_and_say_where_they_moved(
     assert "max_tokens: 123" in dump_config(cfg).split("propose:")[1]  # dumped the new way
 
 
-def test_a_key_given_both_ways_is_refused_naming_both(tmp_path: Path) -> None:
-    path = _write(tmp_path, "eval:\n  max_tokens: 99\n  sampling: {max_tokens: 50}\n")
-    with pytest.raises(ConfigError, match="eval.max_tokens and eval.sampling.max_tokens"):
-        load_config(path)
+def test_a_key_given_both_ways_takes_the_sampling_block_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an old run's saved config with a new-style override (`eval --run OLD --set ...`)
+    path = _write(tmp_path, "eval:\n  max_tokens: 99\n")
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config(path, ["eval.sampling.max_tokens=50"])
+    assert cfg.eval.sampling.max_tokens == 50
+    assert "eval.max_tokens and eval.sampling.max_tokens are both set" in caplog.text
 
 
 @pytest.mark.parametrize(

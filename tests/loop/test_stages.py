@@ -439,6 +439,8 @@ def test_replay_mixes_a_share_of_earlier_accepted_examples_reproducibly(
     assert len(first) == 3 and {r["id"] for r in first} <= {r["id"] for r in old}
     assert [r["id"] for r in replayed(run, tune, 3, new=6)] == [r["id"] for r in first]
     assert len(replayed(run, tune, 3, new=100)) == 10  # never more than the pool holds
+    # only rounds before the one trained: re-training round 1 later replays nothing of itself
+    assert replayed(run, tune, 1, new=6) == [] and run.accepted(before=1) == []
     off = _context(tmp_path / "off", tiny_model_dir)
     assert replayed(off.rundir, off.cfg.tune, 3, new=6) == []
 
