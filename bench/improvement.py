@@ -6,9 +6,11 @@
 For each seed, runs the loop from a fresh run directory (`RUN/seed-S`, one after the other:
 never two model processes at once), then reads what the runs left on disk:
 
+- the seeds' runs share one eval cache (`OUT/eval_cache`, `eval.cache_dir`), so the base
+  model is evaluated once, not once per seed;
 - the base model and the final champion (the base again when no round was promoted) are
-  evaluated here with the run's eval settings (suites, limits, sampling), through the run's
-  eval cache, so answers a round already generated are reused, not regenerated;
+  evaluated here with the run's eval settings (suites, limits, sampling), through that cache,
+  so answers a round already generated are reused, not regenerated;
 - IF suite prompt- and instruction-level strict/loose pass rates of both, and the gain with a
   paired 95% bootstrap interval over the prompts both answered; the same for the prompts that
   carry a held-out constraint type (transfer to constraints never trained on);
@@ -93,7 +95,7 @@ def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
     champion = RunDir(run_dir).champion()
     gen = make_generator(cfg.model, cfg.backend)
     common = {
-        "cache_dir": run_dir / "eval_cache",
+        "cache_dir": cfg.eval.cache(run_dir),
         "sampling": cfg.eval.sampling,
         "limit_per_suite": cfg.eval.limits(),
         "held_out_types": cfg.augment.held_out_types,
@@ -159,6 +161,7 @@ def main() -> None:
             f"augment.seed={seed}",
             f"tune.seed={seed}",
             f"respond.sampling.seed={seed}",
+            f"eval.cache_dir={args.out / 'eval_cache'}",
             *args.sets,
         ]
         cfg = load_config(args.config, sets)

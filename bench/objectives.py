@@ -91,7 +91,7 @@ def main() -> None:
     for objective in args.objectives:
         cfg = load_config(rundir.config_path, [f"tune.objective={objective}", *args.sets])
         common = {
-            "cache_dir": rundir.eval_cache,
+            "cache_dir": cfg.eval.cache(rundir.root),
             "sampling": cfg.eval.sampling,
             "limit_per_suite": cfg.eval.limits(),
             "held_out_types": cfg.augment.held_out_types,

@@ -175,6 +175,12 @@ class EvalConfig(BaseModel):
         "two evaluations of one model agree and the champion's answers can be cached; "
         "max_tokens at least 8; one answer per prompt.",
     )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where evaluation answers are cached; null = the run's eval_cache/. Entries "
+        "are keyed by model, adapter, prompt and settings, so runs of the same model may share "
+        "one directory: the base model is then evaluated once, not once per run.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -205,6 +211,10 @@ class EvalConfig(BaseModel):
         if v.n != 1:
             raise ValueError("sampling.n must be 1: each prompt gets one scored answer")
         return v
+
+    def cache(self, run_root: Path) -> Path:
+        """The eval cache directory of a run rooted at `run_root`."""
+        return self.cache_dir if self.cache_dir is not None else run_root / "eval_cache"
 
     def limits(self) -> dict[str, int | None]:
         """Prompts to evaluate per suite name (None = all)."""

@@ -129,10 +129,6 @@ class RunDir:
         write_json(self.run_file, {"id": run_id})
         return run_id
 
-    @property
-    def eval_cache(self) -> Path:
-        return self.root / "eval_cache"
-
     # ---------------------------------------------------------------- stages
     # File names inside a round belong to the stage that writes them (loop.stages); these
     # readers look them up there, so no caller spells another stage's file names.

@@ -30,7 +30,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     gen = ctx.student(state)
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
     common = {
-        "cache_dir": ctx.rundir.eval_cache,
+        "cache_dir": ctx.cfg.eval.cache(ctx.rundir.root),
         "sampling": ctx.cfg.eval.sampling,
         "limit_per_suite": ctx.cfg.eval.limits(),
         "held_out_types": ctx.cfg.augment.held_out_types,

@@ -271,3 +271,28 @@ def test_a_constraints_round_with_dpo_runs_end_to_end(tiny_model_dir: Path, tmp_
     else:
         assert "no preference pairs" in decision["reasons"][0]
     assert state["stop"]
+
+
+def test_runs_sharing_an_eval_cache_evaluate_the_base_model_once(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared-cache"
+    cfg = load_config(
+        write_config(tmp_path, tiny_model_dir, max_rounds=1), [f"eval.cache_dir={shared}"]
+    )
+    counts = []
+    for name in ("a", "b"):
+        run(cfg, tmp_path / name)
+        assert not (tmp_path / name / "eval_cache").exists()
+        champ = json.loads((tmp_path / name / "rounds/001/evaluate/champion_eval.json").read_text())
+        counts.append(champ["run"]["candidate"])
+    assert counts[0]["generated"] > 0
+    # The second run's base model answers come from the first run's entries, same results.
+    total = counts[0]["generated"] + counts[0]["cached"]
+    assert counts[1]["generated"] == 0 and counts[1]["cached"] == total
+    assert Path(counts[1]["cache_file"]).parent == shared
+    evals = [
+        json.loads((tmp_path / n / "rounds/001/evaluate/champion_eval.json").read_text())
+        for n in ("a", "b")
+    ]
+    assert evals[0]["suites"] == evals[1]["suites"]
