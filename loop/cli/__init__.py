@@ -146,6 +146,29 @@ def _disk_full(e: BaseException) -> bool:
     return False
 
 
+def _not_permitted(e: BaseException) -> OSError | None:
+    """The OSError behind `e` (or what it was raised from) that says a path may not be written
+    or read: no permission, or a read-only file system."""
+    import errno
+
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return e
+        e, seen = (e.__cause__ or e.__context__), seen + 1
+    return None
+
+
+def _refused_path(e: OSError) -> str:
+    """The path an OSError names; an atomic write's hidden temporary file is shown as the file
+    it stands for."""
+    name = str(e.filename or "")
+    path = Path(name)
+    if path.name.startswith(".") and ".tmp-" in path.name:
+        path = path.with_name(path.name[1:].rpartition(".tmp-")[0])
+    return str(path) if name else "a path"
+
+
 def main() -> None:
     """Console-script entry point: every failure is one line on stderr and exit 1.
 
@@ -179,6 +202,12 @@ def main() -> None:
                 f"({getattr(e, 'filename', None) or ' '.join(str(e).split())[:200]}); free some "
                 "space, then "
                 + (f"`selfloop resume {_run_dir}` goes on" if loop else "run the command again")
+            )
+        elif (refused := _not_permitted(e)) is not None:
+            why = (refused.strerror or "permission denied").lower()
+            line = (
+                f"{_verb(sys.argv[1:])}: {_refused_path(refused)}: {why} (pick another "
+                "location, or change its permissions)"
             )
         else:
             verb = _verb(sys.argv[1:])

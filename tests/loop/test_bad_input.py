@@ -59,6 +59,26 @@ def _fake_run(tmp: Path) -> Path:
     return run_dir
 
 
+def read_only_dir(path: Path, request: pytest.FixtureRequest) -> None:
+    """`path`, a directory nothing may be written into. Root writes through permissions, so
+    as root it is a read-only tmpfs mount (skipped where mounting is not allowed)."""
+    import os
+    import shutil
+    import subprocess
+
+    path.mkdir(mode=0o500)
+    if os.geteuid() != 0:
+        return
+    if not shutil.which("mount"):
+        pytest.skip("a read-only directory for root needs a mount")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(path)], capture_output=True))
+
+
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(run_dir)): p.read_bytes()
@@ -234,16 +254,20 @@ BAD = {
         "good.jsonl is a file, not a directory",
     ),
     "run-out-is-a-file": (["run", "--out", "{d}/good.jsonl"], None, "is a file"),
+    # {d}/ro cannot be written: a read-only mount as root (who may write anywhere), else a
+    # directory without write permission. One line naming the path, no traceback file.
     "import-out-unwritable": (
         ["data", "import", "{d}/good.jsonl", "--out", "{d}/ro/out.jsonl"],
-        "read-only",
-        "PermissionError",
+        None,
+        "ro/out.jsonl: ",
     ),
-    "run-out-unwritable": (
-        ["run", "model.name={model}", "--out", "{d}/ro/run"],
-        "read-only",
-        "PermissionError",
+    "import-out-under-unwritable": (
+        ["data", "import", "{d}/good.jsonl", "--out", "{d}/ro/sub/out.jsonl"],
+        None,
+        "ro/sub: ",
     ),
+    "run-out-unwritable": (["run", "model.name={model}", "--out", "{d}/ro/run"], None, "ro/run: "),
+    "report-out-unwritable": (["report", "{d}/run", "--out", "{d}/ro/report"], _fake_run, "ro/"),
     # A run's own files, damaged (a full disk, a bad copy, a hand edit): named, left as they are.
     "status-metrics-cut-short": (
         ["status", "{d}/run"],
@@ -351,7 +375,6 @@ BAD = {
 def test_bad_input_is_one_line(
     monkeypatch, capsys, tmp_path: Path, request: pytest.FixtureRequest, case: str
 ) -> None:
-    import os
     import tempfile
 
     from agent.data import write_jsonl
@@ -360,12 +383,10 @@ def test_bad_input_is_one_line(
     d = tmp_path / "work"
     d.mkdir()
     write_jsonl(d / "good.jsonl", GOOD)
-    if setup == "read-only":
-        if os.geteuid() == 0:
-            pytest.skip("root writes into a read-only directory")
-        (d / "ro").mkdir(mode=0o500)
-    elif setup is not None:
+    if setup is not None:
         setup(d)
+    if "{d}/ro/" in " ".join(args):
+        read_only_dir(d / "ro", request)
     model = request.getfixturevalue("tiny_model_dir") if "{model}" in " ".join(args) else ""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where tracebacks go
     before = _snapshot(d)
@@ -374,8 +395,9 @@ def test_bad_input_is_one_line(
     assert code == 1 and message in err, err
     assert [x for x in lines if x.startswith("error:")] == lines[-1:] and "Traceback" not in err
     assert _snapshot(d) == before
-    if setup == "read-only":
-        assert f"traceback written to {tmp_path}/selfloop-" in err
+    if "{d}/ro/" in " ".join(args):
+        assert "pick another location, or change its permissions" in err, err
+        assert "traceback written" not in err
 
 
 def test_an_unexpected_error_names_its_traceback_file(monkeypatch, capsys, tmp_path: Path) -> None:
