@@ -245,7 +245,7 @@ def run(cfg: SelfloopConfig, run_dir: str | Path) -> dict:
         raise SelfloopError(f"{rd.root} is a file, not a directory; pick another run directory")
     if rd.checkpoints.exists():
         raise SelfloopError(f"{rd.root} already holds a run; use `selfloop resume {rd.root}`")
-    if rd.config_path.exists() and not _same_config(rd, cfg):
+    if rd.config_path.exists() and config_changed(rd, cfg):
         # Only a start killed before its first checkpoint leaves config.yaml alone; one that
         # differs is someone else's file, and save_config would keep it as the run's config.
         raise SelfloopError(
@@ -264,13 +264,6 @@ def run(cfg: SelfloopConfig, run_dir: str | Path) -> dict:
             shutil.rmtree(rd.root, ignore_errors=True)
         raise
     return _invoke(rd.root, cfg, dict(INITIAL))
-
-
-def _same_config(rd: RunDir, cfg: SelfloopConfig) -> bool:
-    try:
-        return rd.config_path.read_text(encoding="utf-8") == dump_config(cfg)
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 def _started_run(run_dir: str | Path) -> RunDir:
