@@ -144,6 +144,14 @@ class AugmentConfig(BaseModel):
         description="Preference pairs per constrained prompt at most (each answer in one pair "
         "only): a prompt with 3 passing and 5 failing answers of 8 gives 3.",
     )
+    repair: bool = Field(
+        False,
+        description="For a prompt none of whose samples passed, rewrite one clean failing "
+        "answer so it keeps the constraints it missed, where the fix is mechanical (lowercase, "
+        "no commas, an opening or closing phrase, quotes, JSON, a word or sentence limit, two "
+        "responses, highlights; never a held-out type), and keep it if it then passes every "
+        "constraint and the quality filters (judges/repair.py).",
+    )
     curriculum: bool = Field(
         True,
         description="Move the number of constraints per task by one each round from the last "

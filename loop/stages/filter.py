@@ -36,9 +36,10 @@ def run(ctx: Context, state: LoopState) -> dict:
     # The ROUGE-L rule (if on) already ran on the instructions when they were proposed, against
     # the seeds and the pool; here it would drop the 2nd..nth response to the same instruction.
     cfg = ctx.cfg.filters
-    report = FilterChain(
+    chain = FilterChain(
         cfg.model_copy(update={"rouge": cfg.rouge.model_copy(update={"enabled": False})})
-    ).run(records)
+    )
+    report = chain.run(records)
     safety = SafetyFilter(
         ctx.cfg.safety, judge=ctx.judge_model(state) if ctx.cfg.safety.llm else None
     ).run(report.kept)
@@ -60,6 +61,16 @@ def run(ctx: Context, state: LoopState) -> dict:
                     "failed_constraint": failed.type,
                 }
             )
+    repaired: dict[str, int] = {}
+    if ctx.cfg.augment.repair:
+        from judges.repair import repair_unpassed
+
+        kept, failed_checks, repaired = repair_unpassed(
+            kept,
+            failed_checks,
+            never=ctx.cfg.augment.held_out_types,
+            clean=lambda r: bool(chain.run([r]).kept),
+        )
     rejected = (
         report.rejected_records()
         + [
@@ -110,6 +121,7 @@ def run(ctx: Context, state: LoopState) -> dict:
                     "pairs_unclean_rejected": sum(not p["rejected_clean"] for p in pairs),
                 },
                 "kept": len(kept),
+                "repaired": repaired,
                 "account": account("filter", len(records), len(kept), dropped),
             },
         )

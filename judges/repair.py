@@ -1,0 +1,191 @@
+"""Repair: rewrite an answer that misses a format constraint into one that keeps it.
+
+Rejection sampling only learns the constraint types the model already passes now and then; a
+type it never passes (all lowercase, a quoted answer, no commas, an opening phrase...) never
+gives a training example, so the round cannot teach it. Many of those types are mechanical: the
+answer's content can stay as it is and only its form has to change. `repair` applies, to each
+constraint an answer fails, a rewrite that makes it hold (lowercasing, removing commas, adding
+the required opening or closing phrase, wrapping in quotes or JSON, keeping the first sentences
+under a word or sentence limit, joining two different samples with ******), then checks the
+result strictly against every constraint of the prompt: only an answer that now passes them
+all is returned. Types whose fix would change what the answer says (required or forbidden
+words, letter counts, paragraph layouts) have no repair and stay unlearned until the model
+passes them by itself.
+
+The filter stage (`augment.repair`) repairs the clean failing answers of prompts that no sample
+passed, one answer per prompt; the repaired answer then competes in the judge's best-of-n like
+any passing one and is marked `repaired` with the types it fixed. Held-out types are never
+repaired (they are never attached to training tasks either), so the held-out slice still
+measures transfer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from judges.text import count_words, sentences
+from judges.verifiable import check, validate_all
+
+# (answer, the constraint's parameters, other answers to the same prompt) -> rewritten | None
+Fix = Callable[[str, dict[str, Any], Sequence[str]], str | None]
+
+
+def _lowercase(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return text.lower()
+
+
+def _no_commas(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return re.sub(r"[ \t]*[,，][ \t]*", " ", text).replace(" \n", "\n")
+
+
+def _first_sentences(text: str, fits: Callable[[list[str]], bool]) -> str | None:
+    kept: list[str] = []
+    for s in sentences(text):
+        if not fits([*kept, s]):
+            break
+        kept.append(s)
+    return " ".join(kept) if kept else None
+
+
+def _max_words(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return _first_sentences(text, lambda ss: count_words(" ".join(ss)) <= c["value"])
+
+
+def _max_sentences(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return _first_sentences(text, lambda ss: len(ss) <= c["value"])
+
+
+def _starts_with(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return f"{c['value'].strip()} {text.lstrip()}"
+
+
+def _ends_with(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return f"{text.rstrip()} {c['value'].strip()}"
+
+
+def _quotation(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return f'"{text.strip()}"'
+
+
+def _json_format(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    return json.dumps({"response": text.strip()}, ensure_ascii=False, indent=2)
+
+
+def _two_responses(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    mine = " ".join(text.lower().split())
+    other = next((o for o in others if o.strip() and " ".join(o.lower().split()) != mine), None)
+    return f"{text.strip()}\n******\n{other.strip()}" if other else None
+
+
+def _highlighted_sections(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    # Wrap whole sentences (no asterisk or line break inside) in *...*, first ones first.
+    out, wrapped = text, 0
+    for s in sentences(text):
+        if wrapped >= c["value"]:
+            break
+        if "*" in s or "\n" in s or s not in out:
+            continue
+        out = out.replace(s, f"*{s}*", 1)
+        wrapped += 1
+    return out if wrapped else None
+
+
+# Applied in this order: what changes the words first, then what wraps the answer (an opening
+# phrase added before lowercasing would be lowercased; one added after JSON would break it).
+REPAIRS: dict[str, Fix] = {
+    "max_sentences": _max_sentences,
+    "max_words": _max_words,
+    "no_commas": _no_commas,
+    "lowercase": _lowercase,
+    "highlighted_sections": _highlighted_sections,
+    "two_responses": _two_responses,
+    "starts_with": _starts_with,
+    "ends_with": _ends_with,
+    "quotation": _quotation,
+    "json_format": _json_format,
+}
+
+
+def repair(
+    response: str,
+    constraints: Sequence[dict[str, Any]],
+    *,
+    others: Sequence[str] = (),
+    never: Sequence[str] = (),
+) -> tuple[str, list[str]] | None:
+    """`response` rewritten to pass every constraint (strict), with the types it fixed; None
+    when a failed type has no repair, is in `never` (held-out types), or the rewrite still
+    fails. `others` are other answers to the same prompt (two_responses joins two of them)."""
+    cs = validate_all(constraints)
+    failed = {r.type for r in check(response, cs, mode="strict") if not r.passed}
+    if not failed or any(t not in REPAIRS or t in never for t in failed):
+        return None
+    text, fixed = response, []
+    # A fix may break a constraint that held before (an opening phrase with capitals after
+    # lowercasing): a second pass fixes what the first one broke, where it can.
+    for _ in range(2):
+        for t, fix in REPAIRS.items():
+            c = next((c for c in cs if c["type"] == t), None)
+            if c is None or t in never or check(text, [c], mode="strict")[0].passed:
+                continue
+            new = fix(text, c, others)
+            if new is None or not new.strip():
+                return None
+            text = new
+            fixed += [t] if t not in fixed else []
+    if not all(r.passed for r in check(text, cs, mode="strict")):
+        return None
+    return text, fixed
+
+
+def repair_unpassed(
+    kept: list[dict[str, Any]],
+    failing: list[dict[str, Any]],
+    *,
+    never: Sequence[str] = (),
+    clean: Callable[[dict[str, Any]], bool] = lambda r: True,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """For each constrained prompt none of whose answers is in `kept`, repair its first
+    repairable answer in `failing` that the quality filters still pass as rewritten (`clean`)
+    and move it to `kept`, with `response_original` and `repaired` (the types fixed). Returns
+    the new kept and failing lists and how many answers each type's repair helped make."""
+
+    def pid(r: dict[str, Any]) -> str:
+        return str(r.get("instruction_id", r["id"]))
+
+    passed = {pid(r) for r in kept if r.get("constraints")}
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for r in failing:
+        if r.get("constraints") and pid(r) not in passed:
+            by_prompt.setdefault(pid(r), []).append(r)
+    moved: dict[str, dict[str, Any]] = {}  # id -> the repaired record
+    types: dict[str, int] = {}
+    for recs in by_prompt.values():
+        answers = [str(r.get("response", "")) for r in recs]
+        for i, r in enumerate(recs):
+            got = repair(
+                answers[i], r["constraints"], others=answers[:i] + answers[i + 1 :], never=never
+            )
+            if got is None:
+                continue
+            fixed = {k: v for k, v in r.items() if not k.startswith("filter_")}
+            fixed.pop("failed_constraint", None)
+            fixed.update(response=got[0], response_original=answers[i], repaired=got[1])
+            msgs = [dict(m) for m in r.get("messages") or []]
+            if msgs and msgs[-1].get("role") == "assistant":
+                msgs[-1]["content"] = got[0]
+                fixed["messages"] = msgs
+            if not clean(fixed):
+                continue
+            moved[str(r["id"])] = fixed
+            for t in got[1]:
+                types[t] = types.get(t, 0) + 1
+            break
+    return (
+        kept + list(moved.values()),
+        [r for r in failing if str(r["id"]) not in moved],
+        dict(sorted(types.items())),
+    )

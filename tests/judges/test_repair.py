@@ -1,0 +1,133 @@
+"""Repairing answers that miss a format constraint: a repaired answer passes every constraint
+of its prompt, held-out and content-changing types are never repaired, and the filter's
+bookkeeping (what is kept, what stays failed) adds up."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from judges.augment import DEFAULT_HELD_OUT, AugmentConfig, draw_constraints
+from judges.repair import REPAIRS, repair, repair_unpassed
+from judges.verifiable import check, check_all
+
+ANSWER = (
+    "Rivers shape the land, carving valleys over thousands of years. They carry water, "
+    "sediment and life from mountains to the sea. Many cities grew beside them, because "
+    "rivers gave people water, food and a way to travel. Today we still depend on them."
+)
+OTHER = "A river is a natural stream of water. It flows toward an ocean, a lake or another river."
+
+CASES = [
+    ({"type": "lowercase"}, None),
+    ({"type": "no_commas"}, None),
+    ({"type": "quotation"}, None),
+    ({"type": "json_format"}, None),
+    ({"type": "starts_with", "value": "My answer:"}, None),
+    ({"type": "ends_with", "value": "Is there anything else?"}, None),
+    ({"type": "max_words", "value": 25}, None),
+    ({"type": "max_sentences", "value": 2}, None),
+    ({"type": "highlighted_sections", "value": 2}, None),
+    ({"type": "two_responses"}, None),
+]
+
+
+@pytest.mark.parametrize("constraint", [c for c, _ in CASES], ids=lambda c: c["type"])
+def test_each_repair_makes_its_constraint_hold(constraint: dict) -> None:
+    assert not check_all(ANSWER, [constraint])  # the answer fails it as written
+    got = repair(ANSWER, [constraint], others=[OTHER])
+    assert got is not None
+    text, fixed = got
+    assert check_all(text, [constraint]) and fixed == [constraint["type"]]
+
+
+def test_every_repairable_type_has_a_case() -> None:
+    assert {c["type"] for c, _ in CASES} == set(REPAIRS)
+
+
+def test_repairs_combine_and_the_result_passes_all() -> None:
+    cons = [
+        {"type": "lowercase"},
+        {"type": "starts_with", "value": "Here is my answer:"},
+        {"type": "no_commas"},
+    ]
+    text, fixed = repair(ANSWER, cons)
+    assert check_all(text, cons) and set(fixed) == {"lowercase", "starts_with", "no_commas"}
+    assert text.startswith("here is my answer: rivers shape the land carving valleys")
+
+
+def test_what_cannot_be_repaired_is_left_alone() -> None:
+    # Content-changing types have no repair; held-out types are never repaired.
+    assert repair(ANSWER, [{"type": "required_keywords", "value": ["delta"]}]) is None
+    assert repair(ANSWER, [{"type": "lowercase"}], never=["lowercase"]) is None
+    assert repair(ANSWER, [{"type": "uppercase"}], never=DEFAULT_HELD_OUT) is None
+    # One unrepairable failure among repairable ones: no partial repair.
+    cons = [{"type": "lowercase"}, {"type": "required_keywords", "value": ["delta"]}]
+    assert repair(ANSWER, cons) is None
+    # Already passing: nothing to repair.
+    assert repair(ANSWER.lower(), [{"type": "lowercase"}]) is None
+    # Two responses need a second, different answer.
+    assert repair(ANSWER, [{"type": "two_responses"}], others=[ANSWER.upper()]) is None
+
+
+def test_a_repair_that_breaks_another_constraint_is_refused() -> None:
+    # The opening phrase pushes the answer over its word limit: no repaired answer.
+    short = "Rivers carry water to the sea and shape the land they cross on the way there."
+    cons = [
+        {"type": "max_words", "value": 16},
+        {"type": "starts_with", "value": "Here is a long opening phrase for you:"},
+    ]
+    assert check(short, cons)[0].passed
+    assert repair(short, cons) is None
+
+
+def test_repaired_answers_pass_over_many_drawn_constraint_sets() -> None:
+    types = [t for t in AugmentConfig().drawn_types() if t in REPAIRS]
+    rng = random.Random(0)
+    repaired = 0
+    for _ in range(300):
+        cons = draw_constraints(rng, "Explain how rivers shape the land.", types, rng.randint(1, 3))
+        got = repair(ANSWER, cons, others=[OTHER])
+        if got is not None:
+            repaired += 1
+            assert check_all(got[0], cons), (cons, got)
+    assert repaired > 150  # most sets of repairable types can be repaired
+
+
+def _rec(i: int, prompt: str, response: str, cons: list[dict]) -> dict:
+    return {
+        "id": f"{prompt}-s{i}",
+        "instruction_id": prompt,
+        "instruction": "Explain rivers.",
+        "constraints": cons,
+        "response": response,
+        "messages": [
+            {"role": "user", "content": "Explain rivers."},
+            {"role": "assistant", "content": response},
+        ],
+        "filter_reason": "failed_constraint",
+        "failed_constraint": cons[0]["type"],
+    }
+
+
+def test_only_prompts_without_a_pass_are_repaired_one_answer_each() -> None:
+    low = [{"type": "lowercase"}]
+    kept = [_rec(0, "a", ANSWER.lower(), low)]
+    failing = [
+        _rec(1, "a", ANSWER, low),  # prompt a has a pass: left failed
+        _rec(0, "b", ANSWER, low),
+        _rec(1, "b", OTHER, low),  # prompt b: the first repairable answer only
+        _rec(0, "c", ANSWER, [{"type": "required_keywords", "value": ["delta"]}]),
+    ]
+    new_kept, new_failing, types = repair_unpassed(kept, failing)
+    assert len(new_kept) + len(new_failing) == len(kept) + len(failing)
+    assert [r["id"] for r in new_kept] == ["a-s0", "b-s0"] and types == {"lowercase": 1}
+    fixed = new_kept[1]
+    assert fixed["response"] == ANSWER.lower() and fixed["response_original"] == ANSWER
+    assert fixed["messages"][-1]["content"] == ANSWER.lower() and fixed["repaired"] == ["lowercase"]
+    assert "filter_reason" not in fixed and "failed_constraint" not in fixed
+    assert {r["id"] for r in new_failing} == {"a-s1", "b-s1", "c-s0"}
+    # An answer the quality filters drop once rewritten is not kept; the next one is tried.
+    _, _, types = repair_unpassed([], failing[1:3], clean=lambda r: "river is" in r["response"])
+    assert types == {"lowercase": 1}
