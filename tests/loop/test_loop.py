@@ -296,3 +296,38 @@ def test_runs_sharing_an_eval_cache_evaluate_the_base_model_once(
         for n in ("a", "b")
     ]
     assert evals[0]["suites"] == evals[1]["suites"]
+
+
+def test_repair_gives_every_unpassed_prompt_a_kept_answer(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """augment.repair on the tiny model, whose random tokens rarely keep a constraint: prompts
+    no sample passed get one repaired answer, which passes every constraint, reaches SFT, and
+    the round's accounts still add up."""
+    from judges.verifiable import check_all
+
+    path = write_config(tmp_path, tiny_model_dir, max_rounds=1, sources=["constraints"])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["augment"] = {"tasks": 6, "train_types": ["lowercase", "quotation"], "repair": True}
+    cfg["respond"] = {"n": 2, "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": 0}}
+    off = {"enabled": False}
+    cfg["filters"] = {k: off for k in ("language", "cut_off", "repetition", "letters")}
+    cfg["tune"].update({"objective": "sft", "max_steps": 2})
+    path.write_text(yaml.safe_dump(cfg))
+    rd = tmp_path / "run"
+    run(load_config(path), rd)
+    r1 = rd / "rounds" / "001"
+    stats = json.loads((r1 / "filter" / "stats.json").read_text())
+    kept = read_jsonl(r1 / "filter" / "filtered.jsonl")
+    repaired = [r for r in kept if r.get("repaired")]
+    assert repaired and sum(stats["repaired"].values()) >= len(repaired)
+    for r in repaired:
+        assert check_all(r["response"], r["constraints"]) and r["response_original"]
+        assert not check_all(r["response_original"], r["constraints"])
+        assert r["messages"][-1]["content"] == r["response"]
+    assert {r["instruction_id"] for r in kept} == {
+        r["prompt_id"] for r in read_jsonl(r1 / "filter" / "pass_rates.jsonl")
+    }
+    assert round_account(r1)["problems"] == []
+    trained = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
+    assert trained["objective"] == "sft" and trained["examples"] >= 1
