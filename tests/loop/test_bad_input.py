@@ -254,6 +254,20 @@ BAD = {
         "good.jsonl is a file, not a directory",
     ),
     "run-out-is-a-file": (["run", "--out", "{d}/good.jsonl"], None, "is a file"),
+    # Every verb, named at least once: the run-directory verbs given something that is not one.
+    "resume-a-file": (["resume", "{d}/good.jsonl"], None, "run directory not found"),
+    "review-no-run": (
+        ["review", "{d}/none", "--accept", "{d}/good.jsonl"],
+        None,
+        "run directory not found",
+    ),
+    "data-export-no-run": (
+        ["data", "export", "{d}/none", "--out", "{d}/out.jsonl"],
+        None,
+        "run directory not found",
+    ),
+    "prepare-unknown-model": (["prepare", "no-such-model"], None, "unknown model 'no-such-model'"),
+    "serve-bad-port": (["serve", "--port", "99999"], None, "--port 99999: not a TCP port"),
     # {d}/ro cannot be written: a read-only mount as root (who may write anywhere), else a
     # directory without write permission. One line naming the path, no traceback file.
     "import-out-unwritable": (
