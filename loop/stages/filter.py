@@ -135,7 +135,9 @@ def summary(f: dict) -> str:
         f"{f.get('kept', 0)} of {heur.get('total', 0)} kept; filters: "
         f"{counts(heur.get('counts'))}; safety: {counts(safety.get('counts'))}; "
         f"failed_constraint {f.get('failed_constraint', 0)} "
-        f"({counts(f.get('failed_constraint_types'))})" + _verifier_line(f.get("verifier") or {})
+        f"({counts(f.get('failed_constraint_types'))})"
+        + _verifier_line(f.get("verifier") or {})
+        + (f"; repaired {counts(f['repaired'])}" if f.get("repaired") else "")
     )
 
 

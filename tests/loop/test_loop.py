@@ -331,3 +331,9 @@ def test_repair_gives_every_unpassed_prompt_a_kept_answer(
     assert round_account(r1)["problems"] == []
     trained = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
     assert trained["objective"] == "sft" and trained["examples"] >= 1
+    shown = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "show", str(rd), "--round", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and "; repaired " in shown.stdout, shown.stderr
