@@ -46,17 +46,22 @@ def trl_pair(chosen: Record, rejected: Record, **extra: Any) -> dict[str, Any]:
         "prompt": prompt_messages(chosen),
         "chosen": [{"role": "assistant", "content": str(chosen["response"])}],
         "rejected": [{"role": "assistant", "content": str(rejected["response"])}],
-        "prompt_id": str(chosen.get("instruction_id", chosen["id"])),
+        "prompt_id": prompt_id(chosen),
         "chosen_id": str(chosen["id"]),
         "rejected_id": str(rejected["id"]),
         **extra,
     }
 
 
+def prompt_id(rec: Record) -> str:
+    """The prompt a sample answers: its instruction's id (n samples share it), else its own."""
+    return str(rec.get("instruction_id", rec["id"]))
+
+
 def _group(records: Iterable[Record]) -> dict[str, list[Record]]:
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        groups[str(r.get("instruction_id", r["id"]))].append(r)
+        groups[prompt_id(r)].append(r)
     return groups
 
 

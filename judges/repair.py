@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from judges.preference import prompt_id
 from judges.text import count_words, sentences
 from judges.verifiable import check, validate_all
 
@@ -152,15 +153,11 @@ def repair_unpassed(
     repairable answer in `failing` that the quality filters still pass as rewritten (`clean`)
     and move it to `kept`, with `response_original` and `repaired` (the types fixed). Returns
     the new kept and failing lists and how many answers each type's repair helped make."""
-
-    def pid(r: dict[str, Any]) -> str:
-        return str(r.get("instruction_id", r["id"]))
-
-    passed = {pid(r) for r in kept if r.get("constraints")}
+    passed = {prompt_id(r) for r in kept if r.get("constraints")}
     by_prompt: dict[str, list[dict[str, Any]]] = {}
     for r in failing:
-        if r.get("constraints") and pid(r) not in passed:
-            by_prompt.setdefault(pid(r), []).append(r)
+        if r.get("constraints") and prompt_id(r) not in passed:
+            by_prompt.setdefault(prompt_id(r), []).append(r)
     moved: dict[str, dict[str, Any]] = {}  # id -> the repaired record
     types: dict[str, int] = {}
     for recs in by_prompt.values():

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,27 @@ def make_lora_adapter(model_dir: Path, out: Path, seed: int = 0, scale: float = 
                 p.normal_(0, scale)
     peft_model.save_pretrained(out)
     return out
+
+
+def mount_tmpfs(path: Path, options: str, why: str) -> Callable[[], None]:
+    """Mount a tmpfs with `options` on the existing directory `path` and return its unmount.
+    Root only: skips the test (saying `why` it needed the mount) where mounting is not allowed."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip(f"{why} needs a tmpfs mount (root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+    def unmount() -> None:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+    return unmount
 
 
 def free_port() -> int:

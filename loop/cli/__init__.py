@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -128,22 +129,27 @@ def _save_traceback(verb: str) -> str:
         return f"nowhere: {e}"
 
 
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    """`e` and what it was raised from (sqlite, torch and the Trainer wrap OSErrors), at most
+    10 deep."""
+    for _ in range(10):
+        if e is None:
+            return
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def _disk_full(e: BaseException) -> bool:
-    """Whether `e` (or what it was raised from: sqlite, torch and the Trainer wrap OSErrors) is
-    a full disk."""
+    """Whether `e` (or what it was raised from) is a full disk."""
     import errno
     import sqlite3
 
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
-            return True
-        if "No space left on device" in str(e):
-            return True
-        e, seen = (e.__cause__ or e.__context__), seen + 1
-    return False
+    return any(
+        (isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT))
+        or (isinstance(x, sqlite3.OperationalError) and "disk is full" in str(x))
+        or "No space left on device" in str(x)
+        for x in _chain(e)
+    )
 
 
 def _not_permitted(e: BaseException) -> OSError | None:
@@ -151,12 +157,8 @@ def _not_permitted(e: BaseException) -> OSError | None:
     or read: no permission, or a read-only file system."""
     import errno
 
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return e
-        e, seen = (e.__cause__ or e.__context__), seen + 1
-    return None
+    refused = (errno.EACCES, errno.EPERM, errno.EROFS)
+    return next((x for x in _chain(e) if isinstance(x, OSError) and x.errno in refused), None)
 
 
 def _refused_path(e: OSError) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from loop.cli import main
 from loop.config import dump_config, load_config
+from tests.helpers import mount_tmpfs
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
@@ -63,20 +64,10 @@ def read_only_dir(path: Path, request: pytest.FixtureRequest) -> None:
     """`path`, a directory nothing may be written into. Root writes through permissions, so
     as root it is a read-only tmpfs mount (skipped where mounting is not allowed)."""
     import os
-    import shutil
-    import subprocess
 
     path.mkdir(mode=0o500)
-    if os.geteuid() != 0:
-        return
-    if not shutil.which("mount"):
-        pytest.skip("a read-only directory for root needs a mount")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
-    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(path)], capture_output=True))
+    if os.geteuid() == 0:
+        request.addfinalizer(mount_tmpfs(path, "size=1m,ro", "a read-only directory for root"))
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:

@@ -6,15 +6,14 @@ twice."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import crash_config as _config
+from tests.helpers import mount_tmpfs, selfloop
 from tests.helpers import run_outcome as _outcome
-from tests.helpers import selfloop
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +61,13 @@ def test_kill_at_any_point_then_resume_matches_a_clean_run(
 @pytest.fixture
 def small_disk(tmp_path: Path):  # noqa: ANN201
     """A 256 MiB tmpfs to fill (root only; skipped where mounting is not allowed)."""
-    import shutil
-    import subprocess
-
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("filling a disk needs a tmpfs mount (root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    unmount = mount_tmpfs(mnt, "size=256m", "filling a disk")
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        unmount()
 
 
 @pytest.mark.parametrize(

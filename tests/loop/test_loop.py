@@ -240,19 +240,29 @@ def test_a_custom_eval_suite_is_evaluated_and_guarded(tiny_model_dir: Path, tmp_
         load_config(tmp_path / "gone.yaml")
 
 
-def test_a_constraints_round_with_dpo_runs_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The recipe's path on the tiny model: constrained tasks, n samples, pass rates and pairs,
-    DPO when there are pairs (a clean rejection when there are none), every account adding up."""
-    path = write_config(tmp_path, tiny_model_dir, max_rounds=1, sources=["constraints"])
+def _constraints_config(
+    tmp_path: Path, model_dir: Path, augment: dict, n: int, objective: str
+) -> Path:
+    """One round of the recipe's path on the tiny model: 6 constrained tasks, n samples each."""
+    path = write_config(tmp_path, model_dir, max_rounds=1, sources=["constraints"])
     cfg = yaml.safe_load(path.read_text())
-    cfg["augment"] = {"tasks": 6, "train_types": ["lowercase", "no_commas"]}
-    cfg["respond"] = {"n": 4, "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": 0}}
+    cfg["augment"] = {"tasks": 6, **augment}
+    cfg["respond"] = {"n": n, "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": 0}}
     # The tiny model writes random tokens, cut off at 8: let them through the heuristics so the
     # verifier sees them.
     off = {"enabled": False}
     cfg["filters"] = {k: off for k in ("language", "cut_off", "repetition", "letters")}
-    cfg["tune"].update({"objective": "dpo", "max_steps": 2})
+    cfg["tune"].update({"objective": objective, "max_steps": 2})
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_constraints_round_with_dpo_runs_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The recipe's path on the tiny model: constrained tasks, n samples, pass rates and pairs,
+    DPO when there are pairs (a clean rejection when there are none), every account adding up."""
+    path = _constraints_config(
+        tmp_path, tiny_model_dir, {"train_types": ["lowercase", "no_commas"]}, n=4, objective="dpo"
+    )
     rd = tmp_path / "run"
     state = run(load_config(path), rd)
     r1 = rd / "rounds" / "001"
@@ -306,14 +316,8 @@ def test_repair_gives_every_unpassed_prompt_a_kept_answer(
     the round's accounts still add up."""
     from judges.verifiable import check_all
 
-    path = write_config(tmp_path, tiny_model_dir, max_rounds=1, sources=["constraints"])
-    cfg = yaml.safe_load(path.read_text())
-    cfg["augment"] = {"tasks": 6, "train_types": ["lowercase", "quotation"], "repair": True}
-    cfg["respond"] = {"n": 2, "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": 0}}
-    off = {"enabled": False}
-    cfg["filters"] = {k: off for k in ("language", "cut_off", "repetition", "letters")}
-    cfg["tune"].update({"objective": "sft", "max_steps": 2})
-    path.write_text(yaml.safe_dump(cfg))
+    augment = {"train_types": ["lowercase", "quotation"], "repair": True}
+    path = _constraints_config(tmp_path, tiny_model_dir, augment, n=2, objective="sft")
     rd = tmp_path / "run"
     run(load_config(path), rd)
     r1 = rd / "rounds" / "001"
