@@ -1,9 +1,13 @@
 """Best-of-n selection by a scoring judge: which answer of each instruction a round keeps.
 
 Per instruction (records grouped by `instruction_id`) the best-scored answer is picked; of those,
-the top `keep_top` share with a score of at least `min_score` are kept. Every other candidate is
-returned with why: its instruction's best scored too low or ranked too far down (`low`), a
-sibling beat it (`not_best`), or its judgement failed (`unjudged`, with outcome and error).
+the top `keep_top` share with a score of at least `min_score` are kept. With `per_instruction`
+above 1 a kept instruction also keeps its next-best distinct answers (score >= `min_score`), up
+to that many in all: rejection-sampling fine-tuning learns more from several verified answers to
+a prompt than from one (Yuan et al. 2023, "Scaling relationship on learning mathematical
+reasoning"). Every other candidate is returned with why: its instruction's best scored too low
+or ranked too far down (`low`), a sibling beat it (`not_best`), or its judgement failed
+(`unjudged`, with outcome and error). Kept answers of one instruction are adjacent, best first.
 """
 
 from __future__ import annotations
@@ -39,12 +43,18 @@ class Selection:
 
 
 def select_best(
-    records: Sequence[dict[str, Any]], judge: BestOfNJudge, keep_top: float, min_score: float
+    records: Sequence[dict[str, Any]],
+    judge: BestOfNJudge,
+    keep_top: float,
+    min_score: float,
+    per_instruction: int = 1,
 ) -> Selection:
     """Judge `records` and split them into kept / low / not_best / unjudged (see module doc)."""
+    if per_instruction < 1:
+        raise ValueError(f"per_instruction must be >= 1, got {per_instruction}")
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault(r.get("instruction_id", r["id"]), []).append(r)
+        groups.setdefault(_gid(r), []).append(r)
     if not groups:
         return Selection()
     out = judge.best_of_n(groups)
@@ -60,9 +70,15 @@ def select_best(
         preference_pairs=out["preference_pairs"],
         judgements=verdicts,
     )
-    for k, rec in enumerate(ranked):
-        (sel.kept if k < top and rec["judge_score"] >= min_score else sel.low).append(rec)
     picked = {r["id"] for r in ranked}
+    for k, rec in enumerate(ranked):
+        if k < top and rec["judge_score"] >= min_score:
+            sel.kept.append(rec)
+            more = _runners_up(groups[_gid(rec)], rec, verdicts, min_score, per_instruction - 1)
+            sel.kept.extend(more)
+            picked.update(r["id"] for r in more)
+        else:
+            sel.low.append(rec)
     for r in records:
         if r["id"] in picked:
             continue
@@ -72,3 +88,41 @@ def select_best(
         else:
             sel.not_best.append({**r, "judge_score": v.score})
     return sel
+
+
+def _gid(rec: dict[str, Any]) -> str:
+    return rec.get("instruction_id", rec["id"])
+
+
+def _runners_up(
+    group: list[dict[str, Any]],
+    best: dict[str, Any],
+    verdicts: dict[str, Any],
+    min_score: float,
+    k: int,
+) -> list[dict[str, Any]]:
+    """Up to `k` more answers of `best`'s instruction: judged, scoring >= `min_score`, best score
+    first (then first produced), none repeating an answer already taken (whitespace aside)."""
+    if k <= 0:
+        return []
+    seen = {" ".join(str(best.get("response", "")).split())}
+    judged = sorted(
+        (
+            (-verdicts[r["id"]].score, i, r)
+            for i, r in enumerate(group)
+            if r["id"] != best["id"]
+            and verdicts[r["id"]].score is not None
+            and verdicts[r["id"]].score >= min_score
+        ),
+        key=lambda t: t[:2],
+    )
+    out = []
+    for neg, _, r in judged:
+        text = " ".join(str(r.get("response", "")).split())
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append({**r, "judge_score": -neg})
+        if len(out) == k:
+            break
+    return out

@@ -120,6 +120,14 @@ class LoopJudgeConfig(BaseModel):
         "judging itself scores on a compressed, shifted scale (SmolLM2-135M: ~1.5-2.2 of 5), so a "
         "relative cut works where a fixed threshold keeps all or nothing.",
     )
+    per_instruction: int = Field(
+        1,
+        ge=1,
+        description="Answers kept per instruction: its best, then (when above 1) its next-best "
+        "distinct answers scoring >= min_score. Several verified answers to a prompt are more "
+        "training data from the same samples (rejection-sampling fine-tuning); dedup keeps or "
+        "drops an instruction's answers together.",
+    )
     model: ModelSpec | None = Field(
         None,
         description="Judge model (a stronger local model, or one behind an OpenAI-compatible "

@@ -47,26 +47,35 @@ def run(ctx: Context, state: LoopState) -> dict:
         if r["id"] in hits
     ]
     candidates = [r for r in rest if r["id"] not in copies]
+    # Several answers to one instruction (judge.per_instruction) share its text, which is what
+    # dedup embeds: it decides on the instruction's first (best) answer, and the others follow it.
+    leads, followers = by_instruction(candidates)
     report = dedup(
-        candidates,
+        leads,
         pool,
         ctx.cfg.dedup,
-        scores={r["id"]: r["judge_score"] for r in candidates if "judge_score" in r},
+        scores={r["id"]: r["judge_score"] for r in leads if "judge_score" in r},
     )
+    decided = [x for r in report.kept for x in (r, *followers.get(r["id"], ()))]
+    dup_records = [
+        x
+        for d in report.dropped_records()
+        for x in (d, *({**f, **_dedup_keys(d)} for f in followers.get(d["id"], ())))
+    ]
     # An id already in the pool was learned by an earlier round: it is not new data.
-    known = [r for r in report.kept if r["id"] in pool]
-    kept = [r for r in report.kept if r["id"] not in pool]
+    known = [r for r in decided if r["id"] in pool]
+    kept = [r for r in decided if r["id"] not in pool]
     dropped = {
         "contaminated": len(contaminated),
         "copies_seed": len(copies),
-        "duplicate": len(report.dropped),
+        "duplicate": len(dup_records),
         "already_in_pool": len(known),
     }
     with ctx.rundir.writing_stage(n, "dedup") as out:
         write_examples(out / KEPT, kept)
         write_examples(
             out / DROPPED,
-            report.dropped_records() + [{**r, "dedup_where": "already_in_pool"} for r in known],
+            dup_records + [{**r, "dedup_where": "already_in_pool"} for r in known],
         )
         write_examples(out / GUARDED, guarded)
         write_json(
@@ -76,6 +85,7 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "contaminated": {k: v["guard_similarity"] for k, v in contaminated.items()},
                 "copies_seed": {k: v["guard_similarity"] for k, v in copies.items()},
                 "kept": len(kept),
+                "followers": sum(len(v) for v in followers.values()),
                 "account": account("dedup", len(records), len(kept), dropped),
             },
         )
@@ -88,6 +98,24 @@ def run(ctx: Context, state: LoopState) -> dict:
         len(copies),
     )
     return {"kept": len(kept)}
+
+
+def by_instruction(records: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The first record of each instruction (in order), and per first record's id the later
+    records answering the same instruction."""
+    from judges.preference import prompt_id
+
+    first: dict[str, dict] = {}
+    followers: dict[str, list[dict]] = {}
+    for r in records:
+        lead = first.setdefault(prompt_id(r), r)
+        if lead is not r:
+            followers.setdefault(lead["id"], []).append(r)
+    return list(first.values()), followers
+
+
+def _dedup_keys(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k.startswith("dedup_")}
 
 
 def summary(d: dict) -> str:

@@ -34,7 +34,11 @@ def run(ctx: Context, state: LoopState) -> dict:
     records = ctx.rundir.input_records(n, "judge")
     jc = ctx.cfg.judge
     sel = select_best(
-        records, LLMJudge(ctx.judge_model(state), jc.rubric), jc.keep_top, jc.min_score
+        records,
+        LLMJudge(ctx.judge_model(state), jc.rubric),
+        jc.keep_top,
+        jc.min_score,
+        jc.per_instruction,
     )
     with ctx.rundir.writing_stage(n, "judge") as out:
         write_examples(out / KEPT, sel.kept)
@@ -55,6 +59,7 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "unjudged_samples": samples(sel.unjudged, "judge_outcome"),
                 "min_score": jc.min_score,
                 "keep_top": jc.keep_top,
+                "per_instruction": jc.per_instruction,
                 "judge_model": ctx.judge_name(),
                 "account": account("judge", len(records), len(sel.kept), sel.dropped),
             },
@@ -62,7 +67,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     log.info(
         "round %d judge: %d best-of-n, %d kept (top %.0f%%, score >= %.1f), %d unjudged",
         n,
-        len(sel.kept) + len(sel.low),
+        sel.best,
         len(sel.kept),
         100 * jc.keep_top,
         jc.min_score,
@@ -84,7 +89,13 @@ def trl_pairs(records: list[dict], pairs: list[dict]) -> list[dict]:
 
 def summary(j: dict) -> str:
     return (
-        f"{j.get('best', 0)} best-of-n, {j.get('kept', 0)} kept, "
+        f"{j.get('best', 0)} best-of-n, {j.get('kept', 0)} kept"
+        + (
+            f" (up to {j['per_instruction']} per instruction)"
+            if j.get("per_instruction", 1) > 1
+            else ""
+        )
+        + ", "
         f"dropped_low_score {j.get('dropped_low_score', 0)} "
         f"(min_score {j.get('min_score')}, keep_top {j.get('keep_top')}), "
         f"not_best {j.get('not_best', 0)}, unjudged {j.get('unjudged', 0)}"

@@ -486,3 +486,37 @@ def test_a_round_begun_before_augment_existed_resumes_from_proposes_tasks(
     _write_stage(ctx, "propose", "kept.jsonl", [_response("p1", "Name a river in Spain.")])
     assert ctx.rundir.input_stage(1, "respond") == "propose"  # no augment/ in this round
     assert [r["id"] for r in ctx.rundir.input_records(1, "respond")] == ["p1"]
+
+
+def test_an_instructions_answers_are_kept_or_dropped_together_by_dedup(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """judge.per_instruction > 1: dedup decides on an instruction's first (best) answer and its
+    other answers follow it, so they are not duplicates of one another."""
+    ctx = _context(tmp_path, tiny_model_dir)
+    rivers, rivers2 = (
+        "Name three rivers that flow through Germany.",
+        "Name three rivers which flow through Germany.",
+    )
+    lang = "Give two reasons to learn a second language."
+    recs = [
+        _response("d-0", rivers2, "Rhine, Elbe, Danube.", instruction_id="d", judge_score=3.0),
+        _response("d-1", rivers2, "The Main, the Rhine, the Oder.", instruction_id="d",
+                  judge_score=2.0),
+        _response("c-0", rivers, "Rhine, Weser, Ems.", instruction_id="c", judge_score=2.0),
+        _response("c-1", rivers, "Elbe, Spree, Havel.", instruction_id="c", judge_score=1.0),
+        _response("e-0", lang, "Work and travel.", instruction_id="e", judge_score=1.5),
+        _response("e-1", lang, "Friends and books.", instruction_id="e", judge_score=1.5),
+        _response("e-2", lang, "Memory and music.", instruction_id="e", judge_score=1.5),
+    ]  # fmt: skip
+    _write_stage(ctx, "judge", "judged.jsonl", recs)
+    dedup_stage(ctx, {"round": 1})
+    dd = ctx.rundir.stage_dir(1, "dedup")
+    stats = json.loads((dd / "stats.json").read_text())
+    assert [r["id"] for r in read_jsonl(dd / "kept.jsonl")] == ["d-0", "d-1", "e-0", "e-1", "e-2"]
+    dropped = read_jsonl(dd / "dropped.jsonl")
+    assert [(r["id"], r["dedup_neighbour"]) for r in dropped] == [("c-0", "d-0"), ("c-1", "d-0")]
+    assert dropped[0]["dedup_similarity"] == dropped[1]["dedup_similarity"] >= 0.85
+    assert stats["followers"] == 4
+    assert stats["account"] == {"in": 7, "kept": 5, "dropped": {"duplicate": 2}}
+    assert round_account(ctx.rundir.round_dir(1))["problems"] == []
