@@ -100,7 +100,7 @@ def main() -> None:
         out = args.out / f"round-{n:03d}" / name
         adapter, ev_path = out / "adapter", out / "eval.json"
         row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}  # minutes training
-        data, init = training_data(rundir, cfg.tune, n, champion)
+        data, init = training_data(rundir, cfg.tune, n, champion, cfg.run.seeds_file)
         row["examples"] = len(data)
         if not data:
             print(f"{name}: nothing to train on in round {n}", flush=True)

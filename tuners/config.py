@@ -121,6 +121,15 @@ class TuneConfig(BaseModel):
         "a round's training, as a share of the round's new examples (0.5 = one old per two "
         "new), so what earlier rounds taught is not trained away (model collapse).",
     )
+    anchor: float = Field(
+        0.0,
+        ge=0,
+        description="In the loop, with sft: seed tasks' written answers (run.seeds_file) mixed "
+        "into each round's training, as a share of the round's new examples (0.25 = one per "
+        "four new; at most every seed once). A model trained on its own answers drifts from "
+        "well-written text (the helpfulness and domain suites' reference NLL rise); written "
+        "answers hold it, as the general instruction mix does in Tulu 3's SFT.",
+    )
     warm_start: bool = Field(
         True,
         description="Continue from the champion adapter (true) or train a fresh adapter from the "

@@ -33,7 +33,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     if ctx.rundir.stage_done(n, "tune"):
         return {"trained": True}
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
-    data, init = training_data(ctx.rundir, ctx.cfg.tune, n, champion)
+    data, init = training_data(ctx.rundir, ctx.cfg.tune, n, champion, ctx.cfg.run.seeds_file)
     if not data:
         return {"trained": False}
     ctx.release()
@@ -42,14 +42,19 @@ def run(ctx: Context, state: LoopState) -> dict:
 
 
 def training_data(
-    rundir: RunDir, cfg: TuneConfig, n: int, champion: Path | None
+    rundir: RunDir,
+    cfg: TuneConfig,
+    n: int,
+    champion: Path | None,
+    seeds_file: Path | None = None,
 ) -> tuple[list[dict[str, Any]], Path | None]:
     """What round `n` trains on under `cfg.objective`, and the adapter it starts from (None: a
     fresh adapter on the base). An empty list: nothing to train (logged). `bench/objectives.py`
     calls this too, so a bench trains each objective on exactly what the loop would.
 
     - sft: the round's kept examples (plus `replay`) from the champion with `warm_start`, else
-      the whole accepted pool plus this round from the base;
+      the whole accepted pool plus this round from the base; plus `anchor` seed tasks (from
+      `seeds_file`, None = the bundled ones) with their written answers;
     - dpo / rpo: the round's preference pairs from `pair_sources`;
     - grpo: the round's constrained prompts the model passes only sometimes (the filter stage's
       pass rates): a prompt always or never passed gives every answer of a group the same
@@ -72,9 +77,11 @@ def training_data(
             log.info("round %d tune: no preference pairs from %s", n, cfg.pair_sources)
         return pairs, start
     kept = rundir.input_records(n, "tune")
+    anchors = anchored(cfg, n, len(kept), seeds_file) if kept else []
     if start is not None:
-        return kept + replayed(rundir, cfg, n, len(kept)), start
-    return rundir.accepted(before=n) + kept, None  # fresh: the whole accepted pool plus this round
+        return kept + replayed(rundir, cfg, n, len(kept)) + anchors, start
+    # fresh: the whole accepted pool plus this round
+    return rundir.accepted(before=n) + kept + anchors, None
 
 
 def fit(
@@ -156,3 +163,33 @@ STAGE = Stage(
     proceed=lambda s: s.get("trained", True),  # a preference round without pairs ends here
     metrics=metrics,
 )
+
+
+def anchored(cfg: TuneConfig, n: int, new: int, seeds_file: Path | None) -> list[dict[str, Any]]:
+    """`cfg.anchor` x `new` seed tasks with their written answers as training examples (at most
+    every seed once), drawn the same way on a re-run."""
+    import random
+
+    from agent.seeds import load_seed_tasks
+
+    k = round(cfg.anchor * new)
+    if k == 0:
+        return []
+    seeds = load_seed_tasks(seeds_file)
+    picked = random.Random(f"anchor/{cfg.seed}/{n}").sample(seeds, min(k, len(seeds)))
+    log.info("round %d tune: %d new examples + %d seed answers (anchor)", n, new, len(picked))
+    out = []
+    for t in picked:
+        user = f"{t.instruction}\n\n{t.input}" if t.input else t.instruction
+        out.append(
+            {
+                "id": f"anchor/{t.id}",
+                "source": "anchor",
+                "round": n,
+                "messages": [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": t.output},
+                ],
+            }
+        )
+    return out

@@ -445,6 +445,46 @@ def test_replay_mixes_a_share_of_earlier_accepted_examples_reproducibly(
     assert replayed(off.rundir, off.cfg.tune, 3, new=6) == []
 
 
+def test_anchor_mixes_seed_answers_into_sft_reproducibly(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    from agent.seeds import load_seed_tasks
+    from loop.stages.tune import anchored, training_data
+    from tuners.data import tokenize_example
+
+    ctx = _context(tmp_path, tiny_model_dir, "tune.anchor=0.5")
+    new = [_response(f"new{i}", f"New question {i}?") for i in range(6)]
+    ctx.rundir.stage_dir(1, "dedup").mkdir(parents=True)
+    write_examples(ctx.rundir.stage_dir(1, "dedup") / "kept.jsonl", new)
+    data, start = training_data(ctx.rundir, ctx.cfg.tune, 1, None)
+    assert start is None and [r["id"] for r in data[:6]] == [r["id"] for r in new]
+    anchors = data[6:]
+    assert len(anchors) == 3 and all(r["source"] == "anchor" for r in anchors)
+    seeds = {f"anchor/{t.id}": t for t in load_seed_tasks()}
+    for a in anchors:
+        t = seeds[a["id"]]  # a bundled seed, its written answer the assistant turn
+        assert a["messages"][-1] == {"role": "assistant", "content": t.output}
+        assert a["messages"][0]["content"].startswith(t.instruction)
+    again, _ = training_data(ctx.rundir, ctx.cfg.tune, 1, None)
+    assert [r["id"] for r in again] == [r["id"] for r in data]  # the same draw on a re-run
+    assert anchored(ctx.cfg.tune, 2, 6, None) != anchors  # a new draw each round
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert all(any(x != -100 for x in tokenize_example(tok, a)["labels"]) for a in anchors)
+    # never more than the seeds there are; none with anchor off or nothing new kept
+    two = tmp_path / "two.jsonl"
+    two.write_text(
+        "".join(json.dumps({**t.model_dump(), "id": f"s{i}"}) + "\n"
+                for i, t in enumerate(list(seeds.values())[:2]))
+    )  # fmt: skip
+    assert [r["id"] for r in anchored(ctx.cfg.tune, 1, 100, two)] in (
+        ["anchor/s0", "anchor/s1"], ["anchor/s1", "anchor/s0"]
+    )  # fmt: skip
+    off = _context(tmp_path / "off", tiny_model_dir)
+    assert anchored(off.cfg.tune, 1, 6, None) == []
+
+
 def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) -> None:
     from loop.stages import evaluate
 
