@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="the new run directory")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value")
     args = ap.parse_args()
+    # The loop logs each stage and its progress, as `selfloop run` shows them: hours of work
+    # should not be silent.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from judges.augment import DEFAULT_HELD_OUT
     from judges.evals import load_suite

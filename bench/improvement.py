@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,11 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value")
     ap.add_argument("--resume", action="store_true", help="continue the runs already under --out")
     args = ap.parse_args()
+    # The loop logs each stage and its progress, as `selfloop run` shows them: hours of work
+    # should not be silent.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from loop.config import load_config
     from loop.graph import resume, run
