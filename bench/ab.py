@@ -98,6 +98,10 @@ def main() -> None:
         run(cfg, args.out)
 
     new_dir = args.out / "rounds" / "001"
+    if not (new_dir / "evaluate" / "eval.json").is_file():  # the round ended before evaluating
+        raise SystemExit(
+            f"{args.out}: round 1 ended without an evaluation; `selfloop show` says why"
+        )
     new = json.loads((new_dir / "evaluate" / "eval.json").read_text())
     base = json.loads((new_dir / "evaluate" / "champion_eval.json").read_text())
     old = (
@@ -114,10 +118,11 @@ def main() -> None:
         if old is not None:
             print(f"  {'':20s} vs run  {fmt(compare(old, new, m))}")
     print(f"  held-out loose       vs base {fmt(compare(base, new, 'prompt_loose', held))}")
-    base_nll = nll(base)
+    base_nll, old_nll = nll(base), nll(old or {})
     for suite, v in nll(new).items():
         if (b := base_nll.get(suite)) is not None:
-            print(f"  {suite} reference NLL {b:.3f} -> {v:.3f} ({v - b:+.3f} nats)")
+            run_nll = f", the run's {old_nll[suite]:.3f}" if suite in old_nll else ""
+            print(f"  {suite} reference NLL {b:.3f} -> {v:.3f} ({v - b:+.3f} nats{run_nll})")
     decision = json.loads((new_dir / "decision.json").read_text())
     print(f"  decision: {decision.get('decision')}")
     for r in decision.get("reasons", []):
