@@ -344,7 +344,7 @@ def respond(
     round_index: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """`params.n` responses per task, each a record with provenance; failed requests are counted."""
-    prompts = [[{"role": "user", "content": _user_text(t)}] for t in tasks]
+    prompts = [[{"role": "user", "content": user_text(t)}] for t in tasks]
     if not prompts:
         return [], {"tasks": 0, "responses": 0, "backend_errors": 0}
     results = generator.generate(prompts, params, adapter=adapter)
@@ -373,5 +373,6 @@ def respond(
     return out, {"tasks": len(tasks), "responses": len(out), "backend_errors": errors}
 
 
-def _user_text(t: Mapping[str, Any]) -> str:
+def user_text(t: Mapping[str, Any]) -> str:
+    """The user turn a task is asked as: its instruction, then its input (tune.anchor too)."""
     return f"{t['instruction']}\n\n{t['input']}" if t.get("input") else str(t["instruction"])

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from judges.preference import prompt_id
+
 
 class BestOfNJudge(Protocol):
     def best_of_n(self, groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]: ...
@@ -54,7 +56,7 @@ def select_best(
         raise ValueError(f"per_instruction must be >= 1, got {per_instruction}")
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault(_gid(r), []).append(r)
+        groups.setdefault(prompt_id(r), []).append(r)
     if not groups:
         return Selection()
     out = judge.best_of_n(groups)
@@ -74,7 +76,9 @@ def select_best(
     for k, rec in enumerate(ranked):
         if k < top and rec["judge_score"] >= min_score:
             sel.kept.append(rec)
-            more = _runners_up(groups[_gid(rec)], rec, verdicts, min_score, per_instruction - 1)
+            more = _runners_up(
+                groups[prompt_id(rec)], rec, verdicts, min_score, per_instruction - 1
+            )
             sel.kept.extend(more)
             picked.update(r["id"] for r in more)
         else:
@@ -88,10 +92,6 @@ def select_best(
         else:
             sel.not_best.append({**r, "judge_score": v.score})
     return sel
-
-
-def _gid(rec: dict[str, Any]) -> str:
-    return rec.get("instruction_id", rec["id"])
 
 
 def _runners_up(

@@ -170,6 +170,7 @@ def anchored(cfg: TuneConfig, n: int, new: int, seeds_file: Path | None) -> list
     every seed once), drawn the same way on a re-run."""
     import random
 
+    from agent.construct import user_text
     from agent.seeds import load_seed_tasks
 
     k = round(cfg.anchor * new)
@@ -180,14 +181,13 @@ def anchored(cfg: TuneConfig, n: int, new: int, seeds_file: Path | None) -> list
     log.info("round %d tune: %d new examples + %d seed answers (anchor)", n, new, len(picked))
     out = []
     for t in picked:
-        user = f"{t.instruction}\n\n{t.input}" if t.input else t.instruction
         out.append(
             {
                 "id": f"anchor/{t.id}",
                 "source": "anchor",
                 "round": n,
                 "messages": [
-                    {"role": "user", "content": user},
+                    {"role": "user", "content": user_text(t.model_dump())},
                     {"role": "assistant", "content": t.output},
                 ],
             }
