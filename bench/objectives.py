@@ -74,12 +74,13 @@ def main() -> None:
     logging.getLogger("selfloop").setLevel(logging.INFO)  # training and generation progress
 
     from agent.backends import make_generator
+    from judges.dedup import Pool
     from judges.evals.result import EvalResult, write_eval
     from judges.evals.runner import evaluate
     from loop.config import eval_suites, load_config
     from loop.progress import training_progress
     from loop.rundir import RunDir
-    from loop.stages.tune import fit, training_data
+    from loop.stages.tune import fit, near_eval_seeds, training_data
 
     rundir = RunDir(args.run).require_run()
     n = args.round or last_data_round(rundir)
@@ -100,7 +101,8 @@ def main() -> None:
         out = args.out / f"round-{n:03d}" / name
         adapter, ev_path = out / "adapter", out / "eval.json"
         row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}  # minutes training
-        data, init = training_data(rundir, cfg.tune, n, champion, cfg.run.seeds_file)
+        exclude = near_eval_seeds(cfg, lambda c=cfg.dedup: Pool(None, c).embedder)
+        data, init = training_data(rundir, cfg.tune, n, champion, cfg.run.seeds_file, exclude)
         row["examples"] = len(data)
         if not data:
             print(f"{name}: nothing to train on in round {n}", flush=True)

@@ -128,7 +128,8 @@ class TuneConfig(BaseModel):
         "into each round's training, as a share of the round's new examples (0.25 = one per "
         "four new; at most every seed once). A model trained on its own answers drifts from "
         "well-written text (the helpfulness and domain suites' reference NLL rise); written "
-        "answers hold it, as the general instruction mix does in Tulu 3's SFT.",
+        "answers hold it, as the general instruction mix does in Tulu 3's SFT. A seed near an "
+        "eval prompt is left out (the dedup stage's contamination guard, applied in tune).",
     )
     warm_start: bool = Field(
         True,

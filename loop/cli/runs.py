@@ -41,8 +41,9 @@ def run_cmd(
     cfg = _config(Path(files[0]) if files else config, [*overrides, *(set_ or [])])
     run_dir = _uses_run(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     typer.echo(f"run directory: {run_dir}")
+    started = time.monotonic()
     state = run(cfg, run_dir)
-    _print_end(run_dir, state)
+    _print_end(run_dir, state, started)
 
 
 @app.command()
@@ -54,18 +55,39 @@ def resume(
     ] = False,
 ) -> None:
     """Continue a run from its last checkpoint (after a kill, a stop or a review pause)."""
+    import time
+
     from loop.graph import resume as do_resume
 
+    started = time.monotonic()
     state = do_resume(
         _uses_run(run_dir), allow_config_change=allow_config_change, config_path=config
     )
-    _print_end(run_dir, state)
+    _print_end(run_dir, state, started)
 
 
-def _print_end(run_dir: Path, state: dict) -> None:
+def _time_line(run_dir: Path, started: float) -> str:
+    """This command's wall time, and the run's stage time per round (all invocations: a resumed
+    run's earlier work counts), so a user sees what a run costs on their machine."""
+    import time
+
+    from loop.rundir import RunDir
+    from loop.show import duration, round_numbers
+
+    rd = RunDir(run_dir)
+    per_round = {n: sum(rd.stage_times(n).values()) for n in round_numbers(run_dir)}
+    line = f"time: {duration(time.monotonic() - started)} this command"
+    if total := sum(per_round.values()):
+        rounds = ", ".join(f"round {n} {duration(s)}" for n, s in per_round.items() if s)
+        line += f"; the run's stages {duration(total)} ({rounds})"
+    return line
+
+
+def _print_end(run_dir: Path, state: dict, started: float) -> None:
     from loop.review import pending_review
     from loop.rundir import RunDir
 
+    typer.echo(_time_line(run_dir, started))
     if state.get("stop"):
         typer.echo(f"finished: {state['stop']}; champion: {state.get('champion') or 'base model'}")
         typer.echo(
@@ -225,5 +247,8 @@ def review_cmd(
             f"`selfloop review {run_dir} --accept FILE`"
         )
         return
+    import time
+
+    started = time.monotonic()
     state = do_review(rd.root, accept)
-    _print_end(run_dir, state)
+    _print_end(run_dir, state, started)

@@ -6,7 +6,7 @@ Writes `rounds/NNN/adapter/` (PEFT format, with train_metrics.json); step checkp
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,10 @@ def run(ctx: Context, state: LoopState) -> dict:
     if ctx.rundir.stage_done(n, "tune"):
         return {"trained": True}
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
-    data, init = training_data(ctx.rundir, ctx.cfg.tune, n, champion, ctx.cfg.run.seeds_file)
+    exclude = near_eval_seeds(ctx.cfg, lambda: ctx.pool().embedder)
+    data, init = training_data(
+        ctx.rundir, ctx.cfg.tune, n, champion, ctx.cfg.run.seeds_file, exclude
+    )
     if not data:
         return {"trained": False}
     ctx.release()
@@ -47,6 +50,7 @@ def training_data(
     n: int,
     champion: Path | None,
     seeds_file: Path | None = None,
+    exclude: Collection[str] = (),
 ) -> tuple[list[dict[str, Any]], Path | None]:
     """What round `n` trains on under `cfg.objective`, and the adapter it starts from (None: a
     fresh adapter on the base). An empty list: nothing to train (logged). `bench/objectives.py`
@@ -54,7 +58,8 @@ def training_data(
 
     - sft: the round's kept examples (plus `replay`) from the champion with `warm_start`, else
       the whole accepted pool plus this round from the base; plus `anchor` seed tasks (from
-      `seeds_file`, None = the bundled ones) with their written answers;
+      `seeds_file`, None = the bundled ones) with their written answers, less the seed ids in
+      `exclude` (`near_eval_seeds`);
     - dpo / rpo: the round's preference pairs from `pair_sources`;
     - grpo: the round's constrained prompts the model passes only sometimes (the filter stage's
       pass rates): a prompt always or never passed gives every answer of a group the same
@@ -77,7 +82,7 @@ def training_data(
             log.info("round %d tune: no preference pairs from %s", n, cfg.pair_sources)
         return pairs, start
     kept = rundir.input_records(n, "tune")
-    anchors = anchored(cfg, n, len(kept), seeds_file) if kept else []
+    anchors = anchored(cfg, n, len(kept), seeds_file, exclude) if kept else []
     if start is not None:
         return kept + replayed(rundir, cfg, n, len(kept)) + anchors, start
     # fresh: the whole accepted pool plus this round
@@ -165,9 +170,35 @@ STAGE = Stage(
 )
 
 
-def anchored(cfg: TuneConfig, n: int, new: int, seeds_file: Path | None) -> list[dict[str, Any]]:
+def near_eval_seeds(cfg: SelfloopConfig, embedder: Callable[[], Any]) -> set[str]:
+    """Ids of the seed tasks near an eval prompt, which `tune.anchor` must not train on: anchors
+    join the training data after the dedup stage, so its contamination guard is applied to them
+    here (the same embedding and threshold). Empty, and no embedder loaded, without anchors."""
+    if cfg.tune.anchor <= 0 or cfg.tune.objective != "sft":
+        return set()
+    from agent.seeds import load_seed_tasks
+    from judges.dedup import near
+    from loop.config import eval_prompts
+
+    # As the loop's records carry them, so any `dedup.text_fields` finds its text.
+    seeds = [{**t.model_dump(), "response": t.output} for t in load_seed_tasks(cfg.run.seeds_file)]
+    hits = near(seeds, eval_prompts(cfg), embedder(), cfg.dedup)
+    for sid, hit in sorted(hits.items()):
+        log.info(
+            "tune.anchor leaves out seed %s: near eval prompt %s (similarity %.3f)",
+            sid,
+            hit["guard_neighbour"],
+            hit["guard_similarity"],
+        )
+    return set(hits)
+
+
+def anchored(
+    cfg: TuneConfig, n: int, new: int, seeds_file: Path | None, exclude: Collection[str] = ()
+) -> list[dict[str, Any]]:
     """`cfg.anchor` x `new` seed tasks with their written answers as training examples (at most
-    every seed once), drawn the same way on a re-run."""
+    every seed once), drawn the same way on a re-run; a drawn seed in `exclude` is left out
+    (not replaced, so the other draws do not depend on which seeds an eval prompt is near)."""
     import random
 
     from agent.construct import user_text
@@ -178,6 +209,7 @@ def anchored(cfg: TuneConfig, n: int, new: int, seeds_file: Path | None) -> list
         return []
     seeds = load_seed_tasks(seeds_file)
     picked = random.Random(f"anchor/{cfg.seed}/{n}").sample(seeds, min(k, len(seeds)))
+    picked = [t for t in picked if t.id not in exclude]
     log.info("round %d tune: %d new examples + %d seed answers (anchor)", n, new, len(picked))
     out = []
     for t in picked:

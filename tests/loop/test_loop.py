@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -166,6 +167,8 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: P
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished: max_rounds" in done.stdout
+    # The cost is printed: this command's time and the run's stage time (the killed part too).
+    assert re.search(r"^time: .+ this command; the run's stages .+ \(round 1 ", done.stdout, re.M)
 
     clean = tmp_path / "clean"
     run(load_config(path), clean)

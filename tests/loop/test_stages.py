@@ -451,7 +451,7 @@ def test_anchor_mixes_seed_answers_into_sft_reproducibly(
     from transformers import AutoTokenizer
 
     from agent.seeds import load_seed_tasks
-    from loop.stages.tune import anchored, training_data
+    from loop.stages.tune import anchored, near_eval_seeds, training_data
     from tuners.data import tokenize_example
 
     ctx = _context(tmp_path, tiny_model_dir, "tune.anchor=0.5")
@@ -483,6 +483,24 @@ def test_anchor_mixes_seed_answers_into_sft_reproducibly(
     )  # fmt: skip
     off = _context(tmp_path / "off", tiny_model_dir)
     assert anchored(off.cfg.tune, 1, 6, None) == []
+    assert near_eval_seeds(off.cfg, lambda: pytest.fail("no embedder without anchors")) == set()
+    # A seed near an eval prompt is never an anchor: anchors join the data after dedup, so its
+    # contamination guard is applied to them in tune.
+    from judges.evals import load_suite
+
+    first = list(seeds.values())[0]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        json.dumps({**first.model_dump(), "id": "far"}) + "\n"
+        + json.dumps({**first.model_dump(), "id": "copy",
+                      "instruction": load_suite("helpfulness")[0]["prompt"]}) + "\n"
+    )  # fmt: skip
+    guarded = _context(
+        tmp_path / "guarded", tiny_model_dir, "tune.anchor=0.5", f"run.seeds_file={mixed}"
+    )
+    exclude = near_eval_seeds(guarded.cfg, lambda: guarded.pool().embedder)
+    assert exclude == {"copy"}
+    assert [r["id"] for r in anchored(guarded.cfg.tune, 1, 100, mixed, exclude)] == ["anchor/far"]
 
 
 def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) -> None:
