@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,8 +27,6 @@ def run_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Run self-improvement rounds unattended (no arguments: the quickstart, bundled models)."""
-    import time
-
     from loop.graph import run
 
     # A word with `=` is an override (even one holding a path, `model.name=/m`); the first other
@@ -55,8 +54,6 @@ def resume(
     ] = False,
 ) -> None:
     """Continue a run from its last checkpoint (after a kill, a stop or a review pause)."""
-    import time
-
     from loop.graph import resume as do_resume
 
     started = time.monotonic()
@@ -69,8 +66,6 @@ def resume(
 def _time_line(run_dir: Path, started: float) -> str:
     """This command's wall time, and the run's stage time per round (all invocations: a resumed
     run's earlier work counts), so a user sees what a run costs on their machine."""
-    import time
-
     from loop.rundir import RunDir
     from loop.show import duration, round_numbers
 
@@ -247,8 +242,6 @@ def review_cmd(
             f"`selfloop review {run_dir} --accept FILE`"
         )
         return
-    import time
-
     started = time.monotonic()
     state = do_review(rd.root, accept)
     _print_end(run_dir, state, started)
