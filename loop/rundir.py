@@ -196,11 +196,20 @@ class RunDir:
             and (before is None or m["round"] < before)
         ]
 
-    def accepted(self, before: int | None = None) -> list[dict[str, Any]]:
+    def accepted(self, before: int | None = None, rejected: bool = False) -> list[dict[str, Any]]:
         """Examples of every promoted round so far (the champion's training data); with
         `before`, of the rounds before that one only (what round `before` started from, also
-        when the run has gone further since, as in a bench re-training an old round)."""
-        return [r for n in self.promoted_rounds(before) for r in self.input_records(n, "tune")]
+        when the run has gone further since, as in a bench re-training an old round); with
+        `rejected`, of every decided round, rejected ones too (`tune.carry_rejected`)."""
+        rounds = self.promoted_rounds(before)
+        if rejected:
+            rounds = [
+                m["round"]
+                for m in self.read_metrics()
+                if m.get("decision", {}).get("decision") in ("promoted", "rejected")
+                and (before is None or m["round"] < before)
+            ]
+        return [r for n in rounds for r in self.input_records(n, "tune")]
 
     def adapter_dir(self, n: int) -> Path:
         from loop.stages.tune import ADAPTER

@@ -131,6 +131,15 @@ class TuneConfig(BaseModel):
         "answers hold it, as the general instruction mix does in Tulu 3's SFT. A seed near an "
         "eval prompt is left out (the dedup stage's contamination guard, applied in tune).",
     )
+    carry_rejected: bool = Field(
+        False,
+        description="In the loop: a rejected round's kept examples still count as earlier data "
+        "for later rounds (the pool a fresh adapter trains on, replay, the dedup pool). The "
+        "gate rejects an adapter, not its data: verified answers (every constraint checked) "
+        "stay right when one round's few examples were too small a step to clear the gate, and "
+        "with `warm_start: false` each round then trains on every round's data so far. Off by "
+        "default: a self-judged round's data is only as good as its judge.",
+    )
     warm_start: bool = Field(
         True,
         description="Continue from the champion adapter (true) or train a fresh adapter from the "

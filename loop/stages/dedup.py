@@ -33,6 +33,13 @@ def run(ctx: Context, state: LoopState) -> dict:
     evals = eval_prompts(ctx.cfg)
     seeds = [(f"seed/{t.id}", t.instruction) for t in load_seed_tasks(ctx.cfg.run.seeds_file)]
     pool = ctx.pool()
+    if ctx.cfg.tune.carry_rejected:
+        # Rejected rounds' examples are training data too: later rounds must not duplicate them.
+        # Added here rather than at reject, so a run that turns the setting on when resumed
+        # catches up (an id already in the pool is skipped).
+        carried = [r for r in ctx.rundir.accepted(before=n, rejected=True) if r["id"] not in pool]
+        if carried:
+            pool.add(carried)
     contaminated = near(records, evals, pool.embedder, ctx.cfg.dedup)
     rest = [r for r in records if r["id"] not in contaminated]
     # A constrained copy of a seed (augment) is new by its constraints: only proposals that

@@ -57,7 +57,8 @@ def training_data(
     calls this too, so a bench trains each objective on exactly what the loop would.
 
     - sft: the round's kept examples (plus `replay`) from the champion with `warm_start`, else
-      the whole accepted pool plus this round from the base; plus `anchor` seed tasks (from
+      the whole accepted pool (with `carry_rejected`, rejected rounds' examples too) plus this
+      round from the base; plus `anchor` seed tasks (from
       `seeds_file`, None = the bundled ones) with their written answers, less the seed ids in
       `exclude` (`near_eval_seeds`);
     - dpo / rpo: the round's preference pairs from `pair_sources`;
@@ -86,7 +87,7 @@ def training_data(
     if start is not None:
         return kept + replayed(rundir, cfg, n, len(kept)) + anchors, start
     # fresh: the whole accepted pool plus this round
-    return rundir.accepted(before=n) + kept + anchors, None
+    return rundir.accepted(before=n, rejected=cfg.carry_rejected) + kept + anchors, None
 
 
 def fit(
@@ -142,7 +143,7 @@ def replayed(rundir: RunDir, cfg: TuneConfig, n: int, new: int) -> list[dict[str
     import random
 
     k = round(cfg.replay * new)
-    pool = rundir.accepted(before=n)
+    pool = rundir.accepted(before=n, rejected=cfg.carry_rejected)
     if k == 0 or not pool:
         return []
     picked = random.Random(f"replay/{cfg.seed}/{n}").sample(pool, min(k, len(pool)))

@@ -578,3 +578,38 @@ def test_an_instructions_answers_are_kept_or_dropped_together_by_dedup(
     assert stats["followers"] == 4
     assert stats["account"] == {"in": 7, "kept": 5, "dropped": {"duplicate": 2}}
     assert round_account(ctx.rundir.round_dir(1))["problems"] == []
+
+
+def test_carry_rejected_trains_and_dedups_on_rejected_rounds_data(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """tune.carry_rejected: round 1 was rejected, yet its verified examples are training data
+    for round 2 (a fresh adapter on every round so far) and its instructions are in the dedup
+    pool, so round 2's near-copy of one is dropped. Off, round 1's data is forgotten."""
+    from loop.stages.tune import training_data
+
+    rivers = "Name three rivers that flow through Germany."
+    old = [_response("r1-a", rivers, "Rhine, Elbe, Danube.")]
+    new = [
+        _response("r2-a", "Name three rivers which flow through Germany.", judge_score=3.0),
+        _response("r2-b", "Give two reasons to learn a second language.", judge_score=2.0),
+    ]
+    got = {}
+    for carry in (True, False):
+        ctx = _context(
+            tmp_path / str(carry), tiny_model_dir, "tune.warm_start=false",
+            f"tune.carry_rejected={str(carry).lower()}",
+        )  # fmt: skip
+        _write_stage(ctx, "dedup", "kept.jsonl", old)
+        ctx.rundir.append_metrics({"round": 1, "decision": {"decision": "rejected"}})
+        jd = ctx.rundir.stage_dir(2, "judge")
+        jd.mkdir(parents=True)
+        write_examples(jd / "judged.jsonl", new)
+        (jd / "stats.json").write_text(json.dumps({"account": {"in": 2, "kept": 2}}))
+        dedup_stage(ctx, {"round": 2})
+        kept = [r["id"] for r in read_jsonl(ctx.rundir.stage_dir(2, "dedup") / "kept.jsonl")]
+        data, start = training_data(ctx.rundir, ctx.cfg.tune, 2, None)
+        got[carry] = (kept, [r["id"] for r in data], start, "r1-a" in ctx.pool())
+        ctx.release()
+    assert got[True] == (["r2-b"], ["r1-a", "r2-b"], None, True)
+    assert got[False] == (["r2-a", "r2-b"], ["r2-a", "r2-b"], None, False)
