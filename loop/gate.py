@@ -17,8 +17,10 @@ Primary metric (`primary`, "suite.metric"):
   primary metric, in either evaluation where both are needed, is a rejection with its reason.
 
 Guards (`guards`): each overall value may regress by at most its `tolerance` (a regression
-exactly equal to it passes) and, with `slices`, every slice (domain, language, safety category)
-that has at least `min_slice_n` prompts in both evaluations by at most `slice_tolerance`. A guard
+exactly equal to it passes; where per-prompt scores exist the check also states the change's
+paired 95% interval, so a reader sees how much of it the prompts can tell from noise) and,
+with `slices`, every slice (domain, language, safety category) that has at least
+`min_slice_n` prompts in both evaluations by at most `slice_tolerance`. A guard
 metric in neither evaluation (its suite was not run) is reported as not checked, or rejects with
 `missing_guard: reject`; one present on one side only, or no champion evaluation at all while
 guards are configured, rejects: the two evaluations cannot be compared.
@@ -254,19 +256,27 @@ def _gain_interval(
     sign: float,
     cfg: GateConfig,
 ) -> tuple[list[float] | None, str, list[float] | None]:
-    if champ is not None and name.partition(".")[2] in PER_PROMPT_MEAN:
-        a, b = cand.scores(name), champ.scores(name)
-        common = sorted(set(a) & set(b))
-        if common:
-            diffs = [sign * (a[k] - b[k]) for k in common]
-            ci = bootstrap_interval(diffs, resamples=cfg.resamples, seed=cfg.seed)
-            if ci:
-                return [ci[0], ci[1]], f"paired bootstrap over {len(common)} prompts", diffs
+    if (paired := _paired(cand, champ, name, sign, cfg)) is not None:
+        ci, diffs = paired
+        return ci, f"paired bootstrap over {len(diffs)} prompts", diffs
     if stat.ci and base.ci and stat.value is not None and base.value is not None:
         half = math.hypot((stat.ci[1] - stat.ci[0]) / 2, (base.ci[1] - base.ci[0]) / 2)
         gain = sign * (stat.value - base.value)
         return [gain - half, gain + half], "intervals combined", None
     return None, "none", None
+
+
+def _paired(
+    cand: EvalResult, champ: EvalResult | None, name: str, sign: float, cfg: GateConfig
+) -> tuple[list[float], list[float]] | None:
+    """(95% interval of the mean, the differences) of `sign` x (candidate - champion) over the
+    prompts both answered, where the metric is a mean of per-prompt scores; else None."""
+    if champ is None or name.partition(".")[2] not in PER_PROMPT_MEAN:
+        return None
+    a, b = cand.scores(name), champ.scores(name)
+    diffs = [sign * (a[k] - b[k]) for k in sorted(set(a) & set(b))]
+    ci = bootstrap_interval(diffs, resamples=cfg.resamples, seed=cfg.seed) if diffs else None
+    return ([ci[0], ci[1]], diffs) if ci else None
 
 
 def _regression(name: str, cand: float, champ: float, tol: float, where: str) -> dict[str, Any]:
@@ -309,6 +319,15 @@ def _guard(cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig
         ]
     first = {"kind": "guard", "metric": g.metric, "slice": None, "candidate_n": c.n}
     first.update(champion_n=h.n, **_regression(g.metric, c.value, h.value, g.tolerance, ""))
+    if (paired := _paired(cand, champ, g.metric, 1.0, cfg)) is not None:
+        # The tolerance applies to the change itself; its interval says how much of the change
+        # the prompts can tell from noise (24 prompts of fact recall: about +-0.08).
+        (lo, hi), diffs = paired
+        first["change_ci"] = [lo, hi]
+        first["text"] += (
+            f" (change {c.value - h.value:+.3g} [{lo:+.3g}, {hi:+.3g}], paired over "
+            f"{len(diffs)} prompts)"
+        )
     out = [first]
     if not g.slices:
         return out

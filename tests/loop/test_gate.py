@@ -232,3 +232,20 @@ def test_a_paired_decision_states_the_smallest_gain_its_prompts_could_detect() -
     )
     # no disagreement at all measures nothing: one discordant prompt in n stands in
     assert detectable([0.0] * 24, 0.02) == pytest.approx(0.02 + 2.8 / 24, abs=1e-4)
+
+
+def test_a_guard_with_per_prompt_scores_states_the_changes_paired_interval() -> None:
+    cfg = GateConfig(
+        primary="if.prompt_loose", guards=[Guard(metric="if.prompt_loose", tolerance=0.05)]
+    )
+    d = decide(_eval(if_passing=set(range(30))), CHAMPION, cfg)  # 0.4 -> 0.3: 10 prompts lost
+    guard = next(c for c in d.checks if c["kind"] == "guard")
+    lo, hi = guard["change_ci"]
+    assert lo < -0.1 < hi < 0  # the drop is all one way: the interval excludes 0
+    assert not guard["passed"] and guard["text"].startswith(
+        "IFEval-style prompt-level loose accuracy fell 0.4 -> 0.3, tolerance 0.05 (change -0.1 ["
+    )
+    assert guard["text"].endswith("], paired over 100 prompts)")
+    # no per-prompt scores (the refusal rates here): no interval, the text as before
+    d = decide(_eval(safety=(35, 5)), CHAMPION)
+    assert "change_ci" not in next(c for c in d.checks if c["metric"] == "safety.refusal_rate")
