@@ -53,6 +53,13 @@ class BackendConfig(BaseModel):
     max_batch_tokens: int | None = Field(
         None, ge=1, description="transformers: cap on rows x (prompt + new tokens) per batch."
     )
+    continuous: bool = Field(
+        False,
+        description="transformers: transformers' continuous batching (`generate_batch`, a paged "
+        "KV cache): an answer that ends leaves the batch and a queued one takes its place, "
+        "instead of every row of a static batch decoding until its longest stops. Calls with "
+        "stop strings (propose) keep static batches: it has none.",
+    )
     base_url: str | None = Field(
         None,
         description="openai: endpoint, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).",
@@ -98,6 +105,7 @@ def make_generator(
             batch_size=backend.batch_size,
             max_batch_tokens=backend.max_batch_tokens,
             adapters=adapters,
+            continuous=backend.continuous,
         )
     if backend.kind == "vllm":
         from agent.backends.vllm_backend import VLLMGenerator

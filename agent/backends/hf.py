@@ -2,8 +2,11 @@
 
 Prompts are chat-templated, sorted by token length and cut into batches (so a batch holds prompts
 of similar length and little padding), left-padded, and decoded with the KV cache under
-`torch.inference_mode()`. Results come back in the caller's order. PEFT adapters are loaded on top
-of the one base model and switched per call without reloading it.
+`torch.inference_mode()`. With `continuous=True`, generation without stop strings goes through
+transformers' continuous batching instead (`_continuous`): a row that ends leaves the batch and a
+queued one takes its place, and a prompt's n samples share its prompt's KV blocks. Results come
+back in the caller's order. PEFT adapters are loaded on top of the one base model and switched
+per call without reloading it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class TransformersGenerator:
         batch_size: int = 16,
         max_batch_tokens: int | None = None,
         adapters: dict[str, str | Path] | None = None,
+        continuous: bool = False,
     ) -> None:
         if batch_size < 1:
             raise SelfloopError(f"batch_size must be >= 1, got {batch_size}")
@@ -49,6 +53,7 @@ class TransformersGenerator:
         self.model_name = self.resolved.display_name
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.continuous = continuous
         self.tokenizer.padding_side = "left"
         self.device = self.model.device
         self.dtype = str(self.model.dtype).removeprefix("torch.")
@@ -212,6 +217,23 @@ class TransformersGenerator:
         rows = 1 if params.greedy else params.n
         lengths = [len(encoded[i]) for i in runnable]
         done = len(encoded) - len(runnable)
+        if self.continuous and not params.stop and runnable:
+            with self._rng(params.seed), self._active(adapter):
+                outs = self._continuous(
+                    [encoded[i] for i in runnable],
+                    params,
+                    rows,
+                    progress and (lambda k, _: progress(done + k, len(encoded))),
+                )
+            for i, got in zip(runnable, outs):
+                got = got * params.n if rows == 1 and params.n > 1 else got
+                results[i] = (
+                    GenerationResult(
+                        completions=[c for c, _ in got], prompt_tokens=len(encoded[i])
+                    ),
+                    [ids for _, ids in got],
+                )
+            return [r for r in results if r is not None]
         with self._rng(params.seed), self._active(adapter), torch.inference_mode():
             for batch in self._batches(lengths, rows, params.max_tokens):
                 idx = [runnable[b] for b in batch]
@@ -276,6 +298,56 @@ class TransformersGenerator:
         )
         new = out[:, ids.shape[1] :].tolist()
         return [self._completion(toks, params) for toks in new]
+
+    def _continuous(
+        self,
+        seqs: list[list[int]],
+        params: SamplingParams,
+        rows: int,
+        progress: Progress | None,
+    ) -> list[list[tuple[Completion, list[int]]]]:
+        """`rows` completions of each of `seqs` through transformers' continuous batching: one
+        request per prompt, its other samples forked from it (they share the prompt's KV
+        blocks). Requests finish in their own order; results come back in the prompts' order.
+        A request that fails, or a scheduler that stops early, is an error (transformers' own
+        `generate_batch` only logs those)."""
+        from transformers import ContinuousBatchingConfig, GenerationConfig
+
+        kwargs = self._generate_kwargs(params, rows)
+        kwargs.pop("use_cache")
+        config = GenerationConfig(**kwargs)
+        cb = ContinuousBatchingConfig(seed=params.seed)
+        total, finished = len(seqs) * rows, {}
+        per_prompt: dict[str, int] = {}
+        with self.model.continuous_batching_context_manager(
+            generation_config=config, continuous_batching_config=cb, block=True, timeout=5
+        ) as manager:
+            ids = manager.add_requests(inputs=seqs, max_new_tokens=params.max_tokens)
+            while len(finished) < total:
+                out = manager.get_result(timeout=1)
+                if out is None:
+                    if not manager.is_running():
+                        raise SelfloopError(
+                            f"continuous batching stopped with {len(finished)} of {total} "
+                            "answers (backend.continuous: false decodes in static batches)"
+                        )
+                    continue
+                if not out.is_finished():
+                    continue
+                if out.error is not None:
+                    raise SelfloopError(f"continuous batching: request failed: {out.error}")
+                finished[out.request_id] = out
+                parent = out.request_id.partition("__child#")[0]
+                per_prompt[parent] = per_prompt.get(parent, 0) + 1
+                if progress and per_prompt[parent] == rows:
+                    progress(sum(v == rows for v in per_prompt.values()), len(seqs))
+        return [
+            [
+                self._completion(list(finished[rid].generated_tokens), params)
+                for rid in [*(f"{parent}__child#{k}" for k in range(rows - 1)), parent]
+            ]
+            for parent in ids
+        ]
 
     def _completion(self, toks: list[int], params: SamplingParams) -> tuple[Completion, list[int]]:
         """The completion in the generated tokens `toks`, and the token ids of its text."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.backends import SamplingParams, make_generator, user
+from agent.backends import BackendConfig, SamplingParams, make_generator, user
 from agent.backends.hf import TransformersGenerator
 from agent.errors import SelfloopError
 from agent.models import ModelSpec
@@ -240,3 +240,42 @@ def test_continuation_logprobs_agree_with_greedy_and_batching(gen: TransformersG
 def test_make_generator_selects_transformers(tiny_model_dir: Path) -> None:
     g = make_generator(str(tiny_model_dir))
     assert g.name == "transformers" and g.model_name == tiny_model_dir.name
+
+
+def test_continuous_batching_agrees_with_static_batches(
+    tiny_model_dir: Path, adapter_dir: Path
+) -> None:
+    """backend.continuous: transformers' continuous batching gives the static path's greedy
+    answers, prompt by prompt in the caller's order (with and without an adapter), n samples
+    per prompt reproducibly from a seed, progress per finished prompt, and leaves the model
+    as it was for static calls (stop strings, scoring) after it."""
+    spec = ModelSpec(name=str(tiny_model_dir), dtype="float32")
+    static = TransformersGenerator(spec, batch_size=4, adapters={"a1": adapter_dir})
+    cont = TransformersGenerator(spec, batch_size=4, adapters={"a1": adapter_dir}, continuous=True)
+    greedy = SamplingParams(max_tokens=12)
+    for adapter in (None, "a1"):
+        want = [r.text for r in static.generate(PROMPTS, greedy, adapter=adapter)]
+        seen: list[tuple[int, int]] = []
+        got = cont.generate(
+            PROMPTS, greedy, adapter=adapter, progress=lambda d, t, seen=seen: seen.append((d, t))
+        )
+        assert [r.text for r in got] == want
+        assert [r.prompt_tokens for r in got] == [len(cont.encode_prompt(m)) for m in PROMPTS]
+        assert seen[-1] == (len(PROMPTS), len(PROMPTS)) and len(seen) == len(PROMPTS)
+    sampled = SamplingParams(max_tokens=10, temperature=1.0, n=3, seed=7)
+    a, b = (cont.generate(PROMPTS[:3], sampled) for _ in range(2))
+    texts = [[c.text for c in r.completions] for r in a]
+    assert texts == [[c.text for c in r.completions] for r in b]
+    assert all(len(t) == 3 for t in texts) and any(len(set(t)) > 1 for t in texts)
+    for r in a:
+        for c in r.completions:
+            assert c.completion_tokens <= 10
+            assert c.finish_reason == "stop" or c.completion_tokens == 10
+    # stop strings are not in continuous batching: the static path answers those, as before
+    full = static.generate([PROMPTS[1]], SamplingParams(max_tokens=20))[0].text
+    stop = SamplingParams(max_tokens=20, stop=full[2:4])
+    assert cont.generate([PROMPTS[1]], stop)[0].text == static.generate([PROMPTS[1]], stop)[0].text
+    pairs = [user("Hi")], ["there"]
+    [got_lp], [want_lp] = cont.continuation_logprobs(*pairs), static.continuation_logprobs(*pairs)
+    assert got_lp == pytest.approx(want_lp, abs=1e-5)
+    assert make_generator(spec, BackendConfig(continuous=True)).continuous
