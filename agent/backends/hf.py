@@ -316,7 +316,14 @@ class TransformersGenerator:
         kwargs = self._generate_kwargs(params, rows)
         kwargs.pop("use_cache")
         config = GenerationConfig(**kwargs)
-        cb = ContinuousBatchingConfig(seed=params.seed)
+        # At most batch_size requests decode together, as in a static batch (unbounded, the
+        # scheduler took all of them at once: slower still on CPU). Flash attention exists on
+        # CUDA only; elsewhere transformers would go looking for its kernels on the Hub.
+        cb = ContinuousBatchingConfig(
+            seed=params.seed,
+            max_requests_per_batch=self.batch_size,
+            auto_switch_to_flash=self.device.type == "cuda",
+        )
         total, finished = len(seqs) * rows, {}
         per_prompt: dict[str, int] = {}
         with self.model.continuous_batching_context_manager(
