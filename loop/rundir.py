@@ -189,10 +189,13 @@ class RunDir:
 
     def promoted_rounds(self, before: int | None = None) -> list[int]:
         """Promoted rounds (only those before round `before`, when given)."""
+        return self._rounds_decided(("promoted",), before)
+
+    def _rounds_decided(self, decisions: tuple[str, ...], before: int | None) -> list[int]:
         return [
             m["round"]
             for m in self.read_metrics()
-            if m.get("decision", {}).get("decision") == "promoted"
+            if m.get("decision", {}).get("decision") in decisions
             and (before is None or m["round"] < before)
         ]
 
@@ -201,14 +204,8 @@ class RunDir:
         `before`, of the rounds before that one only (what round `before` started from, also
         when the run has gone further since, as in a bench re-training an old round); with
         `rejected`, of every decided round, rejected ones too (`tune.carry_rejected`)."""
-        rounds = self.promoted_rounds(before)
-        if rejected:
-            rounds = [
-                m["round"]
-                for m in self.read_metrics()
-                if m.get("decision", {}).get("decision") in ("promoted", "rejected")
-                and (before is None or m["round"] < before)
-            ]
+        decisions = ("promoted", "rejected") if rejected else ("promoted",)
+        rounds = self._rounds_decided(decisions, before)
         return [r for n in rounds for r in self.input_records(n, "tune")]
 
     def adapter_dir(self, n: int) -> Path:

@@ -226,28 +226,14 @@ class TransformersGenerator:
                     progress and (lambda k, _: progress(done + k, len(encoded))),
                 )
             for i, got in zip(runnable, outs):
-                got = got * params.n if rows == 1 and params.n > 1 else got
-                results[i] = (
-                    GenerationResult(
-                        completions=[c for c, _ in got], prompt_tokens=len(encoded[i])
-                    ),
-                    [ids for _, ids in got],
-                )
+                results[i] = _result(got, len(encoded[i]), params.n)
             return [r for r in results if r is not None]
         with self._rng(params.seed), self._active(adapter), torch.inference_mode():
             for batch in self._batches(lengths, rows, params.max_tokens):
                 idx = [runnable[b] for b in batch]
                 outs = self._generate_batch([encoded[i] for i in idx], params, rows)
                 for k, i in enumerate(idx):
-                    got = outs[k * rows : (k + 1) * rows]
-                    if rows == 1 and params.n > 1:
-                        got = got * params.n
-                    results[i] = (
-                        GenerationResult(
-                            completions=[c for c, _ in got], prompt_tokens=len(encoded[i])
-                        ),
-                        [ids for _, ids in got],
-                    )
+                    results[i] = _result(outs[k * rows : (k + 1) * rows], len(encoded[i]), params.n)
                 done += len(idx)
                 log.debug("generated %d/%d prompts", done, len(encoded))
                 if progress:
@@ -324,7 +310,7 @@ class TransformersGenerator:
             max_requests_per_batch=self.batch_size,
             auto_switch_to_flash=self.device.type == "cuda",
         )
-        total, finished = len(seqs) * rows, {}
+        total, finished, prompts_done = len(seqs) * rows, {}, 0
         per_prompt: dict[str, int] = {}
         with self.model.continuous_batching_context_manager(
             generation_config=config, continuous_batching_config=cb, block=True, timeout=5
@@ -346,8 +332,10 @@ class TransformersGenerator:
                 finished[out.request_id] = out
                 parent = out.request_id.partition("__child#")[0]
                 per_prompt[parent] = per_prompt.get(parent, 0) + 1
-                if progress and per_prompt[parent] == rows:
-                    progress(sum(v == rows for v in per_prompt.values()), len(seqs))
+                if per_prompt[parent] == rows:
+                    prompts_done += 1
+                    if progress:
+                        progress(prompts_done, len(seqs))
         return [
             [
                 self._completion(list(finished[rid].generated_tokens), params)
@@ -490,6 +478,18 @@ class TransformersGenerator:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _result(
+    got: list[tuple[Completion, list[int]]], prompt_tokens: int, n: int
+) -> tuple[GenerationResult, list[list[int]]]:
+    """One prompt's result from its decoded rows (one row for greedy: copied to the n asked
+    for), with the token ids of each completion."""
+    got = got * n if len(got) == 1 and n > 1 else got
+    return (
+        GenerationResult(completions=[c for c, _ in got], prompt_tokens=prompt_tokens),
+        [ids for _, ids in got],
+    )
 
 
 class _TextPieces:
