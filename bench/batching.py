@@ -1,15 +1,16 @@
-"""Static batches against continuous batching (`backend.continuous`) on the respond workload.
+"""How the transformers backend shares a batch (`backend.batching`), on the respond workload.
 
-Baseline: the transformers backend as the loop runs it by default (prompts sorted by length,
-static batches of `--batch-size` rows, each decoded until its longest row stops). Candidate: the
-same backend with `continuous=True` (transformers' continuous batching: a paged KV cache, an
-answer that ends leaves the batch and a queued one takes its place, a prompt's n samples share
-its prompt's KV blocks). Same loaded model, the same chat-templated prompts (the first `--tasks`
-seed tasks), the loop's respond sampling (`--n` samples per prompt at temperature 0.9, top_p
-0.95, max 320 tokens, seed 0). Each path runs `--repeats` times, alternating, the best kept
-(these machines drift); prints tokens/s of both and, last, the ratio candidate/baseline.
+Baseline: static batches of 16 rows (`batching: static, batch_size: 16`, the loop's setting
+before ragged decoding): prompts sorted by length, each batch decoded by `generate` until its
+longest row stops. Candidates: `ragged` (`agent/backends/refill.py`: an answer that ends leaves
+the batch, a queued prompt takes its place, sampling without the vocabulary-wide sort) at each
+of `--rows`; with `--continuous`, transformers' continuous batching too. Same loaded model, the
+same chat-templated prompts (the first `--tasks` seed tasks), the loop's respond sampling (`--n`
+samples per prompt at temperature 0.9, top_p 0.95, max 320 tokens, seed 0). Each path runs
+`--repeats` times, alternating, the best kept (these machines drift); prints tokens/s of each
+and its ratio to the baseline.
 
-    python bench/batching.py [--tasks 12] [--n 8] [--batch-size 16] [--dtype auto] [--repeats 1]
+    python bench/batching.py [--tasks 12] [--n 8] [--rows 16,64] [--dtype auto] [--continuous]
 """
 
 from __future__ import annotations
@@ -45,32 +46,36 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--tasks", type=int, default=12)
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (the loop's respond.n)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rows", default="16,64", help="ragged batch sizes to measure")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--continuous", action="store_true", help="also transformers' continuous")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    gen = TransformersGenerator(
-        ModelSpec(name=args.model, dtype=args.dtype), batch_size=args.batch_size
-    )
+    gen = TransformersGenerator(ModelSpec(name=args.model, dtype=args.dtype))
     prompts = [user(t.instruction) for t in load_seed_tasks()[: args.tasks]]
     params = SamplingParams(max_tokens=320, temperature=0.9, top_p=0.95, n=args.n, seed=0)
     print(
         f"{len(prompts)} prompts x {args.n} samples, {gen.dtype}, {torch.get_num_threads()} threads"
     )
     gen.generate(prompts[:2], SamplingParams(max_tokens=8, temperature=0.0))  # warm-up
+    paths = [("static", 16)] + [("ragged", int(r)) for r in args.rows.split(",")]
+    paths += [("continuous", 16)] if args.continuous else []
     best: dict[str, float] = {}
     for rep in range(args.repeats):
-        for name, continuous in (("static", False), ("continuous", True)):
-            gen.continuous = continuous
+        for batching, rows in paths:
+            gen.batching, gen.batch_size = batching, rows
+            name = f"{batching} x{rows}"
             tokens, cut, seconds = run(gen, prompts, params)
             rate = tokens / seconds
             best[name] = max(best.get(name, 0.0), rate)
             print(
-                f"{name:10s} run {rep + 1}: {tokens:6d} tokens {seconds:6.1f} s {rate:6.1f} tok/s "
-                f"({cut} of {len(prompts) * args.n} answers reached max_tokens)"
+                f"{name:14s} run {rep + 1}: {tokens:6d} tokens {seconds:6.1f} s {rate:6.1f} tok/s "
+                f"({cut} of {len(prompts) * args.n} answers reached max_tokens)",
+                flush=True,
             )
-    print(f"best: static {best['static']:.1f} tok/s, continuous {best['continuous']:.1f} tok/s")
-    print(f"ratio continuous/static tokens per second: {best['continuous'] / best['static']:.2f}")
+    base = best["static x16"]
+    for name, rate in best.items():
+        print(f"best {name:14s} {rate:6.1f} tok/s  ratio to static x16: {rate / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -49,18 +49,19 @@ class BackendConfig(BaseModel):
         description="transformers (local, CPU/CUDA) | vllm (local GPU) | openai (HTTP) | auto "
         "(vllm where it is installed and a CUDA GPU is present, else transformers).",
     )
-    batch_size: int = Field(16, ge=1, description="transformers: sequences decoded together.")
+    batch_size: int = Field(64, ge=1, description="transformers: sequences decoded together.")
     max_batch_tokens: int | None = Field(
         None, ge=1, description="transformers: cap on rows x (prompt + new tokens) per batch."
     )
-    continuous: bool = Field(
-        False,
-        description="transformers: transformers' continuous batching (`generate_batch`, a paged "
-        "KV cache): an answer that ends leaves the batch and a queued one takes its place, "
-        "instead of every row of a static batch decoding until its longest stops. Calls with "
-        "stop strings (propose) keep static batches: it has none. Off by default: on 2 CPU cores "
-        "it ran the respond workload (n=8 samples per prompt) at 0.6-0.7x the static batches' "
-        "tokens/s (README, bench/batching.py); meant for CUDA, where it uses flash attention.",
+    batching: Literal["ragged", "static", "continuous"] = Field(
+        "ragged",
+        description="transformers: how rows share a batch. ragged (default): selfloop's decode "
+        "loop over the KV cache (`agent/backends/refill.py`): an answer that ends leaves the "
+        "batch and a queued prompt takes its place, and sampling skips the vocabulary-wide sort. "
+        "static: `generate` on batches of similar prompt length, each decoded until its longest "
+        "row stops. continuous: transformers' continuous batching (a paged KV cache; 0.65x "
+        "static on 2 CPU cores, meant for CUDA). Calls with stop strings (the server's) always "
+        "use static batches. Measured in bench/batching.py (README).",
     )
     base_url: str | None = Field(
         None,
@@ -107,7 +108,7 @@ def make_generator(
             batch_size=backend.batch_size,
             max_batch_tokens=backend.max_batch_tokens,
             adapters=adapters,
-            continuous=backend.continuous,
+            batching=backend.batching,
         )
     if backend.kind == "vllm":
         from agent.backends.vllm_backend import VLLMGenerator

@@ -2,11 +2,13 @@
 
 Prompts are chat-templated, sorted by token length and cut into batches (so a batch holds prompts
 of similar length and little padding), left-padded, and decoded with the KV cache under
-`torch.inference_mode()`. With `continuous=True`, generation without stop strings goes through
-transformers' continuous batching instead (`_continuous`): a row that ends leaves the batch and a
-queued one takes its place, and a prompt's n samples share its prompt's KV blocks. Results come
-back in the caller's order. PEFT adapters are loaded on top of the one base model and switched
-per call without reloading it.
+`torch.inference_mode()`. How generation without stop strings shares a batch is `batching`:
+`ragged` (default) is `refill.decode_ragged`, a decode loop where a row that ends leaves the batch
+and a queued prompt takes its place; `static` is `generate` on the sorted batches, each decoded
+until its longest row stops; `continuous` is transformers' continuous batching (`_continuous`,
+a paged KV cache). Calls with stop strings, or under a prefix-tuning adapter, use static batches.
+Results come back in the caller's order. PEFT adapters are loaded on top of the one base model
+and switched per call without reloading it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from agent.models import ModelSpec, check_adapter_files, load_model
 
 log = logging.getLogger(__name__)
 
+BATCHING = ("ragged", "static", "continuous")
+_LOGPROB_FLOATS = 2**28  # per scoring batch: 1 GiB of float32 log-probs
+
 
 class TransformersGenerator:
     """Generator over a transformers causal LM, optionally with PEFT adapters."""
@@ -45,15 +50,17 @@ class TransformersGenerator:
         batch_size: int = 16,
         max_batch_tokens: int | None = None,
         adapters: dict[str, str | Path] | None = None,
-        continuous: bool = False,
+        batching: str = "ragged",
     ) -> None:
         if batch_size < 1:
             raise SelfloopError(f"batch_size must be >= 1, got {batch_size}")
+        if batching not in BATCHING:
+            raise SelfloopError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         self.model, self.tokenizer, self.resolved = load_model(model)
         self.model_name = self.resolved.display_name
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.continuous = continuous
+        self.batching = batching
         self.tokenizer.padding_side = "left"
         self.device = self.model.device
         self.dtype = str(self.model.dtype).removeprefix("torch.")
@@ -217,14 +224,17 @@ class TransformersGenerator:
         rows = 1 if params.greedy else params.n
         lengths = [len(encoded[i]) for i in runnable]
         done = len(encoded) - len(runnable)
-        if self.continuous and not params.stop and runnable:
+        # Prefix tuning feeds its virtual tokens through generate's cache handling: static only.
+        self._check_adapter(adapter)
+        prefix = adapter is not None and self.model.peft_config[adapter].is_prompt_learning
+        if self.batching != "static" and not params.stop and not prefix and runnable:
+            seqs = [encoded[i] for i in runnable]
+            report = progress and (lambda k, _: progress(done + k, len(encoded)))
             with self._rng(params.seed), self._active(adapter):
-                outs = self._continuous(
-                    [encoded[i] for i in runnable],
-                    params,
-                    rows,
-                    progress and (lambda k, _: progress(done + k, len(encoded))),
-                )
+                if self.batching == "continuous":
+                    outs = self._continuous(seqs, params, rows, report)
+                else:
+                    outs = self._ragged(seqs, params, rows, report)
             for i, got in zip(runnable, outs):
                 results[i] = _result(got, len(encoded[i]), params.n)
             return [r for r in results if r is not None]
@@ -285,6 +295,47 @@ class TransformersGenerator:
         new = out[:, ids.shape[1] :].tolist()
         return [self._completion(toks, params) for toks in new]
 
+    def _ragged(
+        self,
+        seqs: list[list[int]],
+        params: SamplingParams,
+        rows: int,
+        progress: Progress | None,
+    ) -> list[list[tuple[Completion, list[int]]]]:
+        """`rows` completions of each of `seqs` through `refill.decode_ragged`: at most
+        batch_size rows decode at once (fewer where max_batch_tokens caps rows x (longest
+        prompt + max_tokens)); prompts enter longest first, so those admitted together pad
+        little."""
+        from agent.backends.refill import decode_ragged
+
+        max_rows = self.batch_size
+        if self.max_batch_tokens:
+            width = max(len(s) for s in seqs) + params.max_tokens
+            max_rows = max(rows, min(max_rows, self.max_batch_tokens // width))
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        finished = 0
+
+        def done(_: int) -> None:
+            nonlocal finished
+            finished += 1
+            if progress:
+                progress(finished, len(seqs))
+
+        outs = decode_ragged(
+            self.model,
+            [seqs[i] for i in order],
+            rows,
+            params,
+            max_rows=max_rows,
+            eos_ids=self.eos_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            on_prompt_done=done,
+        )
+        back: list[list[tuple[Completion, list[int]]]] = [[] for _ in seqs]
+        for i, toks in zip(order, outs):
+            back[i] = [self._completion(t, params) for t in toks]
+        return back
+
     def _continuous(
         self,
         seqs: list[list[int]],
@@ -322,7 +373,7 @@ class TransformersGenerator:
                     if not manager.is_running():
                         raise SelfloopError(
                             f"continuous batching stopped with {len(finished)} of {total} "
-                            "answers (backend.continuous: false decodes in static batches)"
+                            "answers (backend.batching: static or ragged do not use it)"
                         )
                     continue
                 if not out.is_finished():
@@ -461,17 +512,25 @@ class TransformersGenerator:
                     )
         results: list[torch.Tensor | None] = [None] * len(seqs)
         with self._active(adapter), torch.inference_mode():
-            for batch in self._batches([len(s) for s in seqs], 1, 0):
-                ids, mask = self._pad_left([seqs[i] for i in batch])
-                keep = max(len(cont_ids[i]) for i in batch) + 1
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
-                ).logits
-                logps = torch.log_softmax(logits.float(), dim=-1).cpu()
-                for r, i in enumerate(batch):
-                    n = len(cont_ids[i])
-                    results[i] = logps[r, keep - n - 1 :]
+            for whole in self._batches([len(s) for s in seqs], 1, 0):
+                # batch_size rows of long continuations can be gigabytes of log-probs: cap them.
+                longest = max(len(cont_ids[i]) for i in whole) + 1
+                rows = max(1, _LOGPROB_FLOATS // (longest * self.model.config.vocab_size))
+                for start in range(0, len(whole), rows):
+                    batch = whole[start : start + rows]
+                    keep = max(len(cont_ids[i]) for i in batch) + 1
+                    ids, mask = self._pad_left([seqs[i] for i in batch])
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    logits = self.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        logits_to_keep=keep,
+                    ).logits
+                    logps = torch.log_softmax(logits.float(), dim=-1).cpu()
+                    for r, i in enumerate(batch):
+                        n = len(cont_ids[i])
+                        results[i] = logps[r, keep - n - 1 :]
         return [r for r in results if r is not None]
 
     def close(self) -> None:

@@ -242,16 +242,21 @@ def test_make_generator_selects_transformers(tiny_model_dir: Path) -> None:
     assert g.name == "transformers" and g.model_name == tiny_model_dir.name
 
 
-def test_continuous_batching_agrees_with_static_batches(
-    tiny_model_dir: Path, adapter_dir: Path
+@pytest.mark.parametrize("batching", ["ragged", "continuous"])
+def test_batching_agrees_with_static_batches(
+    tiny_model_dir: Path, adapter_dir: Path, batching: str
 ) -> None:
-    """backend.continuous: transformers' continuous batching gives the static path's greedy
-    answers, prompt by prompt in the caller's order (with and without an adapter), n samples
-    per prompt reproducibly from a seed, progress per finished prompt, and leaves the model
-    as it was for static calls (stop strings, scoring) after it."""
+    """backend.batching ragged (selfloop's refill loop) and continuous (transformers') give the
+    static path's greedy answers, prompt by prompt in the caller's order (with and without an
+    adapter), n samples per prompt reproducibly from a seed, progress per finished prompt, and
+    leave the model as it was for static calls (stop strings, scoring) after them."""
     spec = ModelSpec(name=str(tiny_model_dir), dtype="float32")
-    static = TransformersGenerator(spec, batch_size=4, adapters={"a1": adapter_dir})
-    cont = TransformersGenerator(spec, batch_size=4, adapters={"a1": adapter_dir}, continuous=True)
+    static = TransformersGenerator(
+        spec, batch_size=4, adapters={"a1": adapter_dir}, batching="static"
+    )
+    cont = TransformersGenerator(
+        spec, batch_size=4, adapters={"a1": adapter_dir}, batching=batching
+    )
     greedy = SamplingParams(max_tokens=12)
     for adapter in (None, "a1"):
         want = [r.text for r in static.generate(PROMPTS, greedy, adapter=adapter)]
@@ -271,11 +276,11 @@ def test_continuous_batching_agrees_with_static_batches(
         for c in r.completions:
             assert c.completion_tokens <= 10
             assert c.finish_reason == "stop" or c.completion_tokens == 10
-    # stop strings are not in continuous batching: the static path answers those, as before
+    # stop strings stay with static batches: the static path answers those, as before
     full = static.generate([PROMPTS[1]], SamplingParams(max_tokens=20))[0].text
     stop = SamplingParams(max_tokens=20, stop=full[2:4])
     assert cont.generate([PROMPTS[1]], stop)[0].text == static.generate([PROMPTS[1]], stop)[0].text
     pairs = [user("Hi")], ["there"]
     [got_lp], [want_lp] = cont.continuation_logprobs(*pairs), static.continuation_logprobs(*pairs)
     assert got_lp == pytest.approx(want_lp, abs=1e-5)
-    assert make_generator(spec, BackendConfig(continuous=True)).continuous
+    assert make_generator(spec, BackendConfig(batching=batching)).batching == batching

@@ -1,0 +1,247 @@
+"""Ragged batch decoding over transformers' KV cache: finished rows leave, queued prompts refill.
+
+`model.generate` on a static batch decodes every row until the longest one stops: a row that
+ended after 40 tokens keeps costing a row's compute for the other 280 steps of a 320-token
+batch. The respond and evaluate stages have exactly that shape (sampled answers of very
+different lengths). `decode_ragged` runs its own decode loop on a `DynamicCache`:
+
+- a row that emits EOS or reaches `max_tokens` leaves the batch at once (its cache rows are
+  dropped with `batch_select_indices`);
+- queued prompts take the free places: they are prefilled together, each prompt's cache is
+  repeated for its n samples (one prefill per prompt, not per sample), left-padded to the
+  batch's cache length and concatenated; cache columns that every row masks are trimmed, so
+  attention never pays for the padding a departed row left behind;
+- sampling draws from the distribution `generate`'s temperature / top-k / top-p warpers leave,
+  without sorting the vocabulary each step (`sample_tokens`); greedy decoding is the argmax.
+  Positions are explicit per row, so a refilled row sees the positions it would have in a batch
+  of its own.
+
+transformers' continuous batching (`backend.continuous`) does the same scheduling with a paged
+cache, but on CPU its paged attention costs more than the idle rows it saves (0.65x of static
+batches on 2 cores, `bench/batching.py`); this loop keeps the dense SDPA attention of a plain
+forward pass. Stop strings stay with `generate` (its `StopStringCriteria`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from agent.backends.base import SamplingParams
+
+_SHORTLIST = 256  # tokens a sampling step looks at before it sorts the whole vocabulary
+
+
+def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """One token per row of `logits` (rows x vocab) under `params`: the argmax for greedy, else
+    a draw from `nucleus`."""
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    return _draw(*nucleus(logits, params))
+
+
+def nucleus(
+    logits: torch.Tensor, params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The distribution `generate` samples from, as (weights, token ids) per row (ids None:
+    column = token id; weights unnormalized, zero = cut): temperature, then top-k, then top-p (a
+    token stays while the mass of the tokens above it is below top_p, transformers'
+    `TopPLogitsWarper` rule).
+
+    transformers' top-p warper sorts the whole vocabulary every step, and `torch.multinomial`
+    draws over it: on 2 CPU cores the two took 29% of a 16-row decode step (49k-token
+    vocabulary). Here the nucleus is looked for among the `_SHORTLIST` most likely tokens
+    (`torch.topk`): exact whenever the shortlist holds every row's nucleus (its last token is
+    cut), else all k are sorted.
+    """
+    logits = logits.float() / params.temperature
+    vocab = logits.shape[-1]
+    k = min(vocab, params.top_k or vocab)
+    # The distribution top-k leaves: renormalized over the k best (all of them without top-k).
+    values, index = logits.topk(k) if k < vocab else (logits, None)
+    norm = torch.logsumexp(values, dim=-1, keepdim=True)
+    if params.top_p >= 1.0:
+        return torch.exp(values - norm), index
+    short = min(k, _SHORTLIST)
+    if short < k:
+        head, head_index = values.topk(short)
+        probs = torch.exp(head - norm)
+        above = probs.cumsum(dim=-1) - probs
+        if bool((above[:, -1] >= params.top_p).all()):
+            index = head_index if index is None else index.gather(-1, head_index)
+            return probs * (above < params.top_p), index
+    values, order = values.sort(dim=-1, descending=True)
+    index = order if index is None else index.gather(-1, order)
+    probs = torch.exp(values - norm)
+    return probs * ((probs.cumsum(dim=-1) - probs) < params.top_p), index
+
+
+def _draw(weights: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """A token per row with probability proportional to `weights` (rows x candidates); `index`
+    maps candidates to token ids (None: candidate = token id). Exponential races (argmax of
+    w / E, E ~ Exp(1)) draw exactly that distribution without `torch.multinomial`'s setup."""
+    race = weights / torch.empty_like(weights).exponential_()
+    pick = race.argmax(dim=-1, keepdim=True)
+    return (pick if index is None else index.gather(-1, pick)).squeeze(-1)
+
+
+class _Batch:
+    """The rows decoding now: their cache, attention mask, next positions and owners."""
+
+    def __init__(self) -> None:
+        self.cache = DynamicCache()
+        self.mask: torch.Tensor | None = None  # rows x cache length (+ the pending token)
+        self.pos: torch.Tensor | None = None  # rows: position of the pending token
+        self.last: torch.Tensor | None = None  # rows: the pending (sampled, not yet fed) token
+        self.owner: list[tuple[int, int]] = []  # rows: (prompt index, sample index)
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (indices into the batch), then trim columns no row attends to."""
+        if len(rows) == len(self.owner):
+            return
+        self.owner = [self.owner[r] for r in rows]
+        if not rows:
+            self.__init__()
+            return
+        idx = torch.tensor(rows, device=self.mask.device)
+        self.mask, self.pos, self.last = self.mask[idx], self.pos[idx], self.last[idx]
+        # The pending token's column (the last) is always attended; leading columns that every
+        # remaining row masks are padding left by rows that have gone: one copy drops both.
+        used = self.mask[:, :-1].any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else self.mask.shape[1] - 1
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[idx, :, start:], layer.values[idx, :, start:]
+
+    def join(self, other: _Batch) -> None:
+        """Append `other`'s rows, left-padding the shorter cache with masked zeros."""
+        if not other.owner:
+            return
+        if not self.owner:
+            self.cache, self.mask, self.pos, self.last = (
+                other.cache,
+                other.mask,
+                other.pos,
+                other.last,
+            )
+            self.owner = other.owner
+            return
+        a, b = self.mask.shape[1], other.mask.shape[1]
+        width = max(a, b)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat(
+                [_pad_time(mine.keys, width - a), _pad_time(theirs.keys, width - b)]
+            )
+            mine.values = torch.cat(
+                [_pad_time(mine.values, width - a), _pad_time(theirs.values, width - b)]
+            )
+        self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(other.mask, width)], dim=0)
+        self.pos = torch.cat([self.pos, other.pos])
+        self.last = torch.cat([self.last, other.last])
+        self.owner += other.owner
+
+
+def _pad_time(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`x` (batch, heads, time, dim) with `n` zero columns added at the start of time."""
+    if n == 0:
+        return x
+    return torch.cat([x.new_zeros(*x.shape[:2], n, x.shape[3]), x], dim=2)
+
+
+def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    n = width - mask.shape[1]
+    return mask if n == 0 else torch.cat([mask.new_zeros(mask.shape[0], n), mask], dim=1)
+
+
+def decode_ragged(
+    model: Any,
+    prompts: Sequence[list[int]],
+    rows: int,
+    params: SamplingParams,
+    *,
+    max_rows: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    on_prompt_done: Callable[[int], None] | None = None,
+) -> list[list[list[int]]]:
+    """`rows` completions of each of `prompts` (token ids), decoded with at most `max_rows`
+    rows at once (at least one prompt's `rows`). Per prompt, per sample: the generated tokens,
+    through the EOS that ended it (an answer cut at `max_tokens` has none). Prompts enter in
+    the given order; `on_prompt_done(i)` is called when prompt i's last sample ends."""
+    device = model.device
+    eos = torch.tensor(sorted(set(eos_ids)), device=device)
+    out: list[list[list[int]]] = [[[] for _ in range(rows)] for _ in prompts]
+    left = [rows] * len(prompts)
+    queue = list(range(len(prompts)))
+    batch = _Batch()
+
+    def admit(idx: list[int]) -> _Batch:
+        seqs = [prompts[i] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long, device=device)
+            mask[r, width - len(s) :] = 1
+        new = _Batch()
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            cache=new.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        if rows > 1:
+            new.cache.batch_repeat_interleave(rows)
+            logits, mask = logits.repeat_interleave(rows, dim=0), mask.repeat_interleave(rows, 0)
+        new.last = sample_tokens(logits, params)
+        new.mask = torch.cat([mask, mask.new_ones(len(new.last), 1)], dim=1)
+        new.pos = mask.sum(dim=1)
+        new.owner = [(i, k) for i in idx for k in range(rows)]
+        return new
+
+    def settle(batch: _Batch) -> None:
+        """Record each row's pending token; rows that ended leave the batch."""
+        keep = []
+        tokens = batch.last.tolist()
+        ended = torch.isin(batch.last, eos).tolist()
+        for r, ((i, k), tok) in enumerate(zip(batch.owner, tokens)):
+            seq = out[i][k]
+            seq.append(tok)
+            if ended[r] or len(seq) >= params.max_tokens:
+                left[i] -= 1
+                if left[i] == 0 and on_prompt_done:
+                    on_prompt_done(i)
+            else:
+                keep.append(r)
+        batch.keep(keep)
+
+    capacity = max(1, max_rows // rows) * rows
+    with torch.inference_mode():
+        while queue or len(batch):
+            free = (capacity - len(batch)) // rows
+            if queue and free > 0:
+                take, queue = queue[:free], queue[free:]
+                new = admit(take)
+                settle(new)
+                batch.join(new)
+                continue
+            logits = model(
+                input_ids=batch.last[:, None],
+                attention_mask=batch.mask,
+                position_ids=batch.pos[:, None],
+                cache=batch.cache,
+                use_cache=True,
+            ).logits[:, -1]
+            batch.last = sample_tokens(logits, params)
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
+            batch.pos = batch.pos + 1
+            settle(batch)
+    return out

@@ -1,0 +1,149 @@
+"""Ragged batch decoding (`backend.batching: ragged`): its sampler against transformers' warpers,
+and its decode loop against `generate` on a tiny random llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from agent.backends import SamplingParams
+from agent.backends.hf import TransformersGenerator
+from agent.backends.refill import _draw, decode_ragged, nucleus
+from agent.errors import SelfloopError
+from agent.models import ModelSpec
+from tests.agent.test_hf_backend import PROMPTS
+
+
+def _warped(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """What `generate` samples from: its warpers, in its order, then softmax."""
+    warpers = [TemperatureLogitsWarper(params.temperature)]
+    if params.top_k:
+        warpers.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(params.top_p))
+    for w in warpers:
+        logits = w(None, logits)
+    return torch.softmax(logits, dim=-1)
+
+
+@pytest.mark.parametrize(
+    "scale,knobs",
+    [
+        (6.0, {"temperature": 0.9, "top_p": 0.95}),  # peaked: the nucleus is in the shortlist
+        (0.3, {"temperature": 0.9, "top_p": 0.95}),  # flat: thousands of tokens, full sort
+        (0.3, {"temperature": 0.7, "top_k": 300, "top_p": 0.8}),
+        (2.0, {"temperature": 1.3, "top_k": 40}),
+        (1.0, {"temperature": 1.0}),
+    ],
+)
+def test_nucleus_is_the_distribution_transformers_samples_from(scale: float, knobs: dict) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3000) * scale
+    logits[0, :4] = 20.0  # one row with a tie at the top
+    params = SamplingParams(max_tokens=1, **knobs)
+    weights, index = nucleus(logits, params)
+    got = torch.zeros_like(logits)
+    cols = index if index is not None else torch.arange(logits.shape[1]).expand_as(logits)
+    got.scatter_(1, cols, weights)
+    got = got / got.sum(dim=-1, keepdim=True)
+    want = _warped(logits, params)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert ((got > 0) == (want > 0)).all()
+
+
+def test_draw_follows_the_weights() -> None:
+    torch.manual_seed(0)
+    weights = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).expand(40_000, 4)
+    index = torch.tensor([[7, 8, 9, 10]]).expand(40_000, 4)
+    picks = _draw(weights, index)
+    freq = torch.bincount(picks, minlength=11)[7:].float() / len(picks)
+    assert torch.allclose(freq, torch.tensor([0.5, 0.0, 0.3, 0.2]), atol=0.01)
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir: Path) -> TransformersGenerator:
+    return TransformersGenerator(
+        ModelSpec(name=str(tiny_model_dir), dtype="float32"), batch_size=5, batching="static"
+    )
+
+
+def test_greedy_ragged_equals_generate_at_every_batch_width(gen: TransformersGenerator) -> None:
+    """Rows leaving and prompts joining (left-padded to the batch's cache, padding trimmed) do
+    not change a greedy answer: at widths 1, 2 and 5 it is what `generate` alone says."""
+    params = SamplingParams(max_tokens=16)
+    want = [r.text for r in gen.generate(PROMPTS, params)]
+    enc = [gen.encode_prompt(m) for m in PROMPTS]
+    for width in (1, 2, 5):
+        outs = decode_ragged(
+            gen.model, enc, 1, params, max_rows=width, eos_ids=gen.eos_ids, pad_id=0
+        )
+        assert [gen._completion(o[0], params)[0].text for o in outs] == want
+        assert all(1 <= len(o[0]) <= 16 for o in outs)
+
+
+def test_ragged_samples_rows_and_reports_prompts(gen: TransformersGenerator) -> None:
+    """n samples per prompt through refills, reproducible from a seed, each ending at EOS or at
+    max_tokens; every prompt is reported done exactly once."""
+    params = SamplingParams(max_tokens=9, temperature=1.0, n=3, seed=3)
+    enc = [gen.encode_prompt(m) for m in PROMPTS]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        done: list[int] = []
+        runs.append(
+            decode_ragged(
+                gen.model,
+                enc,
+                3,
+                params,
+                max_rows=7,
+                eos_ids=gen.eos_ids,
+                pad_id=0,
+                on_prompt_done=done.append,
+            )
+        )
+        assert sorted(done) == list(range(len(PROMPTS)))
+    assert runs[0] == runs[1]
+    eos = set(gen.eos_ids)
+    for per_prompt in runs[0]:
+        assert len(per_prompt) == 3 and len({tuple(t) for t in per_prompt}) > 1
+        for toks in per_prompt:
+            assert len(toks) == 9 or toks[-1] in eos
+            assert not eos & set(toks[:-1])
+
+
+def test_generator_batching_choice(tiny_model_dir: Path) -> None:
+    spec = ModelSpec(name=str(tiny_model_dir), dtype="float32")
+    with pytest.raises(SelfloopError, match="batching must be one of"):
+        TransformersGenerator(spec, batching="paged")
+
+
+def test_prefix_tuning_adapter_decodes_in_static_batches(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A prefix-tuning adapter's virtual tokens go through generate's cache handling, which the
+    ragged loop does not have: under one, a ragged generator answers as a static one."""
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    peft.save_pretrained(tmp_path / "p1")
+    spec = ModelSpec(name=str(tiny_model_dir), dtype="float32")
+    answers = []
+    for batching in ("static", "ragged"):
+        gen = TransformersGenerator(
+            spec, batch_size=3, adapters={"p1": tmp_path / "p1"}, batching=batching
+        )
+        answers.append(
+            [r.text for r in gen.generate(PROMPTS, SamplingParams(max_tokens=8), adapter="p1")]
+        )
+    assert answers[0] == answers[1]
