@@ -159,6 +159,15 @@ def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return mask if n == 0 else torch.cat([mask.new_zeros(mask.shape[0], n), mask], dim=1)
 
 
+def _cache_argument(model: Any) -> str:
+    """The forward argument that takes the KV cache: `cache` from the transformers release that
+    renamed it (`past_key_values` then warns it is deprecated), `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def decode_ragged(
     model: Any,
     prompts: Sequence[list[int]],
@@ -176,6 +185,7 @@ def decode_ragged(
     the given order; `on_prompt_done(i)` is called when prompt i's last sample ends."""
     device = model.device
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
+    cache_arg = _cache_argument(model)
     out: list[list[list[int]]] = [[[] for _ in range(rows)] for _ in prompts]
     left = [rows] * len(prompts)
     queue = list(range(len(prompts)))
@@ -194,7 +204,7 @@ def decode_ragged(
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=new.cache,
+            **{cache_arg: new.cache},
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
@@ -237,7 +247,7 @@ def decode_ragged(
                 input_ids=batch.last[:, None],
                 attention_mask=batch.mask,
                 position_ids=batch.pos[:, None],
-                cache=batch.cache,
+                **{cache_arg: batch.cache},
                 use_cache=True,
             ).logits[:, -1]
             batch.last = sample_tokens(logits, params)
