@@ -152,14 +152,7 @@ class TransformersGenerator:
         return batches
 
     def _pad_left(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s) :] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_left(seqs, self.tokenizer.pad_token_id, self.device)
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -537,6 +530,19 @@ class TransformersGenerator:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def pad_left(
+    seqs: Sequence[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`seqs` left-padded to the longest with `pad_id`, and their attention mask, on `device`."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[r, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
 
 
 def _result(

@@ -31,6 +31,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from agent.backends.base import SamplingParams
+from agent.backends.hf import pad_left
 
 _SHORTLIST = 256  # tokens a sampling step looks at before it sorts the whole vocabulary
 
@@ -192,13 +193,7 @@ def decode_ragged(
     batch = _Batch()
 
     def admit(idx: list[int]) -> _Batch:
-        seqs = [prompts[i] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long, device=device)
-            mask[r, width - len(s) :] = 1
+        ids, mask = pad_left([prompts[i] for i in idx], pad_id, device)
         new = _Batch()
         logits = model(
             input_ids=ids,
