@@ -20,7 +20,7 @@ import hashlib
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -151,6 +151,14 @@ class AugmentConfig(BaseModel):
         "no commas, an opening or closing phrase, quotes, JSON, a word or sentence limit, two "
         "responses, highlights; never a held-out type), and keep it if it then passes every "
         "constraint and the quality filters (judges/repair.py).",
+    )
+    focus: Literal["uniform", "learnable"] = Field(
+        "uniform",
+        description="How constraint types are drawn. uniform: every training type alike. "
+        "learnable: from round 2, a type is drawn in proportion to p(1 - p), p its pass rate in "
+        "the latest earlier round that drew it (at least 0.02; a type not drawn yet counts as "
+        "p = 0.5): rejection sampling learns from prompts passed sometimes, and a type the "
+        "model always or never passes gives it no such prompt.",
     )
     curriculum: bool = Field(
         True,
@@ -351,14 +359,21 @@ def task_rng(seed: int, task_id: str) -> random.Random:
 
 
 def draw_constraints(
-    rng: random.Random, instruction: str, types: Sequence[str], k: int, tries: int = 200
+    rng: random.Random,
+    instruction: str,
+    types: Sequence[str],
+    k: int,
+    tries: int = 200,
+    weights: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """`k` compatible constraints of `types` with drawn parameters (validated), or fewer when
-    the types cannot make `k` compatible ones (never an incompatible set)."""
+    the types cannot make `k` compatible ones (never an incompatible set). With `weights`
+    (type -> weight > 0, 1 where missing), types are drawn without replacement in proportion
+    to them."""
     types = list(types)
     for want in range(min(k, len(types)), 0, -1):
         for _ in range(tries):
-            chosen = rng.sample(types, want)
+            chosen = _sample(rng, types, want, weights)
             if not compatible(chosen):
                 continue
             drawn = [_DRAWS[t](rng, instruction) for t in chosen]
@@ -370,21 +385,42 @@ def draw_constraints(
     return []
 
 
+def _sample(
+    rng: random.Random, types: list[str], k: int, weights: Mapping[str, float] | None
+) -> list[str]:
+    """`k` of `types` without replacement, uniformly or in proportion to `weights`
+    (Efraimidis-Spirakis: the k largest u ** (1 / w))."""
+    if weights is None:
+        return rng.sample(types, k)
+    keys = [(rng.random() ** (1.0 / weights.get(t, 1.0)), t) for t in types]
+    return [t for _, t in sorted(keys, reverse=True)[:k]]
+
+
+def learnability(
+    types: Sequence[str], pass_rates: Mapping[str, float], floor: float = 0.02
+) -> dict[str, float]:
+    """Draw weights of `types` for `focus: learnable`: p(1 - p) of each type's pass rate (0.5
+    for a type without one), at least `floor` (a type never or always passed still comes up
+    now and then: the model changes)."""
+    return {t: max(p * (1.0 - p), floor) for t in types for p in [pass_rates.get(t, 0.5)]}
+
+
 def augment_task(
     task: Mapping[str, Any],
     config: AugmentConfig,
     types: Sequence[str] | None = None,
     salt: str = "",
+    weights: Mapping[str, float] | None = None,
 ) -> dict[str, Any] | None:
     """A constrained copy of `task` (needs `id` and `instruction`): constraints drawn from
-    `types` (default: the config's training types), rendered after the instruction; the copy's
-    id is derived from the task's and the draw. `salt` varies the draw (the loop passes the
-    round, so a base task gets new constraints each round). None when nothing compatible could
-    be drawn."""
+    `types` (default: the config's training types; in proportion to `weights` where given),
+    rendered after the instruction; the copy's id is derived from the task's and the draw.
+    `salt` varies the draw (the loop passes the round, so a base task gets new constraints each
+    round). None when nothing compatible could be drawn."""
     rng = task_rng(config.seed, f"{task['id']}{salt}")
     k = rng.randint(config.min_constraints, max(config.min_constraints, config.max_constraints))
     base = str(task["instruction"]).strip()
-    cons = draw_constraints(rng, base, types or config.drawn_types(), k)
+    cons = draw_constraints(rng, base, types or config.drawn_types(), k, weights=weights)
     if not cons:
         return None
     instruction = f"{base} {render_all(cons)}"

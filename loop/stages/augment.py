@@ -36,11 +36,13 @@ def run(ctx: Context, state: LoopState) -> dict:
     level: dict[str, Any] = {}
     guarded: dict[str, dict[str, Any]] = {}
     unfit: Counter[str] = Counter()
+    weights: dict[str, float] | None = None
     if "constraints" in ctx.cfg.run.sources:
         # The filter stage applies the instruction rules to every answered task again: a task
         # they reject would cost n samples for nothing (seen: a seed with a blacklisted word).
         rules = FilterChain(ctx.cfg.filters)
         cfg, level = curriculum(ctx, n)
+        weights = type_weights(ctx, n, cfg)
         pool = base_tasks(ctx, proposals)
         # A fresh order each round, the same on a re-run of the round.
         random.Random(f"{cfg.seed}/{n}").shuffle(pool)
@@ -55,7 +57,7 @@ def run(ctx: Context, state: LoopState) -> dict:
                 if len(made) >= cfg.tasks:
                     break
                 salt = f"/r{n}" if draw == 0 else f"/r{n}/d{draw}"
-                out = augment_task(task, cfg, salt=salt)
+                out = augment_task(task, cfg, salt=salt, weights=weights)
                 if out is None or out["id"] in seen:
                     continue
                 rejected = rules.check(out, instructions_only=True)
@@ -84,6 +86,7 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "contaminated": {k: v["guard_neighbour"] for k, v in guarded.items()},
                 "unfit": dict(unfit),  # drawn, but the instruction filters would drop them
                 **({"curriculum": level} if level else {}),
+                **({"type_weights": _rounded(weights)} if weights else {}),
             },
         )
     log.info("round %d augment: %d constrained tasks (%s)", n, len(made), counts(types))
@@ -114,6 +117,26 @@ def curriculum(ctx: Context, n: int) -> tuple[Any, dict[str, Any]]:
     lo, hi = min(3, max(1, lo + step)), min(3, max(1, hi + step))
     level = {"min": lo, "max": hi, "step": step, "why": why}
     return cfg.model_copy(update={"min_constraints": lo, "max_constraints": hi}), level
+
+
+def type_weights(ctx: Context, n: int, cfg: Any) -> dict[str, float] | None:
+    """Draw weights per training type for `augment.focus: learnable` (None: uniform draws):
+    learnability of each type's pass rate in the latest earlier round that drew it (the filter
+    stage's per-type rates)."""
+    from judges.augment import learnability
+
+    if cfg.focus != "learnable" or n <= 1:
+        return None
+    rates: dict[str, float] = {}
+    for k in range(n - 1, 0, -1):
+        verified = (ctx.rundir.stage_stats(k, "filter") or {}).get("verifier") or {}
+        for t, p in (verified.get("type_pass_rate") or {}).items():
+            rates.setdefault(t, p)
+    return learnability(cfg.drawn_types(), rates)
+
+
+def _rounded(weights: dict[str, float]) -> dict[str, float]:
+    return {t: round(w, 4) for t, w in sorted(weights.items(), key=lambda kv: -kv[1])}
 
 
 def _near_eval(ctx: Context, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

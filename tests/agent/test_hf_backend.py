@@ -199,6 +199,46 @@ def test_unloading_adapters_goes_back_to_the_base_model(
     assert [r.text for r in g.generate(PROMPTS[:3], params, adapter="again")] != base
 
 
+def test_merged_adapter_decodes_as_the_unmerged_one(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """merge_adapters (the CPU default) decodes under a LoRA adapter with a merged copy of the
+    model: the same greedy answers as the adapter run unmerged, for each adapter in turn and
+    through static batches, ragged rows and the stream; one copy is kept, and unloading its
+    adapter drops it (a new adapter under the old name is not served the old weights)."""
+    spec = ModelSpec(name=str(tiny_model_dir), dtype="float32")
+    second = make_lora_adapter(tiny_model_dir, tmp_path / "a2", seed=1)
+    adapters = {"a1": adapter_dir, "a2": second}
+    merged = TransformersGenerator(spec, batch_size=4, adapters=adapters)
+    plain = TransformersGenerator(spec, batch_size=4, adapters=adapters, merge_adapters=False)
+    assert merged.merge_adapters and not plain.merge_adapters
+    params = SamplingParams(max_tokens=12)
+    for adapter in ("a1", "a2", None, "a1"):
+        want = [r.text for r in plain.generate(PROMPTS, params, adapter=adapter)]
+        for batching in ("ragged", "static"):
+            merged.batching = batching
+            assert [r.text for r in merged.generate(PROMPTS, params, adapter=adapter)] == want
+        if adapter is not None:
+            assert merged._merged is not None and merged._merged[0] == adapter
+            assert not any("lora" in n for n, _ in merged._merged[1].named_parameters())
+        pieces: list[str] = []
+        ids = merged.encode_prompt(PROMPTS[0])
+        done, _ = merged.generate_stream(ids, params, pieces.append, adapter=adapter)
+        assert done.text == "".join(pieces) == want[0]
+    assert plain._merged is None  # merging off: never copied
+    # the adapters' own weights stay in place for scoring, which runs unmerged
+    assert any("lora" in n for n, _ in merged.model.named_parameters())
+    pairs = [user("Hi")], ["there"]
+    got = merged.continuation_logprobs(*pairs, adapter="a1")[0]
+    assert got == plain.continuation_logprobs(*pairs, adapter="a1")[0]
+    merged.unload_adapter("a1")
+    assert merged._merged is None
+    merged.load_adapter(second, "a1")  # the old name, other weights
+    with_new = [r.text for r in merged.generate(PROMPTS, params, adapter="a1")]
+    assert with_new == [r.text for r in plain.generate(PROMPTS, params, adapter="a2")]
+    assert make_generator(spec, BackendConfig(merge_adapters=False)).merge_adapters is False
+
+
 def test_adapter_dir_must_be_peft(gen: TransformersGenerator, tmp_path: Path) -> None:
     with pytest.raises(SelfloopError, match="adapter_config.json"):
         gen.load_adapter(tmp_path)

@@ -19,6 +19,7 @@ from judges.augment import (
     compatible,
     content_words,
     draw_constraints,
+    learnability,
 )
 from judges.verifiable import CONSTRAINT_TYPES, check, render_all
 
@@ -188,6 +189,30 @@ def test_held_out_types_never_reach_training_tasks_and_draws_are_reproducible() 
         {"id": "t0", "instruction": INSTRUCTIONS[0]}, cfg.model_copy(update={"seed": 1})
     )
     assert other != augment_task({"id": "t0", "instruction": INSTRUCTIONS[0]}, cfg)
+
+
+def test_learnable_focus_draws_types_in_proportion_to_their_weights() -> None:
+    """augment.focus: learnable weights a type by p(1 - p) of its pass rate (0.5 unseen, a
+    floor for types never or always passed), and draws follow the weights, compatibly."""
+    types = AugmentConfig().drawn_types()
+    rates = {"lowercase": 0.0, "no_commas": 1.0, "sections": 0.5, "min_words": 0.9}
+    w = learnability(types, rates)
+    assert set(w) == set(types)
+    assert w["lowercase"] == w["no_commas"] == 0.02 and w["sections"] == 0.25
+    assert w["min_words"] == pytest.approx(0.09) and w["max_words"] == 0.25  # unseen: 0.5
+    rng = random.Random(0)
+    drawn: Counter[str] = Counter()
+    for k in range(3000):
+        cons = draw_constraints(rng, INSTRUCTIONS[k % len(INSTRUCTIONS)], types, 1, weights=w)
+        drawn.update(c["type"] for c in cons)
+    total = sum(drawn.values())
+    for t in ("sections", "min_words", "lowercase"):
+        want = w[t] / sum(w.values())
+        assert drawn[t] / total == pytest.approx(want, abs=0.25 * want + 0.005), t
+    assert drawn["sections"] > 5 * drawn["lowercase"]
+    for k in range(300):  # two at a time: still compatible sets
+        cons = draw_constraints(rng, INSTRUCTIONS[k % len(INSTRUCTIONS)], types, 2, weights=w)
+        assert compatible([c["type"] for c in cons])
 
 
 def test_keywords_come_from_the_task_and_unknown_types_are_refused() -> None:

@@ -299,6 +299,32 @@ def test_the_constraint_level_follows_the_last_rounds_verifier(
     ctx.release()
 
 
+def test_learnable_focus_weights_types_by_the_last_rounds_pass_rates(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from loop.stages import augment
+
+    ctx = _context(tmp_path, tiny_model_dir, "run.sources=[constraints]", "augment.tasks=40",
+                   "augment.focus=learnable", "augment.curriculum=false")  # fmt: skip
+    rates = {1: {"sections": 0.5, "lowercase": 0.0}, 2: {"lowercase": 0.5}}
+    for n in (1, 2, 3):
+        (ctx.rundir.stage_dir(n, "propose")).mkdir(parents=True)
+        write_examples(ctx.rundir.stage_dir(n, "propose") / "kept.jsonl", [])
+        augment.run(ctx, {"round": n})
+        if n in rates:
+            (ctx.rundir.stage_dir(n, "filter")).mkdir(parents=True)
+            write_json(ctx.rundir.stage_dir(n, "filter") / "stats.json",
+                       {"verifier": {"type_pass_rate": rates[n]}})  # fmt: skip
+    first, second, third = (ctx.rundir.stage_stats(n, "augment") for n in (1, 2, 3))
+    assert "type_weights" not in first  # round 1: uniform
+    weights = second["type_weights"]
+    assert weights["lowercase"] == 0.02 and weights["sections"] == 0.25
+    assert second["constraint_types"].get("lowercase", 0) < first["constraint_types"]["lowercase"]
+    # the latest round that drew a type decides: lowercase 0.5 in round 2; sections from round 1
+    assert third["type_weights"]["lowercase"] == third["type_weights"]["sections"] == 0.25
+    ctx.release()
+
+
 def test_augment_passes_proposals_through_when_the_source_is_off(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
