@@ -350,7 +350,10 @@ def respond(
     results = generator.generate(prompts, params, adapter=adapter)
     out, errors = [], 0
     model = generator.model_name if adapter is None else f"{generator.model_name}+{adapter}"
-    carried = ("instruction", "input", "domain", "language", "constraints", "origin", "base_id")
+    carried = (
+        "instruction", "input", "domain", "language", "constraints", "origin", "base_id",
+        "base_instruction",  # augment's unconstrained task: a later round constrains it anew
+    )  # fmt: skip
     for t, msgs, res in zip(tasks, prompts, results):
         if not res.ok:
             errors += 1

@@ -246,6 +246,16 @@ def test_respond_n_samples_with_provenance(gen) -> None:
     assert r["instruction_id"] == "t2" and r["source"] == "teacher" and r["round"] == 4
     assert r["messages"][0]["content"] == "Summarize:\n\nThe cat sat on the mat."
     assert r["messages"][1] == {"role": "assistant", "content": r["response"]}
+    constrained = {
+        "id": "aug-1", "instruction": "Name a fruit. Answer in lowercase letters only.",
+        "constraints": [{"type": "lowercase"}], "base_id": "t1",
+        "base_instruction": "Name a fruit.", "origin": "augment",
+    }  # fmt: skip
+    [answer] = respond(gen, [constrained], SamplingParams(max_tokens=4))[0]
+    # a learned constrained task keeps its unconstrained base, which a later round constrains
+    assert {k: answer[k] for k in constrained if k != "id"} == {
+        k: v for k, v in constrained.items() if k != "id"
+    }
 
 
 def test_respond_counts_backend_errors() -> None:

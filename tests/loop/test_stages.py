@@ -242,6 +242,24 @@ def test_augment_constrains_seed_tasks_reproducibly_and_passes_proposals_on(
     assert {t["instruction"] for t in again}.isdisjoint({t["instruction"] for t in made})
 
 
+def test_a_learned_task_is_constrained_again_from_its_unconstrained_base() -> None:
+    """The pool's constrained tasks go back to their base instruction before new constraints
+    are drawn: kept in `base_instruction`, or (examples written before it was carried) with the
+    rendered constraints cut off; never the constrained text, whose old constraints no verifier
+    would check."""
+    from judges.augment import AugmentConfig, augment_task
+    from loop.stages.augment import unconstrained
+
+    base = "Describe a walk along a quiet beach at dawn."
+    task = augment_task({"id": "b1", "instruction": base}, AugmentConfig(min_constraints=2))
+    assert task is not None and task["instruction"] != base
+    assert unconstrained(task) == base
+    older = {k: v for k, v in task.items() if k != "base_instruction"}
+    assert unconstrained(older) == base
+    assert unconstrained({**older, "instruction": task["instruction"] + " Be brief."}) is None
+    assert unconstrained({"instruction": f" {base} "}) == base  # never constrained
+
+
 def test_augment_constrains_a_base_again_when_bases_are_fewer_than_tasks(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
