@@ -12,8 +12,8 @@ and random, so it changes the answers as a trained one does.
 
 Prints tokens/s of each path and the ratio merged/unmerged, then the share of identical answers
 and the paired difference of the strict IF pass rate with its 95% bootstrap interval (a merged
-bfloat16 weight is W + BA rounded once, as W itself was: answers may part after a while, as
-bfloat16 and float32 ones do, bench/dtype.py).
+bfloat16 weight is the bfloat16 W plus BA, rounded once more: answers may part after a while,
+as bfloat16 and float32 ones do, bench/dtype.py).
 
     python bench/adapters.py [--adapter DIR] [--prompts 96] [--max-tokens 400] [--batch-size 64]
 """

@@ -147,7 +147,7 @@ class TransformersGenerator:
         if self._merged is None or self._merged[0] != adapter:
             self._merged = None  # free the last copy before making the next
             # deepcopy takes every loaded adapter along; merge_and_unload keeps only this one,
-            # added to the weights in their dtype (bfloat16 rounds W + BA once, as it rounds W).
+            # added to the weights in their dtype (in bfloat16, W + BA is rounded once more).
             merged = copy.deepcopy(self.model).merge_and_unload(adapter_names=[adapter])
             self._merged = (adapter, merged.eval())
             log.info("decoding under adapter %s with a merged copy of the model", adapter)
