@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 import torch
+from dtype import strict_difference  # bench/ is on sys.path: run as a script
 
 from agent.backends import SamplingParams, user
 from agent.backends.hf import TransformersGenerator
 from agent.models import ModelSpec, load_model
 from judges.evals import load_suite
-from judges.evals.metrics import bootstrap_interval, score_verifiable
 from judges.evals.runner import subset
 
 
@@ -97,17 +97,7 @@ def main() -> None:
             )
     same = sum(a.text == b.text for a, b in zip(out["unmerged"], out["merged"]))
     print(f"identical answers: {same}/{len(prompts)}")
-    passed = {
-        k: [all(score_verifiable(c.text, r["constraints"])["strict"]) for c, r in zip(v, suite)]
-        for k, v in out.items()
-    }
-    diffs = [float(b) - float(a) for a, b in zip(passed["unmerged"], passed["merged"])]
-    lo, hi = bootstrap_interval(diffs, resamples=2000, seed=0) or (0.0, 0.0)
-    rate = {k: sum(v) / len(v) for k, v in passed.items()}
-    print(
-        f"IF prompt_strict: unmerged {rate['unmerged']:.3f}, merged {rate['merged']:.3f}, "
-        f"difference {sum(diffs) / len(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}]"
-    )
+    print(strict_difference(suite, ("unmerged", out["unmerged"]), ("merged", out["merged"])))
     print(f"ratio merged/unmerged tokens per second: {best['merged'] / best['unmerged']:.2f}")
 
 

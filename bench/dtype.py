@@ -41,6 +41,25 @@ def run(dtype: str, prompts: list[str], args: argparse.Namespace) -> tuple[list,
     return [r.completions[0] for r in results], seconds
 
 
+def strict_difference(suite: list, base: tuple[str, list], cand: tuple[str, list]) -> str:
+    """The strict prompt-level IF pass rate of two paths' answers to `suite`, and their paired
+    difference with its 95% bootstrap interval, as one line."""
+    (a, a_out), (b, b_out) = base, cand
+    passed = {
+        name: [
+            all(score_verifiable(c.text, r["constraints"])["strict"]) for c, r in zip(out, suite)
+        ]
+        for name, out in ((a, a_out), (b, b_out))
+    }
+    diffs = [float(y) - float(x) for x, y in zip(passed[a], passed[b])]
+    lo, hi = bootstrap_interval(diffs, resamples=2000, seed=0) or (0.0, 0.0)
+    rate = {name: sum(v) / len(v) for name, v in passed.items()}
+    return (
+        f"IF prompt_strict: {a} {rate[a]:.3f}, {b} {rate[b]:.3f}, "
+        f"difference {sum(diffs) / len(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    )
+
+
 def agreement(a: list[int], b: list[int]) -> float:
     """Share of the longer answer's tokens that agree before the first difference."""
     same = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -71,19 +90,7 @@ def main() -> None:
     agree = [agreement(a.text.split(), b.text.split()) for a, b in zip(f32, b16)]
     mean = sum(agree) / len(agree)
     print(f"mean share of words agreeing before the first difference: {mean:.3f}")
-    passed = {
-        d: [
-            all(score_verifiable(c.text, r["constraints"])["strict"]) for c, r in zip(out[d], suite)
-        ]
-        for d in out
-    }
-    diffs = [float(b) - float(a) for a, b in zip(passed["float32"], passed["bfloat16"])]
-    lo, hi = bootstrap_interval(diffs, resamples=2000, seed=0) or (0.0, 0.0)
-    rate = {d: sum(v) / len(v) for d, v in passed.items()}
-    print(
-        f"IF prompt_strict: float32 {rate['float32']:.3f}, bfloat16 {rate['bfloat16']:.3f}, "
-        f"difference {sum(diffs) / len(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}]"
-    )
+    print(strict_difference(suite, ("float32", f32), ("bfloat16", b16)))
     ratio = (sum(c.completion_tokens for c in b16) / secs["bfloat16"]) / (
         sum(c.completion_tokens for c in f32) / secs["float32"]
     )

@@ -396,6 +396,21 @@ def _sample(
     return [t for _, t in sorted(keys, reverse=True)[:k]]
 
 
+def unconstrained(record: Mapping[str, Any]) -> str | None:
+    """A learned task's instruction without the constraints augment rendered into it, or None
+    when they cannot be taken out. Constraining the constrained instruction again would ask
+    for the old constraints in its text while the verifier checks only the new ones: answers
+    that ignore the old ones would pass and be trained on. (Examples written before respond
+    carried `base_instruction` lack it: the rendered constraints are cut off the end.)"""
+    if record.get("base_instruction"):
+        return str(record["base_instruction"])
+    text = str(record.get("instruction") or "").strip()
+    if not record.get("constraints"):
+        return text or None
+    rendered = " " + render_all(record["constraints"])
+    return text.removesuffix(rendered).strip() if text.endswith(rendered) else None
+
+
 def learnability(
     types: Sequence[str], pass_rates: Mapping[str, float], floor: float = 0.02
 ) -> dict[str, float]:

@@ -152,6 +152,7 @@ def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str,
     """(kind, task) candidates to constrain: seeds without constraints of their own, learned
     tasks (by their unconstrained base instruction), this round's proposals."""
     from agent.seeds import load_seed_tasks
+    from judges.augment import unconstrained
 
     out: list[tuple[str, dict[str, Any]]] = [
         ("seed", {**s.model_dump(), "id": s.id})
@@ -163,23 +164,6 @@ def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str,
             out.append(("pool", {**r, "id": r.get("base_id") or r["id"], "instruction": base}))
     out += [("proposal", p) for p in proposals if not p.get("input") and not p.get("constraints")]
     return out
-
-
-def unconstrained(record: dict[str, Any]) -> str | None:
-    """A learned task's instruction without the constraints augment rendered into it, or None
-    when they cannot be taken out. Constraining the constrained instruction again would ask
-    for the old constraints in its text while the verifier checks only the new ones: answers
-    that ignore the old ones would pass and be trained on. (Examples written before respond
-    carried `base_instruction` lack it: the rendered constraints are cut off the end.)"""
-    from judges.verifiable import render_all
-
-    if record.get("base_instruction"):
-        return str(record["base_instruction"])
-    text = str(record.get("instruction") or "").strip()
-    if not record.get("constraints"):
-        return text or None
-    rendered = " " + render_all(record["constraints"])
-    return text.removesuffix(rendered).strip() if text.endswith(rendered) else None
 
 
 def summary(s: dict[str, Any]) -> str:

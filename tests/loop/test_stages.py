@@ -247,8 +247,7 @@ def test_a_learned_task_is_constrained_again_from_its_unconstrained_base() -> No
     are drawn: kept in `base_instruction`, or (examples written before it was carried) with the
     rendered constraints cut off; never the constrained text, whose old constraints no verifier
     would check."""
-    from judges.augment import AugmentConfig, augment_task
-    from loop.stages.augment import unconstrained
+    from judges.augment import AugmentConfig, augment_task, unconstrained
 
     base = "Describe a walk along a quiet beach at dawn."
     task = augment_task({"id": "b1", "instruction": base}, AugmentConfig(min_constraints=2))
