@@ -7,6 +7,7 @@ model to use, how to run it, how to sample and how to fine-tune.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -24,7 +25,7 @@ from judges.evals import RENAMED, renamed_metric, renamed_suite
 from judges.filters import FilterConfig
 from judges.llm_judge import JudgeConfig
 from judges.safety import SafetyConfig
-from loop.gate import GateConfig
+from loop.gate import GateConfig, default_guards
 from loop.metrics import MetricsConfig
 from tuners.config import TuneConfig
 
@@ -34,7 +35,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_rounds: int = Field(2, ge=1, description="Stop after this many rounds.")
+    max_rounds: int = Field(3, ge=1, description="Stop after this many rounds.")
     patience: int = Field(2, ge=1, description="Stop after this many rejected rounds in a row.")
     target_metric: str | None = Field(
         None,
@@ -52,14 +53,16 @@ class RunConfig(BaseModel):
         return v
 
     min_new_examples: int = Field(
-        2, ge=0, description="Stop when a round keeps fewer new examples (nothing left to learn)."
+        1, ge=0, description="Stop when a round keeps fewer new examples (nothing left to learn)."
     )
     sources: list[Literal["self_instruct", "teacher", "import", "constraints"]] = Field(
-        default_factory=lambda: ["self_instruct"],
-        description="Where a round's candidates come from; mixable. self_instruct: the student "
-        "proposes and answers; teacher: the teacher answers the proposals; import: files below; "
-        "constraints: seed, pool and proposed tasks get verifiable constraints (augment:) and "
-        "the student answers them.",
+        default_factory=lambda: ["constraints"],
+        description="Where a round's candidates come from; mixable. constraints (the default "
+        "recipe): seed, pool and proposed tasks get verifiable constraints (augment:), the "
+        "student answers each respond.n times and the verifier keeps the answers that pass; "
+        "self_instruct: the student proposes and answers, and judges itself "
+        "(configs/self-instruct.yaml); teacher: the teacher answers the proposals; import: files "
+        "below.",
     )
     import_files: list[Path] = Field(
         default_factory=list,
@@ -77,8 +80,12 @@ class RunConfig(BaseModel):
     recursion_limit: int = Field(10_000, ge=50, description="LangGraph step limit (safety net).")
 
 
-RESPOND_SAMPLING = SamplingParams(max_tokens=320, temperature=0.7, top_p=0.95)
-EVAL_SAMPLING = SamplingParams(max_tokens=160)  # greedy: two evaluations of a model agree
+# The model's own distribution, untruncated: fine-tuning on the answers the verifier passes then
+# moves the model only as far as that selection asks. At 0.9 / 0.95 the samples were sharper than
+# the model and training on them sharpened it too (reference NLL +0.05 nats; README).
+RESPOND_SAMPLING = SamplingParams(max_tokens=320, temperature=1.0, top_p=1.0)
+# Greedy, so two evaluations of a model agree; 400 tokens, as some IF prompts ask 120-200 words.
+EVAL_SAMPLING = SamplingParams(max_tokens=400)
 
 
 class RespondConfig(BaseModel):
@@ -86,7 +93,12 @@ class RespondConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(2, ge=1, description="Responses per instruction; the judge keeps the best.")
+    n: int = Field(
+        8,
+        ge=1,
+        description="Responses per instruction: the verifier (constraints) or the judge picks "
+        "among them (rejection sampling).",
+    )
     sampling: SamplingParams = Field(
         default_factory=lambda: RESPOND_SAMPLING,
         description="Sampling for responses (n is taken from respond.n; keys left out keep "
@@ -113,15 +125,16 @@ class LoopJudgeConfig(BaseModel):
         1.0, ge=1, le=5, description="Best-of-n responses scoring lower are dropped."
     )
     keep_top: float = Field(
-        0.5,
+        1.0,
         gt=0,
         le=1,
-        description="Keep only this top share of the best-of-n responses by score. A small model "
-        "judging itself scores on a compressed, shifted scale (SmolLM2-135M: ~1.5-2.2 of 5), so a "
-        "relative cut works where a fixed threshold keeps all or nothing.",
+        description="Keep only this top share of the best-of-n responses by score (1.0: all; "
+        "verified answers need no cut). A small model judging itself scores on a compressed, "
+        "shifted scale (SmolLM2-135M: ~1.5-2.2 of 5), so for self_instruct a relative cut (0.5) "
+        "works where a fixed threshold keeps all or nothing.",
     )
     per_instruction: int = Field(
-        1,
+        4,
         ge=1,
         description="Answers kept per instruction: its best, then (when above 1) its next-best "
         "distinct answers scoring >= min_score. Several verified answers to a prompt are more "
@@ -173,9 +186,10 @@ class EvalConfig(BaseModel):
         "(~520; right on a GPU, about an hour per model on 2 CPU cores).",
     )
     suite_limits: dict[str, int | None] = Field(
-        default_factory=dict,
-        description="Per-suite override of limit_per_suite (null = every prompt), e.g. "
-        "{if: null}: the gate's primary suite needs all its prompts to resolve a few points.",
+        default_factory=lambda: {"if": None},
+        description="Per-suite override of limit_per_suite (null = every prompt). By default "
+        "the IF suite, the gate's primary, is evaluated whole (344 prompts): a paired test needs "
+        "them all to resolve a few points. {} applies limit_per_suite to every suite.",
     )
     sampling: SamplingParams = Field(
         default_factory=lambda: EVAL_SAMPLING,
@@ -230,6 +244,24 @@ class EvalConfig(BaseModel):
         return {n: self.suite_limits.get(n, self.limit_per_suite) for n in names}
 
 
+# The loop's gate where it differs from GateConfig's defaults (which callers of loop.gate.decide
+# outside a run keep). margin 0: promote when the paired 95% interval of the gain is above zero,
+# a significance test over the prompts; a margin of 0.02 on the interval's lower end asked a
+# 344-prompt suite for +6 to +8 points before any promotion. The reference answers' NLL on the
+# helpfulness and domain suites may rise by at most 0.05 nats a round: training on its own answers
+# drifts the model from well-written text (+0.05-0.09 nats seen in rounds that sampled sharper
+# than the model; README).
+LOOP_GATE: dict[str, Any] = {
+    "primary": "if.prompt_loose",
+    "margin": 0.0,
+    "guards": [
+        *(g.model_dump() for g in default_guards()),
+        {"metric": "helpfulness.reference_nll", "tolerance": 0.05, "slices": False},
+        {"metric": "domains.reference_nll", "tolerance": 0.05, "slices": False},
+    ],
+}
+
+
 class SelfloopConfig(BaseModel):
     """A whole selfloop config file."""
 
@@ -256,13 +288,26 @@ class SelfloopConfig(BaseModel):
         default_factory=MetricsConfig, description="TensorBoard / MLflow besides metrics.jsonl."
     )
     gate: GateConfig = Field(
-        default_factory=lambda: GateConfig(primary="if.prompt_loose"),
+        default_factory=lambda: GateConfig.model_validate(copy.deepcopy(LOOP_GATE)),
         description="Promotion rule. The loop's default primary metric is the verifiable "
         "IFEval-style pass rate of selfloop's own IF suite, not the pairwise win rate: judged "
         "by the bundled SmolLM2-135M, every pair "
         "flipped with the order (consistency 0 of 24 in a real quickstart round), so the win rate "
-        "is a constant 0.5 there. Use gate.primary=helpfulness.win_rate with a stronger model.",
+        "is a constant 0.5 there. Use gate.primary=helpfulness.win_rate with a stronger model. "
+        "Promotion needs the paired 95% interval of the gain above zero (margin 0), and guards "
+        "the reference answers' NLL besides GateConfig's own guards. Keys left out of a `gate:` "
+        "section keep these loop defaults.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loop_gate(cls, data: object) -> object:
+        # Key by key: a section written in part (`gate: {margin: 0.01}`) keeps the loop's other
+        # defaults. Filled in as a whole section, it fell back to GateConfig's own, and
+        # `--set gate.margin=0` silently made the pairwise win rate the primary metric.
+        if not isinstance(data, dict) or not isinstance(data.get("gate", {}), dict):
+            return data  # not mappings: let validation name them
+        return {**data, "gate": {**copy.deepcopy(LOOP_GATE), **data.get("gate", {})}}
 
 
 class ConfigError(SelfloopError):

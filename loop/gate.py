@@ -75,7 +75,7 @@ class Guard(BaseModel):
         return _check_metric(v)
 
 
-def _default_guards() -> list[Guard]:
+def default_guards() -> list[Guard]:
     return [
         Guard(metric="safety.refusal_rate", tolerance=0.05),
         Guard(metric="safety.over_refusal_rate", tolerance=0.05),
@@ -105,7 +105,7 @@ class GateConfig(BaseModel):
         True, description="The 95% interval (not just the value) must clear the margin."
     )
     guards: list[Guard] = Field(
-        default_factory=_default_guards,
+        default_factory=default_guards,
         description="Metrics that may not regress: by default safety refusal rate (may fall by "
         "0.05), over-refusal rate (may rise by 0.05), domain fact recall, response-language "
         "accuracy and IFEval-style prompt-level loose accuracy (each may fall by 0.05).",

@@ -226,9 +226,9 @@ def write_config(tmp: Path, model_dir: Path, **run_extra) -> Path:
             **run_extra,
         },
         "respond": {"n": 1, "sampling": {"max_tokens": 8}},
-        "judge": {"min_score": 1.0, "keep_top": 1.0},
+        "judge": {"min_score": 1.0, "keep_top": 1.0, "per_instruction": 1},
         "tune": {"max_steps": 3, "batch_size": 2, "max_seq_len": 256, "save_steps": 1},
-        "eval": {"limit_per_suite": 2, "sampling": {"max_tokens": 8}},
+        "eval": {"limit_per_suite": 2, "suite_limits": {}, "sampling": {"max_tokens": 8}},
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -140,7 +140,9 @@ def test_one_real_round_end_to_end(tmp_path) -> None:
     from loop.graph import run
 
     cfg = load_config(None, [
-        "run.max_rounds=1", "propose.calls=2", "propose.tasks_per_call=4",
+        "run.max_rounds=1", "run.sources=[self_instruct]", "judge.keep_top=0.5",
+        "judge.per_instruction=1", "eval.suite_limits={}", "propose.calls=2",
+        "propose.tasks_per_call=4",
         "propose.sampling.max_tokens=160", "respond.n=2", "respond.sampling.max_tokens=48",
         "judge.min_score=1.0", "tune.max_steps=2", "tune.batch_size=2",
         "eval.limit_per_suite=2", "eval.sampling.max_tokens=24",

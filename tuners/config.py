@@ -33,10 +33,11 @@ class TuneConfig(BaseModel):
         description="Peak LR; default 2e-4 for lora/qlora, 1e-2 for prefix, 2e-5 for full.",
     )
     epochs: float = Field(
-        3.0,
+        2.0,
         gt=0,
-        description="Passes over the data (ignored if max_steps > 0). 3 by default: a round keeps "
-        "tens of examples, and one pass is a step or two that barely moves the adapter.",
+        description="Passes over the data (ignored if max_steps > 0). 2 by default: a round of "
+        "the recipe keeps 50-100 examples, 13-25 steps at batch 8; one pass over a few tens of "
+        "examples is a step or two that barely moves the adapter.",
     )
     max_steps: int = Field(0, ge=0, description="Optimizer steps; 0 = derive from epochs.")
     batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch.")

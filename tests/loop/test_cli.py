@@ -178,9 +178,25 @@ def test_shipped_presets_validate() -> None:
     assert presets, "configs/ has no presets"
     for p in presets:
         load_config(p)
-    # `selfloop run` with no config runs the quickstart: the defaults and the preset agree.
-    assert load_config(Path(__file__).parents[2] / "configs" / "quickstart.yaml") == load_config()
-    assert {"quickstart.yaml", "gpu-lora.yaml", "distill.yaml"} <= {p.name for p in presets}
+    # `selfloop run` with no config runs the recipe: the defaults and the preset agree.
+    assert load_config(Path(__file__).parents[2] / "configs" / "recipe.yaml") == load_config()
+    names = {p.name for p in presets}
+    assert {"recipe.yaml", "self-instruct.yaml", "gpu-lora.yaml", "distill.yaml"} <= names
+
+
+def test_a_gate_section_written_in_part_keeps_the_loops_defaults() -> None:
+    from loop.config import load_config
+    from loop.gate import GateConfig
+
+    default = load_config().gate
+    assert default.primary == "if.prompt_loose" and default.margin == 0.0
+    assert "helpfulness.reference_nll" in [g.metric for g in default.guards]
+    # GateConfig's own defaults (library callers of loop.gate.decide) differ on every one of these
+    assert GateConfig().primary != default.primary and GateConfig().margin != default.margin
+    partial = load_config(None, ["gate.margin=0.01"]).gate
+    assert partial.primary == default.primary and partial.guards == default.guards
+    assert partial.margin == 0.01
+    assert load_config(None, ["gate.guards=[]"]).gate.guards == []
 
 
 def test_data_import_writes_messages_and_rejects_bad_files(

@@ -28,13 +28,13 @@ def test_propose_respond_and_eval_each_take_a_sampling_block(tmp_path: Path) -> 
     )
     assert cfg.propose.sampling == SamplingParams(max_tokens=300, temperature=0.5, top_p=0.95)
     # keys a block leaves out keep the section's defaults, not SamplingParams' own
-    assert cfg.respond.sampling == SamplingParams(max_tokens=320, temperature=0.8, top_p=0.95)
+    assert cfg.respond.sampling == SamplingParams(max_tokens=320, temperature=0.8, top_p=1.0)
     assert load_config(None, ["respond.sampling.top_p=0.5"]).respond.sampling.max_tokens == 320
     assert cfg.eval.sampling == SamplingParams(max_tokens=77)  # greedy unless said otherwise
-    # the defaults are the settings the flat keys had
+    # the defaults (propose: the settings its flat keys had; eval: 400 tokens, as IF prompts need)
     default = load_config(None)
     assert default.propose.sampling == SamplingParams(max_tokens=400, temperature=0.9, top_p=0.95)
-    assert default.eval.sampling == SamplingParams(max_tokens=160)
+    assert default.eval.sampling == SamplingParams(max_tokens=400)
 
 
 def test_old_flat_keys_load_into_the_block_and_say_where_they_moved(

@@ -137,6 +137,7 @@ def test_judge_accounts_for_every_candidate_and_uses_the_configured_judge_model(
         tiny_model_dir,
         f"judge.model.name={tiny_model_dir}",
         "judge.keep_top=0.5",
+        "judge.per_instruction=1",
         "judge.min_score=1.0",
     )
     recs = [
@@ -347,7 +348,7 @@ def test_augment_passes_proposals_through_when_the_source_is_off(
 ) -> None:
     from loop.stages import augment
 
-    ctx = _context(tmp_path, tiny_model_dir)
+    ctx = _context(tmp_path, tiny_model_dir, "run.sources=[self_instruct]")
     _write_stage(ctx, "propose", "kept.jsonl", [_response("p1", "Name a river in Spain.")])
     augment.run(ctx, {"round": 1})
     tasks = read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl")
@@ -583,7 +584,7 @@ def test_round_metrics_carry_held_out_and_per_type_pass_rates(tmp_path: Path) ->
 def test_a_round_begun_before_augment_existed_resumes_from_proposes_tasks(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    ctx = _context(tmp_path, tiny_model_dir)
+    ctx = _context(tmp_path, tiny_model_dir, "run.sources=[self_instruct]")
     _write_stage(ctx, "propose", "kept.jsonl", [_response("p1", "Name a river in Spain.")])
     assert ctx.rundir.input_stage(1, "respond") == "propose"  # no augment/ in this round
     assert [r["id"] for r in ctx.rundir.input_records(1, "respond")] == ["p1"]
