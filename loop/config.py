@@ -197,6 +197,14 @@ class EvalConfig(BaseModel):
         "two evaluations of one model agree and the champion's answers can be cached; "
         "max_tokens at least 8; one answer per prompt.",
     )
+    pairwise: bool | None = Field(
+        None,
+        description="Judge the candidate's helpfulness answers against the champion's (the "
+        "win rate). null = only where it can tell something: when the gate reads a win rate "
+        "(primary or guard) or judge.model names a judge. The student judging itself at 135M "
+        "flips every verdict with the order, so its win rate is a constant 0.5; judging it and "
+        "answering as the champion cost about a minute a round.",
+    )
     cache_dir: Path | None = Field(
         None,
         description="Where evaluation answers are cached; null = the run's eval_cache/. Entries "
@@ -447,12 +455,34 @@ def load_config(
             raise ConfigError(f"{source}: eval.suite_limits: {name!r} is not an evaluated suite")
         if limit is not None and limit < 1:
             raise ConfigError(f"{source}: eval.suite_limits.{name}: must be >= 1 or null")
+    if cfg.eval.pairwise is False and (key := gate_reads_pairwise(cfg)) is not None:
+        raise ConfigError(
+            f"{source}: {key} reads a pairwise metric, but eval.pairwise is false: no round "
+            "would have it; set eval.pairwise to true or null, or gate on another metric"
+        )
     if cfg.gate.primary.partition(".")[0] not in evaluated:
         raise ConfigError(
             f"{source}: gate.primary: {cfg.gate.primary} is on a suite that is not evaluated "
             f"(eval.suites + eval.custom: {', '.join(evaluated)})"
         )
     return cfg
+
+
+PAIRWISE_METRICS = ("win_rate", "consistency_rate")
+
+
+def gate_reads_pairwise(cfg: SelfloopConfig) -> str | None:
+    """The gate's key (gate.primary, gate.guards[k]) that reads a pairwise metric, else None."""
+    keys = [("gate.primary", cfg.gate.primary)]
+    keys += [(f"gate.guards[{k}]", g.metric) for k, g in enumerate(cfg.gate.guards)]
+    return next((k for k, m in keys if m.partition(".")[2] in PAIRWISE_METRICS), None)
+
+
+def eval_pairwise(cfg: SelfloopConfig) -> bool:
+    """Whether a round's evaluation judges candidate vs champion (eval.pairwise, null = auto)."""
+    if cfg.eval.pairwise is not None:
+        return cfg.eval.pairwise
+    return gate_reads_pairwise(cfg) is not None or cfg.judge.model is not None
 
 
 def eval_suites(cfg: SelfloopConfig) -> dict[str, tuple[str, list[dict[str, Any]]]]:

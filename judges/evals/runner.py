@@ -439,6 +439,10 @@ def evaluate(
                     )
                 )
                 suite_out["metrics"]["win_rate"]["against"] = champ.describe()
+        elif kind == "pairwise":
+            suite_out["skipped"]["win_rate"] = (
+                "not judged: pairwise comparison off (pairwise_suites; eval.pairwise in a run)"
+            )
         if reference_nll and all(isinstance(r.get("reference"), str) for r in records):
             try:
                 lps = _reference_logprobs(generator, cand, name, records)

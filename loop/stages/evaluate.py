@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loop.config import eval_suites
+from loop.config import eval_pairwise, eval_suites
 from loop.context import Context, LoopState
 from loop.faults import failpoint
 from loop.rundir import write_json
@@ -39,8 +39,8 @@ def run(ctx: Context, state: LoopState) -> dict:
     suites = eval_suites(ctx.cfg)
     # The win rate's judge: judge.model when configured, else (runner default) the student's
     # base weights, so neither side judges itself.
-    judge = None
-    if ctx.cfg.judge.model is not None:
+    judge, pairwise = None, eval_pairwise(ctx.cfg)
+    if pairwise and ctx.cfg.judge.model is not None:
         from judges.llm_judge import LLMJudge
 
         judge = LLMJudge(ctx.judge_model(state), ctx.cfg.judge.rubric)
@@ -50,6 +50,7 @@ def run(ctx: Context, state: LoopState) -> dict:
         adapter=ctx.rundir.adapter_dir(n),
         champion_adapter=champion or "base",
         judge=judge,
+        pairwise_suites=None if pairwise else [],
         **common,
     )
     failpoint("evaluate.candidate", n)

@@ -214,3 +214,22 @@ def test_limits_per_suite_name(gen) -> None:
     assert ev["suites"]["safety"]["n"] == len(load_suite("safety"))
     with pytest.raises(Exception, match="limit_per_suite must be >= 1, got 0"):
         evaluate(gen, ["if"], limit_per_suite={"if": 0})
+
+
+def test_pairwise_off_skips_the_champion_and_the_judge_and_says_so(gen, adapters) -> None:
+    counting = Counting(gen)
+    ev = evaluate(
+        counting,
+        ["helpfulness"],
+        adapter=adapters["candidate"],
+        champion_adapter=adapters["champion"],
+        sampling=SamplingParams(max_tokens=MAX_TOKENS),
+        limit_per_suite=LIMIT,
+        pairwise_suites=[],
+    )
+    helpfulness = ev["suites"]["helpfulness"]
+    assert set(helpfulness["metrics"]) == {"reference_nll"}
+    assert "pairwise comparison off" in helpfulness["skipped"]["win_rate"]
+    assert ev["judge"] is None
+    # only the candidate answered: no champion answers, no judge calls through generate
+    assert counting.calls == {f"eval-{adapter_fingerprint(adapters['candidate'])[:12]}": LIMIT}

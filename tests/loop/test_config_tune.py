@@ -113,3 +113,16 @@ def test_eval_suite_limits_override_the_common_limit_and_name_known_suites() -> 
     assert limits["if"] is None and limits["safety"] == 10 and limits["domains"] == 24
     with pytest.raises(ConfigError, match=r"eval.suite_limits: 'ifevel' is not an evaluated"):
         load_config(None, ["eval.suite_limits={ifevel: null}"])
+
+
+def test_the_win_rate_is_judged_only_where_it_can_tell_something() -> None:
+    from loop.config import eval_pairwise
+
+    assert not eval_pairwise(load_config(None))  # the student judging itself: a constant 0.5
+    assert eval_pairwise(load_config(None, ["gate.primary=helpfulness.win_rate"]))
+    guard = "gate.guards=[{metric: helpfulness.consistency_rate}]"
+    assert eval_pairwise(load_config(None, [guard]))
+    assert eval_pairwise(load_config(None, ["judge.model.name=some-judge"]))
+    assert eval_pairwise(load_config(None, ["eval.pairwise=true"]))
+    with pytest.raises(ConfigError, match=r"gate.primary reads a pairwise metric.*eval.pairwise"):
+        load_config(None, ["eval.pairwise=false", "gate.primary=helpfulness.win_rate"])

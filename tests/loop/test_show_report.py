@@ -32,6 +32,7 @@ def make_run(tmp: Path, model_dir: Path) -> Path:
     write_jsonl(tmp / "expert.jsonl", [*EXPERT, seed_copy(), PLANTED, *EXTRA])
     cfg = yaml.safe_load(path.read_text())
     cfg["judge"]["keep_top"] = 0.8  # the lowest-scored best-of-n answer goes to low_score
+    cfg["eval"]["pairwise"] = True  # a win rate to show (off by default with no judge model)
     path.write_text(yaml.safe_dump(cfg))
     run(load_config(path), tmp / "run")
     return tmp / "run"
