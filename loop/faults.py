@@ -8,6 +8,9 @@ but its checkpoint is not saved), `tune.saved` (training wrote its first step ch
 `evaluate.candidate` (the candidate is evaluated, the champion not yet). Unset, a point costs one
 environment lookup.
 
+With `SELFLOOP_FAILPOINT_SLEEP=<seconds>` set as well, the point does not kill: it says so on
+stderr and sleeps, so a test can signal the process while it is inside a stage.
+
 With `SELFLOOP_FAILPOINT_FILL=<file>` set as well, the point does not kill: it fills the disk
 that holds `<file>` (writing zeros to it until the filesystem says ENOSPC) and lets the process
 go on, so the run's next writes meet a real full disk wherever they happen. The disk-full test
@@ -22,6 +25,7 @@ from typing import Any
 
 ENV = "SELFLOOP_FAILPOINT"
 FILL_ENV = "SELFLOOP_FAILPOINT_FILL"
+SLEEP_ENV = "SELFLOOP_FAILPOINT_SLEEP"
 
 
 def failpoint(name: str, round_index: int | None = None) -> None:
@@ -33,6 +37,13 @@ def failpoint(name: str, round_index: int | None = None) -> None:
     if point == name and (not rnd or (round_index is not None and int(rnd) == round_index)):
         if fill := os.environ.get(FILL_ENV):
             _fill_disk(fill)
+            return
+        if seconds := os.environ.get(SLEEP_ENV):
+            import sys
+            import time
+
+            print(f"failpoint {name}: sleeping {seconds} s", file=sys.stderr, flush=True)
+            time.sleep(float(seconds))
             return
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -174,7 +174,17 @@ def _invoke(run_dir: Path, cfg: SelfloopConfig, first_input: dict | None) -> dic
     rd, ctx, saver, conn = _open(run_dir, cfg)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.warning("received %s: stopping after the current stage", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if ctx.stop_requested:
+            # The second: stop now, mid-stage. Safe: a stage's outputs appear whole or not at
+            # all and training keeps step checkpoints (a SIGKILL anywhere resumes to the same
+            # result: tests/loop/test_crash.py); resume redoes the interrupted stage.
+            raise Stopping(
+                f"stopped mid-stage ({name} again); `selfloop resume {rd.root}` redoes it"
+            )
+        log.warning(
+            "received %s: stopping after the current stage (send it again to stop now)", name
+        )
         ctx.stop_requested = True
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

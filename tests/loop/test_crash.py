@@ -101,3 +101,67 @@ def test_a_full_disk_stops_the_run_with_one_line_and_resume_after_freeing_it_mat
     got = _outcome(run_dir)
     for key in expected:
         assert got[key] == expected[key], f"{point}: {key} differs"
+
+
+def _signalled_run(cfg: Path, run_dir: Path, signals: int, hold: float) -> tuple[int, str]:
+    """`selfloop run` held `hold` seconds inside round 1's dedup stage (its outputs written, not
+    yet in place), SIGTERM sent `signals` times there; its exit code and stderr."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "SELFLOOP_FAILPOINT": "dedup.writing@1",
+        "SELFLOOP_FAILPOINT_SLEEP": str(hold),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loop.cli", "run", str(cfg), "--out", str(run_dir)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = []
+    while not any("failpoint dedup.writing: sleeping" in x for x in seen):
+        line = proc.stderr.readline()
+        assert line, "".join(seen)[-3000:]  # it ended before reaching the stage
+        seen.append(line)
+    for _ in range(signals):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+    _, rest = proc.communicate(timeout=hold + 120)
+    return proc.returncode, "".join(seen) + rest
+
+
+def test_a_signal_stops_the_run_after_its_stage_then_resume_matches(
+    clean: tuple[Path, dict], tmp_path: Path
+) -> None:
+    cfg, expected = clean
+    run_dir = tmp_path / "run"
+    code, err = _signalled_run(cfg, run_dir, signals=1, hold=5)
+    assert code == 1, err[-3000:]
+    assert "stopping after the current stage (send it again to stop now)" in err
+    assert "stopped before review of round 1; resume to go on" in err  # the node after dedup
+    assert (run_dir / "rounds" / "001" / "dedup" / "kept.jsonl").is_file()  # the stage finished
+    assert not (run_dir / "rounds" / "001" / "adapter").exists()  # tune did not start
+    resumed = selfloop("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _outcome(run_dir) == expected
+
+
+def test_a_second_signal_stops_the_run_mid_stage_then_resume_matches(
+    clean: tuple[Path, dict], tmp_path: Path
+) -> None:
+    import time
+
+    cfg, expected = clean
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    code, err = _signalled_run(cfg, run_dir, signals=2, hold=600)
+    assert code == 1, err[-3000:]
+    assert time.monotonic() - t0 < 300  # not held for the stage's 600 s
+    assert "stopped mid-stage (SIGTERM again)" in err
+    assert not (run_dir / "rounds" / "001" / "dedup").exists()  # nothing half-written in place
+    resumed = selfloop("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _outcome(run_dir) == expected
