@@ -79,6 +79,8 @@ def rounds_table(run_dir: Path) -> list[dict[str, Any]]:
                 "pairs": v.get("pairs", 0),
                 "steps": (m.get("tune") or {}).get("steps", 0),
                 "decision": (m.get("decision") or {}).get("decision"),
+                "if_loose": (m.get("eval") or {}).get("if.prompt_loose"),  # the candidate's
+                "minutes": sum((m.get("seconds") or {}).values()) / 60,
             }
         )
     return rows
@@ -131,6 +133,24 @@ def fmt(c: dict[str, Any]) -> str:
     )
 
 
+def report(seed: int, s: dict[str, Any]) -> None:
+    """One seed's summary, printed as soon as its run is done (a later seed may be stopped)."""
+    print(f"\n== seed {seed}: promoted rounds {s['promoted'] or 'none'}")
+    for r in s["rounds"]:
+        print(
+            f"  round {r['round']}: tasks {r['tasks']}, samples {r['samples']}, mean pass "
+            f"{r['mean_pass']}, best-of-n {r['best_of_n']}, kept {r['kept']}, pairs "
+            f"{r['pairs']}, steps {r['steps']}, candidate IF loose {r['if_loose']}, "
+            f"{r['decision']}, {r['minutes']:.1f} min"
+        )
+    for part in ("all", "held_out"):
+        print(f"  IF suite ({part}):")
+        for m in METRICS:
+            print(f"    {m:20} {fmt(s[part][m])}")
+    for g in s["guards"]:
+        print(f"  guard: {g}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=Path("configs/recipe.yaml"))
@@ -157,6 +177,7 @@ def main() -> None:
             resume(run_dir)  # under the config the run started with; --set does not apply
             print(f"seed {seed}: {run_dir} resumed, {(time.monotonic() - t0) / 60:.1f} min")
             results[seed] = summarize(run_dir, load_config(run_dir / "config.yaml"))
+            report(seed, results[seed])
             continue
         if run_dir.exists():
             raise SystemExit(
@@ -174,21 +195,8 @@ def main() -> None:
         run(cfg, run_dir)
         print(f"seed {seed}: {run_dir} in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
         results[seed] = summarize(run_dir, cfg)
+        report(seed, results[seed])
 
-    for seed, s in results.items():
-        print(f"\n== seed {seed}: promoted rounds {s['promoted'] or 'none'}")
-        for r in s["rounds"]:
-            print(
-                f"  round {r['round']}: tasks {r['tasks']}, samples {r['samples']}, mean pass "
-                f"{r['mean_pass']}, best-of-n {r['best_of_n']}, kept {r['kept']}, pairs "
-                f"{r['pairs']}, steps {r['steps']}, {r['decision']}"
-            )
-        for part in ("all", "held_out"):
-            print(f"  IF suite ({part}):")
-            for m in METRICS:
-                print(f"    {m:20} {fmt(s[part][m])}")
-        for g in s["guards"]:
-            print(f"  guard: {g}")
     gains = [100 * s["all"]["prompt_loose"].get("gain", 0.0) for s in results.values()]
     print(
         "\nIF prompt-level loose, final champion vs base model: "
