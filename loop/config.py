@@ -451,6 +451,8 @@ def load_config(
             raise ConfigError(f"{source}: eval.custom: {e}") from None
     evaluated = [*cfg.eval.suites, *(c.name for c in cfg.eval.custom)]
     for name, limit in cfg.eval.suite_limits.items():
+        if name not in evaluated and "suite_limits" not in cfg.eval.model_fields_set:
+            continue  # the default's {if: null} in a run that does not evaluate the IF suite
         if name not in evaluated:
             raise ConfigError(f"{source}: eval.suite_limits: {name!r} is not an evaluated suite")
         if limit is not None and limit < 1:

@@ -113,6 +113,9 @@ def test_eval_suite_limits_override_the_common_limit_and_name_known_suites() -> 
     assert limits["if"] is None and limits["safety"] == 10 and limits["domains"] == 24
     with pytest.raises(ConfigError, match=r"eval.suite_limits: 'ifevel' is not an evaluated"):
         load_config(None, ["eval.suite_limits={ifevel: null}"])
+    # the default {if: null} does not trip a run that leaves the IF suite out
+    no_if = load_config(None, ["eval.suites=[safety]", "gate.primary=safety.refusal_rate"])
+    assert no_if.eval.limits() == {"safety": 24}
 
 
 def test_the_win_rate_is_judged_only_where_it_can_tell_something() -> None:
