@@ -474,10 +474,14 @@ PAIRWISE_METRICS = ("win_rate", "consistency_rate")
 
 
 def gate_reads_pairwise(cfg: SelfloopConfig) -> str | None:
-    """The gate's key (gate.primary, gate.guards[k]) that reads a pairwise metric, else None."""
+    """The key (gate.primary, gate.guards[k], run.target_metric) that reads a pairwise metric,
+    else None."""
     keys = [("gate.primary", cfg.gate.primary)]
     keys += [(f"gate.guards[{k}]", g.metric) for k, g in enumerate(cfg.gate.guards)]
-    return next((k for k, m in keys if m.partition(".")[2] in PAIRWISE_METRICS), None)
+    reads = [k for k, m in keys if m.partition(".")[2] in PAIRWISE_METRICS]
+    target = cfg.run.target_metric or ""  # suites.helpfulness.metrics.win_rate.overall.value
+    reads += ["run.target_metric"] if any(f".{x}." in target for x in PAIRWISE_METRICS) else []
+    return reads[0] if reads else None
 
 
 def eval_pairwise(cfg: SelfloopConfig) -> bool:

@@ -1,5 +1,6 @@
 """evaluate: the candidate (this round's adapter) on the eval suites, with its pairwise win rate
-against the champion, and the champion on the same suites for the gate's guard comparisons.
+against the champion where `eval.pairwise` asks for it (loop.config.eval_pairwise), and the
+champion on the same suites for the gate's guard comparisons.
 The champion's responses come from the eval cache after the first round (judges.evals.runner)."""
 
 from __future__ import annotations

@@ -126,6 +126,8 @@ def test_the_win_rate_is_judged_only_where_it_can_tell_something() -> None:
     guard = "gate.guards=[{metric: helpfulness.consistency_rate}]"
     assert eval_pairwise(load_config(None, [guard]))
     assert eval_pairwise(load_config(None, ["judge.model.name=some-judge"]))
+    target = "run.target_metric=suites.helpfulness.metrics.win_rate.overall.value"
+    assert eval_pairwise(load_config(None, [target, "run.target_value=0.6"]))
     assert eval_pairwise(load_config(None, ["eval.pairwise=true"]))
     with pytest.raises(ConfigError, match=r"gate.primary reads a pairwise metric.*eval.pairwise"):
         load_config(None, ["eval.pairwise=false", "gate.primary=helpfulness.win_rate"])
