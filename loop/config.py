@@ -186,10 +186,12 @@ class EvalConfig(BaseModel):
         "(~520; right on a GPU, about an hour per model on 2 CPU cores).",
     )
     suite_limits: dict[str, int | None] = Field(
-        default_factory=lambda: {"if": None},
+        default_factory=lambda: {"if": None, "domains": None},
         description="Per-suite override of limit_per_suite (null = every prompt). By default "
         "the IF suite, the gate's primary, is evaluated whole (344 prompts): a paired test needs "
-        "them all to resolve a few points. {} applies limit_per_suite to every suite.",
+        "them all to resolve a few points; and the domain suite (90), whose fact recall guards "
+        "with a 0.05 tolerance that 24 prompts cannot resolve (+-8 points). {} applies "
+        "limit_per_suite to every suite.",
     )
     sampling: SamplingParams = Field(
         default_factory=lambda: EVAL_SAMPLING,
@@ -452,7 +454,7 @@ def load_config(
     evaluated = [*cfg.eval.suites, *(c.name for c in cfg.eval.custom)]
     for name, limit in cfg.eval.suite_limits.items():
         if name not in evaluated and "suite_limits" not in cfg.eval.model_fields_set:
-            continue  # the default's {if: null} in a run that does not evaluate the IF suite
+            continue  # the default's {if: null, ...} in a run that leaves that suite out
         if name not in evaluated:
             raise ConfigError(f"{source}: eval.suite_limits: {name!r} is not an evaluated suite")
         if limit is not None and limit < 1:
