@@ -179,6 +179,48 @@ def test_one_real_round_end_to_end(tmp_path) -> None:
     assert sorted(on_disk) == sorted(json.loads(x)["id"] for x in filtered)
 
 
+def test_one_real_round_of_the_default_recipe(tmp_path) -> None:
+    """The default (`selfloop run` with no config) on the bundled models at small sizes:
+    constrained tasks, sampled answers checked by the verifier, SFT, evaluation, the gate."""
+    import json
+
+    from judges.augment import DEFAULT_HELD_OUT
+    from judges.verifiable import check_all
+    from loop.accounting import round_account
+    from loop.config import load_config
+    from loop.graph import run
+
+    cfg = load_config(None, [
+        "run.max_rounds=1", "augment.tasks=6", "respond.n=4", "respond.sampling.max_tokens=160",
+        "respond.sampling.seed=0", "tune.max_steps=2", "eval.limit_per_suite=2",
+        "eval.suite_limits={if: 6}", "eval.sampling.max_tokens=48",
+    ])  # fmt: skip
+    assert cfg.run.sources == ["constraints"] and cfg.gate.margin == 0.0
+    state = run(cfg, tmp_path / "run")
+    r1 = tmp_path / "run" / "rounds" / "001"
+    tasks = [json.loads(x) for x in (r1 / "augment" / "tasks.jsonl").read_text().splitlines()]
+    assert len(tasks) == 6
+    for t in tasks:  # 1-2 constraints of the training types, rendered into the instruction
+        assert 1 <= len(t["constraints"]) <= 2
+        assert not {c["type"] for c in t["constraints"]} & set(DEFAULT_HELD_OUT)
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    verifier = metrics["filter"]["verifier"]
+    assert verifier["samples"] == 24  # 6 tasks x 4 answers, each checked strictly
+    assert round_account(r1)["problems"] == []
+    # What trains passed every constraint of its task (the verifier is the reward).
+    kept = [json.loads(x) for x in (r1 / "dedup" / "kept.jsonl").read_text().splitlines()]
+    for k in kept:
+        assert check_all(k["response"], k["constraints"]), k["id"]
+    if kept:  # trained, evaluated and decided
+        ev = json.loads((r1 / "evaluate" / "eval.json").read_text())
+        assert ev["suites"]["if"]["n"] == 6
+        assert "win_rate" in ev["suites"]["helpfulness"]["skipped"]  # eval.pairwise: auto, off
+        assert json.loads((r1 / "decision.json").read_text())["reasons"]
+        assert state["stop"] == "max_rounds (1) reached"
+    else:  # nothing passed: the run stops with nothing new to learn, and says so
+        assert "new examples" in state["stop"], state["stop"]
+
+
 def test_real_model_proposes_from_the_seed_pool(smol: TransformersGenerator) -> None:
     """One batch of 8 self-instruct calls: at least half of them yield a parsed instruction."""
     from agent.construct import ProposeConfig, propose
