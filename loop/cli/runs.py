@@ -26,7 +26,7 @@ def run_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run self-improvement rounds unattended (no arguments: the quickstart, bundled models)."""
+    """Run self-improvement rounds unattended (no arguments: the default recipe, bundled models)."""
     from loop.graph import run
 
     # A word with `=` is an override (even one holding a path, `model.name=/m`); the first other
