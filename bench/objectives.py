@@ -2,6 +2,7 @@
 
     python bench/objectives.py --run RUN_DIR [--round N] [--objectives rpo grpo sft]
                                [--out bench-runs/objectives] [--set tune.key=value ...]
+                               [--add RUN_DIR:ROUND ...] [--suites if helpfulness domains]
 
 RUN_DIR is a finished loop run of the verifier recipe (`selfloop run configs/recipe.yaml --out
 RUN_DIR`); its round N (default: the last one with filter outputs) is the data. For each
@@ -9,10 +10,19 @@ objective the bench trains what the loop's tune stage would train under that obj
 (`loop.stages.tune.training_data`: the kept answers for sft, the verifier's pass-vs-fail pairs
 for dpo / rpo, the prompts passed only sometimes for grpo), from the champion the round started
 from, with the run's tune settings (plus `--set`), into `OUT/<objective>/adapter`. Each adapter
-is then evaluated on the IF suite with the run's eval settings through the run's eval cache (the
-champion's answers are not regenerated), and compared with the champion, paired, on every
+is then evaluated on `--suites` (default: the IF suite and the two the general-ability guards
+read, helpfulness and domains) with the run's eval settings through the run's eval cache (the
+champion's answers are not regenerated), and compared with the champion, paired, on every IF
 prompt, on the prompts with trained constraint types only and on those with a held-out type
-(transfer). One model process at a time; a killed bench re-run with the same command reuses
+(transfer); the run's gate then decides on the pair as the loop would (guards of suites not
+evaluated are skipped).
+
+`--add RUN_DIR:ROUND` pools another round's data for the same objective (it must have started
+from the same champion): several draws of one round's sampling, e.g. both seeds' rounds of a
+`bench/improvement.py` run that promoted nothing, are what one round with that many times the
+tasks would have trained on - the data-volume question without paying for the sampling again.
+
+One model process at a time; a killed bench re-run with the same command reuses
 every adapter and evaluation it finished (an objective's `eval.json`); each `--set` combination
 has its own directory (`OUT/round-NNN/rpo+learning_rate=2e-4`), so a sweep is one command per
 setting.
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +48,7 @@ OBJECTIVES = ["sft", "dpo", "rpo", "grpo"]
 def variant(objective: str, sets: list[str]) -> str:
     """The directory name of one objective under `--set` overrides (rpo, rpo+learning_rate=2e-4),
     so a sweep keeps each setting's adapter and evaluation apart."""
-    tail = "+".join(x.removeprefix("tune.").replace("/", "_") for x in sets)
+    tail = "+".join(re.sub(r"[^\w.=,-]+", "_", x.removeprefix("tune.")) for x in sets)
     return f"{objective}+{tail}" if tail else objective
 
 
@@ -57,6 +68,18 @@ def last_data_round(rundir: Any) -> int:
     raise SystemExit(f"error: {rundir.root}: no round has finished its filter stage")
 
 
+def pooled_round(run_dir_cls: Any, spec: str, champion: Path | None, start: Any) -> tuple:
+    """`RUN_DIR:ROUND` of `--add` as (RunDir, round); its round must have started from
+    `champion` (the same model sampled the data)."""
+    path, _, k = spec.rpartition(":")
+    if not path or not k.isdigit():
+        raise SystemExit(f"error: --add {spec!r}: expected RUN_DIR:ROUND")
+    other = run_dir_cls(Path(path)).require_run()
+    if start(other, int(k)) != champion:
+        raise SystemExit(f"error: --add {spec}: that round started from another champion")
+    return other, int(k)
+
+
 def slices(suite: list[dict[str, Any]], held_out: list[str]) -> dict[str, set[str] | None]:
     held = {r["id"] for r in suite if any(c["type"] in held_out for c in r["constraints"])}
     return {"all": None, "trained": {r["id"] for r in suite} - held, "held_out": held}
@@ -69,6 +92,10 @@ def main() -> None:
     ap.add_argument("--objectives", nargs="+", default=["rpo", "grpo", "sft"], choices=OBJECTIVES)
     ap.add_argument("--out", type=Path, default=Path("bench-runs/objectives"))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="tune.key=value")
+    ap.add_argument(
+        "--add", action="append", default=[], metavar="RUN_DIR:ROUND", help="pool this data too"
+    )
+    ap.add_argument("--suites", nargs="+", default=["if", "helpfulness", "domains"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("selfloop").setLevel(logging.INFO)  # training and generation progress
@@ -78,6 +105,7 @@ def main() -> None:
     from judges.evals.result import EvalResult, write_eval
     from judges.evals.runner import evaluate
     from loop.config import eval_suites, load_config
+    from loop.gate import decide
     from loop.progress import training_progress
     from loop.rundir import RunDir
     from loop.stages.tune import fit, near_eval_seeds, training_data
@@ -85,7 +113,11 @@ def main() -> None:
     rundir = RunDir(args.run).require_run()
     n = args.round or last_data_round(rundir)
     champion = starting_champion(rundir, n)
-    suites = {"if": eval_suites(load_config(rundir.config_path))["if"]}
+    every = eval_suites(load_config(rundir.config_path))
+    if "if" not in args.suites or set(args.suites) - set(every):
+        raise SystemExit(f"error: --suites must name 'if' and suites of {sorted(every)}")
+    suites = {name: every[name] for name in args.suites}
+    added = [pooled_round(RunDir, spec, champion, starting_champion) for spec in args.add]
     common: dict[str, Any] = {}
     results: dict[str, dict[str, Any]] = {}
     base_eval = None
@@ -97,12 +129,14 @@ def main() -> None:
             "limit_per_suite": cfg.eval.limits(),
             "held_out_types": cfg.augment.held_out_types,
         }
-        name = variant(objective, args.sets)
+        name = variant(objective, args.sets + [f"add={r.root.name}-{k}" for r, k in added])
         out = args.out / f"round-{n:03d}" / name
         adapter, ev_path = out / "adapter", out / "eval.json"
         row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}  # minutes training
         exclude = near_eval_seeds(cfg, lambda c=cfg.dedup: Pool(None, c).embedder)
         data, init = training_data(rundir, cfg.tune, n, champion, cfg.run.seeds_file, exclude)
+        for other, k in added:
+            data += training_data(other, cfg.tune, k, champion, cfg.run.seeds_file, exclude)[0]
         row["examples"] = len(data)
         if not data:
             print(f"{name}: nothing to train on in round {n}", flush=True)
@@ -142,10 +176,13 @@ def main() -> None:
             print(f"  IF suite ({part}):")
             for m in METRICS:
                 print(f"    {m:20} {fmt(compare(base_eval, row['eval'], m, ids))}")
-    print("\nIF prompt-level loose, each objective vs the round's champion:")
+    print("\nIF prompt-level loose, each objective vs the round's champion; the gate's verdict:")
+    gate = load_config(rundir.config_path).gate
     for name, row in results.items():
         if "eval" in row:
             print(f"  {name:5} {fmt(compare(base_eval, row['eval'], 'prompt_loose'))}")
+            for check in decide(EvalResult.of(row["eval"]), EvalResult.of(base_eval), gate).checks:
+                print(f"      {'pass' if check['passed'] else 'FAIL'}: {check['text']}")
 
 
 if __name__ == "__main__":

@@ -261,6 +261,10 @@ class EvalConfig(BaseModel):
 # helpfulness and domain suites may rise by at most 0.05 nats a round: training on its own answers
 # drifts the model from well-written text (+0.05-0.09 nats seen in rounds that sampled sharper
 # than the model; README).
+# Sources whose data needs no LLM judge: a rejected round's examples stay training data
+# (tune.carry_rejected's default).
+VERIFIED_SOURCES = {"constraints", "import"}
+
 LOOP_GATE: dict[str, Any] = {
     "primary": "if.prompt_loose",
     "margin": 0.0,
@@ -318,6 +322,14 @@ class SelfloopConfig(BaseModel):
         if not isinstance(data, dict) or not isinstance(data.get("gate", {}), dict):
             return data  # not mappings: let validation name them
         return {**data, "gate": {**copy.deepcopy(LOOP_GATE), **data.get("gate", {})}}
+
+    @model_validator(mode="after")
+    def _carry_rejected(self) -> SelfloopConfig:
+        # Resolved here, where the sources are known: verified data (constraints checked by
+        # code, imported expert data) stays right when its round is rejected; judged data not.
+        if self.tune.carry_rejected is None:
+            self.tune.carry_rejected = set(self.run.sources) <= VERIFIED_SOURCES
+        return self
 
 
 class ConfigError(SelfloopError):

@@ -131,3 +131,16 @@ def test_the_win_rate_is_judged_only_where_it_can_tell_something() -> None:
     assert eval_pairwise(load_config(None, ["eval.pairwise=true"]))
     with pytest.raises(ConfigError, match=r"gate.primary reads a pairwise metric.*eval.pairwise"):
         load_config(None, ["eval.pairwise=false", "gate.primary=helpfulness.win_rate"])
+
+
+def test_rejected_rounds_data_is_carried_only_where_no_judge_picked_it() -> None:
+    assert load_config(None).tune.carry_rejected is True  # constraints: checked by code
+    assert load_config(None, ["run.sources=[constraints, import]"]).tune.carry_rejected is True
+    for judged in ("[self_instruct]", "[constraints, teacher]"):
+        assert load_config(None, [f"run.sources={judged}"]).tune.carry_rejected is False
+    # said outright, either way, it holds
+    explicit = ["run.sources=[self_instruct]", "tune.carry_rejected=true"]
+    assert load_config(None, explicit).tune.carry_rejected is True
+    assert load_config(None, ["tune.carry_rejected=false"]).tune.carry_rejected is False
+    presets = Path(__file__).parents[2] / "configs"
+    assert load_config(presets / "self-instruct.yaml").tune.carry_rejected is False

@@ -472,7 +472,8 @@ def test_replay_mixes_a_share_of_earlier_accepted_examples_reproducibly(
 ) -> None:
     from loop.stages.tune import replayed
 
-    ctx = _context(tmp_path, tiny_model_dir, "tune.replay=0.5")
+    # round 2 below was rejected and left no data: only promoted rounds are the replay pool
+    ctx = _context(tmp_path, tiny_model_dir, "tune.replay=0.5", "tune.carry_rejected=false")
     old = [_response(f"old{i}", f"Old question {i}?") for i in range(10)]
     (ctx.rundir.round_dir(1) / "dedup").mkdir(parents=True)
     write_examples(ctx.rundir.stage_dir(1, "dedup") / "kept.jsonl", old)
