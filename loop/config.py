@@ -254,6 +254,10 @@ class EvalConfig(BaseModel):
         return {n: self.suite_limits.get(n, self.limit_per_suite) for n in names}
 
 
+# Sources whose data needs no LLM judge: a rejected round's examples stay training data
+# (tune.carry_rejected's default).
+VERIFIED_SOURCES = {"constraints", "import"}
+
 # The loop's gate where it differs from GateConfig's defaults (which callers of loop.gate.decide
 # outside a run keep). margin 0: promote when the paired 95% interval of the gain is above zero,
 # a significance test over the prompts; a margin of 0.02 on the interval's lower end asked a
@@ -261,10 +265,6 @@ class EvalConfig(BaseModel):
 # helpfulness and domain suites may rise by at most 0.05 nats a round: training on its own answers
 # drifts the model from well-written text (+0.05-0.09 nats seen in rounds that sampled sharper
 # than the model; README).
-# Sources whose data needs no LLM judge: a rejected round's examples stay training data
-# (tune.carry_rejected's default).
-VERIFIED_SOURCES = {"constraints", "import"}
-
 LOOP_GATE: dict[str, Any] = {
     "primary": "if.prompt_loose",
     "margin": 0.0,
