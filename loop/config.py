@@ -36,7 +36,13 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_rounds: int = Field(3, ge=1, description="Stop after this many rounds.")
-    patience: int = Field(2, ge=1, description="Stop after this many rejected rounds in a row.")
+    patience: int = Field(
+        3,
+        ge=1,
+        description="Stop after this many rejected rounds in a row. 3 by default: a rejected "
+        "round of verified data still adds to the next (tune.carry_rejected), so the recipe's "
+        "3 rounds run even when the first two are rejected.",
+    )
     target_metric: str | None = Field(
         None,
         description="Stop once the champion's eval reaches target_value on this metric "
