@@ -17,10 +17,11 @@ prompt, on the prompts with trained constraint types only and on those with a he
 (transfer); the run's gate then decides on the pair as the loop would (guards of suites not
 evaluated are skipped).
 
-`--add RUN_DIR:ROUND` pools another round's data for the same objective (it must have started
-from the same champion): several draws of one round's sampling, e.g. both seeds' rounds of a
-`bench/improvement.py` run that promoted nothing, are what one round with that many times the
-tasks would have trained on - the data-volume question without paying for the sampling again.
+`--add RUN_DIR:ROUND` pools another round's own data for the same objective (its kept answers,
+pairs or prompts, not its run's pool; it must have started from the same champion): several
+draws of one round's sampling, e.g. both seeds' rounds of a `bench/improvement.py` run that
+promoted nothing, are what one round with that many times the tasks would have trained on - the
+data-volume question without paying for the sampling again.
 
 One model process at a time; a killed bench re-run with the same command reuses
 every adapter and evaluation it finished (an objective's `eval.json`); each `--set` combination
@@ -68,14 +69,16 @@ def last_data_round(rundir: Any) -> int:
     raise SystemExit(f"error: {rundir.root}: no round has finished its filter stage")
 
 
-def pooled_round(run_dir_cls: Any, spec: str, champion: Path | None, start: Any) -> tuple:
+def pooled_round(spec: str, champion: Path | None) -> tuple[Any, int]:
     """`RUN_DIR:ROUND` of `--add` as (RunDir, round); its round must have started from
     `champion` (the same model sampled the data)."""
+    from loop.rundir import RunDir
+
     path, _, k = spec.rpartition(":")
     if not path or not k.isdigit():
         raise SystemExit(f"error: --add {spec!r}: expected RUN_DIR:ROUND")
-    other = run_dir_cls(Path(path)).require_run()
-    if start(other, int(k)) != champion:
+    other = RunDir(Path(path)).require_run()
+    if starting_champion(other, int(k)) != champion:
         raise SystemExit(f"error: --add {spec}: that round started from another champion")
     return other, int(k)
 
@@ -117,7 +120,7 @@ def main() -> None:
     if "if" not in args.suites or set(args.suites) - set(every):
         raise SystemExit(f"error: --suites must name 'if' and suites of {sorted(every)}")
     suites = {name: every[name] for name in args.suites}
-    added = [pooled_round(RunDir, spec, champion, starting_champion) for spec in args.add]
+    added = [pooled_round(spec, champion) for spec in args.add]
     common: dict[str, Any] = {}
     results: dict[str, dict[str, Any]] = {}
     base_eval = None
@@ -135,8 +138,11 @@ def main() -> None:
         row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}  # minutes training
         exclude = near_eval_seeds(cfg, lambda c=cfg.dedup: Pool(None, c).embedder)
         data, init = training_data(rundir, cfg.tune, n, champion, cfg.run.seeds_file, exclude)
-        for other, k in added:
-            data += training_data(other, cfg.tune, k, champion, cfg.run.seeds_file, exclude)[0]
+        for other, k in added:  # the round's own data: the pool and anchors are in `data` once
+            if cfg.tune.objective == "sft":
+                data += other.input_records(k, "tune")
+            else:  # pairs / sometimes-passed prompts: per round already
+                data += training_data(other, cfg.tune, k, champion)[0]
         row["examples"] = len(data)
         if not data:
             print(f"{name}: nothing to train on in round {n}", flush=True)
