@@ -13,6 +13,12 @@ On CUDA it also prints model FLOPs utilization: LoRA costs ~4N FLOPs per non-pad
 
     python bench/tuning.py [--steps 8] [--batch-size 8] [--examples 256]
         [--model smollm2-135m-instruct | /path/to/hf-model-dir] [--peak-tflops 989]
+        [--against trainer | float32]
+
+`--against float32` compares precision instead of code: `tuners.train` in float32 (baseline)
+against `tuners.train` with `tune.bf16: true` (candidate: bfloat16 autocast over float32 master
+weights; needs native bfloat16 - a CUDA GPU, or a CPU with AVX512-BF16 / AMX), and prints both
+runs' per-step losses: same data, order and seed, so they differ by the precision alone.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 H100_BF16_DENSE_TFLOPS = 989.0  # H100/H200 SXM, bf16 dense tensor cores
 
@@ -130,12 +137,17 @@ def run_baseline(model: str, examples: list[dict], steps: int, batch: int, out: 
     return {"tokens": seen["tokens"], "seconds": time.monotonic() - t0}
 
 
-def run_candidate(model: str, examples: list[dict], steps: int, batch: int, out: Path) -> dict:
+def run_candidate(
+    model: str, examples: list[dict], steps: int, batch: int, out: Path, bf16: str = "legacy"
+) -> dict:
+    """`tuners.train`; bf16 "legacy" = autocast only on a CUDA GPU with bf16 (what both variants
+    of the default comparison use), else a `tune.bf16` value ("auto", "true", "false")."""
     import torch
 
     from tuners import TuneConfig, train
 
     cuda = torch.cuda.is_available()
+    legacy = cuda and torch.cuda.is_bf16_supported()
     cfg = TuneConfig(
         method="lora",
         lora_r=16,
@@ -148,11 +160,19 @@ def run_candidate(model: str, examples: list[dict], steps: int, batch: int, out:
         warmup_ratio=0.0,
         save_steps=10_000,
         max_seq_len=min(1024, context_of(model)),
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16={"legacy": legacy, "auto": "auto", "true": True, "false": False}[bf16],
         gradient_checkpointing=False,  # the baseline runs without it
     )
     r = train(model, examples, out / "adapter", cfg)
-    return {"tokens": r.tokens, "seconds": r.seconds}
+    return {"tokens": r.tokens, "seconds": r.seconds, "losses": r.losses}
+
+
+VARIANTS: dict[str, tuple[Any, dict[str, str]]] = {
+    "baseline": (run_baseline, {}),
+    "candidate": (run_candidate, {}),
+    "float32": (run_candidate, {"bf16": "false"}),
+    "bf16": (run_candidate, {"bf16": "true"}),
+}
 
 
 def context_of(model: str) -> int:
@@ -202,14 +222,21 @@ def main() -> None:
     ap.add_argument(
         "--repeats", type=int, default=1, help="Runs per variant, alternating; best kept."
     )
-    ap.add_argument("--variant", choices=["baseline", "candidate"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--against",
+        choices=["trainer", "float32"],
+        default="trainer",
+        help="Baseline: a plain padded Trainer (default), or tuners.train in float32 against "
+        "tuners.train with tune.bf16: true.",
+    )
+    ap.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     examples = make_examples(args.examples)
 
     if args.variant:  # child process: run one variant, print its figures as JSON
         with tempfile.TemporaryDirectory() as tmp:
-            fn = run_baseline if args.variant == "baseline" else run_candidate
-            res = fn(args.model, examples, args.steps, args.batch_size, Path(tmp))
+            fn, kwargs = VARIANTS[args.variant]
+            res = fn(args.model, examples, args.steps, args.batch_size, Path(tmp), **kwargs)
         res["peak_mb"], res["peak_what"] = peak_memory()
         print(json.dumps(res))
         return
@@ -223,7 +250,16 @@ def main() -> None:
     lengths = sorted(len(tokenize_example(tok, e)["input_ids"]) for e in examples)
     cuda = torch.cuda.is_available()
     n_params = base_params(args.model)
-    where = "CUDA, bf16 autocast" if cuda else "CPU, float32"
+    from agent.models import native_bf16
+
+    if args.against == "float32":
+        if not native_bf16("cuda" if cuda else "cpu"):
+            sys.exit("--against float32: this device has no native bfloat16 to compare")
+        where = f"{'CUDA' if cuda else 'CPU'}: float32 vs bfloat16 autocast"
+        pair = ("float32", "bf16")
+    else:
+        where = "CUDA, bf16 autocast" if cuda else "CPU, float32"
+        pair = ("baseline", "candidate")
     print(
         f"model {args.model} ({n_params / 1e6:.0f}M parameters); {len(examples)} examples, tokens "
         f"min {lengths[0]} median {lengths[len(lengths) // 2]} max {lengths[-1]}; LoRA r=16 "
@@ -233,7 +269,7 @@ def main() -> None:
     # Alternate the variants and keep each one's best run: a busy neighbour on a shared machine
     # then slows both alike instead of whichever happened to run during the disturbance.
     for _ in range(args.repeats):
-        for variant in ("baseline", "candidate"):
+        for variant in pair:
             cmd = [
                 sys.executable,
                 __file__,
@@ -255,11 +291,14 @@ def main() -> None:
             f["tps"] = f["tokens"] / f["seconds"]
             if variant not in figures or f["tps"] > figures[variant]["tps"]:
                 figures[variant] = f
-    for variant, label in (
-        ("baseline", "baseline  Trainer + peft, padded batches:"),
-        ("candidate", "candidate tuners.train, packed batches:  "),
-    ):
-        f = figures[variant]
+    labels = {
+        "baseline": "baseline  Trainer + peft, padded batches:",
+        "candidate": "candidate tuners.train, packed batches:  ",
+        "float32": "baseline  tuners.train, float32:         ",
+        "bf16": "candidate tuners.train, bfloat16 autocast:",
+    }
+    for variant in pair:
+        f, label = figures[variant], labels[variant]
         # Model FLOPs: ~4N per non-padding token for LoRA (no weight gradients for the base).
         mfu = 4 * n_params * f["tps"] / (args.peak_tflops * 1e12)
         print(
@@ -267,7 +306,11 @@ def main() -> None:
             f"{f['peak_what']} {f['peak_mb']:.0f} MB"
             + (f", MFU {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s" if cuda else "")
         )
-    b, c = figures["baseline"], figures["candidate"]
+    b, c = figures[pair[0]], figures[pair[1]]
+    if args.against == "float32":
+        # Same data, order and seed: the loss curves differ only by the precision.
+        for (step, lb), (_, lc) in zip(b["losses"], c["losses"], strict=True):
+            print(f"  step {step}: loss float32 {lb:.4f}, bfloat16 {lc:.4f} ({lc - lb:+.4f})")
     print(f"ratio (candidate/baseline non-padding tokens per second): {c['tps'] / b['tps']:.2f}")
 
 

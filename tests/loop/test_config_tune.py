@@ -52,9 +52,10 @@ def test_settings_this_machine_cannot_train_are_refused_when_the_run_starts(
     from loop.graph import run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")
     for setting, message in (
         ("tune.method=qlora", r"config: tune\.method=qlora needs a CUDA GPU"),
-        ("tune.bf16=true", r"config: tune\.bf16=true needs a CUDA GPU"),
+        ("tune.bf16=true", r"config: tune\.bf16=true needs a CUDA GPU or a CPU with native"),
         ("model.device=cuda", r"config: model\.device is 'cuda' but no CUDA GPU"),
     ):
         cfg = load_config(None, [setting])

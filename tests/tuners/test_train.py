@@ -97,7 +97,8 @@ def test_refuses_to_overwrite(tiny_model_dir: Path, tmp_path: Path) -> None:
         train(str(tiny_model_dir), TOY, tmp_path / "done", cfg("lora"))
 
 
-def test_guards_before_any_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_guards_before_any_step(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")  # a CPU without native bfloat16
     out = tmp_path / "runs"
     out.mkdir()
     cases = [
@@ -105,7 +106,7 @@ def test_guards_before_any_step(tiny_model_dir: Path, tmp_path: Path) -> None:
         (TOY, cfg("lora", max_seq_len=4096), "exceeds the model's context of 512"),
         (TOY, cfg("lora", max_seq_len=16), "exceed tune.max_seq_len of 16"),
         (TOY, cfg("lora").model_copy(update={"method": "qlora"}), "qlora needs a CUDA GPU"),
-        (TOY, cfg("lora", bf16=True), "tune.bf16=true needs a CUDA GPU"),
+        (TOY, cfg("lora", bf16=True), "tune.bf16=true needs a CUDA GPU or a CPU with native"),
         (TOY, cfg("lora", fsdp=True), "tune.fsdp needs CUDA GPUs"),
         (
             TOY,
@@ -121,6 +122,32 @@ def test_guards_before_any_step(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SelfloopError, match="has no adapter_config.json"):
         train(str(tiny_model_dir), TOY, out / "d", cfg("lora"), init_adapter=tmp_path)
     assert list(out.iterdir()) == []
+
+
+def test_bf16_on_a_cpu_with_native_bfloat16(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    """tune.bf16: true trains under bfloat16 autocast on such a CPU; auto keeps float32 there
+    (autocast learned slower: the field's description)."""
+    from tuners.guards import check_settings
+
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    assert check_settings(TuneConfig(bf16="auto"), "cpu", None).bf16 is False
+    assert check_settings(TuneConfig(bf16=True), "cpu", None).bf16 is True
+    seen: list[torch.dtype] = []
+
+    class Probe(TrainerCallback):  # the dtype a linear layer of the training forward computes in
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+            layer.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+
+    r = train(
+        str(tiny_model_dir),
+        TOY,
+        tmp_path / "a",
+        cfg("lora", bf16=True, max_steps=2),
+        callbacks=[Probe()],
+    )
+    assert r.steps == 2 and all(loss == loss for _, loss in r.losses)  # finite, not NaN
+    assert seen and set(seen) == {torch.bfloat16}, seen
 
 
 def test_settings_that_cannot_train_together_are_config_errors() -> None:
