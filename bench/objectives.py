@@ -3,6 +3,7 @@
     python bench/objectives.py --run RUN_DIR [--round N] [--objectives rpo grpo sft]
                                [--out bench-runs/objectives] [--set tune.key=value ...]
                                [--add RUN_DIR:ROUND ...] [--suites if helpfulness domains]
+                               [--max-passes K] [--sample N]
 
 RUN_DIR is a finished loop run of the verifier recipe (`selfloop run configs/recipe.yaml --out
 RUN_DIR`); its round N (default: the last one with filter outputs) is the data. For each
@@ -23,6 +24,11 @@ draws of one round's sampling, e.g. both seeds' rounds of a `bench/improvement.p
 promoted nothing, are what one round with that many times the tasks would have trained on - the
 data-volume question without paying for the sampling again.
 
+`--max-passes K` (sft) trains only on answers to prompts whose n samples passed at most K
+times (their round's `filter/pass_rates.jsonl`): does an answer the model gives most of the
+time anyway teach it anything, or is it the rarely passed prompts' answers that move it?
+`--sample N` trains on a seeded random N of the pooled data instead: the same-volume control.
+
 One model process at a time; a killed bench re-run with the same command reuses
 every adapter and evaluation it finished (an objective's `eval.json`); each `--set` combination
 has its own directory (`OUT/round-NNN/rpo+learning_rate=2e-4`), so a sweep is one command per
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -83,6 +90,24 @@ def pooled_round(spec: str, champion: Path | None) -> tuple[Any, int]:
     return other, int(k)
 
 
+def hard_only(records: list[dict[str, Any]], rundir: Any, max_passes: int) -> list[dict]:
+    """The SFT `records` of `rundir` whose prompt passed at most `max_passes` of its samples in
+    the record's own round (a record without a pass rate - an anchor, a seed - is kept)."""
+    from agent.data import read_jsonl
+    from loop.stages.filter import PASS_RATES
+
+    passed: dict[tuple[int, str], int] = {}
+    for k in {r["round"] for r in records if "round" in r}:
+        path = rundir.stage_dir(k, "filter") / PASS_RATES
+        for rate in read_jsonl(path) if path.is_file() else []:
+            passed[(k, rate["prompt_id"])] = int(rate["passed"])
+    return [
+        r
+        for r in records
+        if passed.get((r.get("round", -1), r.get("instruction_id", "")), 0) <= max_passes
+    ]
+
+
 def slices(suite: list[dict[str, Any]], held_out: list[str]) -> dict[str, set[str] | None]:
     held = {r["id"] for r in suite if any(c["type"] in held_out for c in r["constraints"])}
     return {"all": None, "trained": {r["id"] for r in suite} - held, "held_out": held}
@@ -99,6 +124,14 @@ def main() -> None:
         "--add", action="append", default=[], metavar="RUN_DIR:ROUND", help="pool this data too"
     )
     ap.add_argument("--suites", nargs="+", default=["if", "helpfulness", "domains"])
+    ap.add_argument(
+        "--max-passes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sft: only answers to prompts passed at most K times by their samples",
+    )
+    ap.add_argument("--sample", type=int, default=None, metavar="N", help="a random N of the data")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("selfloop").setLevel(logging.INFO)  # training and generation progress
@@ -132,17 +165,29 @@ def main() -> None:
             "limit_per_suite": cfg.eval.limits(),
             "held_out_types": cfg.augment.held_out_types,
         }
-        name = variant(objective, args.sets + [f"add={r.root.name}-{k}" for r, k in added])
+        tags = [f"add={r.root.name}-{k}" for r, k in added]
+        if args.max_passes is not None:
+            tags.append(f"max_passes={args.max_passes}")
+        if args.sample is not None:
+            tags.append(f"sample={args.sample}")
+        name = variant(objective, args.sets + tags)
         out = args.out / f"round-{n:03d}" / name
         adapter, ev_path = out / "adapter", out / "eval.json"
         row: dict[str, Any] = {"examples": 0, "steps": 0, "minutes": 0.0}  # minutes training
         exclude = near_eval_seeds(cfg, lambda c=cfg.dedup: Pool(None, c).embedder)
         data, init = training_data(rundir, cfg.tune, n, champion, cfg.run.seeds_file, exclude)
+        sft = cfg.tune.objective == "sft"
+        if sft and args.max_passes is not None:
+            data = hard_only(data, rundir, args.max_passes)
         for other, k in added:  # the round's own data: the pool and anchors are in `data` once
-            if cfg.tune.objective == "sft":
-                data += other.input_records(k, "tune")
+            if sft:
+                more = other.input_records(k, "tune")
+                keep = args.max_passes
+                data += more if keep is None else hard_only(more, other, keep)
             else:  # pairs / sometimes-passed prompts: per round already
                 data += training_data(other, cfg.tune, k, champion)[0]
+        if args.sample is not None and args.sample < len(data):
+            data = random.Random(f"sample/{args.sample}").sample(data, args.sample)
         row["examples"] = len(data)
         if not data:
             print(f"{name}: nothing to train on in round {n}", flush=True)
