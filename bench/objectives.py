@@ -3,7 +3,7 @@
     python bench/objectives.py --run RUN_DIR [--round N] [--objectives rpo grpo sft]
                                [--out bench-runs/objectives] [--set tune.key=value ...]
                                [--add RUN_DIR:ROUND ...] [--suites if helpfulness domains]
-                               [--max-passes K] [--sample N]
+                               [--max-passes K] [--sample N] [--repair K]
 
 RUN_DIR is a finished loop run of the verifier recipe (`selfloop run configs/recipe.yaml --out
 RUN_DIR`); its round N (default: the last one with filter outputs) is the data. For each
@@ -28,6 +28,10 @@ data-volume question without paying for the sampling again.
 times (their round's `filter/pass_rates.jsonl`): does an answer the model gives most of the
 time anyway teach it anything, or is it the rarely passed prompts' answers that move it?
 `--sample N` trains on a seeded random N of the pooled data instead: the same-volume control.
+`--repair K` (sft) adds, for each pooled round's prompts that no sample passed, up to K of their
+failing answers rewritten to keep the constraints they missed (`judges.repair`, as
+`augment.repair` does with K = 1), where the rewrite passes every constraint and the quality
+filters: can repaired answers, in volume, teach the types the model never passes by itself?
 
 One model process at a time; a killed bench re-run with the same command reuses
 every adapter and evaluation it finished (an objective's `eval.json`); each `--set` combination
@@ -108,6 +112,39 @@ def hard_only(records: list[dict[str, Any]], rundir: Any, max_passes: int) -> li
     ]
 
 
+def repaired(rundir: Any, n: int, cfg: Any, per_prompt: int) -> list[dict[str, Any]]:
+    """Round `n`'s failing answers to prompts no sample passed, up to `per_prompt` of each
+    repaired (never into a held-out type) where the rewrite passes every constraint and the
+    filter stage's quality filters."""
+    from judges.filters import FilterChain
+    from judges.repair import repair_unpassed
+    from loop.stages.filter import KEPT, REJECTED
+
+    d = rundir.stage_dir(n, "filter")
+    kept, rejected = read_records(d / KEPT), read_records(d / REJECTED)
+    failing = [r for r in rejected if r.get("filter_reason") == "failed_constraint"]
+    rules = cfg.filters.model_copy(
+        update={"rouge": cfg.filters.rouge.model_copy(update={"enabled": False})}
+    )
+    chain = FilterChain(rules)
+    new, _, types = repair_unpassed(
+        kept,
+        failing,
+        never=cfg.augment.held_out_types,
+        clean=lambda r: bool(chain.run([r]).kept),
+        per_prompt=per_prompt,
+    )
+    made = [r for r in new if r.get("repaired")]
+    print(f"{rundir.root.name} round {n}: {len(made)} repaired answers ({types})", flush=True)
+    return made
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    from agent.data import read_jsonl
+
+    return read_jsonl(path) if path.is_file() else []
+
+
 def slices(suite: list[dict[str, Any]], held_out: list[str]) -> dict[str, set[str] | None]:
     held = {r["id"] for r in suite if any(c["type"] in held_out for c in r["constraints"])}
     return {"all": None, "trained": {r["id"] for r in suite} - held, "held_out": held}
@@ -132,6 +169,9 @@ def main() -> None:
         help="sft: only answers to prompts passed at most K times by their samples",
     )
     ap.add_argument("--sample", type=int, default=None, metavar="N", help="a random N of the data")
+    ap.add_argument(
+        "--repair", type=int, default=0, metavar="K", help="sft: add K repaired answers per prompt"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("selfloop").setLevel(logging.INFO)  # training and generation progress
@@ -170,6 +210,8 @@ def main() -> None:
             tags.append(f"max_passes={args.max_passes}")
         if args.sample is not None:
             tags.append(f"sample={args.sample}")
+        if args.repair:
+            tags.append(f"repair={args.repair}")
         name = variant(objective, args.sets + tags)
         out = args.out / f"round-{n:03d}" / name
         adapter, ev_path = out / "adapter", out / "eval.json"
@@ -186,6 +228,9 @@ def main() -> None:
                 data += more if keep is None else hard_only(more, other, keep)
             else:  # pairs / sometimes-passed prompts: per round already
                 data += training_data(other, cfg.tune, k, champion)[0]
+        if sft and args.repair:
+            for r, k in [(rundir, n), *added]:
+                data += repaired(r, k, cfg, args.repair)
         if args.sample is not None and args.sample < len(data):
             data = random.Random(f"sample/{args.sample}").sample(data, args.sample)
         row["examples"] = len(data)

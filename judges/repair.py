@@ -148,11 +148,13 @@ def repair_unpassed(
     *,
     never: Sequence[str] = (),
     clean: Callable[[dict[str, Any]], bool] = lambda r: True,
+    per_prompt: int = 1,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """For each constrained prompt none of whose answers is in `kept`, repair its first
-    repairable answer in `failing` that the quality filters still pass as rewritten (`clean`)
-    and move it to `kept`, with `response_original` and `repaired` (the types fixed). Returns
-    the new kept and failing lists and how many answers each type's repair helped make."""
+    `per_prompt` repairable answers in `failing` that the quality filters still pass as
+    rewritten (`clean`) and move them to `kept`, with `response_original` and `repaired` (the
+    types fixed). Returns the new kept and failing lists and how many answers each type's
+    repair helped make."""
     passed = {prompt_id(r) for r in kept if r.get("constraints")}
     by_prompt: dict[str, list[dict[str, Any]]] = {}
     for r in failing:
@@ -162,7 +164,10 @@ def repair_unpassed(
     types: dict[str, int] = {}
     for recs in by_prompt.values():
         answers = [str(r.get("response", "")) for r in recs]
+        made = 0
         for i, r in enumerate(recs):
+            if made >= per_prompt:
+                break
             got = repair(
                 answers[i], r["constraints"], others=answers[:i] + answers[i + 1 :], never=never
             )
@@ -178,9 +183,9 @@ def repair_unpassed(
             if not clean(fixed):
                 continue
             moved[str(r["id"])] = fixed
+            made += 1
             for t in got[1]:
                 types[t] = types.get(t, 0) + 1
-            break
     return (
         kept + list(moved.values()),
         [r for r in failing if str(r["id"]) not in moved],

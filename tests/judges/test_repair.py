@@ -131,3 +131,7 @@ def test_only_prompts_without_a_pass_are_repaired_one_answer_each() -> None:
     # An answer the quality filters drop once rewritten is not kept; the next one is tried.
     _, _, types = repair_unpassed([], failing[1:3], clean=lambda r: "river is" in r["response"])
     assert types == {"lowercase": 1}
+    # per_prompt: up to that many answers of a prompt without a pass, each one repaired alone.
+    new_kept, new_failing, types = repair_unpassed(kept, failing, per_prompt=2)
+    assert [r["id"] for r in new_kept] == ["a-s0", "b-s0", "b-s1"] and types == {"lowercase": 2}
+    assert new_kept[2]["response"] == OTHER.lower() and len(new_failing) == 2
