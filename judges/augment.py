@@ -145,12 +145,17 @@ class AugmentConfig(BaseModel):
         "only): a prompt with 3 passing and 5 failing answers of 8 gives 3.",
     )
     repair: bool = Field(
-        False,
-        description="For a prompt none of whose samples passed, rewrite one clean failing "
-        "answer so it keeps the constraints it missed, where the fix is mechanical (lowercase, "
-        "no commas, an opening or closing phrase, quotes, JSON, a word or sentence limit, two "
-        "responses, highlights; never a held-out type), and keep it if it then passes every "
-        "constraint and the quality filters (judges/repair.py).",
+        True,
+        description="For a prompt none of whose samples passed, rewrite clean failing answers "
+        "(up to judge.per_instruction, as many as a passed prompt gives) so they keep the "
+        "constraints they missed, where the fix is mechanical (lowercase, no commas, an opening "
+        "or closing phrase, quotes, JSON, a word or sentence limit, two responses, highlights; "
+        "never a held-out type), and keep those that then pass every constraint and the quality "
+        "filters (judges/repair.py): rejection sampling alone never teaches a type the model "
+        "never passes. Four unpromoted rounds' answers pooled moved the IF suite +5.5 [+2.3, "
+        "+8.7] points; with up to 4 repaired answers per never-passed prompt added (192 to "
+        "264) +7.6 [+3.2, +11.9], reference NLL flat (README). One repaired answer per prompt "
+        "in one 19-example round had moved it -0.6 [-5.2, +4.7] against that round without.",
     )
     focus: Literal["uniform", "learnable"] = Field(
         "uniform",

@@ -70,6 +70,9 @@ def run(ctx: Context, state: LoopState) -> dict:
             failed_checks,
             never=ctx.cfg.augment.held_out_types,
             clean=lambda r: bool(chain.run([r]).kept),
+            # as many answers as a passed prompt can give: a type the model never passes then
+            # gets as much data as one it passes (one per prompt was too little to teach it)
+            per_prompt=ctx.cfg.judge.per_instruction,
         )
     rejected = (
         report.rejected_records()

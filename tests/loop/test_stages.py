@@ -98,11 +98,46 @@ def test_proposals_are_filtered_against_seeds_and_pool_with_the_rouge_rule(
     assert acc == {"in": 0, "kept": 0, "dropped": {}}
 
 
+def test_repair_rewrites_up_to_per_instruction_answers_of_a_never_passed_prompt(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    ctx = _context(tmp_path, tiny_model_dir, "filters.language=false", "judge.per_instruction=2")
+    lower = [{"type": "lowercase"}]
+    q, p = "In lowercase: name a gas giant.", "In lowercase: the smallest planet?"
+    answers = ["Jupiter is one.", "Saturn is one.", "Neptune is one."]
+    _write_responses(
+        ctx,
+        [
+            _response(f"g{i}", q, a, constraints=lower, instruction_id="g")
+            for i, a in enumerate(answers)
+        ]
+        + [
+            _response("p0", p, "mercury.", constraints=lower, instruction_id="p"),
+            _response("p1", p, "Mercury.", constraints=lower, instruction_id="p"),
+        ],
+    )  # fmt: skip
+    filter_stage(ctx, {"round": 1})
+    out = ctx.rundir.stage_dir(1, "filter")
+    kept = {r["id"]: r for r in read_jsonl(out / "filtered.jsonl")}
+    # prompt g passed nowhere: two of its three answers repaired (judge.per_instruction); p passed
+    # once, so its failing answer stays failed
+    assert set(kept) == {"g0", "g1", "p0"}
+    assert kept["g0"]["response"] == "jupiter is one." and kept["g0"]["repaired"] == ["lowercase"]
+    assert kept["g1"]["response_original"] == "Saturn is one."
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["repaired"] == {"lowercase": 2}
+    assert {r["id"] for r in read_jsonl(out / "rejected.jsonl")} == {"g2", "p1"}
+
+
 def test_failed_constraints_are_counted_by_type_and_refusals_skip_them(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     ctx = _context(
-        tmp_path, tiny_model_dir, "safety.harmful_instructions=refuse", "filters.language=false"
+        tmp_path,
+        tiny_model_dir,
+        "safety.harmful_instructions=refuse",
+        "filters.language=false",
+        "augment.repair=false",  # counted as failed, not rewritten
     )
     lower = [{"type": "lowercase"}]
     _write_responses(
