@@ -315,8 +315,8 @@ def test_repair_gives_every_unpassed_prompt_a_kept_answer(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """augment.repair on the tiny model, whose random tokens rarely keep a constraint: prompts
-    no sample passed get one repaired answer, which passes every constraint, reaches SFT, and
-    the round's accounts still add up."""
+    no sample passed get repaired answers (up to judge.per_instruction), which pass every
+    constraint, reach SFT, and the round's accounts still add up."""
     from judges.verifiable import check_all
 
     augment = {"train_types": ["lowercase", "quotation"], "repair": True}
