@@ -13,10 +13,10 @@ words, letter counts, paragraph layouts) have no repair and stay unlearned until
 passes them by itself.
 
 The filter stage (`augment.repair`) repairs the clean failing answers of prompts that no sample
-passed, up to `judge.per_instruction` answers per prompt; a repaired answer then competes in the judge's best-of-n like
-any passing one and is marked `repaired` with the types it fixed. Held-out types are never
-repaired (they are never attached to training tasks either), so the held-out slice still
-measures transfer.
+passed, up to `judge.per_instruction` answers per prompt; a repaired answer then competes in the
+judge's best-of-n like any passing one and is marked `repaired` with the types it fixed.
+Held-out types are never repaired (they are never attached to training tasks either), so the
+held-out slice still measures transfer.
 """
 
 from __future__ import annotations
