@@ -153,8 +153,8 @@ class AugmentConfig(BaseModel):
         "never a held-out type), and keep those that then pass every constraint and the quality "
         "filters (judges/repair.py): rejection sampling alone never teaches a type the model "
         "never passes. Four unpromoted rounds' answers pooled moved the IF suite +5.5 [+2.3, "
-        "+8.7] points; with up to 4 repaired answers per never-passed prompt added (192 to "
-        "264) +7.6 [+3.2, +11.9], reference NLL flat (README). One repaired answer per prompt "
+        "+8.7] points; with up to 4 repaired answers per never-passed prompt added (192 more) "
+        "+7.6 [+3.2, +11.9], reference NLL flat (README). One repaired answer per prompt "
         "in one 19-example round had moved it -0.6 [-5.2, +4.7] against that round without.",
     )
     focus: Literal["uniform", "learnable"] = Field(

@@ -98,7 +98,7 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
 
     # auto stays float32 on CPU even where it has native bfloat16: autocast trained 1.24x faster
     # there but learned slower (loss +0.05-0.10 after 2-8 steps, `bench/tuning.py --against
-    # float32`) - a LoRA update is small beside the frozen weights' output it is added to.
+    # float32`; likely: a LoRA update is small beside the frozen weights' output it joins).
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else bool(cfg.bf16)
     if cfg.gradient_checkpointing == "auto":
         # peft refuses prefix tuning under gradient checkpointing (the prefix is a KV cache).
