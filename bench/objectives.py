@@ -131,7 +131,7 @@ def repaired(rundir: Any, n: int, cfg: Any, per_prompt: int) -> list[dict[str, A
         kept,
         failing,
         never=cfg.augment.held_out_types,
-        clean=lambda r: bool(chain.run([r]).kept),
+        clean=lambda r: chain.check(r) is None,  # one record: no log line each
         per_prompt=per_prompt,
     )
     made = [r for r in new if r.get("repaired")]

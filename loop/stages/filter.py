@@ -69,7 +69,7 @@ def run(ctx: Context, state: LoopState) -> dict:
             kept,
             failed_checks,
             never=ctx.cfg.augment.held_out_types,
-            clean=lambda r: bool(chain.run([r]).kept),
+            clean=lambda r: chain.check(r) is None,  # one record: no log line each
             # as many answers as a passed prompt can give: a type the model never passes then
             # gets as much data as one it passes (one per prompt was too little to teach it)
             per_prompt=ctx.cfg.judge.per_instruction,
