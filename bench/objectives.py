@@ -30,8 +30,9 @@ time anyway teach it anything, or is it the rarely passed prompts' answers that 
 `--sample N` trains on a seeded random N of the pooled data instead: the same-volume control.
 `--repair K` (sft) adds, for each pooled round's prompts that no sample passed, up to K of their
 failing answers rewritten to keep the constraints they missed (`judges.repair`, as
-`augment.repair` does with K = 1), where the rewrite passes every constraint and the quality
-filters: can repaired answers, in volume, teach the types the model never passes by itself?
+`augment.repair` does with K = judge.per_instruction), where the rewrite passes every
+constraint and the quality filters: can repaired answers, in volume, teach the types the model
+never passes by itself?
 
 One model process at a time; a killed bench re-run with the same command reuses
 every adapter and evaluation it finished (an objective's `eval.json`); each `--set` combination
@@ -97,13 +98,12 @@ def pooled_round(spec: str, champion: Path | None) -> tuple[Any, int]:
 def hard_only(records: list[dict[str, Any]], rundir: Any, max_passes: int) -> list[dict]:
     """The SFT `records` of `rundir` whose prompt passed at most `max_passes` of its samples in
     the record's own round (a record without a pass rate - an anchor, a seed - is kept)."""
-    from agent.data import read_jsonl
+    from loop.stages.base import read_if
     from loop.stages.filter import PASS_RATES
 
     passed: dict[tuple[int, str], int] = {}
     for k in {r["round"] for r in records if "round" in r}:
-        path = rundir.stage_dir(k, "filter") / PASS_RATES
-        for rate in read_jsonl(path) if path.is_file() else []:
+        for rate in read_if(rundir.stage_dir(k, "filter") / PASS_RATES):
             passed[(k, rate["prompt_id"])] = int(rate["passed"])
     return [
         r
@@ -116,17 +116,14 @@ def repaired(rundir: Any, n: int, cfg: Any, per_prompt: int) -> list[dict[str, A
     """Round `n`'s failing answers to prompts no sample passed, up to `per_prompt` of each
     repaired (never into a held-out type) where the rewrite passes every constraint and the
     filter stage's quality filters."""
-    from judges.filters import FilterChain
     from judges.repair import repair_unpassed
-    from loop.stages.filter import KEPT, REJECTED
+    from loop.stages.base import read_if
+    from loop.stages.filter import KEPT, REJECTED, response_filters
 
     d = rundir.stage_dir(n, "filter")
-    kept, rejected = read_records(d / KEPT), read_records(d / REJECTED)
+    kept, rejected = read_if(d / KEPT), read_if(d / REJECTED)
     failing = [r for r in rejected if r.get("filter_reason") == "failed_constraint"]
-    rules = cfg.filters.model_copy(
-        update={"rouge": cfg.filters.rouge.model_copy(update={"enabled": False})}
-    )
-    chain = FilterChain(rules)
+    chain = response_filters(cfg.filters)
     new, _, types = repair_unpassed(
         kept,
         failing,
@@ -137,12 +134,6 @@ def repaired(rundir: Any, n: int, cfg: Any, per_prompt: int) -> list[dict[str, A
     made = [r for r in new if r.get("repaired")]
     print(f"{rundir.root.name} round {n}: {len(made)} repaired answers ({types})", flush=True)
     return made
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    from agent.data import read_jsonl
-
-    return read_jsonl(path) if path.is_file() else []
 
 
 def slices(suite: list[dict[str, Any]], held_out: list[str]) -> dict[str, set[str] | None]:

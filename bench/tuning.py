@@ -138,16 +138,15 @@ def run_baseline(model: str, examples: list[dict], steps: int, batch: int, out: 
 
 
 def run_candidate(
-    model: str, examples: list[dict], steps: int, batch: int, out: Path, bf16: str = "legacy"
+    model: str, examples: list[dict], steps: int, batch: int, out: Path, bf16: bool | None = None
 ) -> dict:
-    """`tuners.train`; bf16 "legacy" = autocast only on a CUDA GPU with bf16 (what both variants
-    of the default comparison use), else a `tune.bf16` value ("auto", "true", "false")."""
+    """`tuners.train`; bf16 None = autocast only on a CUDA GPU with bf16 (what both variants of
+    the default comparison use), else `tune.bf16` as given."""
     import torch
 
     from tuners import TuneConfig, train
 
     cuda = torch.cuda.is_available()
-    legacy = cuda and torch.cuda.is_bf16_supported()
     cfg = TuneConfig(
         method="lora",
         lora_r=16,
@@ -160,18 +159,18 @@ def run_candidate(
         warmup_ratio=0.0,
         save_steps=10_000,
         max_seq_len=min(1024, context_of(model)),
-        bf16={"legacy": legacy, "auto": "auto", "true": True, "false": False}[bf16],
+        bf16=(cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16,
         gradient_checkpointing=False,  # the baseline runs without it
     )
     r = train(model, examples, out / "adapter", cfg)
     return {"tokens": r.tokens, "seconds": r.seconds, "losses": r.losses}
 
 
-VARIANTS: dict[str, tuple[Any, dict[str, str]]] = {
+VARIANTS: dict[str, tuple[Any, dict[str, bool]]] = {
     "baseline": (run_baseline, {}),
     "candidate": (run_candidate, {}),
-    "float32": (run_candidate, {"bf16": "false"}),
-    "bf16": (run_candidate, {"bf16": "true"}),
+    "float32": (run_candidate, {"bf16": False}),
+    "bf16": (run_candidate, {"bf16": True}),
 }
 
 

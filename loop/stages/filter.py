@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.data import write_examples, write_jsonl
 from loop.accounting import account
@@ -17,14 +18,26 @@ from loop.context import Context, LoopState
 from loop.rundir import write_json
 from loop.stages.base import STATS, Drop, Stage, counts, one_line, read_if, samples
 
+if TYPE_CHECKING:
+    from judges.filters import FilterChain, FilterConfig
+
 log = logging.getLogger(__name__)
 
 KEPT, REJECTED = "filtered.jsonl", "rejected.jsonl"
 PASS_RATES, PAIRS = "pass_rates.jsonl", "preference_pairs.jsonl"
 
 
-def run(ctx: Context, state: LoopState) -> dict:
+def response_filters(cfg: FilterConfig) -> FilterChain:
+    """The quality filters answers pass: `cfg` without the ROUGE-L rule, which already ran on the
+    instructions when they were proposed (against the seeds and the pool) and here would drop
+    the 2nd..nth answer to the same instruction."""
     from judges.filters import FilterChain
+
+    no_rouge = cfg.rouge.model_copy(update={"enabled": False})
+    return FilterChain(cfg.model_copy(update={"rouge": no_rouge}))
+
+
+def run(ctx: Context, state: LoopState) -> dict:
     from judges.preference import pass_rates, summarize_pass_rates, verifier_pairs
     from judges.safety import REFUSED, SafetyFilter
     from judges.verifiable import check
@@ -33,12 +46,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     if ctx.rundir.stage_done(n, "filter"):
         return {}
     records = ctx.rundir.input_records(n, "filter")
-    # The ROUGE-L rule (if on) already ran on the instructions when they were proposed, against
-    # the seeds and the pool; here it would drop the 2nd..nth response to the same instruction.
-    cfg = ctx.cfg.filters
-    chain = FilterChain(
-        cfg.model_copy(update={"rouge": cfg.rouge.model_copy(update={"enabled": False})})
-    )
+    chain = response_filters(ctx.cfg.filters)
     report = chain.run(records)
     safety = SafetyFilter(
         ctx.cfg.safety, judge=ctx.judge_model(state) if ctx.cfg.safety.llm else None
