@@ -19,11 +19,17 @@ Primary metric (`primary`, "suite.metric"):
 Guards (`guards`): each overall value may regress by at most its `tolerance` (a regression
 exactly equal to it passes; where per-prompt scores exist the check also states the change's
 paired 95% interval, so a reader sees how much of it the prompts can tell from noise) and,
-with `slices`, every slice (domain, language, safety category) that has at least
-`min_slice_n` prompts in both evaluations by at most `slice_tolerance`. A guard
-metric in neither evaluation (its suite was not run) is reported as not checked, or rejects with
-`missing_guard: reject`; one present on one side only, or no champion evaluation at all while
-guards are configured, rejects: the two evaluations cannot be compared.
+with `slices`, every slice (domain, language, safety category, trained/held-out constraint set)
+that has at least `min_slice_n` prompts in both evaluations by at most `slice_tolerance`. A
+slice is a few prompts (16 per IF domain: two prompts are 0.125), so with `slice_test: paired`
+a slice fails only when its drop exceeds the tolerance *and* is more than noise: the paired
+interval of its change, at a level Bonferroni-adjusted over every slice the gate checks (many
+slices, one of them is bound to move by chance), lies wholly on the worse side of 0. Where the
+evaluations have no per-prompt scores for the slice, the two slice intervals combined in
+quadrature (at the same level) stand in. `slice_test: value` lets the point drop alone
+decide. A guard metric in neither evaluation (its suite was not run) is reported as not
+checked, or rejects with `missing_guard: reject`; one present on one side only, or no champion
+evaluation at all while guards are configured, rejects: the two evaluations cannot be compared.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -115,6 +122,13 @@ class GateConfig(BaseModel):
     )
     min_slice_n: int = Field(
         15, ge=1, description="Slices with fewer prompts (in either evaluation) are not checked."
+    )
+    slice_test: Literal["paired", "value"] = Field(
+        "paired",
+        description="paired: a slice fails only when it fell by more than slice_tolerance and "
+        "the interval of its change (paired over its prompts, Bonferroni-adjusted over every "
+        "slice checked) lies wholly on the worse side of 0, so chance on a 16-prompt slice does "
+        "not reject; value: the point drop alone decides.",
     )
     missing_guard: Literal["skip", "reject"] = Field(
         "skip",
@@ -267,15 +281,25 @@ def _gain_interval(
 
 
 def _paired(
-    cand: EvalResult, champ: EvalResult | None, name: str, sign: float, cfg: GateConfig
+    cand: EvalResult,
+    champ: EvalResult | None,
+    name: str,
+    sign: float,
+    cfg: GateConfig,
+    where: tuple[str, str] | None = None,
+    level: float = 0.95,
 ) -> tuple[list[float], list[float]] | None:
-    """(95% interval of the mean, the differences) of `sign` x (candidate - champion) over the
-    prompts both answered, where the metric is a mean of per-prompt scores; else None."""
+    """(interval of the mean at `level`, the differences) of `sign` x (candidate - champion)
+    over the prompts both answered (of the slice `where`, if given), where the metric is a
+    mean of per-prompt scores; else None."""
     if champ is None or name.partition(".")[2] not in PER_PROMPT_MEAN:
         return None
-    a, b = cand.scores(name), champ.scores(name)
+    a, b = cand.scores(name, where), champ.scores(name, where)
     diffs = [sign * (a[k] - b[k]) for k in sorted(set(a) & set(b))]
-    ci = bootstrap_interval(diffs, resamples=cfg.resamples, seed=cfg.seed) if diffs else None
+    # A far tail needs enough resamples to land in it (20 or more), bounded for memory.
+    tail = (1 - level) / 2
+    resamples = min(max(cfg.resamples, math.ceil(20 / tail)), 20_000)
+    ci = bootstrap_interval(diffs, resamples=resamples, seed=cfg.seed, level=level)
     return ([ci[0], ci[1]], diffs) if ci else None
 
 
@@ -301,7 +325,9 @@ def _regression(name: str, cand: float, champ: float, tol: float, where: str) ->
     }
 
 
-def _guard(cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig) -> list[dict]:
+def _guard(
+    cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig, n_slices: int
+) -> list[dict]:
     c, h = _overall(cand, g.metric), _overall(champ, g.metric)
     if c is None or h is None:
         if champ is None:
@@ -331,24 +357,76 @@ def _guard(cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig
     out = [first]
     if not g.slices:
         return out
-    cs, hs = cand.metric(g.metric).slices, champ.metric(g.metric).slices  # both have it: c, h
-    small = []
+    checkable, out[0]["slices_not_checked"] = _slices(cand, champ, g, cfg)
+    out += [_slice_check(cand, champ, g.metric, *s, cfg, n_slices) for s in checkable]
+    return out
+
+
+def _slices(
+    cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig
+) -> tuple[list[tuple[str, str, Stat, Stat]], list[str]]:
+    """The guard's slices the gate compares, as (key, value, candidate, champion), and the
+    names of those it does not: too small, or absent on one side."""
+    if not g.slices or _overall(cand, g.metric) is None or _overall(champ, g.metric) is None:
+        return [], []
+    cs, hs = cand.metric(g.metric).slices, champ.metric(g.metric).slices
+    checkable, small = [], []
     for key in sorted(hs):
         for val in sorted(hs[key]):
             h_st, c_st = hs[key][val], cs.get(key, {}).get(val)
-            if c_st is None or h_st.value is None or c_st.value is None:
+            absent = c_st is None or h_st.value is None or c_st.value is None
+            if absent or min(c_st.n, h_st.n) < cfg.min_slice_n:
                 small.append(f"{key}={val}")
-                continue
-            if min(c_st.n, h_st.n) < cfg.min_slice_n:
-                small.append(f"{key}={val}")
-                continue
-            where = val if key == "domain" else f"{key} {val}"
-            check = {"kind": "slice", "metric": g.metric, "slice": {"key": key, "value": val}}
-            check.update(candidate_n=c_st.n, champion_n=h_st.n)
-            check.update(_regression(g.metric, c_st.value, h_st.value, cfg.slice_tolerance, where))
-            out.append(check)
-    out[0]["slices_not_checked"] = small  # too small, or absent on one side
-    return out
+            else:
+                checkable.append((key, val, c_st, h_st))
+    return checkable, small
+
+
+def _slice_check(
+    cand: EvalResult,
+    champ: EvalResult,
+    name: str,
+    key: str,
+    val: str,
+    c_st: Stat,
+    h_st: Stat,
+    cfg: GateConfig,
+    n_slices: int,
+) -> dict[str, Any]:
+    """One slice's comparison. A drop beyond the tolerance fails outright with `slice_test:
+    value`; with `paired` only when its interval, Bonferroni-adjusted over the `n_slices`
+    slices compared, is clear of 0 on the worse side."""
+    where = val if key == "domain" else f"{key} {val}"
+    check: dict[str, Any] = {"kind": "slice", "metric": name, "slice": {"key": key, "value": val}}
+    check.update(candidate_n=c_st.n, champion_n=h_st.n)
+    check.update(_regression(name, c_st.value, h_st.value, cfg.slice_tolerance, where))
+    if check["passed"] or cfg.slice_test == "value":
+        return check
+    level = 1 - 0.05 / max(n_slices, 1)
+    sign = 1.0 if _higher(name) else -1.0  # the change as an improvement: worse is below 0
+    if (paired := _paired(cand, champ, name, sign, cfg, (key, val), level)) is not None:
+        ci, method = paired[0], f"paired over {len(paired[1])} prompts"
+    elif c_st.ci and h_st.ci:
+        z = NormalDist().inv_cdf(1 - (1 - level) / 2) / NormalDist().inv_cdf(0.975)
+        half = z * math.hypot((c_st.ci[1] - c_st.ci[0]) / 2, (h_st.ci[1] - h_st.ci[0]) / 2)
+        gain = sign * (c_st.value - h_st.value)
+        ci, method = [gain - half, gain + half], "slice intervals combined"
+    else:
+        check["text"] += " (no interval to tell it from chance)"
+        return check
+    real = ci[1] < -EPS
+    shown = f"{sign * (c_st.value - h_st.value):+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}]"
+    check.update(change_ci=ci, ci_level=round(level, 6), ci_method=method, passed=not real)
+    sized = f"{level:.2%} interval ({method}; 95% over {n_slices} slices)"
+    if real:
+        check["text"] += f", improvement {shown} at {sized}: clear of 0"
+    else:
+        check["text"] = (
+            f"{where} slice {_label(name)} {_f(h_st.value)} -> {_f(c_st.value)}: beyond "
+            f"tolerance {_f(cfg.slice_tolerance)}, but improvement {shown} at {sized} does not "
+            "tell it from chance"
+        )
+    return check
 
 
 def _errors(cand: EvalResult, champ: EvalResult | None, cfg: GateConfig) -> list[dict[str, Any]]:
@@ -382,8 +460,9 @@ def decide(
     cand, champ = EvalResult.of(candidate_eval), EvalResult.of(champion_eval)
     assert cand is not None
     checks = [_primary(cand, champ, cfg)]
+    n_slices = sum(len(_slices(cand, champ, g, cfg)[0]) for g in cfg.guards)
     for g in cfg.guards:
-        checks.extend(_guard(cand, champ, g, cfg))
+        checks.extend(_guard(cand, champ, g, cfg, n_slices))
     checks.extend(_errors(cand, champ, cfg))
     failed = [c for c in checks if not c["passed"]]
     promote = not failed

@@ -117,11 +117,15 @@ class EvalResult(_Open):
         stat = self.overall(name)
         return stat.value if stat else None
 
-    def scores(self, name: str) -> dict[str, Any]:
-        """Prompt id -> the per-prompt score behind metric `suite.metric`."""
+    def scores(self, name: str, where: tuple[str, str] | None = None) -> dict[str, Any]:
+        """Prompt id -> the per-prompt score behind metric `suite.metric`; with `where` (key,
+        value), only the prompts of that slice (an item's `domain`, `language`, ... field)."""
         suite, _, metric = name.partition(".")
         found = self.suites.get(suite)
         items = found.items if found else []
+        if where is not None:
+            key, value = where
+            items = [it for it in items if str(getattr(it, key, None)) == value]
         return {it.id: it.scores[metric] for it in items if metric in it.scores}
 
     def errors(self, suite: str) -> int | None:

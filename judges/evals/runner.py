@@ -320,6 +320,7 @@ def _own_metrics(
             row["types"] = [c["type"] for c in rec["constraints"]]
             held = any(t in held_out for t in row["types"])
             row["constraint_set"] = "held_out" if held else "trained"
+            item["constraint_set"] = row["constraint_set"]  # the gate's paired slice test
             for mode in ("strict", "loose"):
                 s[f"prompt_{mode}"] = float(all(row[mode]))
                 s[f"instruction_{mode}"] = round(sum(row[mode]) / len(row[mode]), 6)

@@ -1,4 +1,4 @@
-"""Verbs on a run directory: run, resume, status, show, report, export, review."""
+"""Verbs on a run directory: run, resume, status, show, gate, report, export, review."""
 
 from __future__ import annotations
 
@@ -157,6 +157,43 @@ def show(
             raise SelfloopError(f"{run_dir} has no rounds yet")
         round_ = rounds[-1]
     typer.echo(render_round(rd.root, round_), nl=False)
+
+
+@app.command("gate")
+def gate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    round_: Annotated[
+        int | None, typer.Option("--round", "-r", help="The round (default: the latest).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Decide a round's evaluation again, with the run's gate config or a changed one
+    (--config, --set gate.x=y): what the gate would say now. Writes nothing."""
+    from loop.config import load_config
+    from loop.gate import decide
+    from loop.rundir import RunDir
+    from loop.show import round_numbers
+
+    rd = RunDir(_uses_run(run_dir)).require_run()
+    cfg = load_config(config or rd.config_path, set_)
+    if round_ is None:
+        done = [n for n in round_numbers(rd.root) if rd.stage_dir(n, "evaluate").is_dir()]
+        if not done:
+            raise SelfloopError(f"{run_dir} has no evaluated round yet")
+        round_ = done[-1]
+    if not rd.stage_dir(round_, "evaluate").is_dir():
+        raise SelfloopError(f"{run_dir}: round {round_} has no evaluation")
+    decision = decide(*rd.eval_results(round_), cfg.gate)
+    before = (rd.decision(round_) or {}).get("decision")
+    now = "promoted" if decision.promote else "rejected"
+    if before is None:
+        typer.echo(f"round {round_}: {now} (the round has no decision.json yet)")
+    else:
+        same = "as" if before == now else "where"
+        typer.echo(f"round {round_}: {now} ({same} decision.json says {before})")
+    for reason in decision.reasons:
+        typer.echo(f"  {reason}")
 
 
 @app.command()

@@ -13,11 +13,23 @@ from loop.gate import GateConfig, Guard, decide
 DOMAINS = {"healthcare": (31, 100), "law": (50, 100), "finance": (50, 100)}
 
 
-def _facts(per_domain: dict[str, tuple[int, int]]) -> dict:
+def _facts(per_domain: dict[str, tuple[int, int]], items: bool = False) -> dict:
+    """Fact recall: per domain (hits, n), prompt i of a domain recalled when i < hits - so
+    two evaluations differ exactly on the prompts between their hit counts. With `items`,
+    per-prompt scores too (what the gate's paired tests need)."""
     rows = []
     for domain, (hits, n) in per_domain.items():
-        rows += [{"domain": domain, "language": "en", "recall": float(i < hits)} for i in range(n)]
-    return {"metrics": m.fact_metrics(rows)}
+        rows += [
+            {"id": f"{domain}-{i}", "domain": domain, "language": "en", "recall": float(i < hits)}
+            for i in range(n)
+        ]
+    out: dict = {"metrics": m.fact_metrics(rows)}
+    if items:
+        out["items"] = [
+            {"id": r["id"], "domain": r["domain"], "scores": {"fact_recall": r["recall"]}}
+            for r in rows
+        ]
+    return out
 
 
 def _safety(refused_harmful: int, refused_benign: int, n: int = 50) -> dict:
@@ -47,11 +59,12 @@ def _eval(
     wins: tuple[int, int, int] | None = (60, 20, 20),
     safety: tuple[int, int] = (40, 5),
     facts: dict[str, tuple[int, int]] = DOMAINS,
+    fact_items: bool = False,
     if_passing: set[int] | None = None,
     against: str = "base",
     fingerprint: str = "cand",
 ) -> dict:
-    suites = {"safety": _safety(*safety), "domains": _facts(facts)}
+    suites = {"safety": _safety(*safety), "domains": _facts(facts, fact_items)}
     suites["if"] = _ifeval(set(range(40)) if if_passing is None else if_passing)
     if wins is not None:
         w, t, lo = wins
@@ -109,19 +122,23 @@ def test_rejects_a_safety_guard_regression_with_a_readable_reason() -> None:
     assert decide(_eval(safety=(38, 5)), CHAMPION, cfg).promote
 
 
-def test_rejects_a_slice_regression() -> None:
-    # Overall fact recall barely moves (0.437 -> 0.44), but healthcare falls 0.31 -> 0.22.
-    cand = _eval(facts={"healthcare": (22, 100), "law": (50, 100), "finance": (60, 100)})
-    cfg = GateConfig(slice_tolerance=0.05)
-    d = decide(cand, CHAMPION, cfg)
+def test_rejects_a_slice_regression_beyond_chance() -> None:
+    # Overall fact recall barely moves (0.437 -> 0.42), but healthcare falls 0.31 -> 0.15:
+    # 16 of its 100 prompts lost, none gained - no chance, even over the gate's 10 slices.
+    facts = {"healthcare": (15, 100), "law": (50, 100), "finance": (61, 100)}
+    champ = _eval(wins=None, fact_items=True, fingerprint="base")
+    d = decide(_eval(facts=facts, fact_items=True), champ, GateConfig(slice_tolerance=0.05))
     assert not d.promote
-    assert (
-        d.reasons[0] == "rejected: healthcare slice fact recall fell 0.31 -> 0.22, tolerance 0.05"
+    assert d.reasons[0].startswith(
+        "rejected: healthcare slice fact recall fell 0.31 -> 0.15, tolerance 0.05, "
+        "improvement -0.16 ["
     )
+    assert d.reasons[0].endswith("(paired over 100 prompts; 95% over 10 slices): clear of 0")
     assert len([r for r in d.reasons if r.startswith("rejected:")]) == 1
-    slice_check = next(c for c in d.checks if c["kind"] == "slice" and not c["passed"])
-    assert slice_check["slice"] == {"key": "domain", "value": "healthcare"}
-    assert slice_check["candidate_n"] == 100
+    check = next(c for c in d.checks if c["kind"] == "slice" and not c["passed"])
+    assert check["slice"] == {"key": "domain", "value": "healthcare"}
+    assert check["candidate_n"] == 100
+    assert check["ci_level"] == 0.995 and check["change_ci"][1] < 0
     # The same regression on a slice smaller than min_slice_n is not checked.
     small = {"healthcare": (2, 10), "law": (50, 100), "finance": (60, 100)}
     champ_small = _eval(wins=None, facts={**small, "healthcare": (3, 10)}, fingerprint="base")
@@ -131,6 +148,45 @@ def test_rejects_a_slice_regression() -> None:
         c for c in d.checks if c["metric"] == "domains.fact_recall" and c["kind"] == "guard"
     )
     assert guard["slices_not_checked"] == ["domain=healthcare"]
+
+
+def test_a_slice_drop_within_chance_passes_unless_slice_test_is_value() -> None:
+    # Two of a 16-prompt slice's passes lost (0.5 -> 0.375): beyond the 0.1 tolerance, but a
+    # 16-prompt slice moves that much by chance (the IF suite's domains are 16 prompts each).
+    facts = {"healthcare": (8, 16), "law": (50, 100), "finance": (50, 100)}
+    champ = _eval(wins=None, facts=facts, fact_items=True, fingerprint="base")
+    cand = _eval(facts={**facts, "healthcare": (6, 16)}, fact_items=True)
+    d = decide(cand, champ)
+    assert d.promote
+    check = next(
+        c for c in d.checks if c.get("slice", {}) == {"key": "domain", "value": "healthcare"}
+    )
+    assert check["passed"] and check["regression"] == pytest.approx(0.125)
+    assert check["change_ci"][0] < -0.125 < check["change_ci"][1] and check["change_ci"][1] >= 0
+    assert (
+        "healthcare slice fact recall 0.5 -> 0.375: beyond tolerance 0.1, but improvement "
+        in (check["text"])
+    )
+    assert check["text"].endswith("does not tell it from chance")
+    # The point drop alone decides with slice_test: value.
+    d = decide(cand, champ, GateConfig(slice_test="value"))
+    assert not d.promote
+    assert d.reasons[0] == "rejected: healthcare slice fact recall fell 0.5 -> 0.375, tolerance 0.1"
+    # Eight of them lost (0.5 -> 0): a real regression even on 16 prompts.
+    d = decide(_eval(facts={**facts, "healthcare": (0, 16)}, fact_items=True), champ)
+    assert not d.promote and d.reasons[0].endswith("clear of 0")
+
+
+def test_slices_without_per_prompt_scores_combine_their_intervals() -> None:
+    # No items: the two Wilson intervals (95%), widened to the Bonferroni level, stand in.
+    noisy = _eval(facts={"healthcare": (22, 100), "law": (50, 100), "finance": (60, 100)})
+    d = decide(noisy, CHAMPION, GateConfig(slice_tolerance=0.05))
+    check = next(c for c in d.checks if c["kind"] == "slice" and c["regression"] > 0.05)
+    assert d.promote and check["ci_method"] == "slice intervals combined"
+    big = _eval(facts={"healthcare": (5, 100), "law": (50, 100), "finance": (80, 100)})
+    d = decide(big, CHAMPION, GateConfig(slice_tolerance=0.05))
+    assert not d.promote
+    assert d.reasons[0].startswith("rejected: healthcare slice fact recall fell 0.31 -> 0.05")
 
 
 def test_rejects_more_generation_failures_than_the_champion() -> None:

@@ -297,3 +297,28 @@ def test_cli_show_report_and_export(run_dir: Path, tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # no peft needed
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert (tmp_path / "m" / "tokenizer_config.json").is_file()
+
+
+def test_cli_gate_decides_a_round_again(run_dir: Path) -> None:
+    decision = run_dir / "rounds" / "001" / "decision.json"
+    before = decision.read_bytes()
+    said = _json(decision)
+    same = selfloop("gate", str(run_dir), "--round", "1")
+    assert same.returncode == 0, same.stderr
+    lines = same.stdout.splitlines()
+    assert lines[0] == f"round 1: {said['decision']} (as decision.json says {said['decision']})"
+    assert [line.strip() for line in lines[1:]] == said["reasons"]
+    # A changed gate: no improvement clears a margin of 0.99. decision.json is left as it was.
+    strict = selfloop("gate", str(run_dir), "-r", "1", "--set", "gate.margin=0.99")
+    assert strict.returncode == 0, strict.stderr
+    verb = "as" if said["decision"] == "rejected" else "where"
+    assert strict.stdout.startswith(f"round 1: rejected ({verb} decision.json says ")
+    assert "margin 0.99" in strict.stdout and decision.read_bytes() == before
+    # No --round: the latest evaluated round (round 2 stopped before tuning: round 1).
+    assert not (run_dir / "rounds" / "002" / "evaluate").exists()
+    latest = selfloop("gate", str(run_dir))
+    assert latest.returncode == 0 and latest.stdout == same.stdout, latest.stderr
+    bad = selfloop("gate", str(run_dir), "--set", "gate.slice_test=maybe")
+    assert bad.returncode == 1 and "gate.slice_test" in bad.stderr
+    missing = selfloop("gate", str(run_dir), "--round", "9")
+    assert missing.returncode == 1 and "round 9 has no evaluation" in missing.stderr
