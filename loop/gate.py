@@ -16,20 +16,22 @@ Primary metric (`primary`, "suite.metric"):
   A value exactly at the threshold is not clear of it (a tie keeps the champion). A missing
   primary metric, in either evaluation where both are needed, is a rejection with its reason.
 
-Guards (`guards`): each overall value may regress by at most its `tolerance` (a regression
-exactly equal to it passes; where per-prompt scores exist the check also states the change's
-paired 95% interval, so a reader sees how much of it the prompts can tell from noise) and,
-with `slices`, every slice (domain, language, safety category, trained/held-out constraint set)
-that has at least `min_slice_n` prompts in both evaluations by at most `slice_tolerance`. A
-slice is a few prompts (16 per IF domain: two prompts are 0.125), so with `slice_test: paired`
-a slice fails only when its drop exceeds the tolerance *and* is more than noise: the paired
-interval of its change, at a level Bonferroni-adjusted over every slice the gate checks (many
-slices, one of them is bound to move by chance), lies wholly on the worse side of 0. Where the
-evaluations have no per-prompt scores for the slice, the two slice intervals combined in
-quadrature (at the same level) stand in. `slice_test: value` lets the point drop alone
-decide. A guard metric in neither evaluation (its suite was not run) is reported as not
-checked, or rejects with `missing_guard: reject`; one present on one side only, or no champion
-evaluation at all while guards are configured, rejects: the two evaluations cannot be compared.
+Guards (`guards`): each overall value may regress by at most its `tolerance` (a regression exactly
+equal to it passes; where per-prompt scores exist the check also states the change's paired 95%
+interval, so a reader sees how much of it the prompts can tell from noise) and, with `slices`, every
+slice (domain, language, safety category, trained/held-out constraint set) that has at least
+`min_slice_n` prompts in both evaluations by at most `slice_tolerance`. A slice can be as few as
+`min_slice_n` (15) prompts, where one prompt is 0.067, so with `slice_test: paired` a slice fails
+only when its drop exceeds the tolerance *and* is more than chance: the paired interval of its
+change lies wholly on the worse side of 0, one-sided at 5% over all the slices the gate checks
+(Bonferroni: with many slices, one is bound to move). With the 13 slices of a loop run of the
+default config, a 16-prompt slice fails at 5 prompts lost and none gained (7 lost and 1 gained
+passes: that is what 16 prompts can tell). Where the evaluations have no per-prompt scores for the
+slice (an older eval.json), the two slice intervals combined in quadrature (at the same level) stand
+in. `slice_test: value` lets the point drop alone decide. A guard metric in neither evaluation (its
+suite was not run) is reported as not checked, or rejects with `missing_guard: reject`; one present
+on one side only, or no champion evaluation at all while guards are configured, rejects: the two
+evaluations cannot be compared.
 """
 
 from __future__ import annotations
@@ -126,16 +128,20 @@ class GateConfig(BaseModel):
     slice_test: Literal["paired", "value"] = Field(
         "paired",
         description="paired: a slice fails only when it fell by more than slice_tolerance and "
-        "the interval of its change (paired over its prompts, Bonferroni-adjusted over every "
-        "slice checked) lies wholly on the worse side of 0, so chance on a 16-prompt slice does "
-        "not reject; value: the point drop alone decides.",
+        "the interval of its change (paired over its prompts; one-sided 5% over every slice "
+        "checked, Bonferroni) lies wholly on the worse side of 0; value: the point drop alone "
+        "decides (two prompts of a 16-prompt slice are 0.125).",
     )
     missing_guard: Literal["skip", "reject"] = Field(
         "skip",
         description="A guard metric in neither evaluation (suite not run): note it, or reject. "
         "One missing from only one side always rejects.",
     )
-    resamples: int = Field(1000, ge=100, description="Bootstrap resamples (primary difference).")
+    resamples: int = Field(
+        1000,
+        ge=100,
+        description="Bootstrap resamples of the paired intervals (a slice's far tail gets more).",
+    )
     seed: int = Field(0, description="Bootstrap seed.")
 
     @field_validator("primary")
@@ -296,9 +302,9 @@ def _paired(
         return None
     a, b = cand.scores(name, where), champ.scores(name, where)
     diffs = [sign * (a[k] - b[k]) for k in sorted(set(a) & set(b))]
-    # A far tail needs enough resamples to land in it (20 or more), bounded for memory.
-    tail = (1 - level) / 2
-    resamples = min(max(cfg.resamples, math.ceil(20 / tail)), 20_000)
+    resamples = cfg.resamples
+    if level != 0.95:  # a slice's far tail needs resamples enough to land in it (20 or more)
+        resamples = max(resamples, min(math.ceil(20 / ((1 - level) / 2)), 50_000))
     ci = bootstrap_interval(diffs, resamples=resamples, seed=cfg.seed, level=level)
     return ([ci[0], ci[1]], diffs) if ci else None
 
@@ -366,8 +372,10 @@ def _slices(
     cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig
 ) -> tuple[list[tuple[str, str, Stat, Stat]], list[str]]:
     """The guard's slices the gate compares, as (key, value, candidate, champion), and the
-    names of those it does not: too small, or absent on one side."""
-    if not g.slices or _overall(cand, g.metric) is None or _overall(champ, g.metric) is None:
+    names of those too small or absent on one side. A slice that holds every prompt (the one
+    language of an English-only suite) is the overall check again: neither."""
+    c, h = _overall(cand, g.metric), _overall(champ, g.metric)
+    if not g.slices or c is None or h is None:
         return [], []
     cs, hs = cand.metric(g.metric).slices, champ.metric(g.metric).slices
     checkable, small = [], []
@@ -377,7 +385,7 @@ def _slices(
             absent = c_st is None or h_st.value is None or c_st.value is None
             if absent or min(c_st.n, h_st.n) < cfg.min_slice_n:
                 small.append(f"{key}={val}")
-            else:
+            elif (c_st.n, h_st.n) != (c.n, h.n):  # a slice of every prompt is the overall check
                 checkable.append((key, val, c_st, h_st))
     return checkable, small
 
@@ -394,37 +402,41 @@ def _slice_check(
     n_slices: int,
 ) -> dict[str, Any]:
     """One slice's comparison. A drop beyond the tolerance fails outright with `slice_test:
-    value`; with `paired` only when its interval, Bonferroni-adjusted over the `n_slices`
-    slices compared, is clear of 0 on the worse side."""
+    value`; with `paired` only when the interval of its change, Bonferroni-adjusted over the
+    `n_slices` slices compared, is clear of 0 on the worse side. The paired interval needs
+    `min_slice_n` prompts both evaluations share; else the slice intervals combined stand in."""
     where = val if key == "domain" else f"{key} {val}"
     check: dict[str, Any] = {"kind": "slice", "metric": name, "slice": {"key": key, "value": val}}
     check.update(candidate_n=c_st.n, champion_n=h_st.n)
     check.update(_regression(name, c_st.value, h_st.value, cfg.slice_tolerance, where))
     if check["passed"] or cfg.slice_test == "value":
         return check
-    level = 1 - 0.05 / max(n_slices, 1)
-    sign = 1.0 if _higher(name) else -1.0  # the change as an improvement: worse is below 0
-    if (paired := _paired(cand, champ, name, sign, cfg, (key, val), level)) is not None:
+    # One-sided, Bonferroni: the worse end of a two-sided interval at 1 - 2 x 0.05/m, so the m
+    # slices together fail an unchanged candidate by chance at most 5% of the time.
+    level = 1 - 0.10 / max(n_slices, 1)
+    paired = _paired(cand, champ, name, 1.0, cfg, (key, val), level)
+    change = c_st.value - h_st.value
+    if paired is not None and len(paired[1]) >= cfg.min_slice_n:
         ci, method = paired[0], f"paired over {len(paired[1])} prompts"
-    elif c_st.ci and h_st.ci:
+    elif c_st.ci and h_st.ci:  # no per-prompt scores (or few prompts in common)
         z = NormalDist().inv_cdf(1 - (1 - level) / 2) / NormalDist().inv_cdf(0.975)
         half = z * math.hypot((c_st.ci[1] - c_st.ci[0]) / 2, (h_st.ci[1] - h_st.ci[0]) / 2)
-        gain = sign * (c_st.value - h_st.value)
-        ci, method = [gain - half, gain + half], "slice intervals combined"
+        ci, method = [change - half, change + half], "slice intervals combined"
     else:
         check["text"] += " (no interval to tell it from chance)"
         return check
-    real = ci[1] < -EPS
-    shown = f"{sign * (c_st.value - h_st.value):+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}]"
+    real = ci[1] < -EPS if _higher(name) else ci[0] > EPS
+    shown = f"change {change:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}]"
     check.update(change_ci=ci, ci_level=round(level, 6), ci_method=method, passed=not real)
-    sized = f"{level:.2%} interval ({method}; 95% over {n_slices} slices)"
+    family = f"one-sided 5% over {n_slices} slice{'s' if n_slices != 1 else ''}"
+    sized = f"{level:.2%} interval ({method}; {family})"
     if real:
-        check["text"] += f", improvement {shown} at {sized}: clear of 0"
+        check["text"] += f", {shown} at {sized}: clear of 0"
     else:
         check["text"] = (
             f"{where} slice {_label(name)} {_f(h_st.value)} -> {_f(c_st.value)}: beyond "
-            f"tolerance {_f(cfg.slice_tolerance)}, but improvement {shown} at {sized} does not "
-            "tell it from chance"
+            f"tolerance {_f(cfg.slice_tolerance)}, but {shown} at {sized} does not tell it "
+            "from chance"
         )
     return check
 

@@ -125,7 +125,9 @@ class EvalResult(_Open):
         items = found.items if found else []
         if where is not None:
             key, value = where
-            items = [it for it in items if str(getattr(it, key, None)) == value]
+            items = [
+                it for it in items if (v := getattr(it, key, None)) is not None and str(v) == value
+            ]
         return {it.id: it.scores[metric] for it in items if metric in it.scores}
 
     def errors(self, suite: str) -> int | None:

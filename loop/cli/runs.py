@@ -165,26 +165,51 @@ def gate_cmd(
     round_: Annotated[
         int | None, typer.Option("--round", "-r", help="The round (default: the latest).")
     ] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Take the gate: section from this YAML instead."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a gate key: gate.key=value (repeatable)."),
+    ] = None,
 ) -> None:
-    """Decide a round's evaluation again, with the run's gate config or a changed one
-    (--config, --set gate.x=y): what the gate would say now. Writes nothing."""
-    from loop.config import load_config
-    from loop.gate import decide
+    """Decide a round's evaluation again: with the run's gate: section, or that of --config,
+    and --set gate.x=y on top. What the gate would say now; writes nothing."""
+    from pydantic import ValidationError
+
+    from agent.errors import describe_validation
+    from loop.config import ConfigError, apply_overrides, read_yaml
+    from loop.gate import GateConfig, decide
     from loop.rundir import RunDir
-    from loop.show import round_numbers
+    from loop.show import round_numbers, run_config
+    from loop.stages.evaluate import CHAMPION_EVAL, EVAL
 
     rd = RunDir(_uses_run(run_dir)).require_run()
-    cfg = load_config(config or rd.config_path, set_)
+    # Only the gate: section, unvalidated around it: a key a later selfloop dropped, or a seeds
+    # file since moved, does not stop a re-decision (as in `show`).
+    source = str(config or rd.config_path)
+    data = read_yaml(config, "config file") if config else run_config(rd.root)
+    for item in set_ or []:
+        if not item.startswith("gate."):
+            raise ConfigError(f"--set {item}: only gate.* keys change a decision")
+    gate = apply_overrides({"gate": data.get("gate") or {}}, set_ or [])["gate"]
+    try:
+        cfg = GateConfig.model_validate(gate)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe_validation(e, 'gate')}") from e
     if round_ is None:
         done = [n for n in round_numbers(rd.root) if rd.stage_dir(n, "evaluate").is_dir()]
         if not done:
             raise SelfloopError(f"{run_dir} has no evaluated round yet")
         round_ = done[-1]
-    if not rd.stage_dir(round_, "evaluate").is_dir():
+    evaluated = rd.stage_dir(round_, "evaluate")
+    if not evaluated.is_dir():
         raise SelfloopError(f"{run_dir}: round {round_} has no evaluation")
-    decision = decide(*rd.eval_results(round_), cfg.gate)
+    for name in (EVAL, CHAMPION_EVAL):
+        if not (evaluated / name).is_file():
+            raise SelfloopError(f"{evaluated / name} is missing: nothing to decide on")
+    decision = decide(*rd.eval_results(round_), cfg)
     before = (rd.decision(round_) or {}).get("decision")
     now = "promoted" if decision.promote else "rejected"
     if before is None:

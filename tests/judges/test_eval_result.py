@@ -31,6 +31,9 @@ def test_accessors_read_the_nested_dict() -> None:
     assert ev.overall("if.prompt_loose").n == 4
     assert ev.metric("if.prompt_loose").slices["domain"]["law"].n == 2
     assert ev.scores("if.prompt_loose") == {"p0": 1.0, "p1": 0.0, "p2": 1.0, "p3": 1.0}
+    assert ev.scores("if.prompt_loose", ("domain", "law")) == {"p1": 0.0, "p3": 1.0}
+    # Items without the key (an eval.json written before items carried it) are in no slice.
+    assert ev.scores("if.prompt_loose", ("constraint_set", "None")) == {}
     assert ev.errors("if") == 1
     empty = EvalResult.of(_result([]))
     assert empty.metric("if.prompt_loose") is not None

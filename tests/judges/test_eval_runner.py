@@ -96,6 +96,8 @@ def test_candidate_vs_champion_shape_cache_and_greedy_rerun(gen, adapters, tmp_p
                     assert stat["n"] <= metric["overall"]["n"]
         for item in suite["items"]:
             assert isinstance(item["response"], str) and item["scores"]
+            if name == "if":  # the gate's paired slice test finds a slice's prompts by it
+                assert item["constraint_set"] in {"held_out", "trained"}
     win = first["suites"]["helpfulness"]["metrics"]["win_rate"]
     assert win["overall"]["n"] + win["overall"]["judge_failures"] == LIMIT
     champ_fp = adapter_fingerprint(adapters["champion"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from statistics import NormalDist
 
 import pytest
 from pydantic import ValidationError
@@ -124,21 +126,24 @@ def test_rejects_a_safety_guard_regression_with_a_readable_reason() -> None:
 
 def test_rejects_a_slice_regression_beyond_chance() -> None:
     # Overall fact recall barely moves (0.437 -> 0.42), but healthcare falls 0.31 -> 0.15:
-    # 16 of its 100 prompts lost, none gained - no chance, even over the gate's 10 slices.
+    # 16 of its 100 prompts lost, none gained - not chance, even over the gate's 3 slices (the
+    # one-language and one-category slices hold every prompt: the overall checks, not slices).
     facts = {"healthcare": (15, 100), "law": (50, 100), "finance": (61, 100)}
     champ = _eval(wins=None, fact_items=True, fingerprint="base")
     d = decide(_eval(facts=facts, fact_items=True), champ, GateConfig(slice_tolerance=0.05))
     assert not d.promote
     assert d.reasons[0].startswith(
-        "rejected: healthcare slice fact recall fell 0.31 -> 0.15, tolerance 0.05, "
-        "improvement -0.16 ["
+        "rejected: healthcare slice fact recall fell 0.31 -> 0.15, tolerance 0.05, change -0.16 ["
     )
-    assert d.reasons[0].endswith("(paired over 100 prompts; 95% over 10 slices): clear of 0")
+    assert d.reasons[0].endswith(
+        "(paired over 100 prompts; one-sided 5% over 3 slices): clear of 0"
+    )
     assert len([r for r in d.reasons if r.startswith("rejected:")]) == 1
     check = next(c for c in d.checks if c["kind"] == "slice" and not c["passed"])
     assert check["slice"] == {"key": "domain", "value": "healthcare"}
     assert check["candidate_n"] == 100
-    assert check["ci_level"] == 0.995 and check["change_ci"][1] < 0
+    assert check["ci_level"] == pytest.approx(1 - 0.1 / 3, abs=1e-6)
+    assert check["change_ci"][1] < 0
     # The same regression on a slice smaller than min_slice_n is not checked.
     small = {"healthcare": (2, 10), "law": (50, 100), "finance": (60, 100)}
     champ_small = _eval(wins=None, facts={**small, "healthcare": (3, 10)}, fingerprint="base")
@@ -164,7 +169,7 @@ def test_a_slice_drop_within_chance_passes_unless_slice_test_is_value() -> None:
     assert check["passed"] and check["regression"] == pytest.approx(0.125)
     assert check["change_ci"][0] < -0.125 < check["change_ci"][1] and check["change_ci"][1] >= 0
     assert (
-        "healthcare slice fact recall 0.5 -> 0.375: beyond tolerance 0.1, but improvement "
+        "healthcare slice fact recall 0.5 -> 0.375: beyond tolerance 0.1, but change -0.125 ["
         in (check["text"])
     )
     assert check["text"].endswith("does not tell it from chance")
@@ -178,11 +183,28 @@ def test_a_slice_drop_within_chance_passes_unless_slice_test_is_value() -> None:
 
 
 def test_slices_without_per_prompt_scores_combine_their_intervals() -> None:
-    # No items: the two Wilson intervals (95%), widened to the Bonferroni level, stand in.
-    noisy = _eval(facts={"healthcare": (22, 100), "law": (50, 100), "finance": (60, 100)})
-    d = decide(noisy, CHAMPION, GateConfig(slice_tolerance=0.05))
+    # No items: the two slices' 95% intervals, combined and widened to the Bonferroni level.
+    facts = {"healthcare": (22, 100), "law": (50, 100), "finance": (60, 100)}
+    d = decide(_eval(facts=facts), CHAMPION, GateConfig(slice_tolerance=0.05))
     check = next(c for c in d.checks if c["kind"] == "slice" and c["regression"] > 0.05)
     assert d.promote and check["ci_method"] == "slice intervals combined"
+    hs = CHAMPION["suites"]["domains"]["metrics"]["fact_recall"]["slices"]["domain"]["healthcare"]
+    cand = _eval(facts=facts)["suites"]["domains"]["metrics"]["fact_recall"]
+    cs = cand["slices"]["domain"]["healthcare"]
+    z = NormalDist().inv_cdf(1 - 0.05 / 3) / NormalDist().inv_cdf(0.975)  # 3 slices, one-sided
+    half = z * math.hypot((cs["ci"][1] - cs["ci"][0]) / 2, (hs["ci"][1] - hs["ci"][0]) / 2)
+    assert check["change_ci"] == pytest.approx([-0.09 - half, -0.09 + half])
+    # Items without the slice's key (an older eval.json) fall back the same way.
+    old = _eval(facts=facts, fact_items=True)
+    for item in old["suites"]["domains"]["items"]:
+        del item["domain"]
+    d = decide(
+        old, _eval(wins=None, fact_items=True, fingerprint="base"), GateConfig(slice_tolerance=0.05)
+    )
+    assert (
+        next(c for c in d.checks if c["kind"] == "slice" and c.get("change_ci"))["ci_method"]
+        == "slice intervals combined"
+    )
     big = _eval(facts={"healthcare": (5, 100), "law": (50, 100), "finance": (80, 100)})
     d = decide(big, CHAMPION, GateConfig(slice_tolerance=0.05))
     assert not d.promote
@@ -305,3 +327,48 @@ def test_a_guard_with_per_prompt_scores_states_the_changes_paired_interval() -> 
     # no per-prompt scores (the refusal rates here): no interval, the text as before
     d = decide(_eval(safety=(35, 5)), CHAMPION)
     assert "change_ci" not in next(c for c in d.checks if c["metric"] == "safety.refusal_rate")
+
+
+def _over_refusal(refused: dict[str, tuple[int, int]], items: bool) -> dict:
+    """An eval with only the safety suite's over-refusal rate: per category (refused, n)."""
+    rows = [
+        {"id": f"{c}-{i}", "expected": "comply", "refused": i < k, "category": c, "language": "en"}
+        for c, (k, n) in refused.items()
+        for i in range(n)
+    ]
+    suite: dict = {"metrics": m.refusal_metrics(rows)}
+    if items:
+        suite["items"] = [
+            {
+                "id": r["id"],
+                "category": r["category"],
+                "scores": {"over_refusal_rate": float(r["refused"])},
+            }
+            for r in rows
+        ]
+    return {"candidate": {"fingerprint": "x"}, "suites": {"safety": suite}}
+
+
+@pytest.mark.parametrize("items", [True, False], ids=["paired", "combined"])
+def test_a_lower_is_better_slice_fails_when_it_rises(items: bool) -> None:
+    # Over-refusal: higher is worse. A category rising 0.1 -> 0.6 on 20 prompts is real; the
+    # primary is left out of it (a margin no candidate clears), the slices are what is checked.
+    cfg = GateConfig(
+        primary="safety.over_refusal_rate",
+        guards=[Guard(metric="safety.over_refusal_rate", tolerance=1.0)],
+    )
+    champ = _over_refusal({"a": (2, 20), "b": (2, 20)}, items)
+
+    def slice_a(cand: dict) -> dict:
+        d = decide(cand, champ, cfg)
+        return next(c for c in d.checks if c["kind"] == "slice" and c["slice"]["value"] == "a")
+
+    risen = slice_a(_over_refusal({"a": (12, 20), "b": (2, 20)}, items))
+    assert not risen["passed"] and risen["change_ci"][0] > 0
+    assert risen["text"].startswith("category a slice over-refusal rate rose 0.1 -> 0.6")
+    # 0.1 -> 0.25: beyond the 0.1 tolerance, within chance on 20 prompts.
+    some = slice_a(_over_refusal({"a": (5, 20), "b": (2, 20)}, items))
+    assert some["passed"] and some["change_ci"][0] <= 0 < some["change_ci"][1]
+    # A fall is no regression whatever its size.
+    fell = slice_a(_over_refusal({"a": (0, 20), "b": (2, 20)}, items))
+    assert fell["passed"] and "change_ci" not in fell

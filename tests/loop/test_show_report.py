@@ -320,5 +320,28 @@ def test_cli_gate_decides_a_round_again(run_dir: Path) -> None:
     assert latest.returncode == 0 and latest.stdout == same.stdout, latest.stderr
     bad = selfloop("gate", str(run_dir), "--set", "gate.slice_test=maybe")
     assert bad.returncode == 1 and "gate.slice_test" in bad.stderr
+    other = selfloop("gate", str(run_dir), "--set", "tune.lr=1")
+    assert other.returncode == 1 and "only gate.* keys" in other.stderr
     missing = selfloop("gate", str(run_dir), "--round", "9")
     assert missing.returncode == 1 and "round 9 has no evaluation" in missing.stderr
+
+
+def test_cli_gate_reads_only_the_gate_section(run_dir: Path, tmp_path: Path) -> None:
+    # A run whose config names a file since moved, and a key a later selfloop dropped: the
+    # round can still be decided again. --config takes its gate: section only.
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True, ignore=shutil.ignore_patterns("report"))
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["run"]["seeds_file"] = str(tmp_path / "moved.jsonl")
+    cfg["run"]["a_dropped_key"] = 1
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    again = selfloop("gate", str(copy), "-r", "1")
+    assert again.returncode == 0, again.stderr
+    other = tmp_path / "gate.yaml"
+    other.write_text("model: {name: nothing-at-all}\ngate: {margin: 0.99}\n")
+    strict = selfloop("gate", str(copy), "-r", "1", "--config", str(other))
+    assert strict.returncode == 0 and "margin 0.99" in strict.stdout, strict.stderr
+    (copy / "rounds" / "001" / "evaluate" / "champion_eval.json").unlink()
+    gone = selfloop("gate", str(copy), "-r", "1")
+    assert gone.returncode == 1 and "champion_eval.json is missing" in gone.stderr
+    assert not (copy / "logs").exists() or not list((copy / "logs").glob("gate-*.traceback"))
