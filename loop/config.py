@@ -192,12 +192,13 @@ class EvalConfig(BaseModel):
         "(~520; right on a GPU, about an hour per model on 2 CPU cores).",
     )
     suite_limits: dict[str, int | None] = Field(
-        default_factory=lambda: {"if": None, "domains": None},
+        default_factory=lambda: {"if": None, "domains": None, "multilingual": None},
         description="Per-suite override of limit_per_suite (null = every prompt). By default "
         "the IF suite, the gate's primary, is evaluated whole (344 prompts): a paired test needs "
-        "them all to resolve a few points; and the domain suite (90), whose fact recall guards "
-        "with a 0.05 tolerance that 24 prompts cannot resolve (+-8 points). {} applies "
-        "limit_per_suite to every suite.",
+        "them all to resolve a few points; and the domain (90) and multilingual (112) suites, "
+        "whose fact recall and response-language accuracy guard with a 0.05 tolerance that 24 "
+        "prompts cannot resolve (one prompt is 0.042). {} applies limit_per_suite to every "
+        "suite.",
     )
     sampling: SamplingParams = Field(
         default_factory=lambda: EVAL_SAMPLING,
