@@ -24,8 +24,8 @@ slice (domain, language, safety category, trained/held-out constraint set) that 
 `min_slice_n` (15) prompts, where one prompt is 0.067, so with `slice_test: paired` a slice fails
 only when its drop exceeds the tolerance *and* is more than chance: the paired interval of its
 change lies wholly on the worse side of 0, one-sided at 5% over all the slices the gate checks
-(Bonferroni: with many slices, one is bound to move). With the 13 slices of a loop run of the
-default config, a 16-prompt slice fails at 5 prompts lost and none gained (7 lost and 1 gained
+(Bonferroni: with many slices, one is bound to move). With the 20 slices a loop run of the default
+config checks, a 16-prompt slice fails at 5 prompts lost and none gained (7 lost and 1 gained
 passes: that is what 16 prompts can tell). Where the evaluations have no per-prompt scores for the
 slice (an older eval.json), the two slice intervals combined in quadrature (at the same level) stand
 in. `slice_test: value` lets the point drop alone decide. A guard metric in neither evaluation (its
