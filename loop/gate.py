@@ -280,10 +280,15 @@ def _gain_interval(
         ci, diffs = paired
         return ci, f"paired bootstrap over {len(diffs)} prompts", diffs
     if stat.ci and base.ci and stat.value is not None and base.value is not None:
-        half = math.hypot((stat.ci[1] - stat.ci[0]) / 2, (base.ci[1] - base.ci[0]) / 2)
-        gain = sign * (stat.value - base.value)
-        return [gain - half, gain + half], "intervals combined", None
+        return _combined(sign * (stat.value - base.value), stat, base), "intervals combined", None
     return None, "none", None
+
+
+def _combined(change: float, a: Stat, b: Stat, widen: float = 1.0) -> list[float]:
+    """An interval of `change` from two unpaired 95% intervals: half-widths in quadrature,
+    times `widen` (a higher level's z over 1.96)."""
+    half = widen * math.hypot((a.ci[1] - a.ci[0]) / 2, (b.ci[1] - b.ci[0]) / 2)
+    return [change - half, change + half]
 
 
 def _paired(
@@ -332,7 +337,12 @@ def _regression(name: str, cand: float, champ: float, tol: float, where: str) ->
 
 
 def _guard(
-    cand: EvalResult, champ: EvalResult | None, g: Guard, cfg: GateConfig, n_slices: int
+    cand: EvalResult,
+    champ: EvalResult | None,
+    g: Guard,
+    cfg: GateConfig,
+    slices: tuple[list[tuple[str, str, Stat, Stat]], list[str]],
+    n_slices: int,
 ) -> list[dict]:
     c, h = _overall(cand, g.metric), _overall(champ, g.metric)
     if c is None or h is None:
@@ -363,7 +373,7 @@ def _guard(
     out = [first]
     if not g.slices:
         return out
-    checkable, out[0]["slices_not_checked"] = _slices(cand, champ, g, cfg)
+    checkable, out[0]["slices_not_checked"] = slices
     out += [_slice_check(cand, champ, g.metric, *s, cfg, n_slices) for s in checkable]
     return out
 
@@ -420,8 +430,7 @@ def _slice_check(
         ci, method = paired[0], f"paired over {len(paired[1])} prompts"
     elif c_st.ci and h_st.ci:  # no per-prompt scores (or few prompts in common)
         z = NormalDist().inv_cdf(1 - (1 - level) / 2) / NormalDist().inv_cdf(0.975)
-        half = z * math.hypot((c_st.ci[1] - c_st.ci[0]) / 2, (h_st.ci[1] - h_st.ci[0]) / 2)
-        ci, method = [change - half, change + half], "slice intervals combined"
+        ci, method = _combined(change, c_st, h_st, z), "slice intervals combined"
     else:
         check["text"] += " (no interval to tell it from chance)"
         return check
@@ -472,9 +481,10 @@ def decide(
     cand, champ = EvalResult.of(candidate_eval), EvalResult.of(champion_eval)
     assert cand is not None
     checks = [_primary(cand, champ, cfg)]
-    n_slices = sum(len(_slices(cand, champ, g, cfg)[0]) for g in cfg.guards)
-    for g in cfg.guards:
-        checks.extend(_guard(cand, champ, g, cfg, n_slices))
+    slices = [_slices(cand, champ, g, cfg) for g in cfg.guards]
+    n_slices = sum(len(checkable) for checkable, _ in slices)  # the Bonferroni family
+    for g, its in zip(cfg.guards, slices):
+        checks.extend(_guard(cand, champ, g, cfg, its, n_slices))
     checks.extend(_errors(cand, champ, cfg))
     failed = [c for c in checks if not c["passed"]]
     promote = not failed
