@@ -1,0 +1,199 @@
+"""Can preference pairs against the model's own greedy failures teach it to stop looping?
+
+    python bench/greedy_pairs.py --run RUN_DIR [--round N] [--out bench-runs/greedy-pairs]
+                                 [--objective rpo|dpo] [--per-prompt K] [--set tune.key=value ...]
+                                 [--suites if helpfulness domains]
+
+The IF suite is answered greedily, and greedy decoding is where a 135M model loops: 46% of the
+base's IF answers run to the 400-token limit (most of them one line repeated), and those pass
+at 0.20 against 0.36 for the answers that stop. The recipe's SFT data are temperature-1.0
+samples that stopped and passed, so SFT never sees the loop it should leave. This bench asks
+whether a second step on top of the round's SFT adapter (the SFT -> DPO order of Tulu 3) helps:
+
+1. the round's adapter (RUN_DIR/rounds/N/adapter, trained on rounds 1..N's verified answers)
+   answers every task those rounds sampled, greedily, at the respond stage's `max_tokens`;
+2. a greedy answer that is cut off, fails the quality filters (repetitive...) or fails a
+   constraint strictly is a rejected answer; each is paired with up to K (`--per-prompt`) of
+   the verified answers the adapter was trained on for that task (TRL-format pairs);
+3. trl's DPOTrainer (`--objective`, rpo by default: plus the NLL of the chosen answer) trains
+   from the round's adapter, which is also the reference, with the run's tune settings plus
+   `--set` (e.g. `--set tune.epochs=1`);
+4. the result is evaluated on `--suites` through the run's eval cache and compared, paired on
+   every IF prompt, with the base model (the run's first champion) and with the round's SFT
+   adapter, with the share of IF answers cut off at the eval's token limit for each.
+
+One model process at a time; a re-run with the same command reuses the greedy answers, the
+trained adapter and the evaluation (`OUT/<variant>/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from improvement import METRICS, compare, fmt  # bench/ is on sys.path: run as a script
+from objectives import last_data_round, slices, starting_champion, variant
+
+
+def bad_greedy(rec: dict[str, Any], chain: Any) -> str | None:
+    """Why a greedy answer is a rejected one (cut off, a quality filter, a constraint), or None."""
+    from judges.verifiable import check
+
+    if rec.get("finish_reason") == "length":
+        return "cut_off"
+    if (why := chain.check(rec)) is not None:
+        return str(getattr(why, "reason", why))
+    results = check(rec["response"], rec.get("constraints") or [], mode="strict")
+    failed = [x.type for x in results if not x.passed]
+    return f"failed:{failed[0]}" if failed else None
+
+
+def greedy_pairs(
+    greedy: list[dict[str, Any]], chosen: list[dict[str, Any]], chain: Any, per_prompt: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """TRL pairs: each bad greedy answer against up to `per_prompt` verified answers to the same
+    task (the order they were trained in); and the count of greedy answers per verdict."""
+    from collections import Counter
+
+    from judges.preference import prompt_id, trl_pair
+
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for r in chosen:
+        by_prompt.setdefault(prompt_id(r), []).append(r)
+    pairs, verdicts = [], Counter()
+    for g in greedy:
+        why = bad_greedy(g, chain)
+        verdicts[(why or "good").split(":")[0]] += 1
+        if why is None:
+            continue
+        for c in by_prompt.get(prompt_id(g), [])[:per_prompt]:
+            pairs.append(
+                trl_pair(c, g, source="greedy", rejected_reason=why,
+                         constraints=c.get("constraints") or [])
+            )  # fmt: skip
+    return pairs, dict(verdicts)
+
+
+def cut_off_share(ev: dict[str, Any]) -> str:
+    items = ev["suites"]["if"].get("items") or []
+    cut = sum(1 for i in items if i.get("finish_reason") == "length")
+    return f"{cut}/{len(items)} cut off" if items else "n/a"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="a run of the recipe (SFT rounds)")
+    ap.add_argument("--round", type=int, default=None, help="default: the last with data")
+    ap.add_argument("--out", type=Path, default=Path("bench-runs/greedy-pairs"))
+    ap.add_argument("--objective", choices=["rpo", "dpo"], default="rpo")
+    ap.add_argument("--per-prompt", type=int, default=2, metavar="K")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="tune.key=value")
+    ap.add_argument("--suites", nargs="+", default=["if", "helpfulness", "domains"])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("selfloop").setLevel(logging.INFO)
+
+    from agent.backends import make_generator
+    from agent.construct import respond
+    from agent.data import read_jsonl, write_jsonl
+    from judges.dedup import Pool
+    from judges.evals.result import EvalResult, write_eval
+    from judges.evals.runner import evaluate
+    from loop.config import eval_suites, load_config
+    from loop.gate import decide
+    from loop.progress import training_progress
+    from loop.rundir import RunDir
+    from loop.stages.filter import response_filters
+    from loop.stages.tune import fit, near_eval_seeds, training_data
+
+    rundir = RunDir(args.run).require_run()
+    n = args.round or last_data_round(rundir)
+    sft_adapter = rundir.adapter_dir(n)
+    if not (sft_adapter / "adapter_config.json").is_file():
+        raise SystemExit(f"error: {sft_adapter}: round {n} has no trained adapter")
+    champion = starting_champion(rundir, n)
+    base_cfg = load_config(rundir.config_path)
+    if base_cfg.tune.objective != "sft":
+        raise SystemExit(f"error: {rundir.config_path}: the run must train sft (its adapter is "
+                         "what the pairs start from)")  # fmt: skip
+    cfg = load_config(rundir.config_path, [f"tune.objective={args.objective}", *args.sets])
+    every = eval_suites(cfg)
+    if "if" not in args.suites or set(args.suites) - set(every):
+        raise SystemExit(f"error: --suites must name 'if' and suites of {sorted(every)}")
+    suites = {name: every[name] for name in args.suites}
+    out = (
+        args.out / f"round-{n:03d}" / variant(args.objective, [*args.sets, f"k={args.per_prompt}"])
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    common: dict[str, Any] = {
+        "cache_dir": cfg.eval.cache(rundir.root),
+        "sampling": cfg.eval.sampling,
+        "limit_per_suite": cfg.eval.limits(),
+        "held_out_types": cfg.augment.held_out_types,
+    }
+
+    # What the round's SFT adapter trained on, and the tasks it came from.
+    exclude = near_eval_seeds(base_cfg, lambda c=base_cfg.dedup: Pool(None, c).embedder)
+    chosen, _ = training_data(rundir, base_cfg.tune, n, champion, base_cfg.run.seeds_file, exclude)
+    chosen = [r for r in chosen if r.get("constraints")]
+    rounds = sorted({int(r["round"]) for r in chosen if "round" in r})
+    tasks = [t for k in rounds for t in rundir.input_records(k, "respond") if t.get("constraints")]
+    greedy_path = args.out / f"round-{n:03d}" / "greedy.jsonl"
+    gen = None
+    try:
+        if greedy_path.is_file():
+            greedy = read_jsonl(greedy_path)
+        else:
+            gen = make_generator(cfg.model, cfg.backend)
+            name = gen.load_adapter(sft_adapter, "sft")
+            params = cfg.respond.sampling.model_copy(
+                update={"n": 1, "temperature": 0.0, "top_p": 1.0}
+            )
+            greedy, _ = respond(gen, tasks, params, adapter=name, round_index=n)
+            write_jsonl(greedy_path, greedy)
+        pairs, verdicts = greedy_pairs(
+            greedy, chosen, response_filters(cfg.filters), args.per_prompt
+        )
+        print(f"round {n}: {len(tasks)} tasks of rounds {rounds}, {len(chosen)} verified answers; "
+              f"greedy answers: {verdicts}; {len(pairs)} pairs", flush=True)  # fmt: skip
+        write_jsonl(out / "pairs.jsonl", pairs)
+        adapter, ev_path = out / "adapter", out / "eval.json"
+        if not adapter.is_dir():
+            if gen is not None:
+                gen.close()
+                gen = None
+            fit(cfg, pairs, adapter, sft_adapter, n, [training_progress(f"{out.name} training")])
+        if gen is None:
+            gen = make_generator(cfg.model, cfg.backend)
+        if not ev_path.is_file():
+            write_eval(ev_path, evaluate(gen, suites, adapter=adapter, **common))
+        base_eval = evaluate(gen, suites, adapter=champion, **common)
+        sft_eval = evaluate(gen, suites, adapter=sft_adapter, **common)
+    finally:
+        if gen is not None:
+            gen.close()
+    new = json.loads(ev_path.read_text())
+    metrics = json.loads((adapter / "train_metrics.json").read_text())
+    parts = slices(suites["if"][1], common["held_out_types"])
+    print(f"\n== {out}: {len(pairs)} pairs, {metrics['steps']} steps, "
+          f"{metrics['seconds'] / 60:.0f} min; final {metrics.get('preference')}")  # fmt: skip
+    print(f"IF answers: base {cut_off_share(base_eval)}, sft {cut_off_share(sft_eval)}, "
+          f"{args.objective} {cut_off_share(new)}")  # fmt: skip
+    for label, ref in (("base", base_eval), ("the round's sft adapter", sft_eval)):
+        print(f"vs {label}:")
+        for part, ids in parts.items():
+            print(f"  IF suite ({part}):")
+            for m in METRICS:
+                print(f"    {m:20} {fmt(compare(ref, new, m, ids))}")
+    print("\nthe gate's verdict vs the base:")
+    for check in decide(EvalResult.of(new), EvalResult.of(base_eval), cfg.gate).checks:
+        print(f"  {'pass' if check['passed'] else 'FAIL'}: {check['text']}")
+
+
+if __name__ == "__main__":
+    from agent.procs import bench_main
+
+    bench_main(main, "bench/greedy_pairs.py")
