@@ -28,7 +28,8 @@ data-volume question without paying for the sampling again.
 times (their round's `filter/pass_rates.jsonl`): does an answer the model gives most of the
 time anyway teach it anything, or is it the rarely passed prompts' answers that move it?
 `--sample N` trains on a seeded random N of the pooled data instead: the same-volume control.
-`--repair K` (sft) adds, for each pooled round's prompts that no sample passed, up to K of their
+`--repair K` (sft) adds, for each pooled round's prompts that no sample passed (the round's
+own, the earlier rounds a fresh adapter trains on, the added ones), up to K of their
 failing answers rewritten to keep the constraints they missed (`judges.repair`, as
 `augment.repair` does with K = judge.per_instruction), where the rewrite passes every
 constraint and the quality filters: can repaired answers, in volume, teach the types the model
@@ -219,8 +220,10 @@ def main() -> None:
                 data += more if keep is None else hard_only(more, other, keep)
             else:  # pairs / sometimes-passed prompts: per round already
                 data += training_data(other, cfg.tune, k, champion)[0]
-        if sft and args.repair:
-            for r, k in [(rundir, n), *added]:
+        if sft and args.repair:  # every round whose answers are pooled: this one, the run's
+            # earlier ones a fresh adapter trains on (carry_rejected), and the added ones
+            own = sorted({int(r["round"]) for r in data if "round" in r} | {n})
+            for r, k in [*((rundir, k) for k in own), *added]:
                 data += repaired(r, k, cfg, args.repair)
         if args.sample is not None and args.sample < len(data):
             data = random.Random(f"sample/{args.sample}").sample(data, args.sample)

@@ -6,11 +6,18 @@ gives a training example, so the round cannot teach it. Many of those types are 
 answer's content can stay as it is and only its form has to change. `repair` applies, to each
 constraint an answer fails, a rewrite that makes it hold (lowercasing, removing commas, adding
 the required opening or closing phrase, wrapping in quotes or JSON, keeping the first sentences
-under a word or sentence limit, joining two different samples with ******), then checks the
-result strictly against every constraint of the prompt: only an answer that now passes them
-all is returned. Types whose fix would change what the answer says (required or forbidden
-words, letter counts, paragraph layouts) have no repair and stay unlearned until the model
-passes them by itself.
+under a word or sentence limit, joining two different samples with ******, regrouping its
+paragraphs or sentences into the asked number of paragraphs or bullet points, dropping the
+bullet points past the asked number), then checks the result strictly against every
+constraint of the prompt: only an answer that now passes them all is returned. Types whose fix
+would change what the answer says (required or forbidden words, letter counts) have no repair
+and stay unlearned until the model passes them by itself.
+
+The layout repairs matter most where the model never stops: a bullet list is where greedy
+decoding loops (of the v2 run's round 3 candidate's 41 bullet-count answers in the IF suite,
+README, 28 ran to the token limit, none of them passing), and exactly N bullets or paragraphs
+is a form the model's own samples almost never hit (5 and 1 examples in that run's three
+rounds), so without a repair a round has nothing that shows the model a list that ends.
 
 The filter stage (`augment.repair`) repairs the clean failing answers of prompts that no sample
 passed, up to `judge.per_instruction` answers per prompt; a repaired answer then competes in the
@@ -27,8 +34,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from judges.preference import prompt_id
-from judges.text import count_words, sentences
-from judges.verifiable import check, validate_all
+from judges.text import count_words, sentences, words
+from judges.verifiable import BULLET, check, split_paragraphs, validate_all
 
 # (answer, the constraint's parameters, other answers to the same prompt) -> rewritten | None
 Fix = Callable[[str, dict[str, Any], Sequence[str]], str | None]
@@ -94,13 +101,71 @@ def _highlighted_sections(text: str, c: dict[str, Any], others: Sequence[str]) -
     return out if wrapped else None
 
 
-# Applied in this order: what changes the words first, then what wraps the answer (an opening
-# phrase added before lowercasing would be lowercased; one added after JSON would break it).
+def _groups(items: list[str], n: int) -> list[list[str]]:
+    """`items` in `n` consecutive non-empty groups, as even as possible (earlier ones larger)."""
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def _regrouped(text: str, n: int) -> list[str] | None:
+    """The answer as `n` blocks of text: its paragraphs regrouped (the lines of one group stay
+    lines of one paragraph) when it has at least `n`, else its sentences when it has at least
+    `n`; None when it has neither."""
+    parts = split_paragraphs(text)
+    if len(parts) >= n:
+        return ["\n".join(g) for g in _groups(parts, n)]
+    said = sentences(text)
+    if len(said) >= n:
+        return [" ".join(" ".join(s.split()) for s in g) for g in _groups(said, n)]
+    return None
+
+
+def _paragraph_count(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    blocks = _regrouped(text, c["value"])
+    return "\n\n***\n\n".join(blocks) if blocks else None
+
+
+def _nth_paragraph(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    blocks = _regrouped(text, c["paragraphs"])
+    if not blocks:
+        return None
+    k, word = c["nth"] - 1, c["first_word"]
+    first = (words(blocks[k]) or [""])[0]
+    if first.lower() != word.strip(".,;:!?\"'").lower():
+        blocks[k] = f"{word} {blocks[k]}"
+    return "\n\n".join(blocks)
+
+
+def _bullet_count(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    lines, n = text.splitlines(), c["value"]
+    bullets = [i for i, line in enumerate(lines) if BULLET.match(line)]
+    if len(bullets) > n:  # a list that ran on: its first n items, the text around it kept
+        drop = set(bullets[n:])
+        return "\n".join(line for i, line in enumerate(lines) if i not in drop)
+    if bullets:
+        return None  # too few items: writing more would change what the answer says
+    said = [" ".join(s.split()) for s in sentences(text)]
+    if len(said) < n:
+        return None
+    return "\n".join(f"* {' '.join(g)}" for g in _groups(said, n))
+
+
+# Applied in this order: what changes the words first, then the layout, then what wraps the
+# answer (an opening phrase added before lowercasing would be lowercased; one added after JSON
+# would break it; paragraphs regrouped after an opening phrase could move it).
 REPAIRS: dict[str, Fix] = {
     "max_sentences": _max_sentences,
     "max_words": _max_words,
     "no_commas": _no_commas,
     "lowercase": _lowercase,
+    "paragraph_count": _paragraph_count,
+    "nth_paragraph_first_word": _nth_paragraph,
+    "bullet_count": _bullet_count,
     "highlighted_sections": _highlighted_sections,
     "two_responses": _two_responses,
     "starts_with": _starts_with,

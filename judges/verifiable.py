@@ -257,11 +257,11 @@ def _max_sentences(text: str, value: int) -> tuple[bool, str]:
     value=COUNT,
 )
 def _paragraphs(text: str, value: int) -> tuple[bool, str]:
-    n = len(_split_paragraphs(text))
+    n = len(split_paragraphs(text))
     return n == value, f"{n} paragraphs (exactly {value})"
 
 
-def _split_paragraphs(text: str) -> list[str]:
+def split_paragraphs(text: str) -> list[str]:
     """A paragraph break is a blank line or a line of only `***` (or `* * *`)."""
     paragraphs: list[list[str]] = []
     in_paragraph = False
@@ -276,6 +276,10 @@ def _split_paragraphs(text: str) -> list[str]:
     return ["\n".join(p) for p in paragraphs]
 
 
+# A markdown bullet point: `* item` or `- item`; `***`, `---` and `**bold**` lines are not bullets.
+BULLET = re.compile(r"^[ \t]*[*-][ \t]+(?![*\-\s]*$)\S", re.MULTILINE)
+
+
 @_constraint(
     "bullet_count",
     "Your answer must contain exactly {value} markdown bullet points, each on a line starting "
@@ -283,8 +287,7 @@ def _split_paragraphs(text: str) -> list[str]:
     value=AMOUNT,
 )
 def _bullets(text: str, value: int) -> tuple[bool, str]:
-    # `* item` or `- item`; `***`, `---` and `**bold**` lines are not bullets.
-    n = len(re.findall(r"^[ \t]*[*-][ \t]+(?![*\-\s]*$)\S", text, re.MULTILINE))
+    n = len(BULLET.findall(text))
     return n == value, f"{n} bullet points (exactly {value})"
 
 
@@ -490,7 +493,7 @@ def _nth_fits(params: dict[str, Any]) -> str | None:
     first_word=WORD,
 )
 def _nth_paragraph(text: str, paragraphs: int, nth: int, first_word: str) -> tuple[bool, str]:
-    found = _split_paragraphs(text)
+    found = split_paragraphs(text)
     if len(found) != paragraphs:
         return False, f"{len(found)} paragraphs (exactly {paragraphs})"
     # The first word, whatever marks (quotes, `**`, `#`) come before it or stick to it.

@@ -30,6 +30,9 @@ CASES = [
     ({"type": "max_sentences", "value": 2}, None),
     ({"type": "highlighted_sections", "value": 2}, None),
     ({"type": "two_responses"}, None),
+    ({"type": "paragraph_count", "value": 3}, None),
+    ({"type": "bullet_count", "value": 3}, None),
+    ({"type": "nth_paragraph_first_word", "paragraphs": 2, "nth": 2, "first_word": "Today"}, None),
 ]
 
 
@@ -44,6 +47,35 @@ def test_each_repair_makes_its_constraint_hold(constraint: dict) -> None:
 
 def test_every_repairable_type_has_a_case() -> None:
     assert {c["type"] for c, _ in CASES} == set(REPAIRS)
+
+
+def test_layout_repairs_regroup_the_answer_without_losing_or_inventing_content() -> None:
+    # Paragraphs and bullets are the answer's own sentences, in order, regrouped.
+    text, _ = repair(ANSWER, [{"type": "paragraph_count", "value": 3}])
+    assert text.count("\n\n***\n\n") == 2 and " ".join(text.replace("***", "").split()) == ANSWER
+    text, _ = repair(ANSWER, [{"type": "bullet_count", "value": 2}])
+    lines = text.splitlines()
+    assert len(lines) == 2 and all(line.startswith("* ") for line in lines)
+    assert " ".join(line[2:] for line in lines) == ANSWER
+    # More paragraphs than asked: whole paragraphs are joined, none is split.
+    four = "One idea here.\n\nTwo ideas.\n\nThree.\n\nFour and done."
+    text, _ = repair(four, [{"type": "paragraph_count", "value": 2}])
+    assert text == "One idea here.\nTwo ideas.\n\n***\n\nThree.\nFour and done."
+    # nth paragraph: the word is put in front only where it is missing.
+    cons = [{"type": "nth_paragraph_first_word", "paragraphs": 2, "nth": 2, "first_word": "Three"}]
+    assert repair(four, cons)[0] == "One idea here.\nTwo ideas.\n\nThree.\nFour and done."
+
+
+def test_a_list_that_runs_on_keeps_its_first_items_and_the_text_around_it() -> None:
+    runs_on = "Tips:\n\n* Eat well\n* Sleep\n- Walk\n* Walk\n* Walk\n\nGood luck!"
+    text, fixed = repair(runs_on, [{"type": "bullet_count", "value": 3}])
+    assert text == "Tips:\n\n* Eat well\n* Sleep\n- Walk\n\nGood luck!" and fixed == [
+        "bullet_count"
+    ]
+    # Too few items is not repaired (more would have to be written), nor too few sentences.
+    assert repair(runs_on, [{"type": "bullet_count", "value": 6}]) is None
+    assert repair("Short answer.", [{"type": "bullet_count", "value": 2}]) is None
+    assert repair("Short answer.", [{"type": "paragraph_count", "value": 2}]) is None
 
 
 def test_repairs_combine_and_the_result_passes_all() -> None:
