@@ -22,6 +22,10 @@ whether a second step on top of the round's SFT adapter (the SFT -> DPO order of
    every IF prompt, with the base model (the run's first champion) and with the round's SFT
    adapter, with the share of IF answers cut off at the eval's token limit for each.
 
+The loop does this after sft by default (`tune.greedy_pairs`, loop/stages/tune.py); on a run
+that did, this bench starts from the round's `greedy/sft_adapter`, so it can try other settings
+of the step (`--set tune.learning_rate=...`, `--per-prompt`) on the same sft adapter.
+
 One model process at a time; a re-run with the same command reuses the greedy answers, the
 trained adapter and the evaluation (`OUT/<variant>/`).
 """
@@ -36,45 +40,6 @@ from typing import Any
 
 from improvement import METRICS, compare, fmt  # bench/ is on sys.path: run as a script
 from objectives import last_data_round, slices, starting_champion, variant
-
-
-def bad_greedy(rec: dict[str, Any], chain: Any) -> str | None:
-    """Why a greedy answer is a rejected one (cut off, a quality filter, a constraint), or None."""
-    from judges.verifiable import check
-
-    if rec.get("finish_reason") == "length":
-        return "cut_off"
-    if (why := chain.check(rec)) is not None:
-        return str(getattr(why, "reason", why))
-    results = check(rec["response"], rec.get("constraints") or [], mode="strict")
-    failed = [x.type for x in results if not x.passed]
-    return f"failed:{failed[0]}" if failed else None
-
-
-def greedy_pairs(
-    greedy: list[dict[str, Any]], chosen: list[dict[str, Any]], chain: Any, per_prompt: int
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """TRL pairs: each bad greedy answer against up to `per_prompt` verified answers to the same
-    task (the order they were trained in); and the count of greedy answers per verdict."""
-    from collections import Counter
-
-    from judges.preference import prompt_id, trl_pair
-
-    by_prompt: dict[str, list[dict[str, Any]]] = {}
-    for r in chosen:
-        by_prompt.setdefault(prompt_id(r), []).append(r)
-    pairs, verdicts = [], Counter()
-    for g in greedy:
-        why = bad_greedy(g, chain)
-        verdicts[(why or "good").split(":")[0]] += 1
-        if why is None:
-            continue
-        for c in by_prompt.get(prompt_id(g), [])[:per_prompt]:
-            pairs.append(
-                trl_pair(c, g, source="greedy", rejected_reason=why,
-                         constraints=c.get("constraints") or [])
-            )  # fmt: skip
-    return pairs, dict(verdicts)
 
 
 def cut_off_share(ev: dict[str, Any]) -> str:
@@ -102,6 +67,7 @@ def main() -> None:
     from judges.dedup import Pool
     from judges.evals.result import EvalResult, write_eval
     from judges.evals.runner import evaluate
+    from judges.preference import greedy_pairs
     from loop.config import eval_suites, load_config
     from loop.gate import decide
     from loop.progress import training_progress
@@ -112,6 +78,8 @@ def main() -> None:
     rundir = RunDir(args.run).require_run()
     n = args.round or last_data_round(rundir)
     sft_adapter = rundir.adapter_dir(n)
+    if (rundir.round_dir(n) / "greedy" / "sft_adapter").is_dir():  # the loop did the step
+        sft_adapter = rundir.round_dir(n) / "greedy" / "sft_adapter"
     if not (sft_adapter / "adapter_config.json").is_file():
         raise SystemExit(f"error: {sft_adapter}: round {n} has no trained adapter")
     champion = starting_champion(rundir, n)
@@ -155,7 +123,7 @@ def main() -> None:
             greedy, _ = respond(gen, tasks, params, adapter=name, round_index=n)
             write_jsonl(greedy_path, greedy)
         pairs, verdicts = greedy_pairs(
-            greedy, chosen, response_filters(cfg.filters), args.per_prompt
+            greedy, chosen, response_filters(cfg.filters).check, args.per_prompt
         )
         print(f"round {n}: {len(tasks)} tasks of rounds {rounds}, {len(chosen)} verified answers; "
               f"greedy answers: {verdicts}; {len(pairs)} pairs", flush=True)  # fmt: skip

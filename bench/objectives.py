@@ -132,7 +132,8 @@ def repaired(rundir: Any, n: int, cfg: Any, per_prompt: int) -> list[dict[str, A
         clean=lambda r: chain.check(r) is None,  # one record: no log line each
         per_prompt=per_prompt,
     )
-    made = [r for r in new if r.get("repaired")]
+    before = {str(r["id"]) for r in kept}  # a run with augment.repair on kept some already
+    made = [r for r in new if r.get("repaired") and str(r["id"]) not in before]
     print(f"{rundir.root.name} round {n}: {len(made)} repaired answers ({types})", flush=True)
     return made
 

@@ -153,3 +153,42 @@ def verifier_pairs(
                 )
             )
     return pairs
+
+
+def greedy_verdict(rec: Record, quality: Any) -> str | None:
+    """Why a model's greedy answer is a rejected one - `cut_off`, a quality filter's reason
+    (`quality(rec)`, e.g. FilterChain.check: None when clean) or `failed:<type>` of the first
+    constraint it misses (strict) - or None when it is a good answer."""
+    if rec.get("finish_reason") == "length":
+        return "cut_off"
+    if (why := quality(rec)) is not None:
+        return str(getattr(why, "reason", why))
+    results = check(str(rec["response"]), rec.get("constraints") or [], mode="strict")
+    failed = [x.type for x in results if not x.passed]
+    return f"failed:{failed[0]}" if failed else None
+
+
+def greedy_pairs(
+    greedy: Sequence[Record], verified: Sequence[Record], quality: Any, per_prompt: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Pairs against a model's own greedy failures: each greedy answer with a `greedy_verdict`
+    is the rejected side of up to `per_prompt` pairs, each against a different `verified`
+    answer (passing, clean) to the same prompt, in their order; and how many greedy answers
+    had each verdict (`good`, `cut_off`, `failed`, a quality filter's reason). Greedy decoding
+    loops where sampling does not: these pairs show the model the loop it should leave."""
+    by_prompt: dict[str, list[Record]] = defaultdict(list)
+    for r in verified:
+        by_prompt[prompt_id(r)].append(r)
+    pairs: list[dict[str, Any]] = []
+    verdicts: Counter[str] = Counter()
+    for g in greedy:
+        why = greedy_verdict(g, quality)
+        verdicts[(why or "good").split(":")[0]] += 1
+        if why is None:
+            continue
+        for chosen in by_prompt.get(prompt_id(g), [])[:per_prompt]:
+            pairs.append(
+                trl_pair(chosen, g, source="greedy", rejected_reason=why,
+                         constraints=chosen.get("constraints") or [])
+            )  # fmt: skip
+    return pairs, dict(sorted(verdicts.items()))

@@ -331,11 +331,16 @@ class SelfloopConfig(BaseModel):
         return {**data, "gate": {**copy.deepcopy(LOOP_GATE), **data.get("gate", {})}}
 
     @model_validator(mode="after")
-    def _carry_rejected(self) -> SelfloopConfig:
+    def _auto_tune(self) -> SelfloopConfig:
         # Resolved here, where the sources are known: verified data (constraints checked by
         # code, imported expert data) stays right when its round is rejected; judged data not.
         if self.tune.carry_rejected is None:
             self.tune.carry_rejected = set(self.run.sources) <= VERIFIED_SOURCES
+        t = self.tune
+        if t.greedy_pairs is None:  # it pairs answers to constrained tasks, after sft, by dpo
+            lora = t.method in ("lora", "qlora")
+            on = "constraints" in self.run.sources and t.objective == "sft" and lora
+            t.greedy_pairs = 2 if on else 0
         return self
 
 

@@ -211,7 +211,15 @@ def test_one_real_round_of_the_default_recipe(tmp_path) -> None:
     kept = [json.loads(x) for x in (r1 / "dedup" / "kept.jsonl").read_text().splitlines()]
     for k in kept:
         assert check_all(k["response"], k["constraints"]), k["id"]
-    if kept:  # trained, evaluated and decided
+    if kept:  # trained (sft, then rpo against its greedy failures), evaluated and decided
+        greedy = [json.loads(x) for x in (r1 / "greedy" / "answers.jsonl").read_text().splitlines()]
+        tasks_of = {k["instruction_id"] for k in kept}
+        assert {g["instruction_id"] for g in greedy} == {t["id"] for t in tasks}
+        pairs = (r1 / "greedy" / "preference_pairs.jsonl").read_text().splitlines()
+        failed = [g for g in greedy if g["greedy_verdict"] and g["instruction_id"] in tasks_of]
+        assert bool(pairs) == bool(failed)
+        trained = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
+        assert trained["objective"] == ("rpo" if pairs else "sft")
         ev = json.loads((r1 / "evaluate" / "eval.json").read_text())
         assert ev["suites"]["if"]["n"] == 6
         assert "win_rate" in ev["suites"]["helpfulness"]["skipped"]  # eval.pairwise: auto, off

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ADAPTER = "adapter"
+GREEDY, GREEDY_ANSWERS, GREEDY_PAIRS = "greedy", "answers.jsonl", "preference_pairs.jsonl"
 TRAIN_METRICS = "train_metrics.json"
 _METRICS = ("steps", "final_loss", "tokens", "seconds", "tokens_per_second", "peak_memory_mb")
 
@@ -40,8 +41,87 @@ def run(ctx: Context, state: LoopState) -> dict:
     if not data:
         return {"trained": False}
     ctx.release()
-    fit(ctx.cfg, data, ctx.rundir.adapter_dir(n), init, n, _callbacks(ctx, n))
+    if ctx.cfg.tune.greedy_pairs and ctx.cfg.tune.objective == "sft":
+        greedy_step(ctx, state, data, init)
+    else:
+        fit(ctx.cfg, data, ctx.rundir.adapter_dir(n), init, n, _callbacks(ctx, n))
     return {"trained": True}
+
+
+def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | None) -> None:
+    """sft, then `tune.greedy_objective` against the sft adapter's own greedy failures
+    (`tune.greedy_pairs`). Each part is kept in `rounds/NNN/greedy/` as it finishes - the sft
+    adapter, the greedy answers with their verdicts, the pairs, stats.json - so a killed run
+    resumes after the last one; the round's adapter is the preference step's (or the sft
+    adapter itself when no greedy answer failed)."""
+    import shutil
+
+    from agent.atomic import atomic_dir
+    from agent.backends.base import AdapterHost
+    from agent.construct import respond
+    from agent.data import read_jsonl, write_jsonl
+    from agent.errors import SelfloopError
+    from judges.preference import greedy_pairs, greedy_verdict
+    from loop.rundir import write_json
+    from loop.stages.filter import response_filters
+
+    n, cfg = state["round"], ctx.cfg
+    out = ctx.rundir.round_dir(n) / GREEDY
+    sft_dir, answers_path = out / "sft_adapter", out / GREEDY_ANSWERS
+    if not sft_dir.is_dir():
+        fit(cfg, data, sft_dir, init, n, _callbacks(ctx, n))
+    verified = [r for r in data if r.get("constraints")]
+    quality = response_filters(cfg.filters).check
+    if answers_path.is_file():
+        answers = read_jsonl(answers_path)
+    else:
+        rounds = sorted({int(r["round"]) for r in verified if "round" in r})
+        tasks = [t for k in rounds for t in ctx.rundir.input_records(k, "respond")
+                 if t.get("constraints")]  # fmt: skip
+        gen = ctx.student(state)
+        if not isinstance(gen, AdapterHost):
+            raise SelfloopError(
+                f"tune.greedy_pairs: backend {cfg.backend.kind} cannot load the sft adapter; "
+                "use transformers or vllm, or tune.greedy_pairs: 0"
+            )
+        name = gen.load_adapter(sft_dir, f"sft-{n}")
+        # As the IF suite is answered: greedy, the respond stage's length limit.
+        params = cfg.respond.sampling.model_copy(update={"n": 1, "temperature": 0.0, "top_p": 1.0})
+        answers, _ = respond(gen, tasks, params, adapter=name, round_index=n)
+        ctx.release()
+        for a in answers:
+            a["greedy_verdict"] = greedy_verdict(a, quality)
+        write_jsonl(answers_path, answers)
+    pairs, verdicts = greedy_pairs(answers, verified, quality, cfg.tune.greedy_pairs)
+    write_jsonl(out / GREEDY_PAIRS, pairs)
+    sft_metrics = read_json(sft_dir / TRAIN_METRICS)
+    write_json(
+        out / "stats.json",
+        {
+            "answers": len(answers),
+            "verdicts": verdicts,
+            "pairs": len(pairs),
+            "sft": {k: sft_metrics[k] for k in _METRICS if k in sft_metrics},
+        },
+    )
+    log.info(
+        "round %d tune: %d greedy answers of the sft adapter (%s): %d pairs",
+        n, len(answers), ", ".join(f"{k} {v}" for k, v in verdicts.items()), len(pairs),
+    )  # fmt: skip
+    final = ctx.rundir.adapter_dir(n)
+    if not pairs:  # nothing failed: the sft adapter is the round's
+        with atomic_dir(final) as tmp:
+            shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
+        return
+    step = cfg.tune.model_copy(
+        update={
+            "objective": cfg.tune.greedy_objective,
+            "learning_rate": cfg.tune.greedy_learning_rate,
+            "epochs": cfg.tune.greedy_epochs,
+            "greedy_pairs": 0,
+        }
+    )
+    fit(cfg.model_copy(update={"tune": step}), pairs, final, sft_dir, n, _callbacks(ctx, n))
 
 
 def training_data(
@@ -157,6 +237,9 @@ def metrics(round_dir: Path) -> dict[str, Any]:
         return {}
     t = read_json(path)
     extra = {k: t[k] for k in ("objective", "examples", "preference") if k in t}
+    greedy = round_dir / GREEDY / "stats.json"
+    if greedy.is_file():  # the preference step after sft: its pairs and the sft part
+        extra["greedy"] = read_json(greedy)
     return {"tune": {**{k: t[k] for k in _METRICS}, **extra, "losses": t["losses"]}}
 
 

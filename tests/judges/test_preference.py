@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from judges.preference import pass_rates, summarize_pass_rates, trl_pair, verifier_pairs
+from judges.preference import (
+    greedy_pairs,
+    greedy_verdict,
+    pass_rates,
+    summarize_pass_rates,
+    trl_pair,
+    verifier_pairs,
+)
 from judges.verifiable import check_all
 
 LOWER = [{"type": "lowercase"}]
@@ -91,3 +98,34 @@ def test_several_pairs_per_prompt_never_reuse_an_answer_and_fall_back_to_unclean
     assert len(verifier_pairs(good, bad, rates, per_prompt=3)) == 1  # no unclean: one failure
     assert len(verifier_pairs(good, [], rates, per_prompt=2, unclean=cut)) == 2
     assert verifier_pairs([], bad, rates, per_prompt=3, unclean=cut) == []  # no chosen: none
+
+
+def test_greedy_answers_that_fail_are_paired_with_verified_answers_to_their_prompt() -> None:
+    def quality(r: dict) -> str | None:  # a stand-in quality filter: flags one marked answer
+        return "repetitive" if "again and again" in r["response"] else None
+
+    def greedy(pid: str, response: str, cons: list[dict], finish: str = "stop") -> dict:
+        return {**_sample(pid, 9, response, cons), "finish_reason": finish}
+
+    answers = [
+        greedy("a", "the moon, the moon, the moon", LOWER, finish="length"),  # cut off
+        greedy("b", "the moon again and again", LOWER),  # a quality filter's drop
+        greedy("c", "The Moon.", LOWER),  # misses the constraint
+        greedy("d", "the moon is fine.", LOWER),  # good: no pair
+        greedy("e", "The Sun.", LOWER),  # fails, but no verified answer to pair it with
+    ]
+    assert [greedy_verdict(a, quality) for a in answers] == [
+        "cut_off", "repetitive", "failed:lowercase", None, "failed:lowercase",
+    ]  # fmt: skip
+    verified = [_sample(p, k, f"the moon {p}{k}.", LOWER) for p in "abcd" for k in range(3)]
+    pairs, verdicts = greedy_pairs(answers, verified, quality, per_prompt=2)
+    assert verdicts == {"cut_off": 1, "failed": 2, "good": 1, "repetitive": 1}
+    assert [(p["prompt_id"], p["chosen_id"]) for p in pairs] == [
+        ("a", "a-s0"), ("a", "a-s1"), ("b", "b-s0"), ("b", "b-s1"), ("c", "c-s0"), ("c", "c-s1"),
+    ]  # fmt: skip
+    for p in pairs:
+        assert check_all(p["chosen"][0]["content"], LOWER) and p["rejected_id"].endswith("-s9")
+        assert p["source"] == "greedy" and p["prompt"] == [
+            {"role": "user", "content": f"Question {p['prompt_id']}"}
+        ]
+    assert len(greedy_pairs(answers, verified, quality, per_prompt=1)[0]) == 3

@@ -145,3 +145,11 @@ def test_rejected_rounds_data_is_carried_only_where_no_judge_picked_it() -> None
     assert load_config(None, ["tune.carry_rejected=false"]).tune.carry_rejected is False
     presets = Path(__file__).parents[2] / "configs"
     assert load_config(presets / "self-instruct.yaml").tune.carry_rejected is False
+
+
+def test_the_greedy_step_follows_sft_and_trains_lora() -> None:
+    with pytest.raises(ConfigError, match=r"tune\.greedy_pairs follows an sft step; .* dpo"):
+        load_config(None, ["tune.greedy_pairs=2", "tune.objective=dpo"])
+    with pytest.raises(ConfigError, match=r"tune\.greedy_pairs trains a LoRA adapter .* prefix"):
+        load_config(None, ["tune.greedy_pairs=2", "tune.method=prefix"])
+    assert load_config(None, ["tune.greedy_pairs=2"]).tune.greedy_objective == "rpo"

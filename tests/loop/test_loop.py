@@ -255,7 +255,7 @@ def _constraints_config(
     # verifier sees them.
     off = {"enabled": False}
     cfg["filters"] = {k: off for k in ("language", "cut_off", "repetition", "letters")}
-    cfg["tune"].update({"objective": objective, "max_steps": 2})
+    cfg["tune"].update({"objective": objective, "max_steps": 2, "greedy_pairs": 0})
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -344,3 +344,54 @@ def test_repair_gives_every_unpassed_prompt_a_kept_answer(
         text=True,
     )
     assert shown.returncode == 0 and "; repaired " in shown.stdout, shown.stderr
+
+
+def test_a_greedy_step_after_sft_trains_against_the_sft_adapters_own_failures(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """tune.greedy_pairs: sft, then the sft adapter answers the round's tasks greedily; its
+    failing answers (the tiny model's are cut off at 8 tokens) are each paired with a verified
+    answer to the same task, and rpo trains on the pairs from the sft adapter. Each part is
+    kept, and a re-run of the stage reuses them instead of training sft again."""
+    from loop.context import Context
+    from loop.rundir import RunDir
+    from loop.stages import tune
+
+    augment = {"train_types": ["lowercase", "quotation"], "repair": True}
+    path = _constraints_config(tmp_path, tiny_model_dir, augment, n=2, objective="sft")
+    cfg = load_config(path, ["tune.greedy_pairs=1"])
+    rd = tmp_path / "run"
+    run(cfg, rd)
+    r1, g = rd / "rounds" / "001", rd / "rounds" / "001" / "greedy"
+    tasks = read_jsonl(r1 / "augment" / "tasks.jsonl")
+    answers = read_jsonl(g / "answers.jsonl")
+    assert sorted(a["instruction_id"] for a in answers) == sorted(t["id"] for t in tasks)
+    assert all(a["greedy_verdict"] == "cut_off" for a in answers)
+    verified = {r["id"]: r for r in read_jsonl(r1 / "dedup" / "kept.jsonl")}
+    pairs = read_jsonl(g / "preference_pairs.jsonl")
+    by_prompt = {a["instruction_id"]: a for a in answers}
+    assert pairs and len({p["prompt_id"] for p in pairs}) == len(pairs)  # one per task
+    for p in pairs:
+        chosen = verified[p["chosen_id"]]
+        assert chosen["instruction_id"] == p["prompt_id"]
+        assert p["chosen"][0]["content"] == chosen["response"]
+        assert p["rejected"][0]["content"] == by_prompt[p["prompt_id"]]["response"]
+        assert p["rejected_reason"] == "cut_off" and p["source"] == "greedy"
+    sft = json.loads((g / "sft_adapter" / "train_metrics.json").read_text())
+    trained = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
+    assert sft["objective"] == "sft" and sft["examples"] == len(verified)
+    assert trained["objective"] == "rpo" and trained["examples"] == len(pairs)
+    stats = json.loads((g / "stats.json").read_text())
+    assert stats["verdicts"] == {"cut_off": len(tasks)} and stats["pairs"] == len(pairs)
+    assert tune.metrics(r1)["tune"]["greedy"]["pairs"] == len(pairs)
+
+    # A run killed after the greedy answers: the stage resumes without training sft again.
+    sft_weights = (g / "sft_adapter" / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(r1 / "adapter")
+    (g / "preference_pairs.jsonl").unlink()
+    ctx = Context(cfg, RunDir(rd))
+    assert tune.run(ctx, {"round": 1}) == {"trained": True}
+    assert (g / "sft_adapter" / "adapter_model.safetensors").read_bytes() == sft_weights
+    assert read_jsonl(g / "preference_pairs.jsonl") == pairs
+    again = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
+    assert again["objective"] == "rpo" and again["final_loss"] == trained["final_loss"]
