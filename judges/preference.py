@@ -13,6 +13,10 @@ were what a round lacked (bench/improvement.py's first probe made 4 from 16 prom
 Pairs are written in TRL's conversational preference format, which trl's DPOTrainer, axolotl
 and LLaMA-Factory read: `{"prompt": [messages], "chosen": [assistant message], "rejected":
 [assistant message]}`, plus ids and scores; the LLM judge's best-vs-worst pairs use the same.
+
+`greedy_pairs` pairs a model's own greedy answers that fail (cut off, repetitive, missing a
+constraint) against verified answers to the same prompt: the tune stage's step after SFT
+(`tune.greedy_pairs`), which shows the model the loops greedy decoding falls into.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """tune: train the round's adapter on what the round kept (warm-started from the champion), or
 on the whole accepted pool plus this round from the base model (`tune.warm_start: false`).
 Writes `rounds/NNN/adapter/` (PEFT format, with train_metrics.json); step checkpoints in
-`adapter.checkpoints/` let a killed run lose at most `tune.save_steps` steps."""
+`adapter.checkpoints/` let a killed run lose at most `tune.save_steps` steps. With
+`tune.greedy_pairs` (the recipe's default) an sft round is two steps: sft into
+`rounds/NNN/greedy/sft_adapter/`, then RPO from it against its own greedy failures
+(`greedy_step`) into `rounds/NNN/adapter/`."""
 
 from __future__ import annotations
 
