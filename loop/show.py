@@ -19,7 +19,7 @@ from loop.accounting import round_account
 from loop.rundir import RunDir
 from loop.stages.base import STATS, fmt, one_line
 from loop.stages.evaluate import CHAMPION_EVAL, EVAL
-from loop.stages.tune import ADAPTER, TRAIN_METRICS
+from loop.stages.tune import ADAPTER, GREEDY, TRAIN_METRICS
 
 SPARKS = "▁▂▃▄▅▆▇█"
 PAIRWISE = (".win_rate", ".consistency_rate")
@@ -192,11 +192,25 @@ def _training(rd: Path) -> list[str]:
         return [f"  in progress: last checkpoint {ckpts[-1].name}"] if ckpts else []
     losses = [float(x[1]) for x in t.get("losses") or []]
     first = f"{losses[0]:.3f}" if losses else "-"
-    return [
-        f"  {t.get('method', '')} {t.get('steps', 0)} steps  loss {first} -> "
-        f"{fmt(t.get('final_loss'))}  {sparkline(losses)}  "
-        f"{fmt(t.get('tokens_per_second'), 1)} tok/s, {t.get('tokens', 0)} tokens"
+    lines = [
+        f"  {t.get('method', '')} {t.get('objective', '')} {t.get('steps', 0)} steps  loss "
+        f"{first} -> {fmt(t.get('final_loss'))}  {sparkline(losses)}  "
+        + (  # trl's preference trainers count no tokens
+            f"{fmt(t.get('tokens_per_second'), 1)} tok/s, {t.get('tokens', 0)} tokens"
+            if t.get("tokens")
+            else duration(float(t.get("seconds") or 0))
+        )
     ]
+    g = load_json(rd / GREEDY / "stats.json")
+    if g is not None:  # tune.greedy_pairs: the sft step came first
+        sft, verdicts = g.get("sft") or {}, g.get("verdicts") or {}
+        lines.append(
+            f"  after sft ({sft.get('steps', 0)} steps, loss {fmt(sft.get('final_loss'))}): "
+            f"{g.get('answers', 0)} greedy answers ("
+            + ", ".join(f"{k} {v}" for k, v in verdicts.items())
+            + f"), {g.get('pairs', 0)} pairs against its failures"
+        )
+    return lines
 
 
 def duration(seconds: float) -> str:

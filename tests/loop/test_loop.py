@@ -384,6 +384,14 @@ def test_a_greedy_step_after_sft_trains_against_the_sft_adapters_own_failures(
     stats = json.loads((g / "stats.json").read_text())
     assert stats["verdicts"] == {"cut_off": len(tasks)} and stats["pairs"] == len(pairs)
     assert tune.metrics(r1)["tune"]["greedy"]["pairs"] == len(pairs)
+    shown = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "show", str(rd), "--round", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"lora rpo {trained['steps']} steps" in shown.stdout
+    assert f"greedy answers (cut_off {len(tasks)}), {len(pairs)} pairs" in shown.stdout
 
     # A run killed after the greedy answers: the stage resumes without training sft again.
     sft_weights = (g / "sft_adapter" / "adapter_model.safetensors").read_bytes()
