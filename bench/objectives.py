@@ -212,6 +212,7 @@ def main() -> None:
         exclude = near_eval_seeds(cfg, lambda c=cfg.dedup: Pool(None, c).embedder)
         data, init = training_data(rundir, cfg.tune, n, champion, cfg.run.seeds_file, exclude)
         sft = cfg.tune.objective == "sft"
+        own = sorted({int(r["round"]) for r in data if "round" in r} | {n})  # before --add
         if sft and args.max_passes is not None:
             data = hard_only(data, rundir, args.max_passes)
         for other, k in added:  # the round's own data: the pool and anchors are in `data` once
@@ -223,7 +224,6 @@ def main() -> None:
                 data += training_data(other, cfg.tune, k, champion)[0]
         if sft and args.repair:  # every round whose answers are pooled: this one, the run's
             # earlier ones a fresh adapter trains on (carry_rejected), and the added ones
-            own = sorted({int(r["round"]) for r in data if "round" in r} | {n})
             for r, k in [*((rundir, k) for k in own), *added]:
                 data += repaired(r, k, cfg, args.repair)
         if args.sample is not None and args.sample < len(data):

@@ -188,8 +188,8 @@ def greedy_pairs(
     for g in greedy:
         why = greedy_verdict(g, quality)
         verdicts[(why or "good").split(":")[0]] += 1
-        if why is None:
-            continue
+        if why is None or not str(g.get("response") or "").strip():
+            continue  # a blank answer is no rejected message a trainer can take
         for chosen in by_prompt.get(prompt_id(g), [])[:per_prompt]:
             pairs.append(
                 trl_pair(chosen, g, source="greedy", rejected_reason=why,

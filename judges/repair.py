@@ -141,11 +141,22 @@ def _nth_paragraph(text: str, c: dict[str, Any], others: Sequence[str]) -> str |
     return "\n\n".join(blocks)
 
 
+def _continues(line: str) -> bool:
+    """An indented line that is no item itself: part of the bullet point above it."""
+    return line[:1] in (" ", "\t") and bool(line.strip()) and not BULLET.match(line)
+
+
 def _bullet_count(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
     lines, n = text.splitlines(), c["value"]
     bullets = [i for i, line in enumerate(lines) if BULLET.match(line)]
     if len(bullets) > n:  # a list that ran on: its first n items, the text around it kept
-        drop = set(bullets[n:])
+        drop: set[int] = set()
+        for b in bullets[n:]:  # an item with its indented continuation lines
+            drop.add(b)
+            k = b + 1
+            while k < len(lines) and _continues(lines[k]):
+                drop.add(k)
+                k += 1
         return "\n".join(line for i, line in enumerate(lines) if i not in drop)
     if bullets:
         return None  # too few items: writing more would change what the answer says

@@ -158,12 +158,14 @@ class TuneConfig(BaseModel):
         "quality filter (repetitive...) or misses a constraint becomes the rejected side of "
         "up to this many pairs, each against a verified answer to the same task; "
         "`greedy_objective` then trains on the pairs from the sft adapter, which is also the "
-        "reference. 0 = off; null (default) = 2 in a loop whose sources include constraints, "
-        "with sft and a LoRA adapter, else off. Greedy decoding is where a 135M model loops "
-        "(40% of its IF answers run to the token limit), which the temperature-1.0 samples "
-        "sft learns from never show it: on one seed's three rounds of data (105 pairs, 14 "
-        "steps) the step cut those answers 131 -> 89 and moved the IF suite +4.1 over the sft "
-        "adapter, +9.0 [+4.4, +14.0] over the base (README, bench/greedy_pairs.py).",
+        "reference. Only an sft round with a LoRA adapter has the step (other objectives and "
+        "methods ignore it). 0 = off; null (default) = 2 in a loop whose sources include "
+        "constraints, with sft and a LoRA adapter, else 0. Greedy decoding is where a 135M "
+        "model loops (40% of its IF answers run to the token limit), which the "
+        "temperature-1.0 samples sft learns from never show it: on one seed's three rounds of "
+        "data (105 pairs, 14 steps) the step cut those answers 131 -> 89 and moved the IF "
+        "suite +4.1 over the sft adapter, +9.0 [+4.4, +14.0] over the base (README, "
+        "bench/greedy_pairs.py).",
     )
     greedy_objective: Literal["dpo", "rpo"] = Field(
         "rpo", description="greedy_pairs: the preference loss of the step after sft."
@@ -198,10 +200,6 @@ class TuneConfig(BaseModel):
             )
         if self.fsdp_config and not self.fsdp:
             return "tune.fsdp_config is set but tune.fsdp is false"
-        if self.greedy_pairs and self.objective != "sft":
-            return f"tune.greedy_pairs follows an sft step; tune.objective is {self.objective}"
-        if self.greedy_pairs and self.method not in ("lora", "qlora"):
-            return f"tune.greedy_pairs trains a LoRA adapter (dpo); tune.method is {self.method}"
         if self.objective != "sft" and self.method not in ("lora", "qlora"):
             return (
                 f"tune.objective={self.objective} trains a LoRA adapter against its starting "

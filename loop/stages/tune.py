@@ -44,7 +44,8 @@ def run(ctx: Context, state: LoopState) -> dict:
     if not data:
         return {"trained": False}
     ctx.release()
-    if ctx.cfg.tune.greedy_pairs and ctx.cfg.tune.objective == "sft":
+    t = ctx.cfg.tune
+    if t.greedy_pairs and t.objective == "sft" and t.method in ("lora", "qlora"):
         greedy_step(ctx, state, data, init)
     else:
         fit(ctx.cfg, data, ctx.rundir.adapter_dir(n), init, n, _callbacks(ctx, n))
@@ -90,8 +91,10 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         name = gen.load_adapter(sft_dir, f"sft-{n}")
         # As the IF suite is answered: greedy, the respond stage's length limit.
         params = cfg.respond.sampling.model_copy(update={"n": 1, "temperature": 0.0, "top_p": 1.0})
-        answers, _ = respond(gen, tasks, params, adapter=name, round_index=n)
+        answers, said = respond(gen, tasks, params, adapter=name, round_index=n)
         ctx.release()
+        if said.get("backend_errors"):  # those tasks get no greedy answer (and no pair)
+            log.warning("round %d tune: %d greedy answers failed", n, said["backend_errors"])
         for a in answers:
             a["greedy_verdict"] = greedy_verdict(a, quality)
         write_jsonl(answers_path, answers)

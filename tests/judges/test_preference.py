@@ -113,13 +113,14 @@ def test_greedy_answers_that_fail_are_paired_with_verified_answers_to_their_prom
         greedy("c", "The Moon.", LOWER),  # misses the constraint
         greedy("d", "the moon is fine.", LOWER),  # good: no pair
         greedy("e", "The Sun.", LOWER),  # fails, but no verified answer to pair it with
+        greedy("a", "  ", LOWER, finish="length"),  # blank: counted, never a rejected message
     ]
     assert [greedy_verdict(a, quality) for a in answers] == [
-        "cut_off", "repetitive", "failed:lowercase", None, "failed:lowercase",
+        "cut_off", "repetitive", "failed:lowercase", None, "failed:lowercase", "cut_off",
     ]  # fmt: skip
     verified = [_sample(p, k, f"the moon {p}{k}.", LOWER) for p in "abcd" for k in range(3)]
     pairs, verdicts = greedy_pairs(answers, verified, quality, per_prompt=2)
-    assert verdicts == {"cut_off": 1, "failed": 2, "good": 1, "repetitive": 1}
+    assert verdicts == {"cut_off": 2, "failed": 2, "good": 1, "repetitive": 1}
     assert [(p["prompt_id"], p["chosen_id"]) for p in pairs] == [
         ("a", "a-s0"), ("a", "a-s1"), ("b", "b-s0"), ("b", "b-s1"), ("c", "c-s0"), ("c", "c-s1"),
     ]  # fmt: skip

@@ -72,6 +72,10 @@ def test_a_list_that_runs_on_keeps_its_first_items_and_the_text_around_it() -> N
     assert text == "Tips:\n\n* Eat well\n* Sleep\n- Walk\n\nGood luck!" and fixed == [
         "bullet_count"
     ]
+    # An item's indented continuation lines go with it.
+    wrapped = "* Eat well\n  every day\n* Sleep\n  eight hours\n* Walk\nThe end."
+    text, _ = repair(wrapped, [{"type": "bullet_count", "value": 1}])
+    assert text == "* Eat well\n  every day\nThe end."
     # Too few items is not repaired (more would have to be written), nor too few sentences.
     assert repair(runs_on, [{"type": "bullet_count", "value": 6}]) is None
     assert repair("Short answer.", [{"type": "bullet_count", "value": 2}]) is None

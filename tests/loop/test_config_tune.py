@@ -147,9 +147,13 @@ def test_rejected_rounds_data_is_carried_only_where_no_judge_picked_it() -> None
     assert load_config(presets / "self-instruct.yaml").tune.carry_rejected is False
 
 
-def test_the_greedy_step_follows_sft_and_trains_lora() -> None:
-    with pytest.raises(ConfigError, match=r"tune\.greedy_pairs follows an sft step; .* dpo"):
-        load_config(None, ["tune.greedy_pairs=2", "tune.objective=dpo"])
-    with pytest.raises(ConfigError, match=r"tune\.greedy_pairs trains a LoRA adapter .* prefix"):
-        load_config(None, ["tune.greedy_pairs=2", "tune.method=prefix"])
-    assert load_config(None, ["tune.greedy_pairs=2"]).tune.greedy_objective == "rpo"
+def test_the_greedy_step_is_on_for_the_recipe_and_off_where_it_cannot_run() -> None:
+    assert load_config(None).tune.greedy_pairs == 2  # constraints, sft, lora
+    assert load_config(None, ["tune.method=qlora"]).tune.greedy_pairs == 2
+    for off in (["run.sources=[self_instruct]"], ["tune.objective=dpo"], ["tune.method=prefix"]):
+        assert load_config(None, off).tune.greedy_pairs == 0, off
+    # An explicit value stays (a run's saved config holds the resolved one); only sft LoRA
+    # rounds act on it, so another objective or method still loads.
+    assert load_config(None, ["tune.greedy_pairs=3"]).tune.greedy_pairs == 3
+    assert load_config(None, ["tune.greedy_pairs=2", "tune.objective=rpo"]).tune.objective == "rpo"
+    assert load_config(None, ["tune.greedy_pairs=0"]).tune.greedy_pairs == 0
