@@ -62,7 +62,6 @@ def main() -> None:
     logging.getLogger("selfloop").setLevel(logging.INFO)
 
     from agent.backends import make_generator
-    from agent.construct import respond
     from agent.data import read_jsonl, write_jsonl
     from judges.dedup import Pool
     from judges.evals.result import EvalResult, write_eval
@@ -73,13 +72,21 @@ def main() -> None:
     from loop.progress import training_progress
     from loop.rundir import RunDir
     from loop.stages.filter import response_filters
-    from loop.stages.tune import fit, near_eval_seeds, training_data
+    from loop.stages.tune import (
+        GREEDY,
+        SFT_ADAPTER,
+        fit,
+        greedy_answers,
+        greedy_tasks,
+        near_eval_seeds,
+        training_data,
+    )
 
     rundir = RunDir(args.run).require_run()
     n = args.round or last_data_round(rundir)
     sft_adapter = rundir.adapter_dir(n)
-    if (rundir.round_dir(n) / "greedy" / "sft_adapter").is_dir():  # the loop did the step
-        sft_adapter = rundir.round_dir(n) / "greedy" / "sft_adapter"
+    if (rundir.round_dir(n) / GREEDY / SFT_ADAPTER).is_dir():  # the loop did the step
+        sft_adapter = rundir.round_dir(n) / GREEDY / SFT_ADAPTER
     if not (sft_adapter / "adapter_config.json").is_file():
         raise SystemExit(f"error: {sft_adapter}: round {n} has no trained adapter")
     champion = starting_champion(rundir, n)
@@ -107,8 +114,7 @@ def main() -> None:
     exclude = near_eval_seeds(base_cfg, lambda c=base_cfg.dedup: Pool(None, c).embedder)
     chosen, _ = training_data(rundir, base_cfg.tune, n, champion, base_cfg.run.seeds_file, exclude)
     chosen = [r for r in chosen if r.get("constraints")]
-    rounds = sorted({int(r["round"]) for r in chosen if "round" in r})
-    tasks = [t for k in rounds for t in rundir.input_records(k, "respond") if t.get("constraints")]
+    tasks = greedy_tasks(rundir, chosen)
     greedy_path = args.out / f"round-{n:03d}" / "greedy.jsonl"
     gen = None
     try:
@@ -117,15 +123,12 @@ def main() -> None:
         else:
             gen = make_generator(cfg.model, cfg.backend)
             name = gen.load_adapter(sft_adapter, "sft")
-            params = cfg.respond.sampling.model_copy(
-                update={"n": 1, "temperature": 0.0, "top_p": 1.0}
-            )
-            greedy, _ = respond(gen, tasks, params, adapter=name, round_index=n)
+            greedy, _ = greedy_answers(gen, name, tasks, cfg, n)
             write_jsonl(greedy_path, greedy)
         pairs, verdicts = greedy_pairs(
             greedy, chosen, response_filters(cfg.filters).check, args.per_prompt
         )
-        print(f"round {n}: {len(tasks)} tasks of rounds {rounds}, {len(chosen)} verified answers; "
+        print(f"round {n}: {len(tasks)} tasks, {len(chosen)} verified answers; "
               f"greedy answers: {verdicts}; {len(pairs)} pairs", flush=True)  # fmt: skip
         write_jsonl(out / "pairs.jsonl", pairs)
         adapter, ev_path = out / "adapter", out / "eval.json"

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER = "adapter"
 GREEDY, GREEDY_ANSWERS, GREEDY_PAIRS = "greedy", "answers.jsonl", "preference_pairs.jsonl"
+SFT_ADAPTER = "sft_adapter"  # under GREEDY: the sft step's adapter
 TRAIN_METRICS = "train_metrics.json"
 _METRICS = ("steps", "final_loss", "tokens", "seconds", "tokens_per_second", "peak_memory_mb")
 
@@ -62,7 +63,6 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
 
     from agent.atomic import atomic_dir
     from agent.backends.base import AdapterHost
-    from agent.construct import respond
     from agent.data import read_jsonl, write_jsonl
     from agent.errors import SelfloopError
     from judges.preference import greedy_pairs, greedy_verdict
@@ -71,7 +71,7 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
 
     n, cfg = state["round"], ctx.cfg
     out = ctx.rundir.round_dir(n) / GREEDY
-    sft_dir, answers_path = out / "sft_adapter", out / GREEDY_ANSWERS
+    sft_dir, answers_path = out / SFT_ADAPTER, out / GREEDY_ANSWERS
     if not sft_dir.is_dir():
         fit(cfg, data, sft_dir, init, n, _callbacks(ctx, n))
     verified = [r for r in data if r.get("constraints")]
@@ -79,9 +79,6 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
     if answers_path.is_file():
         answers = read_jsonl(answers_path)
     else:
-        rounds = sorted({int(r["round"]) for r in verified if "round" in r})
-        tasks = [t for k in rounds for t in ctx.rundir.input_records(k, "respond")
-                 if t.get("constraints")]  # fmt: skip
         gen = ctx.student(state)
         if not isinstance(gen, AdapterHost):
             raise SelfloopError(
@@ -89,9 +86,8 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
                 "use transformers or vllm, or tune.greedy_pairs: 0"
             )
         name = gen.load_adapter(sft_dir, f"sft-{n}")
-        # As the IF suite is answered: greedy, the respond stage's length limit.
-        params = cfg.respond.sampling.model_copy(update={"n": 1, "temperature": 0.0, "top_p": 1.0})
-        answers, said = respond(gen, tasks, params, adapter=name, round_index=n)
+        tasks = greedy_tasks(ctx.rundir, verified)
+        answers, said = greedy_answers(gen, name, tasks, cfg, n)
         ctx.release()
         if said.get("backend_errors"):  # those tasks get no greedy answer (and no pair)
             log.warning("round %d tune: %d greedy answers failed", n, said["backend_errors"])
@@ -128,6 +124,24 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         }
     )
     fit(cfg.model_copy(update={"tune": step}), pairs, final, sft_dir, n, _callbacks(ctx, n))
+
+
+def greedy_tasks(rundir: RunDir, verified: list[dict]) -> list[dict]:
+    """The constrained tasks of every round whose verified answers are in `verified`: what
+    the sft adapter trained on answers to, and so what its greedy answers are paired on."""
+    rounds = sorted({int(r["round"]) for r in verified if "round" in r})
+    return [t for k in rounds for t in rundir.input_records(k, "respond") if t.get("constraints")]
+
+
+def greedy_answers(
+    gen: Any, adapter: str, tasks: list[dict], cfg: SelfloopConfig, n: int
+) -> tuple[list[dict], dict[str, Any]]:
+    """One answer per task from `adapter` (loaded in `gen`) as the IF suite is answered:
+    greedy, at the respond stage's length limit; and respond's counts."""
+    from agent.construct import respond
+
+    params = cfg.respond.sampling.model_copy(update={"n": 1, "temperature": 0.0, "top_p": 1.0})
+    return respond(gen, tasks, params, adapter=adapter, round_index=n)
 
 
 def training_data(
