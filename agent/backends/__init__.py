@@ -70,6 +70,12 @@ class BackendConfig(BaseModel):
         "unmerged): 1.3x on 2 CPU cores, for one more copy of the weights in memory. None "
         "(default): on CPU only.",
     )
+    share_prefix: bool = Field(
+        True,
+        description="transformers: where prompts run together open with the same tokens (the "
+        "judge's rubric; at least 16), run that prefix once and share its KV cache (scoring, "
+        "and ragged decoding's prefill). Measured in bench/prefix.py (README).",
+    )
     base_url: str | None = Field(
         None,
         description="openai: endpoint, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).",
@@ -117,6 +123,7 @@ def make_generator(
             adapters=adapters,
             batching=backend.batching,
             merge_adapters=backend.merge_adapters,
+            share_prefix=backend.share_prefix,
         )
     if backend.kind == "vllm":
         from agent.backends.vllm_backend import VLLMGenerator

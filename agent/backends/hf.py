@@ -57,6 +57,7 @@ class TransformersGenerator:
         adapters: dict[str, str | Path] | None = None,
         batching: str = "ragged",
         merge_adapters: bool | None = None,
+        share_prefix: bool = True,
     ) -> None:
         if batch_size < 1:
             raise SelfloopError(f"batch_size must be >= 1, got {batch_size}")
@@ -76,6 +77,7 @@ class TransformersGenerator:
         on_cpu = self.device.type == "cpu"
         self.merge_adapters = on_cpu if merge_adapters is None else merge_adapters
         self._merged: tuple[str, Any] | None = None  # (adapter, model with it merged)
+        self.share_prefix = share_prefix
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = sorted({*eos, self.tokenizer.eos_token_id} - {None})
@@ -355,6 +357,7 @@ class TransformersGenerator:
             eos_ids=self.eos_ids,
             pad_id=self.tokenizer.pad_token_id,
             on_prompt_done=done,
+            share_prefix=self.share_prefix,
         )
         back: list[list[tuple[Completion, list[int]]]] = [[] for _ in seqs]
         for i, toks in zip(order, outs):
@@ -527,8 +530,16 @@ class TransformersGenerator:
 
         Rows are left-padded so every continuation ends at the last position; only the last
         `max continuation + 1` positions go through the LM head, which keeps memory at
-        batch x (L+1) x vocab instead of batch x sequence x vocab.
+        batch x (L+1) x vocab instead of batch x sequence x vocab. Where a batch's rows open
+        with the same tokens (the judge's rubric), those run once (`refill.prefill_shared`).
         """
+        from agent.backends.refill import (
+            after_prefix,
+            cache_argument,
+            prefill_shared,
+            shared_prefix,
+        )
+
         seqs = [p + c for p, c in zip(prompt_ids, cont_ids)]
         if self.context:
             for i, s in enumerate(seqs):
@@ -537,6 +548,8 @@ class TransformersGenerator:
                         f"pair {i} is {len(s)} tokens, over the model's context of {self.context}"
                     )
         results: list[torch.Tensor | None] = [None] * len(seqs)
+        # A prefix-tuning adapter brings its own past key values: no prefix cache beside them.
+        share = self.share_prefix and not self._prompt_learning(adapter)
         with self._active(adapter), torch.inference_mode():
             for whole in self._batches([len(s) for s in seqs], 1, 0):
                 # batch_size rows of long continuations can be gigabytes of log-probs: cap them.
@@ -545,13 +558,25 @@ class TransformersGenerator:
                 for start in range(0, len(whole), rows):
                     batch = whole[start : start + rows]
                     keep = max(len(cont_ids[i]) for i in batch) + 1
-                    ids, mask = self._pad_left([seqs[i] for i in batch])
-                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    rows_seqs = [seqs[i] for i in batch]
+                    # The positions read (each row's continuation and the one before) stay
+                    # out of the shared prefix.
+                    limit = min(len(seqs[i]) - len(cont_ids[i]) - 1 for i in batch)
+                    shared = shared_prefix(rows_seqs, limit) if share else 0
+                    extra = {}
+                    if shared:
+                        extra[cache_argument(self.model)] = prefill_shared(
+                            self.model, rows_seqs[0][:shared], len(batch)
+                        )
+                    ids, mask, positions = after_prefix(
+                        rows_seqs, shared, self.tokenizer.pad_token_id, self.device
+                    )
                     logits = self.model(
                         input_ids=ids,
                         attention_mask=mask,
                         position_ids=positions,
                         logits_to_keep=keep,
+                        **extra,
                     ).logits
                     logps = torch.log_softmax(logits.float(), dim=-1).cpu()
                     for r, i in enumerate(batch):

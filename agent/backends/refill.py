@@ -11,6 +11,10 @@ different lengths). `decode_ragged` runs its own decode loop on a `DynamicCache`
   repeated for its n samples (one prefill per prompt, not per sample), left-padded to the
   batch's cache length and concatenated; cache columns that every row masks are trimmed, so
   attention never pays for the padding a departed row left behind;
+- prompts admitted together that open with the same tokens (a judge's rubric, a long system
+  prompt: at least `SHARED_PREFIX_MIN`) have that prefix run once and its cache repeated for
+  each of them (`prefill_shared`): a row is then [prefix][padding][its own tokens], the
+  padding masked, positions counted as if it were not there;
 - sampling draws from the distribution `generate`'s temperature / top-k / top-p warpers leave,
   without sorting the vocabulary each step (`sample_tokens`); greedy decoding is the argmax.
   Positions are explicit per row, so a refilled row sees the positions it would have in a batch
@@ -34,6 +38,46 @@ from agent.backends.base import SamplingParams
 from agent.backends.hf import pad_left
 
 _SHORTLIST = 256  # tokens a sampling step looks at before it sorts the whole vocabulary
+# Below this a shared prefix is not worth its own forward pass (the chat template's opening
+# alone is a few tokens every prompt shares).
+SHARED_PREFIX_MIN = 16
+
+
+def shared_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
+    """How many leading tokens all of `seqs` share, at most `limit` (each row must keep the
+    tokens whose outputs the caller reads); 0 for a single row or below `SHARED_PREFIX_MIN`."""
+    if len(seqs) < 2 or limit < SHARED_PREFIX_MIN:
+        return 0
+    first, rest = seqs[0], seqs[1:]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in rest):
+        n += 1
+    return n if n >= SHARED_PREFIX_MIN else 0
+
+
+def prefill_shared(model: Any, prefix: Sequence[int], rows: int) -> DynamicCache:
+    """The KV cache of `prefix` run once, repeated for `rows` rows."""
+    cache = DynamicCache()
+    ids = torch.tensor([list(prefix)], device=model.device)
+    model(
+        input_ids=ids,
+        position_ids=torch.arange(len(prefix), device=model.device)[None],
+        **{cache_argument(model): cache},
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def after_prefix(
+    seqs: Sequence[Sequence[int]], shared: int, pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tokens of `seqs` after their `shared` first ones, left-padded; the attention mask
+    over the shared prefix and them; their positions (counted from the prefix's end)."""
+    ids, mask = pad_left([list(s[shared:]) for s in seqs], pad_id, device)
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, torch.cat([mask.new_ones(len(seqs), shared), mask], dim=1), positions
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -160,7 +204,7 @@ def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return mask if n == 0 else torch.cat([mask.new_zeros(mask.shape[0], n), mask], dim=1)
 
 
-def _cache_argument(model: Any) -> str:
+def cache_argument(model: Any) -> str:
     """The forward argument that takes the KV cache: `cache` from the transformers release that
     renamed it (`past_key_values` then warns it is deprecated), `past_key_values` before."""
     import inspect
@@ -179,26 +223,33 @@ def decode_ragged(
     eos_ids: Sequence[int],
     pad_id: int,
     on_prompt_done: Callable[[int], None] | None = None,
+    share_prefix: bool = True,
 ) -> list[list[list[int]]]:
     """`rows` completions of each of `prompts` (token ids), decoded with at most `max_rows`
     rows at once (at least one prompt's `rows`). Per prompt, per sample: the generated tokens,
     through the EOS that ended it (an answer cut at `max_tokens` has none). Prompts enter in
-    the given order; `on_prompt_done(i)` is called when prompt i's last sample ends."""
+    the given order; `on_prompt_done(i)` is called when prompt i's last sample ends. With
+    `share_prefix`, prompts admitted together prefill the tokens they all open with once."""
     device = model.device
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
-    cache_arg = _cache_argument(model)
+    cache_arg = cache_argument(model)
     out: list[list[list[int]]] = [[[] for _ in range(rows)] for _ in prompts]
     left = [rows] * len(prompts)
     queue = list(range(len(prompts)))
     batch = _Batch()
 
     def admit(idx: list[int]) -> _Batch:
-        ids, mask = pad_left([prompts[i] for i in idx], pad_id, device)
+        seqs = [prompts[i] for i in idx]
         new = _Batch()
+        # Every row keeps at least its last prompt token: its logits give the first sample.
+        shared = shared_prefix(seqs, min(len(s) for s in seqs) - 1) if share_prefix else 0
+        if shared:
+            new.cache = prefill_shared(model, seqs[0][:shared], len(seqs))
+        ids, mask, positions = after_prefix(seqs, shared, pad_id, device)
         logits = model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            position_ids=positions,
             **{cache_arg: new.cache},
             use_cache=True,
             logits_to_keep=1,

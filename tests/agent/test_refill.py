@@ -13,9 +13,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from agent.backends import SamplingParams
+from agent.backends import SamplingParams, user
 from agent.backends.hf import TransformersGenerator
-from agent.backends.refill import _draw, decode_ragged, nucleus
+from agent.backends.refill import SHARED_PREFIX_MIN, _draw, decode_ragged, nucleus, shared_prefix
 from agent.errors import SelfloopError
 from agent.models import ModelSpec
 from tests.agent.test_hf_backend import PROMPTS
@@ -147,3 +147,83 @@ def test_prefix_tuning_adapter_decodes_in_static_batches(
             [r.text for r in gen.generate(PROMPTS, SamplingParams(max_tokens=8), adapter="p1")]
         )
     assert answers[0] == answers[1]
+    # Scoring under it shares no rubric prefix (the adapter's virtual tokens are the cache).
+    cands = ["1", "2"]
+    batched = gen.next_token_logprobs(RUBRIC_PROMPTS, cands, adapter="p1")
+    alone = [gen.next_token_logprobs([m], cands, adapter="p1")[0] for m in RUBRIC_PROMPTS]
+    assert batched == [pytest.approx(a, abs=1e-4) for a in alone]
+
+
+# A judge-like batch: one long rubric, then each prompt's own question.
+RUBRIC = (
+    "Review the question and the response with the additive five point scale below; add a "
+    "point for relevance, one for coverage, one for a useful answer, one for clarity and one "
+    "for expert quality. Then reply with the score alone.\n\nQuestion: "
+)
+RUBRIC_PROMPTS = [
+    user(RUBRIC + q)
+    for q in ("Hi", "What is 2 + 2?", "Write a haiku about rain.", "ok", "Name three rivers.")
+]
+
+
+def test_shared_prefix_length() -> None:
+    a = list(range(40))
+    assert shared_prefix([a, a[:30] + [99] * 5, a[:25] + [7]], limit=100) == 25
+    assert shared_prefix([a, a[:30] + [99]], limit=20) == 20  # each row keeps its tail
+    assert shared_prefix([a, a], limit=SHARED_PREFIX_MIN - 1) == 0  # too short to pay
+    assert shared_prefix([a[:10] + [1] * 30, a[:10] + [2] * 30], limit=100) == 0
+    assert shared_prefix([a], limit=40) == 0  # one row: nothing to share
+
+
+def _prefix_calls(model: torch.nn.Module) -> tuple[list[tuple[int, int]], object]:
+    """The (rows, width) of every forward pass of `model`, and the hook's handle."""
+    seen: list[tuple[int, int]] = []
+
+    def hook(_mod: object, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(tuple(ids.shape))
+
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_shared_prefix_runs_once_and_decodes_the_same(gen: TransformersGenerator) -> None:
+    """Prompts admitted together that open with the same rubric have it prefilled once (a
+    one-row pass) and its cache repeated; the rows then see what they would alone: greedy
+    answers equal generate's, with and without refills."""
+    params = SamplingParams(max_tokens=12)
+    want = [r.text for r in gen.generate(RUBRIC_PROMPTS, params)]
+    enc = [gen.encode_prompt(m) for m in RUBRIC_PROMPTS]
+    common = shared_prefix(enc, min(len(e) for e in enc) - 1)
+    assert common >= SHARED_PREFIX_MIN
+    for width in (2, 5):
+        seen, handle = _prefix_calls(gen.model)
+        try:
+            outs = decode_ragged(
+                gen.model, enc, 1, params, max_rows=width, eos_ids=gen.eos_ids, pad_id=0
+            )
+        finally:
+            handle.remove()
+        assert [gen._completion(o[0], params)[0].text for o in outs] == want
+        assert (1, common) in seen  # the shared prefix's own pass
+        assert max(w for _, w in seen) < max(len(e) for e in enc)  # no row ran it again
+
+
+def test_scoring_with_a_shared_prefix_matches_each_prompt_alone(
+    gen: TransformersGenerator,
+) -> None:
+    """The judge's rubric is run once per batch; each prompt's scores are those it gets alone
+    (a one-row batch shares nothing)."""
+    cands = ["1", "2", "3", "4", "5"]
+    seen, handle = _prefix_calls(gen.model)
+    try:
+        batched = gen.next_token_logprobs(RUBRIC_PROMPTS, cands)
+        conts = ["Four.", "x", "Rain on the roof.", "Fine, thanks", "Nile, Amazon, Rhine."]
+        cont_batched = gen.continuation_logprobs(RUBRIC_PROMPTS, conts)
+    finally:
+        handle.remove()
+    assert any(rows == 1 and w >= SHARED_PREFIX_MIN for rows, w in seen)
+    for i, msgs in enumerate(RUBRIC_PROMPTS):
+        alone = gen.next_token_logprobs([msgs], cands)[0]
+        assert batched[i] == pytest.approx(alone, abs=1e-4)
+        cont_alone = gen.continuation_logprobs([msgs], [conts[i]])[0]
+        assert cont_batched[i] == pytest.approx(cont_alone, abs=1e-4)
