@@ -73,7 +73,7 @@ class BackendConfig(BaseModel):
     share_prefix: bool = Field(
         True,
         description="transformers: where prompts run together open with the same tokens (the "
-        "judge's rubric; at least 16), run that prefix once and share its KV cache (scoring, "
+        "judge's rubric; at least 64), run that prefix once and share its KV cache (scoring, "
         "and ragged decoding's prefill). Measured in bench/prefix.py (README).",
     )
     base_url: str | None = Field(

@@ -156,9 +156,13 @@ def test_prefix_tuning_adapter_decodes_in_static_batches(
 
 # A judge-like batch: one long rubric, then each prompt's own question.
 RUBRIC = (
-    "Review the question and the response with the additive five point scale below; add a "
-    "point for relevance, one for coverage, one for a useful answer, one for clarity and one "
-    "for expert quality. Then reply with the score alone.\n\nQuestion: "
+    "Review the question and the response with the additive five point scale below.\n"
+    "- Add a point if the response is relevant to the question, even if incomplete.\n"
+    "- Add another if it addresses a substantial part of the question.\n"
+    "- Add a third if it answers the basic elements of the question in a useful way.\n"
+    "- Add a fourth if it is clearly written from an assistant's view, and well organized.\n"
+    "- Add a fifth if it is impeccably tailored to the question, with expert knowledge.\n"
+    "Then reply with the score alone.\n\nQuestion: "
 )
 RUBRIC_PROMPTS = [
     user(RUBRIC + q)
@@ -167,12 +171,13 @@ RUBRIC_PROMPTS = [
 
 
 def test_shared_prefix_length() -> None:
-    a = list(range(40))
-    assert shared_prefix([a, a[:30] + [99] * 5, a[:25] + [7]], limit=100) == 25
-    assert shared_prefix([a, a[:30] + [99]], limit=20) == 20  # each row keeps its tail
-    assert shared_prefix([a, a], limit=SHARED_PREFIX_MIN - 1) == 0  # too short to pay
-    assert shared_prefix([a[:10] + [1] * 30, a[:10] + [2] * 30], limit=100) == 0
-    assert shared_prefix([a], limit=40) == 0  # one row: nothing to share
+    m = SHARED_PREFIX_MIN
+    a = list(range(m + 40))
+    assert shared_prefix([a, a[: m + 30] + [-1] * 5, a[: m + 25] + [-7]], limit=500) == m + 25
+    assert shared_prefix([a, a[: m + 30] + [-1]], limit=m + 20) == m + 20  # rows keep a tail
+    assert shared_prefix([a, a], limit=m - 1) == 0  # too short to pay
+    assert shared_prefix([a[: m - 1] + [1] * 30, a[: m - 1] + [2] * 30], limit=500) == 0
+    assert shared_prefix([a], limit=500) == 0  # one row: nothing to share
 
 
 def _prefix_calls(model: torch.nn.Module) -> tuple[list[tuple[int, int]], object]:
