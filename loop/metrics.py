@@ -233,17 +233,31 @@ STEP_KEYS = {
 }
 
 
-def step_callback(rundir: RunDir, cfg: MetricsConfig, round_index: int) -> Any | None:
+def round_steps(record: dict[str, Any]) -> int:
+    """The optimizer steps one metrics.jsonl record's round took: its tune stage's, plus the
+    sft part before a greedy preference step (`tune.greedy.sft`; without pairs the round's
+    adapter is that sft adapter, whose steps `tune.steps` already are)."""
+    tune = record.get("tune") or {}
+    greedy = tune.get("greedy") or {}
+    sft = int((greedy.get("sft") or {}).get("steps") or 0) if greedy.get("pairs") else 0
+    return int(tune.get("steps") or 0) + sft
+
+
+def step_callback(
+    rundir: RunDir, cfg: MetricsConfig, round_index: int, after: int = 0
+) -> Any | None:
     """A TrainerCallback sending round `round_index`'s training logs to the enabled loggers as
     `train/<key>` (and `train/round`) at the run's cumulative step: the training steps of
-    earlier rounds (metrics.jsonl) plus this round's. None when no logger is enabled. Only the
-    main process logs."""
+    earlier rounds (metrics.jsonl), the `after` steps this round already took (the sft part
+    before its preference step), plus this training's. None when no logger is enabled. Only
+    the main process logs."""
     if not cfg.enabled():
         return None
     from transformers import TrainerCallback
 
-    offset = sum(int((m.get("tune") or {}).get("steps") or 0) for m in rundir.read_metrics()
-                 if m.get("round", 0) < round_index)  # fmt: skip
+    offset = after + sum(
+        round_steps(m) for m in rundir.read_metrics() if m.get("round", 0) < round_index
+    )
 
     class StepMetrics(TrainerCallback):
         def __init__(self) -> None:

@@ -123,7 +123,8 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
             "greedy_pairs": 0,
         }
     )
-    fit(cfg.model_copy(update={"tune": step}), pairs, final, sft_dir, n, _callbacks(ctx, n))
+    callbacks = _callbacks(ctx, n, step.objective, after=int(sft_metrics.get("steps") or 0))
+    fit(cfg.model_copy(update={"tune": step}), pairs, final, sft_dir, n, callbacks)
 
 
 def greedy_tasks(rundir: RunDir, verified: list[dict]) -> list[dict]:
@@ -228,13 +229,14 @@ def fit(
     return result
 
 
-def _callbacks(ctx: Context, n: int) -> list[Any]:
-    """Progress, step-level metrics for the enabled dashboards, and the kill tests' failpoint."""
+def _callbacks(ctx: Context, n: int, objective: str | None = None, after: int = 0) -> list[Any]:
+    """Progress, step-level metrics for the enabled dashboards, and the kill tests' failpoint.
+    A preference step after sft names its own `objective` and logs its steps `after` sft's."""
     from loop.metrics import step_callback
     from loop.progress import training_progress
 
-    steps = step_callback(ctx.rundir, ctx.cfg.metrics, n)
-    label = f"round {n} tune ({ctx.cfg.tune.objective})"
+    steps = step_callback(ctx.rundir, ctx.cfg.metrics, n, after)
+    label = f"round {n} tune ({objective or ctx.cfg.tune.objective})"
     return [training_progress(label), *([steps] if steps is not None else []), *tune_callbacks(n)]
 
 

@@ -13,7 +13,7 @@ import yaml
 from agent.errors import SelfloopError
 from loop.config import load_config
 from loop.graph import run
-from loop.metrics import MetricsConfig, check_available, scalars, sync
+from loop.metrics import MetricsConfig, check_available, round_steps, scalars, step_callback, sync
 from loop.rundir import RunDir
 from tests.helpers import write_config
 
@@ -114,3 +114,29 @@ def test_a_missing_logger_package_is_refused_before_anything_is_written(
     with pytest.raises(SelfloopError, match="metrics.tensorboard needs"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_step_offsets_count_both_trainings_of_a_greedy_round(tmp_path: Path) -> None:
+    """A round with a greedy preference step trains twice (sft, then rpo from it): the
+    dashboards' step axis counts both, for earlier rounds and within the round, so the rpo
+    curve follows the sft one instead of overwriting its steps. A round whose greedy answers
+    all passed has the sft adapter as its own: its steps count once."""
+    from types import SimpleNamespace
+
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir(parents=True)
+    greedy = {"pairs": 105, "sft": {"steps": 70}}
+    records = [
+        {"round": 1, "tune": {"steps": 14, "greedy": greedy}},
+        {"round": 2, "tune": {"steps": 9, "greedy": {"pairs": 0, "sft": {"steps": 9}}}},
+        {"round": 3, "tune": {"steps": 6}},  # no greedy step
+    ]
+    rd.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [round_steps(r) for r in records] == [84, 9, 6]
+
+    cb = step_callback(rd, MetricsConfig(tensorboard=True), 4, after=12)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1)
+    cb.on_train_begin(None, state, None)
+    cb.on_log(None, state, None, logs={"loss": 0.5})
+    cb.on_train_end(None, state, None)
+    assert _tb_scalars(rd.root / "tensorboard")["train/loss"] == [(84 + 9 + 6 + 12 + 1, 0.5)]
