@@ -59,14 +59,41 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale(final: Path) -> list[Path]:
+    """Remove the temporary siblings of `final` that killed processes left (`.NAME.tmp-PID`
+    whose PID no longer runs, or this process's own); a live process's is its work in
+    progress and stays. Returns what was removed."""
+    gone = []
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
 @contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes `final` when the block succeeds (and is
-    removed when it fails). `final` must not exist: a directory is never renamed over another."""
+    removed when it fails). `final` must not exist: a directory is never renamed over another.
+    What a killed process left of an earlier try (an adapter is megabytes) is removed first."""
     final = Path(final)
     make_parents(final)
     tmp = tmp_sibling(final)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with this pid
+    remove_stale(final)
     tmp.mkdir()
     try:
         yield tmp
