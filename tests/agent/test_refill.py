@@ -19,6 +19,7 @@ from agent.backends.refill import SHARED_PREFIX_MIN, _draw, decode_ragged, nucle
 from agent.errors import SelfloopError
 from agent.models import ModelSpec
 from tests.agent.test_hf_backend import PROMPTS
+from tests.helpers import make_lora_adapter
 
 
 def _warped(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -232,3 +233,25 @@ def test_scoring_with_a_shared_prefix_matches_each_prompt_alone(
         assert batched[i] == pytest.approx(alone, abs=1e-4)
         cont_alone = gen.continuation_logprobs([msgs], [conts[i]])[0]
         assert cont_batched[i] == pytest.approx(cont_alone, abs=1e-4)
+
+
+def test_scoring_under_a_lora_adapter_shares_the_prefix_too(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """With adapters loaded the model is a PeftModel: under a LoRA adapter and with it
+    disabled (the base), batched scores with the shared rubric are each prompt's alone, and
+    differ between the two (the adapter is in the shared pass too)."""
+    adapter = make_lora_adapter(tiny_model_dir, tmp_path / "a1")
+    spec = ModelSpec(name=str(tiny_model_dir), dtype="float32")
+    g = TransformersGenerator(spec, batch_size=5, adapters={"a1": adapter})
+    conts = ["Four.", "x", "Rain on the roof.", "Fine, thanks", "Nile, Amazon, Rhine."]
+    got = {}
+    for name in ("a1", None):
+        batched = g.continuation_logprobs(RUBRIC_PROMPTS, conts, adapter=name)
+        alone = [
+            g.continuation_logprobs([m], [c], adapter=name)[0]
+            for m, c in zip(RUBRIC_PROMPTS, conts)
+        ]
+        assert batched == [pytest.approx(a, abs=1e-4) for a in alone]
+        got[name] = batched
+    assert got["a1"] != got[None]
