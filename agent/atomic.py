@@ -2,14 +2,17 @@
 
 Everything selfloop writes that a killed process could leave half-written (run directory files,
 pool index, training fingerprints, exported artifacts) goes through here: the content is
-written to a temporary sibling (`.NAME.tmp-PID`, same filesystem, so the rename is atomic),
-flushed to disk, then renamed into place.
+written to a temporary sibling (`.NAME.tmp-PID`, a directory `.NAME.tmp-HOST-PID`; same
+filesystem, so the rename is atomic), flushed to disk, then renamed into place.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,7 +62,13 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
+# This machine, in the names of temporary directories: a leftover of this machine's can be
+# checked against its PID; another machine's (a shared filesystem) cannot.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this machine runs (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,18 +78,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def dir_sibling(path: Path) -> Path:
+    """The temporary name `atomic_dir` builds `path` under: `.NAME.tmp-HOST-PID`."""
+    return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
+
+
 def remove_stale(final: Path) -> list[Path]:
-    """Remove the temporary siblings of `final` that killed processes left (`.NAME.tmp-PID`
-    whose PID no longer runs, or this process's own); a live process's is its work in
-    progress and stays. Returns what was removed."""
+    """Remove the temporary directories of `final` that killed processes of this machine left
+    (`.NAME.tmp-HOST-PID` whose PID no longer runs, or this process's own); a live process's
+    is its work in progress, another machine's cannot be checked: both stay."""
     gone = []
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.tmp-{HOST}-*"):
         pid = tmp.name.rsplit("-", 1)[1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
+        if pid.isdigit() and (int(pid) == os.getpid() or not alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
             gone.append(tmp)
     return gone
 
@@ -92,7 +103,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     What a killed process left of an earlier try (an adapter is megabytes) is removed first."""
     final = Path(final)
     make_parents(final)
-    tmp = tmp_sibling(final)
+    tmp = dir_sibling(final)
     remove_stale(final)
     tmp.mkdir()
     try:

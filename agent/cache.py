@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import struct
 import time
 import uuid
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import platformdirs
 
+from agent.atomic import HOST as _HOST
+from agent.atomic import alive as _alive
 from agent.atomic import atomic_write
 from agent.errors import SelfloopError
 
@@ -140,19 +141,6 @@ def _add_hashes(entry: Path, manifest: dict) -> None:
         atomic_write(entry / MANIFEST, json.dumps(manifest, indent=2))
     except OSError as e:  # a read-only shared cache: checked by sizes, as it was written
         log.debug("cannot add hashes to %s: %s", entry / MANIFEST, e)
-
-
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def remove_stale_builds(root: Path) -> list[Path]:

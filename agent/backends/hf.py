@@ -77,7 +77,13 @@ class TransformersGenerator:
         on_cpu = self.device.type == "cpu"
         self.merge_adapters = on_cpu if merge_adapters is None else merge_adapters
         self._merged: tuple[str, Any] | None = None  # (adapter, model with it merged)
-        self.share_prefix = share_prefix
+        from agent.backends.refill import can_share_prefix  # refill imports this module
+
+        self.share_prefix = share_prefix and can_share_prefix(self.model)
+        if share_prefix and not self.share_prefix:
+            log.info(
+                "share_prefix off: %s has sliding-window or non-attention layers", self.model_name
+            )
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = sorted({*eos, self.tokenizer.eos_token_id} - {None})

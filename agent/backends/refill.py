@@ -14,7 +14,8 @@ different lengths). `decode_ragged` runs its own decode loop on a `DynamicCache`
 - prompts admitted together that open with the same tokens (a judge's rubric, a long system
   prompt: at least `SHARED_PREFIX_MIN`) have that prefix run once and its cache repeated for
   each of them (`prefill_shared`): a row is then [prefix][padding][its own tokens], the
-  padding masked, positions counted as if it were not there;
+  padding masked, positions counted as if it were not there (models with full attention in
+  every layer only: `can_share_prefix`);
 - sampling draws from the distribution `generate`'s temperature / top-k / top-p warpers leave,
   without sorting the vocabulary each step (`sample_tokens`); greedy decoding is the argmax.
   Positions are explicit per row, so a refilled row sees the positions it would have in a batch
@@ -47,6 +48,7 @@ SHARED_PREFIX_MIN = 64
 def shared_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
     """How many leading tokens all of `seqs` share, at most `limit` (each row must keep the
     tokens whose outputs the caller reads); 0 for a single row or below `SHARED_PREFIX_MIN`."""
+    limit = min(limit, *(len(s) for s in seqs))
     if len(seqs) < 2 or limit < SHARED_PREFIX_MIN:
         return 0
     first, rest = seqs[0], seqs[1:]
@@ -54,6 +56,17 @@ def shared_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
     while n < limit and all(s[n] == first[n] for s in rest):
         n += 1
     return n if n >= SHARED_PREFIX_MIN else 0
+
+
+def can_share_prefix(model: Any) -> bool:
+    """Whether `model` sees a row [prefix][padding][its own tokens] as it sees the row without
+    the padding: plain full attention in every layer. A sliding window counts its distance in
+    cache columns (the padding would push prefix tokens out of it), and linear-attention or
+    recurrent layers would carry the padding in their state: no sharing for those."""
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    types = getattr(cfg, "layer_types", None) or []
+    return all(t == "full_attention" for t in types) and not getattr(cfg, "sliding_window", None)
 
 
 def prefill_shared(model: Any, prefix: Sequence[int], rows: int) -> DynamicCache:
@@ -243,7 +256,7 @@ def decode_ragged(
         seqs = [prompts[i] for i in idx]
         new = _Batch()
         # Every row keeps at least its last prompt token: its logits give the first sample.
-        shared = shared_prefix(seqs, min(len(s) for s in seqs) - 1) if share_prefix else 0
+        shared = shared_prefix(seqs, min(len(s) for s in seqs) - 1) if share else 0
         if shared:
             new.cache = prefill_shared(model, seqs[0][:shared], len(seqs))
         ids, mask, positions = after_prefix(seqs, shared, pad_id, device)
@@ -280,6 +293,7 @@ def decode_ragged(
                 keep.append(r)
         batch.keep(keep)
 
+    share = share_prefix and can_share_prefix(model)
     capacity = max(1, max_rows // rows) * rows
     with torch.inference_mode():
         while queue or len(batch):
