@@ -29,9 +29,7 @@ from pathlib import Path
 
 import platformdirs
 
-from agent.atomic import HOST as _HOST
-from agent.atomic import alive as _alive
-from agent.atomic import atomic_write
+from agent.atomic import HOST, alive, atomic_write
 from agent.errors import SelfloopError
 
 log = logging.getLogger(__name__)
@@ -154,8 +152,8 @@ def remove_stale_builds(root: Path) -> list[Path]:
     for tmp in root.glob(".tmp-*"):
         _, host, pid, _ = tmp.name.rsplit("-", 3) if tmp.name.count("-") >= 4 else ("", "", "", "")
         try:
-            if host == _HOST and pid.isdigit():
-                stale = not _alive(int(pid))
+            if host == HOST and pid.isdigit():
+                stale = not alive(int(pid))
             else:
                 stale = time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS
         except OSError:
@@ -191,7 +189,7 @@ def materialize(
         shutil.rmtree(entry, ignore_errors=True)
         _verified.pop(entry, None)
     remove_stale_builds(root)
-    tmp = root / f".tmp-{key}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root / f".tmp-{key}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         started = time.monotonic()

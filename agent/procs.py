@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent.atomic import alive
 from agent.errors import SelfloopError
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _ancestors() -> set[int]:
@@ -80,7 +71,7 @@ def others() -> list[dict[str, Any]]:
             continue
         if pid in mine:
             continue
-        if _alive(pid):
+        if alive(pid):
             found.append(entry)
         else:
             f.unlink(missing_ok=True)

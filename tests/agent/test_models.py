@@ -222,8 +222,8 @@ def test_a_killed_build_leaves_no_temporary_directory_behind(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     pid = int(dead.stdout)
-    gone = tmp_path / f".tmp-k-{cache._HOST}-{pid}-0123abcd"  # its process was killed
-    alive = tmp_path / f".tmp-k-{cache._HOST}-{os.getpid()}-0123abcd"  # still building
+    gone = tmp_path / f".tmp-k-{cache.HOST}-{pid}-0123abcd"  # its process was killed
+    alive = tmp_path / f".tmp-k-{cache.HOST}-{os.getpid()}-0123abcd"  # still building
     other = tmp_path / ".tmp-k-ffffffff-1-0123abcd"  # another machine's, recent
     old = tmp_path / ".tmp-k-1-0123abcd"  # an older selfloop's name, two days old
     for d in (gone, alive, other, old):
