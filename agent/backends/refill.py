@@ -48,8 +48,10 @@ SHARED_PREFIX_MIN = 64
 def shared_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
     """How many leading tokens all of `seqs` share, at most `limit` (each row must keep the
     tokens whose outputs the caller reads); 0 for a single row or below `SHARED_PREFIX_MIN`."""
+    if len(seqs) < 2:
+        return 0
     limit = min(limit, *(len(s) for s in seqs))
-    if len(seqs) < 2 or limit < SHARED_PREFIX_MIN:
+    if limit < SHARED_PREFIX_MIN:
         return 0
     first, rest = seqs[0], seqs[1:]
     n = 0

@@ -185,7 +185,8 @@ def test_shared_prefix_length() -> None:
     assert shared_prefix([a, a[: m + 30] + [-1]], limit=m + 20) == m + 20  # rows keep a tail
     assert shared_prefix([a, a], limit=m - 1) == 0  # too short to pay
     assert shared_prefix([a[: m - 1] + [1] * 30, a[: m - 1] + [2] * 30], limit=500) == 0
-    assert shared_prefix([a], limit=500) == 0  # one row: nothing to share
+    assert shared_prefix([a], limit=500) == 0 and shared_prefix([], limit=500) == 0
+    assert shared_prefix([a, a + [1]], limit=500) == len(a)  # the limit is the shorter row
 
 
 def _prefix_calls(model: torch.nn.Module) -> tuple[list[tuple[int, int]], object]:
