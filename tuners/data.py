@@ -2,8 +2,9 @@
 
 An example is `{"messages": [{"role", "content"}, ...]}` (extra keys are carried along and ignored
 here). It is rendered with the model's own chat template. Each assistant turn is located by
-rendering the conversation up to that turn twice, with and without the answer: the tokens in
-between are the answer plus the end-of-turn marker, and only those carry labels. Every assistant
+rendering the conversation up to that turn twice, with and without the answer: the text in
+between is the answer plus the end-of-turn marker, tokenized on its own (as it was generated,
+after the prompt's tokens), and only its tokens carry labels. Every assistant
 turn of a multi-turn example is trained on. Prompt, system and user tokens are -100.
 """
 
@@ -19,11 +20,10 @@ from agent.errors import SelfloopError
 IGNORE = -100
 
 
-def _ids(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(
+def _text(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
     )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def tokenize_example(tokenizer: Any, example: Mapping[str, Any], where: str = "") -> dict:
@@ -38,19 +38,31 @@ def tokenize_example(tokenizer: Any, example: Mapping[str, Any], where: str = ""
         content = messages[k].get("content")
         if not isinstance(content, str) or not content.strip():
             raise SelfloopError(f"{where}: messages[{k}] (assistant) has empty content")
-    full = _ids(tokenizer, messages[: turns[-1] + 1], generation_prompt=False)
-    labels = [IGNORE] * len(full)
+    full = _text(tokenizer, messages[: turns[-1] + 1], generation_prompt=False)
+    ids: list[int] = []
+    labels: list[int] = []
+    done = 0  # characters of `full` tokenized so far
     for k in turns:
-        before = _ids(tokenizer, messages[:k], generation_prompt=True)
-        through = _ids(tokenizer, messages[: k + 1], generation_prompt=False)
+        before = _text(tokenizer, messages[:k], generation_prompt=True)
+        through = _text(tokenizer, messages[: k + 1], generation_prompt=False)
         # Templates render a conversation prefix-stably; if one does not, masks would be wrong.
-        if full[: len(through)] != through or through[: len(before)] != before:
+        if not (full.startswith(through) and through.startswith(before)) or len(before) < done:
             raise SelfloopError(
                 f"{where}: the chat template does not render turn {k} as a prefix of the whole "
                 "conversation; cannot locate the assistant tokens"
             )
-        labels[len(before) : len(through)] = full[len(before) : len(through)]
-    return {"input_ids": full, "labels": labels}
+        # The prompt and the answer are tokenized apart, as the answer was generated: after
+        # the prompt's tokens. Tokenized together, an answer that opens with whitespace
+        # (sampled answers do) merges with the template's last newline into other tokens.
+        for text, learn in (
+            (full[done : len(before)], False),
+            (full[len(before) : len(through)], True),
+        ):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            ids += piece
+            labels += piece if learn else [IGNORE] * len(piece)
+        done = len(through)
+    return {"input_ids": ids, "labels": labels}
 
 
 def tokenize_dataset(

@@ -60,6 +60,32 @@ def test_prompt_tokens_masked_in_single_turn(tok) -> None:
     assert all(lab != IGNORE for lab in item["labels"][n_prompt : n_prompt + 2])
 
 
+def test_an_answer_that_opens_with_whitespace_is_located(tok) -> None:
+    """A sampled answer may open with spaces and a newline: tokenized with the prompt, they
+    merge with the template's last newline and the prompt's tokens are no longer a prefix (a
+    loop run died on one in round 3). The answer is tokenized after the prompt, as generated:
+    the prompt's tokens come first, then exactly the answer's and the end-of-turn marker."""
+    answer = "        \n *Do not use commas.\n*Keep it short."
+    ex = {
+        "id": "aug-1",
+        "messages": [
+            {"role": "user", "content": "Any tricks? Do not use any commas."},
+            {"role": "assistant", "content": answer},
+        ],
+    }
+    prompt = tok.apply_chat_template(ex["messages"][:1], tokenize=False, add_generation_prompt=True)
+    whole = tok.apply_chat_template(ex["messages"], tokenize=False)
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    # The trap: tokenized whole, the conversation does not start with the prompt's tokens.
+    assert tok(whole, add_special_tokens=False)["input_ids"][: len(prompt_ids)] != prompt_ids
+    item = tokenize_dataset(tok, [ex], 512, 2048)[0]
+    assert item["input_ids"][: len(prompt_ids)] == prompt_ids
+    assert all(lab == IGNORE for lab in item["labels"][: len(prompt_ids)])
+    trained = [lab for lab in item["labels"] if lab != IGNORE]
+    assert trained == item["input_ids"][len(prompt_ids) :]
+    assert tok.decode(trained) == whole[len(prompt) :]  # the answer and <|im_end|>, all of it
+
+
 def test_bad_examples_are_errors(tok) -> None:
     with pytest.raises(SelfloopError, match="no assistant message"):
         tokenize_example(tok, {"messages": [{"role": "user", "content": "x"}]}, where="ex 3")
