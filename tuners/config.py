@@ -48,7 +48,8 @@ class TuneConfig(BaseModel):
     packing: bool = Field(
         True,
         description="Padding-free batches: examples concatenated in one row, positions restart per "
-        "example, no attention across examples.",
+        "example, no attention across examples. For dpo / rpo the padded batches trl makes are "
+        "run as such rows (`tuners.unpad`) where the model attends per example (SDPA models).",
     )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")

@@ -152,7 +152,8 @@ def train_preference(
     with PeakMemory(_this_device(device)) as memory:
         torch.manual_seed(cfg.seed)
         # trl copies a starting adapter into a frozen "ref" adapter: the reference
-        model, peft_config = trl_model(resolved, cfg, settings.grad_ckpt, init)
+        packing = cfg.packing and cfg.method != "prefix"
+        model, peft_config = trl_model(resolved, cfg, settings.grad_ckpt, init, packing=packing)
         model.config.use_cache = False
         guard = StepGuard(cfg.abort_grad_norm)
         grad_ckpt = settings.grad_ckpt and cfg.method != "qlora"
@@ -173,6 +174,7 @@ def train_preference(
             callbacks=[guard, *callbacks],
         )
         trainer.remove_callback(PrinterCallback)
+        _unpad(trainer, packing)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         started = time.monotonic()
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -236,12 +238,33 @@ def trl_result(
     )
 
 
-def trl_model(resolved: Any, cfg: TuneConfig, grad_ckpt: bool, init: Path | None) -> Any:
+def _unpad(trainer: Any, packing: bool) -> None:
+    """Padding-free policy and reference forwards (`tuners.unpad`) where the model attends per
+    sequence in a packed row; else trl's padded batches as they are."""
+    from peft import PeftModel
+
+    from tuners.attention import NAME
+    from tuners.unpad import unpad_forward
+
+    model = trainer.model
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not packing:
+        return
+    if getattr(base.config, "_attn_implementation", None) != NAME or trainer.ref_model is not None:
+        log.info("preference batches stay padded: per-sequence attention is for SDPA models")
+        return
+    unpad_forward(base)
+
+
+def trl_model(
+    resolved: Any, cfg: TuneConfig, grad_ckpt: bool, init: Path | None, packing: bool = False
+) -> Any:
     """(model, peft_config) for a trl trainer: the base with the starting adapter loaded
-    trainable, or the base and a fresh LoRA config for trl to apply."""
+    trainable, or the base and a fresh LoRA config for trl to apply. `packing` switches the
+    model to per-sequence attention for packed rows (`tuners.attention`)."""
     from peft import LoraConfig, PeftModel, TaskType
 
-    model = _load_model(resolved, cfg, grad_ckpt, packing=False)
+    model = _load_model(resolved, cfg, grad_ckpt, packing=packing)
     if init is not None:
         return PeftModel.from_pretrained(model, init, is_trainable=True), None
     lora = LoraConfig(

@@ -115,16 +115,21 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         with atomic_dir(final) as tmp:
             shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
         return
-    step = cfg.tune.model_copy(
+    step = greedy_step_config(cfg.tune)
+    callbacks = _callbacks(ctx, n, step.objective, after=int(sft_metrics.get("steps") or 0))
+    fit(cfg.model_copy(update={"tune": step}), pairs, final, sft_dir, n, callbacks)
+
+
+def greedy_step_config(tune: TuneConfig) -> TuneConfig:
+    """The tune config of the preference part of the greedy step."""
+    return tune.model_copy(
         update={
-            "objective": cfg.tune.greedy_objective,
-            "learning_rate": cfg.tune.greedy_learning_rate,
-            "epochs": cfg.tune.greedy_epochs,
+            "objective": tune.greedy_objective,
+            "learning_rate": tune.greedy_learning_rate,
+            "epochs": tune.greedy_epochs,
             "greedy_pairs": 0,
         }
     )
-    callbacks = _callbacks(ctx, n, step.objective, after=int(sft_metrics.get("steps") or 0))
-    fit(cfg.model_copy(update={"tune": step}), pairs, final, sft_dir, n, callbacks)
 
 
 def greedy_tasks(rundir: RunDir, verified: list[dict]) -> list[dict]:

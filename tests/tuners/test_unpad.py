@@ -1,0 +1,117 @@
+"""Padding-free preference batches (`tuners.unpad`): on the tiny model a padded batch run as one
+packed row gives the padded forward's per-token log-probs and gradients, and DPO trains the
+same with and without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tuners.test_preference import PAIRS, _cfg
+from tuners.preference import train_preference
+from tuners.unpad import pack_padded, unpad_forward
+
+
+def _model(model_dir: Path, packed: bool):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tuners.attention import NAME, use_for
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    if packed:
+        assert use_for(model, False) and model.config._attn_implementation == NAME
+        unpad_forward(model)
+    return model
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    lengths = [7, 12, 3, 12, 9]
+    ids = torch.zeros(len(lengths), 12, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = torch.randint(5, 200, (n,), generator=g)
+        mask[r, :n] = 1
+        labels[r, 2:n] = ids[r, 2:n]  # the first two tokens are the "prompt"
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_pack_padded_maps_every_real_position_back() -> None:
+    b = _batch()
+    packed, index, valid = pack_padded(b["input_ids"], b["attention_mask"], b["labels"])
+    lengths = b["attention_mask"].sum(1)
+    assert packed["input_ids"].shape == (1, int(lengths.sum()))
+    assert packed["cu_seq_lens_q"].tolist() == [0, 7, 19, 22, 34, 43]
+    assert packed["position_ids"][0, 7:19].tolist() == list(range(12))
+    assert valid.sum(1).tolist() == (lengths - 1).tolist()
+    # the packed next-token output at index[i, j] predicts padded token (i, j + 1)
+    row = packed["input_ids"][0]
+    for i, j in valid.nonzero().tolist():
+        assert row[index[i, j] + 1] == b["input_ids"][i, j + 1]
+    with pytest.raises(ValueError, match="not right-padded"):
+        pack_padded(b["input_ids"], b["attention_mask"].flip(1), b["labels"])
+
+
+def test_a_packed_forward_gives_the_padded_log_probs_and_gradients(tiny_model_dir: Path) -> None:
+    b = _batch()
+    outs, grads = [], []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = _model(tiny_model_dir, packed)
+        out = model(**b, use_cache=False, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        outs.append(out)
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    padded, packed = outs
+    assert packed.log_probs.shape == padded.log_probs.shape == (5, 11)
+    assert torch.allclose(packed.log_probs, padded.log_probs, atol=1e-5)
+    assert torch.allclose(packed.entropy, padded.entropy, atol=1e-5)
+    assert torch.equal(packed.label_mask, padded.label_mask)
+    assert (packed.log_probs[padded.label_mask == 0] == 0).all()
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert float(packed.loss.detach()) == pytest.approx(float(padded.loss.detach()), abs=1e-5)
+
+
+def test_a_generation_call_passes_through(tiny_model_dir: Path) -> None:
+    b = _batch()
+    plain, packed = _model(tiny_model_dir, False), _model(tiny_model_dir, True)
+    args = {"input_ids": b["input_ids"][:1, :7], "attention_mask": b["attention_mask"][:1, :7]}
+    a = plain.generate(**args, max_new_tokens=4, do_sample=False)
+    assert torch.equal(a, packed.generate(**args, max_new_tokens=4, do_sample=False))
+
+
+def test_dpo_trains_the_same_with_and_without_padding(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuners.unpad
+
+    packed_rows: list[int] = []  # a spy: the packed run must really pack
+
+    def spy(input_ids, attention_mask, labels):
+        packed_rows.append(int(attention_mask.sum()))
+        return pack_padded(input_ids, attention_mask, labels)
+
+    monkeypatch.setattr(tuners.unpad, "pack_padded", spy)
+    runs = {
+        packing: train_preference(
+            str(tiny_model_dir),
+            PAIRS,
+            tmp_path / f"p{packing}",
+            _cfg("rpo", max_steps=4, packing=packing),
+        )  # fmt: skip
+        for packing in (False, True)
+    }
+    padded, packed = runs[False], runs[True]
+    # 4 steps x 2 pairs: a policy and a reference forward each, packed in the second run only
+    assert len(packed_rows) == 8
+    assert [s for s, _ in packed.losses] == [s for s, _ in padded.losses]
+    for (_, a), (_, b) in zip(padded.losses, packed.losses, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert packed.preference["rewards/margins"] == pytest.approx(
+        padded.preference["rewards/margins"], abs=1e-3
+    )
