@@ -163,7 +163,7 @@ def render(constraint: Constraint) -> str:
     c = validate(constraint)
     args = {k: ", ".join(f'"{x}"' for x in v) if isinstance(v, list) else v for k, v in c.items()}
     if c["type"] == "response_language":
-        args["value"] = _LANGUAGE_NAMES.get(c["value"], f"the language with code {c['value']!r}")
+        args["value"] = LANGUAGE_NAMES.get(c["value"], f"the language with code {c['value']!r}")
     return _SPECS[c["type"]].render.format(**args)
 
 
@@ -547,7 +547,7 @@ def _repeat_prompt(text: str, prompt_to_repeat: str) -> tuple[bool, str]:
 
 CONSTRAINT_TYPES: tuple[str, ...] = tuple(_SPECS)
 
-_LANGUAGE_NAMES = {
+LANGUAGE_NAMES = {
     "en": "English", "es": "Spanish", "fr": "French", "de": "German", "pt": "Portuguese",
     "it": "Italian", "nl": "Dutch", "zh": "Chinese", "ja": "Japanese", "ko": "Korean",
     "ru": "Russian", "ar": "Arabic", "hi": "Hindi", "tr": "Turkish", "pl": "Polish",

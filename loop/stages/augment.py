@@ -25,7 +25,7 @@ MAX_DRAWS_PER_BASE = 4
 
 
 def run(ctx: Context, state: LoopState) -> dict:
-    from judges.augment import augment_task
+    from judges.augment import augment_task, is_language_task
     from judges.filters import FilterChain
 
     n = state["round"]
@@ -68,6 +68,8 @@ def run(ctx: Context, state: LoopState) -> dict:
                 made.append({**out, "round": n, "stage": "augment", "base_kind": kind})
             if len(made) >= cfg.tasks or len(made) == before:
                 break
+        if cfg.language_tasks:
+            made += language_tasks(ctx, cfg, proposals, n, rules, unfit)
         # Pairs and pass rates are made from these tasks before dedup's guard runs: a task near
         # an eval prompt is dropped here, so no answer to it is ever trained on.
         guarded = _near_eval(ctx, made)
@@ -80,6 +82,7 @@ def run(ctx: Context, state: LoopState) -> dict:
             {
                 "proposals": len(proposals),
                 "made": len(made),
+                "language_tasks": sum(map(is_language_task, made)),
                 "bases": dict(Counter(t["base_kind"] for t in made)),
                 "constraint_types": dict(types),
                 "constraints_per_task": dict(Counter(len(t["constraints"]) for t in made)),
@@ -91,6 +94,40 @@ def run(ctx: Context, state: LoopState) -> dict:
         )
     log.info("round %d augment: %d constrained tasks (%s)", n, len(made), counts(types))
     return {}
+
+
+def language_tasks(
+    ctx: Context, cfg: Any, proposals: list[dict], n: int, rules: Any, unfit: Counter[str]
+) -> list[dict[str, Any]]:
+    """Up to `augment.language_tasks` tasks not in English, asked as written with the answer's
+    language checked (`judges.augment.language_task`): seed tasks without constraints of their
+    own and this round's proposals, those no earlier round's data came from first (a task asked
+    again would give answers dedup drops as near-copies of the first ones); a fresh order each
+    round, the same on a re-run."""
+    from agent.seeds import load_seed_tasks
+    from judges.augment import language_task
+
+    bases = [
+        ("seed", {**s.model_dump(), "id": s.id})
+        for s in load_seed_tasks(ctx.cfg.run.seeds_file)
+        if not s.constraints
+    ]
+    bases += [("proposal", p) for p in proposals if not p.get("constraints")]
+    random.Random(f"{cfg.seed}/{n}/language").shuffle(bases)
+    asked = {r.get("base_id") for r in ctx.rundir.accepted(before=n, rejected=True)}
+    bases.sort(key=lambda kt: kt[1]["id"] in asked)  # stable: the fresh ones first
+    made: list[dict[str, Any]] = []
+    for kind, task in bases:
+        if len(made) >= cfg.language_tasks:
+            break
+        out = language_task(task)
+        if out is None or any(t["id"] == out["id"] for t in made):
+            continue
+        if (rejected := rules.check(out, instructions_only=True)) is not None:
+            unfit[rejected.reason] += 1
+            continue
+        made.append({**out, "round": n, "stage": "augment", "base_kind": kind})
+    return made
 
 
 def curriculum(ctx: Context, n: int) -> tuple[Any, dict[str, Any]]:
@@ -170,7 +207,9 @@ def summary(s: dict[str, Any]) -> str:
     level = s.get("curriculum")
     moved = {1: "harder", -1: "easier", 0: "kept"}.get((level or {}).get("step"), "")
     line = (
-        f"{s.get('made', 0)} constrained tasks from {counts(s.get('bases'))}; "
+        f"{s.get('made', 0)} constrained tasks from {counts(s.get('bases'))}"
+        + (f" ({s['language_tasks']} of them language tasks)" if s.get("language_tasks") else "")
+        + "; "
         f"types: {counts(s.get('constraint_types'))}"
     )
     if level:

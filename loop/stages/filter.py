@@ -38,6 +38,7 @@ def response_filters(cfg: FilterConfig) -> FilterChain:
 
 
 def run(ctx: Context, state: LoopState) -> dict:
+    from judges.augment import is_language_task
     from judges.preference import pass_rates, summarize_pass_rates, verifier_pairs
     from judges.safety import REFUSED, SafetyFilter
     from judges.verifiable import check
@@ -126,11 +127,17 @@ def run(ctx: Context, state: LoopState) -> dict:
                 "failed_constraint": len(failed_checks),
                 "failed_constraint_types": dict(by_type),
                 "failed_constraint_samples": samples(failed_checks, "failed_constraint"),
+                # The curriculum and the type weights read these: the drawn constraints' rates.
                 "verifier": {
-                    **summarize_pass_rates(rates),
+                    **summarize_pass_rates([r for r in rates if not is_language_task(r)]),
                     "pairs": len(pairs),
                     "pairs_unclean_rejected": sum(not p["rejected_clean"] for p in pairs),
                 },
+                **(
+                    {"language_tasks": summarize_pass_rates(languages)}
+                    if (languages := [r for r in rates if is_language_task(r)])
+                    else {}
+                ),
                 "kept": len(kept),
                 "repaired": repaired,
                 "account": account("filter", len(records), len(kept), dropped),
@@ -149,6 +156,16 @@ def summary(f: dict) -> str:
         f"({counts(f.get('failed_constraint_types'))})"
         + _verifier_line(f.get("verifier") or {})
         + (f"; repaired {counts(f['repaired'])}" if f.get("repaired") else "")
+        + _language_line(f.get("language_tasks") or {})
+    )
+
+
+def _language_line(v: dict) -> str:
+    if not v.get("prompts"):
+        return ""
+    return (
+        f"; language tasks: {v['prompts']} prompts, answered in their language "
+        f"{v['mean_pass_rate']:.2f} (always {v['always']}, never {v['never']})"
     )
 
 

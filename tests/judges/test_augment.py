@@ -221,3 +221,23 @@ def test_keywords_come_from_the_task_and_unknown_types_are_refused() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown constraint type 'shouting'"):
         AugmentConfig(held_out_types=("shouting",))
+
+
+def test_a_language_task_asks_as_written_and_checks_the_answers_language() -> None:
+    from judges.augment import is_language_task, language_task
+    from judges.verifiable import check
+
+    task = {"id": "s1", "instruction": " Come posso ridurre lo spreco alimentare? ",
+            "language": "it", "domain": "general"}  # fmt: skip
+    made = language_task(task)
+    assert made is not None and is_language_task(made)
+    asked = "Come posso ridurre lo spreco alimentare?"
+    assert made["instruction"] == asked == made["base_instruction"]
+    assert made["id"].startswith("lang-") and made["id"] == language_task(task)["id"]
+    assert made["constraints"] == [{"type": "response_language", "value": "it"}]
+    italian = "Pianifica i pasti della settimana e conserva gli avanzi in frigorifero per domani."
+    assert check(italian, made["constraints"])[0].passed
+    assert not check("Plan the week's meals and keep the leftovers.", made["constraints"])[0].passed
+    assert language_task({**task, "language": "en"}) is None
+    assert language_task({**task, "language": "xx"}) is None  # no name to check it by
+    assert not is_language_task({"constraints": [*made["constraints"], {"type": "lowercase"}]})

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.data import read_jsonl, write_examples
+from agent.seeds import load_seed_tasks
 from loop.accounting import round_account
 from loop.config import load_config
 from loop.context import Context
@@ -315,6 +316,79 @@ def test_augment_constrains_a_base_again_when_bases_are_fewer_than_tasks(
     augment.run(ctx2, {"round": 1})
     for t in read_jsonl(ctx2.rundir.stage_dir(1, "augment") / "tasks.jsonl"):
         assert t == first[t["base_id"]]  # enough bases: one draw each, the same as before
+
+
+def test_language_tasks_ask_seeds_not_in_english_as_written_and_fresh_ones_first(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """augment.language_tasks: seed tasks in other languages, their instruction unchanged and
+    only the answer's language checked; the same on a re-run; a later round asks the tasks no
+    earlier round's data came from first."""
+    from judges.augment import is_language_task
+    from loop.stages import augment
+
+    ctx = _context(tmp_path, tiny_model_dir, "run.sources=[constraints]", "augment.tasks=4",
+                   "augment.language_tasks=3")  # fmt: skip
+    _write_stage(ctx, "propose", "kept.jsonl", [])
+    augment.run(ctx, {"round": 1})
+    made = read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl")
+    langs = [t for t in made if is_language_task(t)]
+    assert len(made) == 7 and len(langs) == 3
+    assert ctx.rundir.stage_stats(1, "augment")["language_tasks"] == 3
+    assert "(3 of them language tasks)" in augment.summary(ctx.rundir.stage_stats(1, "augment"))
+    seeds = {s.id: s for s in load_seed_tasks(None)}
+    for t in langs:
+        seed = seeds[t["base_id"]]
+        assert t["language"] == seed.language != "en" and not seed.constraints
+        assert t["instruction"] == seed.instruction  # asked as written: nothing rendered
+        assert t["constraints"] == [{"type": "response_language", "value": seed.language}]
+    assert not any(is_language_task(t) for t in made if t["language"] == "en")
+    # round 1's answers became training data (its round decided): round 2 asks other tasks
+    (ctx.rundir.stage_dir(1, "dedup")).mkdir(parents=True)
+    write_examples(ctx.rundir.stage_dir(1, "dedup") / "kept.jsonl",
+                   [{**_response(t["id"], t["instruction"]), **t} for t in langs])  # fmt: skip
+    ctx.rundir.append_metrics({"round": 1, "decision": {"decision": "rejected"}})
+    (ctx.rundir.stage_dir(2, "propose")).mkdir(parents=True)
+    write_examples(ctx.rundir.stage_dir(2, "propose") / "kept.jsonl", [])
+    augment.run(ctx, {"round": 2})
+    again = [t for t in read_jsonl(ctx.rundir.stage_dir(2, "augment") / "tasks.jsonl")
+             if is_language_task(t)]  # fmt: skip
+    assert len(again) == 3
+    assert {t["base_id"] for t in again}.isdisjoint({t["base_id"] for t in langs})
+    ctx.release()
+
+
+def test_the_filters_verifier_counts_leave_language_tasks_apart(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The curriculum reads the verifier's always / never counts: a language task (whose only
+    check is the answer's language) is counted on its own line, not with the constraints."""
+    ctx = _context(tmp_path, tiny_model_dir, "augment.repair=false")
+    french = [{"type": "response_language", "value": "fr"}]
+    ask = "Comment organiser un déménagement sans trop de stress ?"
+    fr_answer = ("Commencez tôt, triez vos affaires pièce par pièce et préparez des cartons "
+                 "étiquetés avec le nom de chaque pièce.")  # fmt: skip
+    lower = [{"type": "lowercase"}]
+    _write_responses(
+        ctx,
+        [
+            _response("f1", ask, fr_answer, constraints=french, language="fr",
+                      instruction_id="fr"),
+            _response("f2", ask, ANSWER, constraints=french, language="fr", instruction_id="fr"),
+            _response("l1", "In lowercase: the largest planet?", "jupiter is the largest.",
+                      constraints=lower, instruction_id="lo"),
+            _response("l2", "In lowercase: the largest planet?", "jupiter, by far.",
+                      constraints=lower, instruction_id="lo"),
+        ],
+    )  # fmt: skip
+    filter_stage(ctx, {"round": 1})
+    stats = ctx.rundir.stage_stats(1, "filter")
+    assert stats["verifier"]["prompts"] == 1 and stats["verifier"]["always"] == 1
+    lang = stats["language_tasks"]
+    assert (lang["prompts"], lang["samples"], lang["mean_pass_rate"]) == (1, 2, 0.5)
+    assert "language tasks: 1 prompts, answered in their language 0.50" in filter.summary(stats)
+    kept = {r["id"] for r in read_jsonl(ctx.rundir.stage_dir(1, "filter") / "filtered.jsonl")}
+    assert {"f1", "l1", "l2"} <= kept and "f2" not in kept
 
 
 def test_the_constraint_level_follows_the_last_rounds_verifier(
