@@ -164,6 +164,8 @@ def train_preference(
             loss_weights=weights,
             max_length=cfg.max_seq_len,
             dataset_num_proc=None,
+            # tokens and tokens/s of train_metrics.json: the pairs' real tokens, not the padding
+            include_num_input_tokens_seen="non_padding",
         )
         trainer = GuardedDPOTrainer(
             model=model,

@@ -107,6 +107,7 @@ def test_dpo_trains_the_same_with_and_without_padding(
         for packing in (False, True)
     }
     padded, packed = runs[False], runs[True]
+    assert packed.tokens == padded.tokens > 0  # the real tokens either way
     # 4 steps x 2 pairs: a policy and a reference forward each, packed in the second run only
     assert len(packed_rows) == 8
     assert [s for s, _ in packed.losses] == [s for s, _ in padded.losses]
