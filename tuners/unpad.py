@@ -86,7 +86,10 @@ def unpad_forward(model: Any) -> None:
             or bool(mask.all())  # nothing to take out
         ):
             return inner(*args, **kwargs)
-        packed, index, valid = pack_padded(kwargs["input_ids"], mask, kwargs["labels"])
+        try:
+            packed, index, valid = pack_padded(kwargs["input_ids"], mask, kwargs["labels"])
+        except ValueError:  # left padding or holes: not a batch this knows how to pack
+            return inner(*args, **kwargs)
         out = inner(**packed, use_cache=False, fused_lm_head=True)
         # Per-token fields are (1, packed length - 1); the loss and aux loss are scalars.
         fields = {
