@@ -16,9 +16,10 @@ in the file's order), and each step's loss and reward margin; then each variant'
 memory as a ratio of the first's. Every variant sees the same pairs in each optimizer step
 (same seed, same data order), so their losses should agree.
 
-Default variants: `padded` (`tune.packing=false`: trl's batches as they are), `packed`
-(`tune.packing=true`, the default: `tuners.unpad`), `packed-2x4` (packing, `tune.batch_size=2`,
-`tune.grad_accum=4`: the same 8 pairs per step in micro-batches of 2).
+Default variants (the run's `tune.batch_size` 8, so 8 pairs an optimizer step in each):
+`padded` (`tune.packing=false`, `tune.greedy_batch_size=8`: trl's batches as they are),
+`packed` (`tune.packing=true`: `tuners.unpad`; 8 pairs a forward pass), `packed-2x4` (packing,
+`tune.greedy_batch_size=2`, the default: 4 micro-batches of 2 pairs a step).
 
 One model process at a time; nothing is written into the run (the adapters go to a temporary
 directory).
@@ -35,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = {
-    "padded": ["tune.packing=false"],
-    "packed": ["tune.packing=true"],
-    "packed-2x4": ["tune.packing=true", "tune.batch_size=2", "tune.grad_accum=4"],
+    "padded": ["tune.packing=false", "tune.greedy_batch_size=8"],
+    "packed": ["tune.packing=true", "tune.greedy_batch_size=8"],
+    "packed-2x4": ["tune.packing=true", "tune.greedy_batch_size=2"],
 }
 
 
@@ -63,7 +64,7 @@ def child(run: Path, n: int, steps: int, sets: list[str], out: Path) -> dict[str
     cfg = load_config(rundir.config_path, [*sets, f"tune.max_steps={steps}"])
     step = greedy_step_config(cfg.tune)
     cfg = cfg.model_copy(update={"tune": step})
-    real, padded = padding_share(cfg, pairs, greedy / SFT_ADAPTER)
+    real, padded = padding_share(cfg, pairs)
     torch.manual_seed(0)
     r = fit(cfg, pairs, out, greedy / SFT_ADAPTER, n)
     metrics = json.loads((out / "train_metrics.json").read_text())
@@ -78,12 +79,12 @@ def child(run: Path, n: int, steps: int, sets: list[str], out: Path) -> dict[str
     }
 
 
-def padding_share(cfg: Any, pairs: list[dict], adapter: Path) -> tuple[int, int]:
+def padding_share(cfg: Any, pairs: list[dict]) -> tuple[int, int]:
     """(real tokens, tokens with padding) of all the pairs in padded micro-batches of
     `tune.batch_size` pairs, in the file's order (trl shuffles: an estimate of its batches)."""
-    from transformers import AutoTokenizer
+    from agent.models import load_tokenizer, resolve
 
-    tok = AutoTokenizer.from_pretrained(adapter)
+    tok = load_tokenizer(resolve(cfg.model))
 
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
@@ -136,7 +137,8 @@ def main() -> None:
                   f"s/step, peak RSS {r['peak_mb'] / 1024:.1f} GB, real tokens in padded "
                   f"batches {r['real_share']:.2f}", flush=True)  # fmt: skip
             print(f"  losses  {[round(x, 4) for x in r['losses']]}")
-            print(f"  margins {[round(x, 4) for x in r['margins']]}", flush=True)
+            if r["margins"]:
+                print(f"  margins {[round(x, 4) for x in r['margins']]}", flush=True)
     first, base = next(iter(results.items()))
     print(f"\nagainst {first}:")
     for name, r in results.items():

@@ -178,6 +178,15 @@ class TuneConfig(BaseModel):
         "moved the IF suite -0.3 and the cut-off answers 131 -> 123).",
     )
     greedy_epochs: float = Field(1.0, gt=0, description="greedy_pairs: passes over the pairs.")
+    greedy_batch_size: int = Field(
+        2,
+        ge=1,
+        description="greedy_pairs: pairs per forward pass of the step; gradient accumulation "
+        "makes up the batch_size x grad_accum pairs of an optimizer step. The step's rejected "
+        "answers run to the length limit: on 2 CPU cores (bench/preference.py, 100 pairs of a "
+        "loop run) 8 pairs a pass peaked at 15.5 GB and 58 s a step, 2 pairs x 4 at 6.1 GB "
+        "and 35 s (README).",
+    )
     warm_start: bool = Field(
         True,
         description="Continue from the champion adapter (true) or train a fresh adapter from the "

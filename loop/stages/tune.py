@@ -121,12 +121,17 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
 
 
 def greedy_step_config(tune: TuneConfig) -> TuneConfig:
-    """The tune config of the preference part of the greedy step."""
+    """The tune config of the preference part of the greedy step: `greedy_batch_size` pairs a
+    forward pass, accumulated to (at least) the pairs of one of the sft part's optimizer steps."""
+    pairs = tune.batch_size * tune.grad_accum
+    micro = min(tune.greedy_batch_size, pairs)
     return tune.model_copy(
         update={
             "objective": tune.greedy_objective,
             "learning_rate": tune.greedy_learning_rate,
             "epochs": tune.greedy_epochs,
+            "batch_size": micro,
+            "grad_accum": -(-pairs // micro),
             "greedy_pairs": 0,
         }
     )

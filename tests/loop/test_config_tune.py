@@ -157,3 +157,16 @@ def test_the_greedy_step_is_on_for_the_recipe_and_off_where_it_cannot_run() -> N
     assert load_config(None, ["tune.greedy_pairs=3"]).tune.greedy_pairs == 3
     assert load_config(None, ["tune.greedy_pairs=2", "tune.objective=rpo"]).tune.objective == "rpo"
     assert load_config(None, ["tune.greedy_pairs=0"]).tune.greedy_pairs == 0
+
+
+def test_the_greedy_steps_micro_batches_add_up_to_the_sft_steps_pairs() -> None:
+    from loop.stages.tune import greedy_step_config
+
+    def step(*sets: str) -> tuple[int, int, str, float]:
+        t = greedy_step_config(load_config(None, list(sets)).tune)
+        return t.batch_size, t.grad_accum, t.objective, t.learning_rate
+
+    assert step() == (2, 4, "rpo", 2e-4)  # 8 pairs an optimizer step, 2 a forward pass
+    # 12 pairs a step in micro-batches of 8: two of them, 16 pairs
+    assert step("tune.batch_size=4", "tune.grad_accum=3", "tune.greedy_batch_size=8")[:2] == (8, 2)
+    assert step("tune.greedy_batch_size=16")[:2] == (8, 1)  # never more than a step's pairs
