@@ -146,12 +146,13 @@ class AugmentConfig(BaseModel):
     language_tasks: int = Field(
         0,
         ge=0,
-        description="Tasks per round in a language other than English, asked as written (no "
-        "constraint rendered): an answer passes when it is in the task's language "
-        "(`response_language`, checked). The constrained tasks are English, and rounds trained "
-        "on them alone drifted the multilingual suite's response-language accuracy down (0.804 "
-        "-> 0.777 -> 0.714 over two promoted-adapter rounds, README); answers verified to be in "
-        "the asked language hold the behaviour the suite measures. Drawn from the seed tasks "
+        description="Tasks per round, besides `tasks`, in a language other than English, asked "
+        "as written (no constraint rendered): an answer passes when it is in the task's "
+        "language (`response_language`, checked). The constrained tasks are English, and "
+        "rounds trained on them alone drifted the multilingual suite's response-language "
+        "accuracy down (0.804 -> 0.777 -> 0.714 and 0.812 -> 0.759 in rounds built on a "
+        "promoted adapter, README); answers verified to be in the asked language hold the "
+        "behaviour the suite measures. Not yet measured in a loop run. Drawn from the seed tasks "
         "(and proposals) not in English that no earlier round trained on.",
     )
     seed: int = Field(0, description="Seed of the draws (with each base task's id).")

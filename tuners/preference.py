@@ -248,11 +248,13 @@ def _unpad(trainer: Any, packing: bool) -> None:
     from tuners.attention import NAME
     from tuners.unpad import unpad_forward
 
-    model = trainer.model
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
     if not packing:
         return
-    if getattr(base.config, "_attn_implementation", None) != NAME or trainer.ref_model is not None:
+    model = trainer.model
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    # A separate reference model (never made here: the reference is an adapter of the policy's
+    # model) would run padded beside a packed policy: same numbers, so only the speed differs.
+    if getattr(base.config, "_attn_implementation", None) != NAME:
         log.info("preference batches stay padded: per-sequence attention is for SDPA models")
         return
     unpad_forward(base)
