@@ -215,7 +215,9 @@ def trl_result(
     history = trainer.state.log_history
     curve = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e] or guard.history
     last = {k: v for e in history for k, v in e.items() if k in keys}
-    steps = [e for e in history if "step" in e and "train_runtime" not in e]  # not the summary
+    # Not the run's summary (train_loss, ...); per-step entries carry train_runtime too when
+    # tokens are counted (transformers adds its speed metrics to every log).
+    steps = [e for e in history if "step" in e and "train_loss" not in e]
     curves = {k: [(int(e["step"]), round(float(e[k]), 6)) for e in steps if k in e] for k in last}
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     first_step = int(resume_from.name.split("-")[1]) if resume_from else 0
