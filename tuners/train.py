@@ -82,10 +82,49 @@ def data_hash(examples: Sequence[Mapping[str, Any]]) -> str:
     return h.hexdigest()
 
 
+# Settings a resumed run may change: how often it logs and saves, and the gradient-norm guard
+# (raised after an abort, the run goes on from its last checkpoint, which the abort never held).
+_MAY_CHANGE = frozenset({"save_steps", "save_total_limit", "logging_steps", "abort_grad_norm"})
+# Settings the trainer never reads: they choose a loop round's data (the data digest holds the
+# choice) or configure the loop's greedy step, whose trainer gets them as its own objective,
+# learning_rate, batch_size... (compared there).
+_LOOP_ONLY = frozenset(
+    {"replay", "anchor", "carry_rejected", "warm_start"}
+    | {"greedy_pairs", "greedy_objective", "greedy_learning_rate", "greedy_epochs"}
+    | {"greedy_batch_size"}
+)
+
+
 def _fingerprint(base: str, cfg: TuneConfig, digest: str, init_adapter: str | None) -> dict:
-    # What must match for checkpoints to be resumable; logging/saving knobs may change.
-    keep = cfg.model_dump(exclude={"save_steps", "save_total_limit", "logging_steps"})
+    """What must match for checkpoints to be resumable (`changed_settings`)."""
+    keep = cfg.model_dump(exclude=set(_MAY_CHANGE | _LOOP_ONLY))
     return {"base": base, "config": keep, "data": digest, "init_adapter": init_adapter}
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """What differs between two `_fingerprint`s, as `key old -> new` lines; empty = resumable.
+    A setting only one side has is a field added (or retired) by an upgrade: no difference while
+    its value is the default, so checkpoints made before an upgrade still resume. Fingerprints
+    written before `_LOOP_ONLY` and `_MAY_CHANGE` were left out hold those: ignored."""
+    from tuners.config import TuneConfig
+
+    changed = [
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+        for k in ("base", "init_adapter")
+        if old.get(k) != new.get(k)
+    ]
+    if old.get("data") != new.get("data"):
+        changed.append("the training data differ")
+    a, b = old.get("config") or {}, new.get("config") or {}
+    defaults = TuneConfig().model_dump()
+    missing = object()
+    for k in sorted((set(a) | set(b)) - _MAY_CHANGE - _LOOP_ONLY):
+        x = a.get(k, defaults.get(k, missing))
+        y = b.get(k, defaults.get(k, missing))
+        if x is missing or y is missing or x != y:
+            show = ["(none)" if v is missing else repr(v) for v in (x, y)]
+            changed.append(f"tune.{k} {show[0]} -> {show[1]}")
+    return changed
 
 
 def _complete_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -293,10 +332,14 @@ def resume_point(ckpt_dir: Path, fingerprint: dict) -> Path | None:
     resume from; checkpoints made with another fingerprint are refused, not mixed in."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     fp_file = ckpt_dir / "selfloop-train-args.json"
-    if fp_file.is_file() and json.loads(fp_file.read_text()) != fingerprint:
+    changed = (
+        changed_settings(json.loads(fp_file.read_text()), fingerprint) if fp_file.is_file() else []
+    )
+    if changed:
         raise SelfloopError(
-            f"checkpoints in {ckpt_dir} were made with other settings or data; delete that "
-            "directory to start over, or restore the original settings to resume"
+            f"checkpoints in {ckpt_dir} were made with other settings or data "
+            f"({'; '.join(changed)}); delete that directory to start over, or restore the "
+            "original settings to resume"
         )
     # Every torchrun rank writes it: atomically, so no rank ever reads a half-written file.
     atomic_write(fp_file, json.dumps(fingerprint, indent=2))

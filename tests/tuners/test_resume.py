@@ -71,3 +71,54 @@ def test_resume_refuses_changed_settings(tiny_model_dir: Path, tmp_path: Path) -
     (ckpts / "selfloop-train-args.json").write_text(json.dumps({"something": "else"}))
     with pytest.raises(SelfloopError, match="made with other settings"):
         train(str(tiny_model_dir), TOY, out, TuneConfig(**SETTINGS))
+
+
+def _old_format(cfg: TuneConfig, digest: str = "d1") -> dict:
+    """A fingerprint as written before loop-only settings were left out of it: every field but
+    the logging/saving ones, and (as before `greedy_batch_size` existed) without that one."""
+    dump = cfg.model_dump(exclude={"save_steps", "save_total_limit", "logging_steps"})
+    dump.pop("greedy_batch_size")
+    return {"base": "/m", "config": dump, "data": digest, "init_adapter": None}
+
+
+def test_checkpoints_from_before_an_upgrade_still_resume(tmp_path: Path) -> None:
+    from tuners.train import _fingerprint, changed_settings, resume_point
+
+    cfg = TuneConfig(**SETTINGS)
+    new = _fingerprint("/m", cfg, "d1", None)
+    assert changed_settings(new, new) == []
+    # a field added since (at its default), loop-only and guard settings changed: resumable
+    old = _old_format(cfg.model_copy(update={"warm_start": False, "abort_grad_norm": 5.0}))
+    assert changed_settings(old, new) == []
+    ckpts = tmp_path / "a.checkpoints"
+    ckpts.mkdir()
+    (ckpts / "selfloop-train-args.json").write_text(json.dumps(old))
+    assert resume_point(ckpts, new) is None  # no checkpoint yet, and no refusal
+    assert json.loads((ckpts / "selfloop-train-args.json").read_text()) == new
+
+
+def test_a_changed_setting_is_named_in_the_refusal(tmp_path: Path) -> None:
+    from agent.errors import SelfloopError
+    from tuners.train import _fingerprint, changed_settings, resume_point
+
+    cfg = TuneConfig(**SETTINGS)
+    new = _fingerprint("/m", cfg, "d1", None)
+    old = _old_format(cfg.model_copy(update={"batch_size": 8, "grad_accum": 2}), digest="d0")
+    assert changed_settings(old, new) == [
+        "the training data differ",
+        "tune.batch_size 8 -> 2",
+        "tune.grad_accum 2 -> 1",
+    ]
+    # a field the new side lacks, whose old value is not the default, is a change too
+    added = {**new, "config": {**new["config"], "lora_r": 16}}
+    trimmed = {**new, "config": {k: v for k, v in new["config"].items() if k != "lora_r"}}
+    assert changed_settings(trimmed, added) == []
+    assert changed_settings({**trimmed}, {**added, "config": {**added["config"], "lora_r": 4}}) == [
+        "tune.lora_r 16 -> 4"
+    ]
+    ckpts = tmp_path / "a.checkpoints"
+    ckpts.mkdir()
+    (ckpts / "selfloop-train-args.json").write_text(json.dumps(old))
+    with pytest.raises(SelfloopError, match=r"tune\.batch_size 8 -> 2"):
+        resume_point(ckpts, new)
+    assert json.loads((ckpts / "selfloop-train-args.json").read_text()) == old  # left as it was
