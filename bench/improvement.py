@@ -16,7 +16,10 @@ never two model processes at once), then reads what the runs left on disk:
   carry a held-out constraint type (transfer to constraints never trained on);
 - every guard of the final champion's decision;
 - per round: constrained tasks, samples, mean pass rate, kept examples, pairs, training steps,
-  decision.
+  decision, minutes; and the round's candidate as evaluated: IF prompt-level loose vs the base
+  (all prompts and the held-out types' slice, paired intervals), vs its champion (the gate's
+  test), IF answers cut off at the token limit, response-language accuracy, and the greedy
+  step's verdicts on its own greedy answers.
 
 A killed bench continues with the same command plus `--resume`: each seed's run resumes from
 its last checkpoint (`selfloop resume`), under the config it started with.
@@ -86,6 +89,40 @@ def rounds_table(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def cut_off(ev: dict) -> int:
+    """IF answers that ran to the token limit (where a 135M model's greedy answers loop)."""
+    items = ev["suites"].get("if", {}).get("items") or []
+    return sum(1 for i in items if i.get("finish_reason") == "length")
+
+
+def candidates(run_dir: Path, base: dict, held: set[str]) -> list[dict[str, Any]]:
+    """Each round's candidate as its evaluate stage left it, against the base model (`base`,
+    an evaluation as `evaluate` returns it) and, from the round's decision, its champion."""
+    rows = []
+    for d in sorted((run_dir / "rounds").glob("[0-9][0-9][0-9]")):
+        ev_path, dec_path = d / "evaluate" / "eval.json", d / "decision.json"
+        if not ev_path.is_file() or not dec_path.is_file():
+            continue
+        ev, dec = json.loads(ev_path.read_text()), json.loads(dec_path.read_text())
+        primary = next((c for c in dec["checks"] if c.get("kind") == "primary"), {})
+        lang = (ev["suites"].get("multilingual", {}).get("metrics") or {}).get("language_accuracy")
+        greedy = d / "greedy" / "stats.json"
+        rows.append(
+            {
+                "round": int(d.name),
+                "vs_base": compare(base, ev, "prompt_loose"),
+                "held_out": compare(base, ev, "prompt_loose", held),
+                "vs_champion": {k: primary.get(k) for k in ("improvement", "ci")},
+                "cut_off": cut_off(ev),
+                "language_accuracy": (lang or {}).get("overall", {}).get("value"),
+                "greedy": json.loads(greedy.read_text()).get("verdicts")
+                if greedy.is_file()
+                else None,
+            }
+        )
+    return rows
+
+
 def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
     from agent.backends import make_generator
     from judges.evals.runner import evaluate
@@ -116,6 +153,8 @@ def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
     guards = [c["text"] for c in decision.checks if c.get("kind") != "primary"]
     return {
         "rounds": rounds,
+        "candidates": candidates(run_dir, base, held),
+        "base_cut_off": cut_off(base),
         "promoted": promoted,
         "all": {m: compare(base, final, m) for m in METRICS},
         "held_out": {m: compare(base, final, m, held) for m in METRICS},
@@ -133,6 +172,13 @@ def fmt(c: dict[str, Any]) -> str:
     )
 
 
+def _pts(c: dict[str, Any]) -> str:
+    if not c.get("n"):
+        return "n/a"
+    ci = c["ci"] or [float("nan")] * 2
+    return f"{100 * c['gain']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
 def report(seed: int, s: dict[str, Any]) -> None:
     """One seed's summary, printed as soon as its run is done (a later seed may be stopped)."""
     print(f"\n== seed {seed}: promoted rounds {s['promoted'] or 'none'}")
@@ -142,6 +188,18 @@ def report(seed: int, s: dict[str, Any]) -> None:
             f"{r['mean_pass']}, best-of-n {r['best_of_n']}, kept {r['kept']}, pairs "
             f"{r['pairs']}, steps {r['steps']}, candidate IF loose {r['if_loose']}, "
             f"{r['decision']}, {r['minutes']:.1f} min"
+        )
+    print(f"  candidates (IF prompt-level loose; base: {s['base_cut_off']} IF answers cut off):")
+    for c in s["candidates"]:
+        vc = c["vs_champion"]
+        ci = vc.get("ci") or [float("nan")] * 2
+        lang = c["language_accuracy"]
+        print(
+            f"    round {c['round']}: vs base {_pts(c['vs_base'])}, held-out "
+            f"{_pts(c['held_out'])}, "
+            f"vs champion {100 * (vc.get('improvement') or 0):+.1f} [{100 * ci[0]:+.1f}, "
+            f"{100 * ci[1]:+.1f}], cut off {c['cut_off']}, response language "
+            f"{'n/a' if lang is None else f'{lang:.3f}'}, greedy answers {c['greedy']}"
         )
     for part in ("all", "held_out"):
         print(f"  IF suite ({part}):")
