@@ -12,14 +12,16 @@ the real tokens back to back, positions restarting per sequence, the sequence bo
 varlen kwargs `tuners.attention` attends by (per sequence, no mask) - and every per-token
 output is put back into the padded (batch, length - 1) layout trl reads, zero where it was
 padding, as trl's own fused head leaves ignored labels. The label that crosses a boundary (a
-sequence's last token predicting the next one's first) is a prompt token, -100 already. Any
-other call (generation, a call with inputs this does not know) goes to the wrapped forward
-unchanged.
+sequence's last token predicting the next one's first) is set to -100. Any other call
+(generation, a call with inputs this does not know) goes to the wrapped forward unchanged; a
+batch it cannot pack (left padding) too, with a warning once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import types
 from typing import Any
 
@@ -28,6 +30,8 @@ import torch
 # Keyword arguments a padded trl call may carry that packing keeps the meaning of (PEFT passes
 # others as None: inputs_embeds, return_dict, ...).
 _PACKABLE = {"input_ids", "attention_mask", "labels", "use_cache", "fused_lm_head"}
+
+log = logging.getLogger(__name__)
 
 
 def pack_padded(
@@ -45,15 +49,23 @@ def pack_padded(
         raise ValueError("unpad: the batch is not right-padded")
     ends = torch.cumsum(lengths, 0)
     starts = ends - lengths
+    total, longest = (int(x) for x in (ends[-1], lengths.max()))  # the only host syncs
+    if total < 2:
+        raise ValueError("unpad: fewer than two real tokens")
     cols = torch.arange(input_ids.size(1) - 1, device=dev)
-    index = (starts[:, None] + cols[None, :]).clamp(max=max(int(ends[-1]) - 2, 0))
+    index = (starts[:, None] + cols[None, :]).clamp(max=total - 2)
     valid = cols[None, :] < (lengths[:, None] - 1)
     cu = torch.cat([ends.new_zeros(1), ends]).to(torch.int32)
-    positions = torch.cat([torch.arange(int(n), device=dev) for n in lengths])
-    longest = int(lengths.max())
+    positions = torch.arange(total, device=dev) - starts.repeat_interleave(
+        lengths, output_size=total
+    )
+    packed_labels = labels[keep]
+    # A sequence's last token predicts the next one's first: never a target (trl's prompts are
+    # -100 there anyway; every output at such a place is also outside `valid`).
+    packed_labels[starts[lengths > 0]] = -100
     packed = {
         "input_ids": input_ids[keep][None, :],
-        "labels": labels[keep][None, :],
+        "labels": packed_labels[None, :],
         "position_ids": positions[None, :],
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
@@ -70,11 +82,17 @@ def _unpack(x: torch.Tensor | None, index: torch.Tensor, valid: torch.Tensor) ->
     return out & valid if out.dtype == torch.bool else out.masked_fill(~valid, 0)
 
 
+_warned: list[bool] = []  # a batch that could not be packed is said once per process
+
+
 def unpad_forward(model: Any) -> None:
     """Run `model`'s fused-head calls on padded batches as packed rows (module docstring).
     `model` is the object trl patched with `add_fused_lm_head` (under PEFT, its base model)."""
     inner = model.forward
 
+    # The class's signature, so what inspects `model.forward` (generate's checks for
+    # position_ids and logits_to_keep) sees the model's arguments, not (*args, **kwargs).
+    @functools.wraps(type(model).forward)
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         mask = kwargs.get("attention_mask")
         if (
@@ -88,12 +106,18 @@ def unpad_forward(model: Any) -> None:
             return inner(*args, **kwargs)
         try:
             packed, index, valid = pack_padded(kwargs["input_ids"], mask, kwargs["labels"])
-        except ValueError:  # left padding or holes: not a batch this knows how to pack
+        except ValueError as e:  # left padding, holes: not a batch this knows how to pack
+            if not _warned:
+                _warned.append(True)
+                log.warning("%s: running padded batches as they are", e)
             return inner(*args, **kwargs)
         out = inner(**packed, use_cache=False, fused_lm_head=True)
         # Per-token fields are (1, packed length - 1); the loss and aux loss are scalars.
+        per_token = (1, packed["input_ids"].size(1) - 1)
         fields = {
-            k: _unpack(v, index, valid) if isinstance(v, torch.Tensor) and v.dim() == 2 else v
+            k: _unpack(v, index, valid)
+            if isinstance(v, torch.Tensor) and v.shape == per_token
+            else v
             for k, v in ((f.name, getattr(out, f.name)) for f in dataclasses.fields(out))
         }
         return type(out)(**fields)

@@ -13,6 +13,23 @@ from tests.tuners.test_preference import PAIRS, _cfg
 from tuners.preference import train_preference
 from tuners.unpad import pack_padded, unpad_forward
 
+FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1")  # what trl's DPO asks the head for
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The real tokens of every batch `unpad_forward` packed (not of those it gave up on)."""
+    import tuners.unpad
+
+    rows: list[int] = []
+
+    def spy(input_ids, attention_mask, labels):
+        out = pack_padded(input_ids, attention_mask, labels)
+        rows.append(int(attention_mask.sum()))
+        return out
+
+    monkeypatch.setattr(tuners.unpad, "pack_padded", spy)
+    return rows
+
 
 def _model(model_dir: Path, packed: bool):
     from transformers import AutoModelForCausalLM
@@ -21,7 +38,7 @@ def _model(model_dir: Path, packed: bool):
     from tuners.attention import NAME, use_for
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    add_fused_lm_head(model, outputs=FIELDS)
     if packed:
         assert use_for(model, False) and model.config._attn_implementation == NAME
         unpad_forward(model)
@@ -57,8 +74,15 @@ def test_pack_padded_maps_every_real_position_back() -> None:
         pack_padded(b["input_ids"], b["attention_mask"].flip(1), b["labels"])
 
 
-def test_a_packed_forward_gives_the_padded_log_probs_and_gradients(tiny_model_dir: Path) -> None:
+def test_a_packed_forward_gives_the_padded_log_probs_and_gradients(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     b = _batch()
+    packed_rows = _spy(monkeypatch)
+    with torch.no_grad():  # some labels the model's top token, so is_top1 is not all False
+        top = _model(tiny_model_dir, False)(b["input_ids"], attention_mask=b["attention_mask"])
+    top = top.logits.argmax(-1)
+    b["labels"][:, 3::2] = torch.where(b["labels"][:, 3::2] >= 0, top[:, 2:-1:2], -100)
     outs, grads = [], []
     for packed in (False, True):
         torch.manual_seed(0)
@@ -68,9 +92,13 @@ def test_a_packed_forward_gives_the_padded_log_probs_and_gradients(tiny_model_di
         outs.append(out)
         grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
     padded, packed = outs
+    assert packed_rows == [43]  # the second model really packed the batch
     assert packed.log_probs.shape == padded.log_probs.shape == (5, 11)
     assert torch.allclose(packed.log_probs, padded.log_probs, atol=1e-5)
     assert torch.allclose(packed.entropy, padded.entropy, atol=1e-5)
+    assert torch.allclose(packed.mean_logits, padded.mean_logits, atol=1e-5)
+    assert packed.is_top1.dtype == torch.bool and torch.equal(packed.is_top1, padded.is_top1)
+    assert packed.is_top1.any()  # not vacuous: some real positions are the model's top token
     assert torch.equal(packed.label_mask, padded.label_mask)
     assert (packed.log_probs[padded.label_mask == 0] == 0).all()
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
@@ -88,15 +116,7 @@ def test_a_generation_call_passes_through(tiny_model_dir: Path) -> None:
 def test_dpo_trains_the_same_with_and_without_padding(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tuners.unpad
-
-    packed_rows: list[int] = []  # a spy: the packed run must really pack
-
-    def spy(input_ids, attention_mask, labels):
-        packed_rows.append(int(attention_mask.sum()))
-        return pack_padded(input_ids, attention_mask, labels)
-
-    monkeypatch.setattr(tuners.unpad, "pack_padded", spy)
+    packed_rows = _spy(monkeypatch)  # the packed run must really pack
     runs = {
         packing: train_preference(
             str(tiny_model_dir),
@@ -113,6 +133,26 @@ def test_dpo_trains_the_same_with_and_without_padding(
     assert [s for s, _ in packed.losses] == [s for s, _ in padded.losses]
     for (_, a), (_, b) in zip(padded.losses, packed.losses, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
-    assert packed.preference["rewards/margins"] == pytest.approx(
-        padded.preference["rewards/margins"], abs=1e-3
-    )
+    margin = padded.preference["rewards/margins"]
+    assert abs(margin) > 1e-3  # a relative comparison of something that moved
+    assert packed.preference["rewards/margins"] == pytest.approx(margin, rel=1e-3)
+
+
+def test_a_left_padded_batch_runs_as_it_is_and_says_so(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import inspect
+
+    import tuners.unpad
+
+    monkeypatch.setattr(tuners.unpad, "_warned", [])
+    packed_rows = _spy(monkeypatch)
+    b = {k: v.flip(1) for k, v in _batch().items()}  # the padding now comes first
+    plain, packed = _model(tiny_model_dir, False), _model(tiny_model_dir, True)
+    with caplog.at_level("WARNING", logger="tuners.unpad"):
+        outs = [m(**b, use_cache=False, fused_lm_head=True) for m in (plain, packed)]
+    assert packed_rows == []
+    assert "not right-padded" in caplog.text
+    assert torch.allclose(outs[0].log_probs, outs[1].log_probs, atol=1e-6)
+    # what inspects the forward (generate) sees the model's own arguments
+    assert "position_ids" in inspect.signature(packed.forward).parameters
