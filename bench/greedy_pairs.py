@@ -126,7 +126,11 @@ def main() -> None:
             greedy, _ = greedy_answers(gen, name, tasks, cfg, n)
             write_jsonl(greedy_path, greedy)
         pairs, verdicts = greedy_pairs(
-            greedy, chosen, response_filters(cfg.filters).check, args.per_prompt
+            greedy,
+            chosen,
+            response_filters(cfg.filters).check,
+            args.per_prompt,
+            cfg.tune.greedy_match,  # --set tune.greedy_match=length
         )
         print(f"round {n}: {len(tasks)} tasks, {len(chosen)} verified answers; "
               f"greedy answers: {verdicts}; {len(pairs)} pairs", flush=True)  # fmt: skip

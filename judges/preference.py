@@ -173,13 +173,22 @@ def greedy_verdict(rec: Record, quality: Any) -> str | None:
 
 
 def greedy_pairs(
-    greedy: Sequence[Record], verified: Sequence[Record], quality: Any, per_prompt: int
+    greedy: Sequence[Record],
+    verified: Sequence[Record],
+    quality: Any,
+    per_prompt: int,
+    match: str = "order",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs against a model's own greedy failures: each greedy answer with a `greedy_verdict`
     is the rejected side of up to `per_prompt` pairs, each against a different `verified`
-    answer (passing, clean) to the same prompt, in their order; and how many greedy answers
-    had each verdict (`good`, `cut_off`, `failed`, a quality filter's reason). Greedy decoding
-    loops where sampling does not: these pairs show the model the loop it should leave."""
+    answer (passing, clean) to the same prompt - in their order (`match: order`), or those
+    closest to the rejected answer in word count first (`length`; ties in order); and how many
+    greedy answers had each verdict (`good`, `cut_off`, `failed`, a quality filter's reason).
+    Greedy decoding loops where sampling does not: these pairs show the model the loop it
+    should leave. A cut-off loop against a short answer also says "be brief": `length` pairs
+    it with the task's longest verified answers, so the pair is about the loop, not length."""
+    if match not in ("order", "length"):
+        raise ValueError(f"greedy_pairs: match must be order or length, not {match!r}")
     by_prompt: dict[str, list[Record]] = defaultdict(list)
     for r in verified:
         by_prompt[prompt_id(r)].append(r)
@@ -190,7 +199,13 @@ def greedy_pairs(
         verdicts[(why or "good").split(":")[0]] += 1
         if why is None or not str(g.get("response") or "").strip():
             continue  # a blank answer is no rejected message a trainer can take
-        for chosen in by_prompt.get(prompt_id(g), [])[:per_prompt]:
+        candidates = by_prompt.get(prompt_id(g), [])
+        if match == "length":
+            size = count_words(str(g["response"]))
+            candidates = sorted(
+                candidates, key=lambda r: abs(count_words(str(r["response"])) - size)
+            )
+        for chosen in candidates[:per_prompt]:
             pairs.append(
                 trl_pair(chosen, g, source="greedy", rejected_reason=why,
                          constraints=chosen.get("constraints") or [])

@@ -94,7 +94,9 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         for a in answers:
             a["greedy_verdict"] = greedy_verdict(a, quality)
         write_jsonl(answers_path, answers)
-    pairs, verdicts = greedy_pairs(answers, verified, quality, cfg.tune.greedy_pairs)
+    pairs, verdicts = greedy_pairs(
+        answers, verified, quality, cfg.tune.greedy_pairs, cfg.tune.greedy_match
+    )
     write_jsonl(out / GREEDY_PAIRS, pairs)
     sft_metrics = read_json(sft_dir / TRAIN_METRICS)
     write_json(

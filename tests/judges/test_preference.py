@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from judges.preference import (
     greedy_pairs,
     greedy_verdict,
@@ -130,3 +132,12 @@ def test_greedy_answers_that_fail_are_paired_with_verified_answers_to_their_prom
             {"role": "user", "content": f"Question {p['prompt_id']}"}
         ]
     assert len(greedy_pairs(answers, verified, quality, per_prompt=1)[0]) == 3
+    # `length`: the verified answers closest in word count to the failure come first
+    verified.append(_sample("a", 5, "the moon, the moon, a moon", LOWER))  # 6 words, like a's
+    verified.append(_sample("c", 6, "the moon.", LOWER))  # 2 words, like c's
+    by_length, _ = greedy_pairs(answers, verified, quality, per_prompt=2, match="length")
+    assert [(p["prompt_id"], p["chosen_id"]) for p in by_length] == [
+        ("a", "a-s5"), ("a", "a-s0"), ("b", "b-s0"), ("b", "b-s1"), ("c", "c-s6"), ("c", "c-s0"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="order or length"):
+        greedy_pairs(answers, verified, quality, per_prompt=2, match="shortest")
