@@ -95,6 +95,13 @@ def cut_off(ev: dict) -> int:
     return sum(1 for i in items if i.get("finish_reason") == "length")
 
 
+def per_type(ev: dict) -> dict[str, tuple[float, int]]:
+    """Instruction-level loose pass rate and count of each constraint type in the IF suite."""
+    m = ev["suites"].get("if", {}).get("metrics", {}).get("instruction_loose", {})
+    types = (m.get("slices") or {}).get("constraint_type") or {}
+    return {t: (v["value"], v["n"]) for t, v in types.items()}
+
+
 def candidates(run_dir: Path, base: dict, held: set[str]) -> list[dict[str, Any]]:
     """Each round's candidate as its evaluate stage left it, against the base model (`base`,
     an evaluation as `evaluate` returns it) and, from the round's decision, its champion."""
@@ -118,6 +125,7 @@ def candidates(run_dir: Path, base: dict, held: set[str]) -> list[dict[str, Any]
                 "greedy": json.loads(greedy.read_text()).get("verdicts")
                 if greedy.is_file()
                 else None,
+                "types": per_type(ev),
             }
         )
     return rows
@@ -155,6 +163,7 @@ def summarize(run_dir: Path, cfg: Any) -> dict[str, Any]:
         "rounds": rounds,
         "candidates": candidates(run_dir, base, held),
         "base_cut_off": cut_off(base),
+        "types": {"base": per_type(base), "final": per_type(final)},
         "promoted": promoted,
         "all": {m: compare(base, final, m) for m in METRICS},
         "held_out": {m: compare(base, final, m, held) for m in METRICS},
@@ -200,6 +209,16 @@ def report(seed: int, s: dict[str, Any]) -> None:
             f"vs champion {100 * (vc.get('improvement') or 0):+.1f} [{100 * ci[0]:+.1f}, "
             f"{100 * ci[1]:+.1f}], cut off {c['cut_off']}, response language "
             f"{'n/a' if lang is None else f'{lang:.3f}'}, greedy answers {c['greedy']}"
+        )
+    base, final = s["types"]["base"], s["types"]["final"]
+    print("  per constraint type (instruction-level loose; H = held out): base -> each round's "
+          "candidate -> final champion")  # fmt: skip
+    nan = (float("nan"), 0)
+    for t in sorted(base, key=lambda t: final.get(t, nan)[0] - base[t][0]):
+        rounds = " ".join(f"{c['types'].get(t, nan)[0]:.2f}" for c in s["candidates"])
+        print(
+            f"    {t:26} {'H' if t in DEFAULT_HELD_OUT else ' '} n={base[t][1]:3}  "
+            f"{base[t][0]:.2f} -> {rounds} -> {final.get(t, nan)[0]:.2f}"
         )
     for part in ("all", "held_out"):
         print(f"  IF suite ({part}):")
