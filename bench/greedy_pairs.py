@@ -38,14 +38,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from improvement import METRICS, compare, fmt  # bench/ is on sys.path: run as a script
+from improvement import METRICS, compare, cut_off, fmt  # bench/ is on sys.path: run as a script
 from objectives import last_data_round, slices, starting_champion, variant
 
 
 def cut_off_share(ev: dict[str, Any]) -> str:
     items = ev["suites"]["if"].get("items") or []
-    cut = sum(1 for i in items if i.get("finish_reason") == "length")
-    return f"{cut}/{len(items)} cut off" if items else "n/a"
+    return f"{cut_off(ev)}/{len(items)} cut off" if items else "n/a"
 
 
 def main() -> None:

@@ -181,11 +181,12 @@ def fmt(c: dict[str, Any]) -> str:
     )
 
 
-def _pts(c: dict[str, Any]) -> str:
-    if not c.get("n"):
+def _pts(gain: float | None, ci: list[float] | None) -> str:
+    """A gain and its interval in points; n/a when there is none."""
+    if gain is None:
         return "n/a"
-    ci = c["ci"] or [float("nan")] * 2
-    return f"{100 * c['gain']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+    lo, hi = ci or [float("nan")] * 2
+    return f"{100 * gain:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def report(seed: int, s: dict[str, Any]) -> None:
@@ -200,14 +201,13 @@ def report(seed: int, s: dict[str, Any]) -> None:
         )
     print(f"  candidates (IF prompt-level loose; base: {s['base_cut_off']} IF answers cut off):")
     for c in s["candidates"]:
-        vc = c["vs_champion"]
-        ci = vc.get("ci") or [float("nan")] * 2
+        base_, held, champ = c["vs_base"], c["held_out"], c["vs_champion"]
         lang = c["language_accuracy"]
         print(
-            f"    round {c['round']}: vs base {_pts(c['vs_base'])}, held-out "
-            f"{_pts(c['held_out'])}, "
-            f"vs champion {100 * (vc.get('improvement') or 0):+.1f} [{100 * ci[0]:+.1f}, "
-            f"{100 * ci[1]:+.1f}], cut off {c['cut_off']}, response language "
+            f"    round {c['round']}: vs base {_pts(base_.get('gain'), base_.get('ci'))}, "
+            f"held-out {_pts(held.get('gain'), held.get('ci'))}, "
+            f"vs champion {_pts(champ.get('improvement'), champ.get('ci'))}, "
+            f"cut off {c['cut_off']}, response language "
             f"{'n/a' if lang is None else f'{lang:.3f}'}, greedy answers {c['greedy']}"
         )
     base, final = s["types"]["base"], s["types"]["final"]

@@ -87,7 +87,7 @@ def test_checkpoints_from_before_an_upgrade_still_resume(tmp_path: Path) -> None
     cfg = TuneConfig(**SETTINGS)
     new = _fingerprint("/m", cfg, "d1", None)
     assert changed_settings(new, new) == []
-    # a field added since (at its default), loop-only and guard settings changed: resumable
+    # loop-only (warm_start, greedy_batch_size: absent) and guard settings changed: resumable
     old = _old_format(cfg.model_copy(update={"warm_start": False, "abort_grad_norm": 5.0}))
     assert changed_settings(old, new) == []
     ckpts = tmp_path / "a.checkpoints"
@@ -113,7 +113,7 @@ def test_a_changed_setting_is_named_in_the_refusal(tmp_path: Path) -> None:
     added = {**new, "config": {**new["config"], "lora_r": 16}}
     trimmed = {**new, "config": {k: v for k, v in new["config"].items() if k != "lora_r"}}
     assert changed_settings(trimmed, added) == []
-    assert changed_settings({**trimmed}, {**added, "config": {**added["config"], "lora_r": 4}}) == [
+    assert changed_settings(trimmed, {**added, "config": {**added["config"], "lora_r": 4}}) == [
         "tune.lora_r 16 -> 4"
     ]
     ckpts = tmp_path / "a.checkpoints"
