@@ -8,15 +8,23 @@ FAISS finds above the dedup threshold is checked here, on the words themselves; 
 found means the two are distinct tasks and both are kept. Each check is cheap, needs no model,
 and says what it saw:
 
-- numbers: the numbers asked for differ (digits and number words, so "three" equals "3");
+- numbers: the numbers asked for differ (digits and number words, so "three" equals "3" and
+  "one hundred and five" 105);
 - negation: one negates or excludes where the other does not (not, no, never, without, n't,
   and a few Spanish/French/German/Portuguese/Italian negations);
 - antonyms: one uses a word and the other its opposite (ascending/descending, before/after,
   largest/smallest, increase/decrease, ...);
-- order: the same words in another order ("Celsius to Fahrenheit" / "Fahrenheit to Celsius");
+- order: two parts trade places around a direction ("Celsius to Fahrenheit" / "Fahrenheit to
+  Celsius", "is a cat faster than a dog"); a clause that only moves ("In Python, write ..." /
+  "Write ... in Python") is the same task;
 - substitution: the texts are word for word the same but for one word or name on each side
-  ("for children" / "for adults", "the French Revolution" / "the Russian Revolution"), which
-  changes the task far more often than a synonym does.
+  ("for children" / "for adults", "the French Revolution" / "the Russian Revolution"), or, after
+  the same opening, one phrase of up to 3 words ("for a physics professor" / "for a complete
+  beginner", "in a haiku" / "in a bulleted list"), which changes the task far more often than a
+  synonym does. A synonym still reads as a substitution ("signs" / "symptoms": 6 of the check
+  set's 100 duplicates, bench/dedup_quality.py): telling them apart needs a lexicon or a model.
+
+British and American spellings are one word here (organise/organize, colour/color).
 """
 
 from __future__ import annotations
@@ -60,6 +68,10 @@ _NUMBER_WORDS |= {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy"
                   "million": 10**6, "billion": 10**9, "dozen": 12, "single": 1, "twice": 2,
                   "double": 2, "triple": 3, "half": 0.5}  # fmt: skip
 
+# Number words that stand alone: never part of a composed number ("half a dozen" is rare in a
+# task, "double the recipe" common).
+_NOT_COMPOSED = {"dozen", "single", "twice", "double", "triple", "half"}
+
 _NEGATIONS = {
     "not", "no", "never", "without", "none", "nothing", "nobody", "nor", "neither", "cannot",
     "avoid", "avoiding", "except", "excluding", "exclude", "non", "lack", "lacking",
@@ -91,6 +103,13 @@ _ANTONYMS = [
 MIN_OVERLAP = 0.4
 # A reordering changes the task when a direction is involved ("A to B" / "B to A").
 _DIRECTIONAL = {"to", "into", "from", "than", "vs", "versus", "over", "before", "after"}
+# The longest phrase the substitution check compares ("for a physics professor" / "for a
+# complete beginner"); a longer one is a rewording more often than a new task.
+_SPAN = 3
+# ... and only after an opening both share: a rewording most often changes how a task is asked
+# ("Solve for x" / "Find x if", "What factors affect" / "Which factors influence"), a near-miss
+# what it is about ("... for a physics professor" / "... for a complete beginner").
+_OPENING = 2
 # Words a paraphrase swaps freely (instruction verbs, prepositions, fillers): one of them
 # replacing another is rewording, not a different task.
 _GENERIC = {
@@ -102,6 +121,7 @@ _GENERIC = {
     "simple", "short", "brief", "quick", "good", "best", "great", "main", "key", "top",
     "way", "ways", "method", "methods", "tips", "advice", "ideas", "steps", "guide",
     "can", "could", "would", "how", "what", "which", "is", "are", "do", "does",
+    "i", "you", "we", "your", "one",
 }  # fmt: skip
 _CONTRACTIONS = {
     "what's": "what is", "it's": "it is", "that's": "that is", "there's": "there is",
@@ -111,29 +131,73 @@ _CONTRACTIONS = {
 }  # fmt: skip
 
 
-def words(text: str) -> list[str]:
-    """Lower-case words: contractions other than negations spelled out, number words as
-    digits."""
+def _spelling(w: str) -> str:
+    """One spelling for British and American variants (organise/organize, colour/color,
+    analyse/analyze, centre/center, fibre/fiber, travelled/traveled): the two spell one task."""
+    w = re.sub(r"(?<=..)is(e|es|ed|ing|ation|ations)$", r"iz\1", w)
+    w = re.sub(r"(?<=..)ys(e|es|ed|ing)$", r"yz\1", w)
+    w = re.sub(r"(?<=...)our(s|ed|ing|ite|ites|able)?$", r"or\1", w) if len(w) > 5 else w
+    w = re.sub(r"(?<=..)([tb])re(s)?$", r"\1er\2", w)
+    return re.sub(r"(?<=..[aeiou])ll(ed|ing|er)$", r"l\1", w)
+
+
+def _compose(tokens: list[str]) -> list[str]:
+    """Runs of number words read as one number ("one hundred and five" = 105, "twenty-five"
+    = 25, "two thousand" = 2000); other tokens pass through."""
     out: list[str] = []
-    for w in _WORD.findall(text.replace("’", "'").lower()):
-        if w in _NUMBER_WORDS:  # "three" and "3" are one word
-            out.append(f"{_NUMBER_WORDS[w]:g}")
-        else:
-            out.extend(_CONTRACTIONS.get(w, w).split())
+    total, current = 0, None  # thousands and above so far; the part below a thousand
+    for i, w in enumerate([*tokens, ""]):
+        v = None if w in _NOT_COMPOSED else _NUMBER_WORDS.get(w)
+        if current is not None:
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+            joins = _NUMBER_WORDS.get(nxt, 100) < 100 and nxt not in _NOT_COMPOSED
+            if w == "and" and joins and (current >= 100 or (total and not current)):
+                continue  # "one hundred and five"; "ten and two" stays two numbers
+            if v is not None and v >= 100 and current < 100:  # "two hundred", "five thousand"
+                current *= v
+                if v >= 1000:
+                    total, current = total + current, 0
+                continue
+            round_ten = current % 100 >= 20 and current % 10 == 0
+            if v is not None and ((current % 100 == 0 and v < 100) or (round_ten and v < 10)):
+                current += v  # "... hundred five", "twenty five"
+                continue
+            out.append(f"{total + current:g}")
+            total, current = 0, None
+        if v is not None:
+            current = v
+        elif w:
+            out.append(w)
     return out
 
 
+def words(text: str) -> list[str]:
+    """Lower-case words: contractions other than negations spelled out, number words as
+    digits (a run of them as one number), one spelling for British and American variants."""
+    out: list[str] = []
+    for w in _WORD.findall(text.replace("’", "'").lower()):
+        if w in _NUMBER_WORDS and w not in _NOT_COMPOSED:
+            out.append(w)  # composed below
+        elif w in _NUMBER_WORDS:  # "three" and "3" are one word
+            out.append(f"{_NUMBER_WORDS[w]:g}")
+        else:
+            out.extend(_spelling(x) for x in _CONTRACTIONS.get(w, w).split())
+    return _compose(out)
+
+
 def numbers(text: str) -> Counter:
-    """The numbers a text asks for: digits (1,000 = 1000) and number words."""
+    """The numbers a text asks for: digits (1,000 = 1000) and number words ("one hundred" =
+    100)."""
     found: Counter = Counter()
     for m in _NUMBER.findall(text):
         try:
             found[float(m.replace(",", ""))] += 1
         except ValueError:
             continue
-    for w in _WORD.findall(text.lower()):
-        if w in _NUMBER_WORDS:
-            found[float(_NUMBER_WORDS[w])] += 1
+    spelled = [w for w in _WORD.findall(text.lower()) if w in _NUMBER_WORDS or w == "and"]
+    for w in words(" ".join(spelled)):
+        if w != "and":
+            found[float(w)] += 1
     return found
 
 
@@ -151,6 +215,30 @@ def _capitalised(text: str) -> tuple[set[str], set[str]]:
         caps |= set(found)
         names |= {w for w in ws[1:] if w in found}
     return names, caps
+
+
+def _trim(wa: list[str], wb: list[str]) -> tuple[list[str], list[str]]:
+    """The two word lists without their common beginning and end: the part that differs."""
+    i = 0
+    while i < min(len(wa), len(wb)) and wa[i] == wb[i]:
+        i += 1
+    j = 0
+    while j < min(len(wa), len(wb)) - i and wa[-1 - j] == wb[-1 - j]:
+        j += 1
+    return wa[i : len(wa) - j], wb[i : len(wb) - j]
+
+
+def _swap(xa: list[str], xb: list[str]) -> list[str] | None:
+    """Where `xb` is `xa` with two parts traded places (A M B -> B M A), the words between
+    them (M; empty when a clause only moved: "In Python, write ..." / "Write ... in Python");
+    None when it is some other reordering."""
+    n = len(xa)
+    for i in range(1, n):
+        for j in range(1, n - i + 1):
+            a, m, b = xa[:i], xa[i : n - j], xa[n - j :]
+            if xb == b + m + a:
+                return m
+    return None
 
 
 def overlap(wa: list[str], wb: list[str]) -> float:
@@ -179,8 +267,13 @@ def contrast(a: str, b: str) -> str | None:
             y in sa and x in sb and y not in sb and x not in sa
         ):
             return f"opposites ({x} / {y})"
-    if Counter(wa) == Counter(wb) and wa != wb and sa & _DIRECTIONAL:
-        return "the same words in another order"
+    if Counter(wa) == Counter(wb) and wa != wb:
+        swap = _swap(*_trim(wa, wb))
+        if swap is not None:  # two parts traded places: around a direction, a new task
+            if set(swap) & _DIRECTIONAL:
+                return "the same words in another order"
+        elif sa & _DIRECTIONAL:
+            return "the same words in another order"
     only_a, only_b = Counter(wa) - Counter(wb), Counter(wb) - Counter(wa)
     if sum(only_a.values()) == 1 and sum(only_b.values()) == 1:
         x, y = next(iter(only_a)), next(iter(only_b))
@@ -190,6 +283,10 @@ def contrast(a: str, b: str) -> str | None:
     if names_a - caps_b and names_b - caps_a:
         return f"names differ ({', '.join(sorted(names_a - caps_b))} / " \
                f"{', '.join(sorted(names_b - caps_a))})"  # fmt: skip
+    xa, xb = _trim(wa, wb)
+    short = 0 < len(xa) <= _SPAN and 0 < len(xb) <= _SPAN
+    if short and wa[:_OPENING] == wb[:_OPENING] and set(xa) - _GENERIC and set(xb) - _GENERIC:
+        return f"one phrase differs ({' '.join(xa)} / {' '.join(xb)})"
     return None
 
 
