@@ -16,24 +16,31 @@ and says what it saw:
   largest/smallest, increase/decrease, ...);
 - order: two parts trade places around a direction ("Celsius to Fahrenheit" / "Fahrenheit to
   Celsius", "is a cat faster than a dog"); a clause that only moves ("In Python, write ..." /
-  "Write ... in Python") is the same task;
+  "Write ... in Python") or two coordinated parts swapped ("X and Y" / "Y and X") is the same
+  task;
 - substitution: the texts are word for word the same but for one word or name on each side
   ("for children" / "for adults", "the French Revolution" / "the Russian Revolution"), or, after
   the same opening, one phrase of up to 3 words ("for a physics professor" / "for a complete
   beginner", "in a haiku" / "in a bulleted list"), which changes the task far more often than a
-  synonym does. A synonym still reads as a substitution ("signs" / "symptoms": 6 of the check
-  set's 100 duplicates, bench/dedup_quality.py): telling them apart needs a lexicon or a model.
+  synonym does. A synonym still reads as a substitution ("signs" / "symptoms", "short story" /
+  "brief tale", "my boss asking" / "my manager requesting"): telling them apart needs a lexicon
+  or a model; bench/dedup_quality.py counts what this costs on labelled pairs.
 
-British and American spellings are one word here (organise/organize, colour/color).
+Words are compared lower-cased, with numbers read as numbers ("five million" = "5 million"),
+common British and American spellings as one, and inflections ("reverses" / "reverse") alike.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from collections import Counter
+from typing import Any
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_TOKEN = re.compile(rf"{_NUMBER.pattern}|{_WORD.pattern}", re.UNICODE)
 
 _NUMBER_WORDS = {
     w: i
@@ -68,8 +75,7 @@ _NUMBER_WORDS |= {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy"
                   "million": 10**6, "billion": 10**9, "dozen": 12, "single": 1, "twice": 2,
                   "double": 2, "triple": 3, "half": 0.5}  # fmt: skip
 
-# Number words that stand alone: never part of a composed number ("half a dozen" is rare in a
-# task, "double the recipe" common).
+# Number words read alone, never as part of a run ("double the recipe", "a single page").
 _NOT_COMPOSED = {"dozen", "single", "twice", "double", "triple", "half"}
 
 _NEGATIONS = {
@@ -121,7 +127,14 @@ _GENERIC = {
     "simple", "short", "brief", "quick", "good", "best", "great", "main", "key", "top",
     "way", "ways", "method", "methods", "tips", "advice", "ideas", "steps", "guide",
     "can", "could", "would", "how", "what", "which", "is", "are", "do", "does",
-    "i", "you", "we", "your", "one",
+    "i", "you", "we", "your", "that", "this", "these", "those", "whether", "if",
+    "fun", "interesting", "plain", "easy", "clear", "concise", "detailed", "terms", "manner",
+}  # fmt: skip
+_SPELLINGS = {
+    "programme": "program", "programmes": "programs", "defence": "defense",
+    "offence": "offense", "licence": "license", "grey": "gray", "catalogue": "catalog",
+    "dialogue": "dialog", "aluminium": "aluminum", "tyre": "tire", "tyres": "tires",
+    "mum": "mom", "maths": "math", "neighbour": "neighbor", "odour": "odor",
 }  # fmt: skip
 _CONTRACTIONS = {
     "what's": "what is", "it's": "it is", "that's": "that is", "there's": "there is",
@@ -132,73 +145,85 @@ _CONTRACTIONS = {
 
 
 def _spelling(w: str) -> str:
-    """One spelling for British and American variants (organise/organize, colour/color,
-    analyse/analyze, centre/center, fibre/fiber, travelled/traveled): the two spell one task."""
-    w = re.sub(r"(?<=..)is(e|es|ed|ing|ation|ations)$", r"iz\1", w)
+    """One spelling for common British and American variants (organise/organize,
+    colour/colourful/color, analyse/analyze, centre/center, travelled/traveled, programme/program):
+    the two spell one task. Only pairs of real, different words merging would matter, and
+    those are rare (timbre/timber)."""
+    if w in _SPELLINGS:
+        return _SPELLINGS[w]
+    w = re.sub(r"(?<=..)is(e|es|ed|ing|ation|ations|er|ers)$", r"iz\1", w)
     w = re.sub(r"(?<=..)ys(e|es|ed|ing)$", r"yz\1", w)
-    w = re.sub(r"(?<=...)our(s|ed|ing|ite|ites|able)?$", r"or\1", w) if len(w) > 5 else w
+    w = re.sub(r"(?<=..)our(s|ed|ing|ite|ites|able|ful|hood|al|ally|less)?$", r"or\1", w)
     w = re.sub(r"(?<=..)([tb])re(s)?$", r"\1er\2", w)
     return re.sub(r"(?<=..[aeiou])ll(ed|ing|er)$", r"l\1", w)
 
 
-def _compose(tokens: list[str]) -> list[str]:
-    """Runs of number words read as one number ("one hundred and five" = 105, "twenty-five"
-    = 25, "two thousand" = 2000); other tokens pass through."""
-    out: list[str] = []
-    total, current = 0, None  # thousands and above so far; the part below a thousand
-    for i, w in enumerate([*tokens, ""]):
-        v = None if w in _NOT_COMPOSED else _NUMBER_WORDS.get(w)
+def _stem(w: str) -> str:
+    """A crude stem, to read "reverses" / "reverse" or "checking" / "check" as one word."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            w = w[: -len(suffix)]
+            break
+    return w[:-1] if w.endswith("e") and len(w) > 3 else w
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if v == int(v) else repr(v)
+
+
+def _read(text: str) -> list[tuple[str, bool]]:
+    """The text's words, lower-cased, each with whether it is a number: digits (1,000 = 1000)
+    and number words read as numbers, a run of number words as one ("one hundred and five" =
+    105, "twenty-five" = 25, "five million" = "5 million" = 5000000; digits never add up:
+    "20 5-letter words" is 20 and 5); contractions other than negations spelled out; one
+    spelling for British and American variants."""
+    items: list[tuple[str, Any]] = []  # ("d" digits | "w" number word | "n" lone | "s", value)
+    for tok in _TOKEN.findall(text.replace("’", "'").lower()):
+        if tok[0].isdigit():
+            v = float(tok.replace(",", "")) if _NUMBER.fullmatch(tok) else math.inf
+            items.append(("d", v) if math.isfinite(v) else ("s", tok))
+        elif tok in _NUMBER_WORDS:
+            items.append(("n" if tok in _NOT_COMPOSED else "w", float(_NUMBER_WORDS[tok])))
+        else:
+            items.extend(("s", _spelling(x)) for x in _CONTRACTIONS.get(tok, tok).split())
+    out: list[tuple[str, bool]] = []
+    total, current, spelled = 0.0, None, False  # thousands and up; the rest; read from words
+    for i, (kind, v) in enumerate([*items, ("s", "")]):
         if current is not None:
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-            joins = _NUMBER_WORDS.get(nxt, 100) < 100 and nxt not in _NOT_COMPOSED
-            if w == "and" and joins and (current >= 100 or (total and not current)):
-                continue  # "one hundred and five"; "ten and two" stays two numbers
-            if v is not None and v >= 100 and current < 100:  # "two hundred", "five thousand"
-                current *= v
-                if v >= 1000:
-                    total, current = total + current, 0
+            if v == "and" and spelled and (current >= 100 or (total and not current)):
+                rest = [x for _, x in itertools.takewhile(lambda it: it[0] == "w", items[i + 1 :])]
+                if rest and max(rest) < 100:  # "one hundred and five", not "... and two hundred"
+                    continue  # ("ten and two" stays two numbers)
+            if kind == "w" and v == 100 and 0 < current < 100:  # "two hundred"
+                current, spelled = current * 100, True
+                continue
+            if kind == "w" and v >= 1000 and 0 < current < 1000:  # "5 million", "300 thousand"
+                total, current, spelled = total + current * v, 0.0, True
                 continue
             round_ten = current % 100 >= 20 and current % 10 == 0
-            if v is not None and ((current % 100 == 0 and v < 100) or (round_ten and v < 10)):
+            if kind == "w" and spelled and v < 100 and (current % 100 == 0 or round_ten and v < 10):
                 current += v  # "... hundred five", "twenty five"
                 continue
-            out.append(f"{total + current:g}")
-            total, current = 0, None
-        if v is not None:
-            current = v
-        elif w:
-            out.append(w)
+            out.append((_fmt(total + current), True))
+            total, current, spelled = 0.0, None, False
+        if kind in ("d", "w"):
+            current, spelled = v, kind == "w"
+        elif kind == "n":
+            out.append((_fmt(v), True))
+        elif v:
+            out.append((v, False))
     return out
 
 
 def words(text: str) -> list[str]:
-    """Lower-case words: contractions other than negations spelled out, number words as
-    digits (a run of them as one number), one spelling for British and American variants."""
-    out: list[str] = []
-    for w in _WORD.findall(text.replace("’", "'").lower()):
-        if w in _NUMBER_WORDS and w not in _NOT_COMPOSED:
-            out.append(w)  # composed below
-        elif w in _NUMBER_WORDS:  # "three" and "3" are one word
-            out.append(f"{_NUMBER_WORDS[w]:g}")
-        else:
-            out.extend(_spelling(x) for x in _CONTRACTIONS.get(w, w).split())
-    return _compose(out)
+    """Lower-case words, numbers as digits (`_read`)."""
+    return [w for w, _ in _read(text)]
 
 
 def numbers(text: str) -> Counter:
     """The numbers a text asks for: digits (1,000 = 1000) and number words ("one hundred" =
-    100)."""
-    found: Counter = Counter()
-    for m in _NUMBER.findall(text):
-        try:
-            found[float(m.replace(",", ""))] += 1
-        except ValueError:
-            continue
-    spelled = [w for w in _WORD.findall(text.lower()) if w in _NUMBER_WORDS or w == "and"]
-    for w in words(" ".join(spelled)):
-        if w != "and":
-            found[float(w)] += 1
-    return found
+    100; `_read`)."""
+    return Counter(float(w) for w, is_number in _read(text) if is_number)
 
 
 def _negations(ws: list[str]) -> int:
@@ -270,25 +295,26 @@ def contrast(a: str, b: str) -> str | None:
     if Counter(wa) == Counter(wb) and wa != wb:
         swap = _swap(*_trim(wa, wb))
         if swap is not None:  # two parts traded places: around a direction, a new task
-            if set(swap) & _DIRECTIONAL:
+            if set(swap) & _DIRECTIONAL and len(swap) <= _SPAN and not {"and", "or"} & set(swap):
                 return "the same words in another order"
         elif sa & _DIRECTIONAL:
             return "the same words in another order"
     only_a, only_b = Counter(wa) - Counter(wb), Counter(wb) - Counter(wa)
     if sum(only_a.values()) == 1 and sum(only_b.values()) == 1:
         x, y = next(iter(only_a)), next(iter(only_b))
-        if x not in _GENERIC and y not in _GENERIC:
+        if x not in _GENERIC and y not in _GENERIC and _stem(x) != _stem(y):
             return f"one word differs ({x} / {y})"
     (names_a, caps_a), (names_b, caps_b) = _capitalised(a), _capitalised(b)
     if names_a - caps_b and names_b - caps_a:
         return f"names differ ({', '.join(sorted(names_a - caps_b))} / " \
                f"{', '.join(sorted(names_b - caps_a))})"  # fmt: skip
     xa, xb = _trim(wa, wb)
+    ca, cb = ({_stem(w) for w in x if w not in _GENERIC} for x in (xa, xb))
     short = 0 < len(xa) <= _SPAN and 0 < len(xb) <= _SPAN
-    if short and wa[:_OPENING] == wb[:_OPENING] and set(xa) - _GENERIC and set(xb) - _GENERIC:
+    if short and wa[:_OPENING] == wb[:_OPENING] and ca and cb and ca != cb:
         return f"one phrase differs ({' '.join(xa)} / {' '.join(xb)})"
     return None
 
 
 def _show(c: Counter) -> str:
-    return ", ".join(f"{int(k) if k == int(k) else k:g}" for k in sorted(c.elements())) or "none"
+    return ", ".join(_fmt(k) for k in sorted(c.elements())) or "none"
