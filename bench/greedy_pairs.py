@@ -16,15 +16,18 @@ whether a second step on top of the round's SFT adapter (the SFT -> DPO order of
    constraint strictly is a rejected answer; each is paired with up to K (`--per-prompt`) of
    the verified answers the adapter was trained on for that task (TRL-format pairs);
 3. trl's DPOTrainer (`--objective`, rpo by default: plus the NLL of the chosen answer) trains
-   from the round's adapter, which is also the reference, with the run's tune settings plus
-   `--set` (e.g. `--set tune.epochs=1`);
+   from the round's adapter, which is also the reference, with the settings of the loop's step
+   (`tune.greedy_learning_rate`, `greedy_epochs`, `greedy_batch_size`, loop.stages.tune.
+   greedy_step_config) plus `--set` (e.g. `--set tune.greedy_epochs=2`), so the bench's step
+   with the run's settings is the loop's;
 4. the result is evaluated on `--suites` through the run's eval cache and compared, paired on
    every IF prompt, with the base model (the run's first champion) and with the round's SFT
    adapter, with the share of IF answers cut off at the eval's token limit for each.
 
 The loop does this after sft by default (`tune.greedy_pairs`, loop/stages/tune.py); on a run
 that did, this bench starts from the round's `greedy/sft_adapter`, so it can try other settings
-of the step (`--set tune.learning_rate=...`, `--per-prompt`) on the same sft adapter.
+of the step (`--set tune.greedy_learning_rate=...`, `--per-prompt`, `--set
+tune.greedy_match=length`) on the same sft adapter.
 
 One model process at a time; a re-run with the same command reuses the greedy answers, the
 trained adapter and the evaluation (`OUT/<variant>/`).
@@ -76,6 +79,7 @@ def main() -> None:
         SFT_ADAPTER,
         fit,
         greedy_answers,
+        greedy_step_config,
         greedy_tasks,
         near_eval_seeds,
         training_data,
@@ -93,7 +97,8 @@ def main() -> None:
     if base_cfg.tune.objective != "sft":
         raise SystemExit(f"error: {rundir.config_path}: the run must train sft (its adapter is "
                          "what the pairs start from)")  # fmt: skip
-    cfg = load_config(rundir.config_path, [f"tune.objective={args.objective}", *args.sets])
+    cfg = load_config(rundir.config_path, [f"tune.greedy_objective={args.objective}", *args.sets])
+    step = cfg.model_copy(update={"tune": greedy_step_config(cfg.tune)})  # as the loop trains it
     every = eval_suites(cfg)
     if "if" not in args.suites or set(args.suites) - set(every):
         raise SystemExit(f"error: --suites must name 'if' and suites of {sorted(every)}")
@@ -139,7 +144,7 @@ def main() -> None:
             if gen is not None:
                 gen.close()
                 gen = None
-            fit(cfg, pairs, adapter, sft_adapter, n, [training_progress(f"{out.name} training")])
+            fit(step, pairs, adapter, sft_adapter, n, [training_progress(f"{out.name} training")])
         if gen is None:
             gen = make_generator(cfg.model, cfg.backend)
         if not ev_path.is_file():
