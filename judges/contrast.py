@@ -161,7 +161,7 @@ def _spelling(w: str) -> str:
 def _stem(w: str) -> str:
     """A crude stem, to read "reverses" / "reverse" or "checking" / "check" as one word."""
     for suffix in ("ing", "ed", "es", "s"):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3 and not w.endswith("ss"):
             w = w[: -len(suffix)]
             break
     return w[:-1] if w.endswith("e") and len(w) > 3 else w
@@ -180,7 +180,10 @@ def _read(text: str) -> list[tuple[str, bool]]:
     items: list[tuple[str, Any]] = []  # ("d" digits | "w" number word | "n" lone | "s", value)
     for tok in _TOKEN.findall(text.replace("’", "'").lower()):
         if tok[0].isdigit():
-            v = float(tok.replace(",", "")) if _NUMBER.fullmatch(tok) else math.inf
+            try:  # "1.2.3" (a version) and 400 digits (inf) are words, not numbers
+                v = float(tok.replace(",", ""))
+            except ValueError:
+                v = math.inf
             items.append(("d", v) if math.isfinite(v) else ("s", tok))
         elif tok in _NUMBER_WORDS:
             items.append(("n" if tok in _NOT_COMPOSED else "w", float(_NUMBER_WORDS[tok])))

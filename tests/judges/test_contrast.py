@@ -111,6 +111,7 @@ def test_numbers_and_words_read_digits_and_number_words_alike() -> None:
     assert numbers("a one hundred word story with three parts") == numbers("100 words, 3 parts")
     assert numbers("Give 20 5-letter words") == numbers("20 and 5")  # digits never add up
     assert numbers("1.5 million") == numbers("1500000") == numbers("1,500,000")
+    assert not numbers("version 1.2.3") and not numbers("9" * 400)  # words, not numbers
 
 
 def test_the_check_set_high_overlap_pairs() -> None:
