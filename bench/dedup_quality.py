@@ -2,19 +2,20 @@
 
     python bench/dedup_quality.py [--thresholds 0.75 0.8 0.85 0.9]
 
-Two labelled sets of instruction pairs (tests/judges/data/): `dedup_pairs.jsonl`, the 253 pairs
+Three labelled sets of instruction pairs (tests/judges/data/): `dedup_pairs.jsonl`, the 253 pairs
 the 0.85 threshold was chosen on, and `dedup_hard_pairs.jsonl`, written later to be hard:
 paraphrases with little word overlap (duplicates), near-misses that differ in one number, a
 negation, an order or one entity, and translations (distinct: a task in another language
-trains answering in it); and `dedup_check_pairs.jsonl` (240 pairs), written afterwards by someone
-who had not read the contrast rules nor the other sets, with no rule changed after it was
-scored: high-overlap duplicates (a number as digits or words, light rewording, reordered clauses,
-filler) and high-overlap near-misses (a number, a negation, a direction, an entity, a unit or
-format, an audience or scope) - the clean check of rules set looking at the first two. All are
-embedded once with the bundled all-MiniLM-L6-v2 (the dedup
-stage's model and settings); then, per threshold, precision and recall of "duplicate" with the
-cosine alone and with the contrast stage (judges.contrast), and per kind the share called
-duplicate. The baseline is the cosine alone at the same threshold, same vectors, same run.
+trains answering in it); and `dedup_check_pairs.jsonl` (240 pairs), written afterwards by
+someone who had read neither the contrast rules nor the other sets: high-overlap duplicates (a
+number as digits or words, light rewording, a moved clause, filler) and high-overlap
+near-misses (a number, a negation, a direction, an entity, a unit or format, an audience or
+scope). Its first score was the clean check of rules set looking at the first two; the rules
+then changed from what it showed (README gives both scores), so a fourth set would be the next
+clean check. All are embedded once with the bundled all-MiniLM-L6-v2 (the dedup stage's model
+and settings); then, per threshold, precision and recall of "duplicate" with the cosine alone
+and with the contrast stage (judges.contrast), and per kind the share called duplicate. The
+baseline is the cosine alone at the same threshold, same vectors, same run.
 No timing: the contrast stage reads words only.
 """
 
