@@ -171,11 +171,11 @@ class TuneConfig(BaseModel):
     greedy_match: Literal["order", "length"] = Field(
         "order",
         description="greedy_pairs: which verified answers of a task a greedy failure is paired "
-        "with: the first ones (order) or those closest to it in word count (length; not yet "
-        "measured in a loop). A cut-off loop against a short answer teaches brevity too: in "
-        "the loop runs' third rounds the IF suite's min_sentences prompts fell from 0.87 to "
-        "0.52-0.61, in seed 1 five of the seven lost ones answers that had stopped before "
-        "and now stopped sooner (README).",
+        "with: the first ones (order) or those closest to it in word count (length). A "
+        "cut-off loop against a short answer teaches brevity too: in the loop runs' third "
+        "rounds the IF suite's min_sentences prompts fell from 0.87 to 0.52-0.61 (README). "
+        "Measured on one round (seed 1, the same sft adapter and 71 pairs, 19 of them with "
+        "another chosen answer): length -0.3 [-3.5, +2.9] points against order, so order stays.",
     )
     greedy_objective: Literal["dpo", "rpo"] = Field(
         "rpo", description="greedy_pairs: the preference loss of the step after sft."
