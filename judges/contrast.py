@@ -226,7 +226,11 @@ def words(text: str) -> list[str]:
 def numbers(text: str) -> Counter:
     """The numbers a text asks for: digits (1,000 = 1000) and number words ("one hundred" =
     100; `_read`)."""
-    return Counter(float(w) for w, is_number in _read(text) if is_number)
+    return _numbers(_read(text))
+
+
+def _numbers(read: list[tuple[str, bool]]) -> Counter:
+    return Counter(float(w) for w, is_number in read if is_number)
 
 
 def _negations(ws: list[str]) -> int:
@@ -281,10 +285,11 @@ def contrast(a: str, b: str) -> str | None:
     Only texts that share most of their words are compared (a near-miss repeats its original
     but for a detail): between freely reworded texts ("a weekend trip" / "two days away") the
     same words and numbers are not expected, so their absence says nothing."""
-    wa, wb = words(a), words(b)
+    ra, rb = _read(a), _read(b)  # once a text: words() and numbers() are two views of it
+    wa, wb = [w for w, _ in ra], [w for w, _ in rb]
     if a.strip() == b.strip() or overlap(wa, wb) < MIN_OVERLAP:
         return None
-    na, nb = numbers(a), numbers(b)
+    na, nb = _numbers(ra), _numbers(rb)
     if na and nb and na != nb:
         return f"numbers differ ({_show(na)} vs {_show(nb)})"
     if _negations(wa) != _negations(wb):
@@ -295,8 +300,9 @@ def contrast(a: str, b: str) -> str | None:
             y in sa and x in sb and y not in sb and x not in sa
         ):
             return f"opposites ({x} / {y})"
+    xa, xb = _trim(wa, wb)  # the part that differs
     if Counter(wa) == Counter(wb) and wa != wb:
-        swap = _swap(*_trim(wa, wb))
+        swap = _swap(xa, xb)
         if swap is not None:  # two parts traded places: around a direction, a new task
             if set(swap) & _DIRECTIONAL and len(swap) <= _SPAN and not {"and", "or"} & set(swap):
                 return "the same words in another order"
@@ -311,7 +317,6 @@ def contrast(a: str, b: str) -> str | None:
     if names_a - caps_b and names_b - caps_a:
         return f"names differ ({', '.join(sorted(names_a - caps_b))} / " \
                f"{', '.join(sorted(names_b - caps_a))})"  # fmt: skip
-    xa, xb = _trim(wa, wb)
     ca, cb = ({_stem(w) for w in x if w not in _GENERIC} for x in (xa, xb))
     short = 0 < len(xa) <= _SPAN and 0 < len(xb) <= _SPAN
     if short and wa[:_OPENING] == wb[:_OPENING] and ca and cb and ca != cb:
