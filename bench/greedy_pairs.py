@@ -2,7 +2,7 @@
 
     python bench/greedy_pairs.py --run RUN_DIR [--round N] [--out bench-runs/greedy-pairs]
                                  [--objective rpo|dpo] [--per-prompt K] [--set tune.key=value ...]
-                                 [--suites if helpfulness domains]
+                                 [--suites if helpfulness domains] [--start sft|final]
 
 The IF suite is answered greedily, and greedy decoding is where a 135M model loops: 46% of the
 base's IF answers run to the 400-token limit (most of them one line repeated), and those pass
@@ -28,6 +28,11 @@ The loop does this after sft by default (`tune.greedy_pairs`, loop/stages/tune.p
 that did, this bench starts from the round's `greedy/sft_adapter`, so it can try other settings
 of the step (`--set tune.greedy_learning_rate=...`, `--per-prompt`, `--set
 tune.greedy_match=length`) on the same sft adapter.
+
+`--start final` asks whether the step is worth doing twice (iterative, on-policy DPO): it starts
+from the round's final adapter (after the loop's own greedy step), answers the same tasks
+greedily again, pairs the failures that remain against the same verified answers and trains
+the step once more from that adapter (the reference), compared with it and with the base.
 
 One model process at a time; a re-run with the same command reuses the greedy answers, the
 trained adapter and the evaluation (`OUT/<variant>/`).
@@ -59,6 +64,13 @@ def main() -> None:
     ap.add_argument("--per-prompt", type=int, default=2, metavar="K")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="tune.key=value")
     ap.add_argument("--suites", nargs="+", default=["if", "helpfulness", "domains"])
+    ap.add_argument(
+        "--start",
+        choices=["sft", "final"],
+        default="sft",
+        help="the adapter the step starts from: the round's sft adapter (the loop's step), or "
+        "its final adapter (a second step after the loop's)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("selfloop").setLevel(logging.INFO)
@@ -90,8 +102,10 @@ def main() -> None:
     sft_adapter = rundir.adapter_dir(n)
     if (rundir.round_dir(n) / GREEDY / SFT_ADAPTER).is_dir():  # the loop did the step
         sft_adapter = rundir.round_dir(n) / GREEDY / SFT_ADAPTER
-    if not (sft_adapter / "adapter_config.json").is_file():
-        raise SystemExit(f"error: {sft_adapter}: round {n} has no trained adapter")
+    start = rundir.adapter_dir(n) if args.start == "final" else sft_adapter
+    for path in {sft_adapter, start}:
+        if not (path / "adapter_config.json").is_file():
+            raise SystemExit(f"error: {path}: round {n} has no trained adapter")
     champion = starting_champion(rundir, n)
     base_cfg = load_config(rundir.config_path)
     if base_cfg.tune.objective != "sft":
@@ -103,9 +117,8 @@ def main() -> None:
     if "if" not in args.suites or set(args.suites) - set(every):
         raise SystemExit(f"error: --suites must name 'if' and suites of {sorted(every)}")
     suites = {name: every[name] for name in args.suites}
-    out = (
-        args.out / f"round-{n:03d}" / variant(args.objective, [*args.sets, f"k={args.per_prompt}"])
-    )
+    tags = [*args.sets, f"k={args.per_prompt}"] + (["start=final"] if args.start == "final" else [])
+    out = args.out / f"round-{n:03d}" / variant(args.objective, tags)
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
         "cache_dir": cfg.eval.cache(rundir.root),
@@ -119,14 +132,16 @@ def main() -> None:
     chosen, _ = training_data(rundir, base_cfg.tune, n, champion, base_cfg.run.seeds_file, exclude)
     chosen = [r for r in chosen if r.get("constraints")]
     tasks = greedy_tasks(rundir, chosen)
-    greedy_path = args.out / f"round-{n:03d}" / "greedy.jsonl"
+    greedy_path = (
+        args.out / f"round-{n:03d}" / f"greedy{'-final' if args.start == 'final' else ''}.jsonl"
+    )
     gen = None
     try:
         if greedy_path.is_file():
             greedy = read_jsonl(greedy_path)
         else:
             gen = make_generator(cfg.model, cfg.backend)
-            name = gen.load_adapter(sft_adapter, "sft")
+            name = gen.load_adapter(start, args.start)
             greedy, _ = greedy_answers(gen, name, tasks, cfg, n)
             write_jsonl(greedy_path, greedy)
         pairs, verdicts = greedy_pairs(
@@ -144,13 +159,15 @@ def main() -> None:
             if gen is not None:
                 gen.close()
                 gen = None
-            fit(step, pairs, adapter, sft_adapter, n, [training_progress(f"{out.name} training")])
+            fit(step, pairs, adapter, start, n, [training_progress(f"{out.name} training")])
         if gen is None:
             gen = make_generator(cfg.model, cfg.backend)
         if not ev_path.is_file():
             write_eval(ev_path, evaluate(gen, suites, adapter=adapter, **common))
         base_eval = evaluate(gen, suites, adapter=champion, **common)
-        sft_eval = evaluate(gen, suites, adapter=sft_adapter, **common)
+        # The start adapter is the loop's candidate and in the eval cache; with --start final
+        # the sft adapter (never evaluated by the loop: about 10 minutes) is left out.
+        start_eval = evaluate(gen, suites, adapter=start, **common)
     finally:
         if gen is not None:
             gen.close()
@@ -159,9 +176,10 @@ def main() -> None:
     parts = slices(suites["if"][1], common["held_out_types"])
     print(f"\n== {out}: {len(pairs)} pairs, {metrics['steps']} steps, "
           f"{metrics['seconds'] / 60:.0f} min; final {metrics.get('preference')}")  # fmt: skip
-    print(f"IF answers: base {cut_off_share(base_eval)}, sft {cut_off_share(sft_eval)}, "
-          f"{args.objective} {cut_off_share(new)}")  # fmt: skip
-    for label, ref in (("base", base_eval), ("the round's sft adapter", sft_eval)):
+    started = "the round's sft adapter" if args.start == "sft" else "the round's final adapter"
+    print(f"IF answers: base {cut_off_share(base_eval)}, {args.start} "
+          f"{cut_off_share(start_eval)}, {args.objective} {cut_off_share(new)}")  # fmt: skip
+    for label, ref in (("base", base_eval), (started, start_eval)):
         print(f"vs {label}:")
         for part, ids in parts.items():
             print(f"  IF suite ({part}):")

@@ -235,10 +235,14 @@ STEP_KEYS = {
 
 def round_steps(record: dict[str, Any]) -> int:
     """The optimizer steps one metrics.jsonl record's round took: its tune stage's, plus the
-    sft part before a greedy preference step (`tune.greedy.sft`; without pairs the round's
-    adapter is that sft adapter, whose steps `tune.steps` already are)."""
+    trainings before the one that made the round's adapter - the sft part and earlier
+    greedy preference steps (`tune.greedy.before_steps`; a round's stats from before
+    `tune.greedy_steps` say `sft.steps` when the step had pairs: without, the round's adapter
+    is that sft adapter, whose steps `tune.steps` already are)."""
     tune = record.get("tune") or {}
     greedy = tune.get("greedy") or {}
+    if "before_steps" in greedy:
+        return int(tune.get("steps") or 0) + int(greedy["before_steps"])
     sft = int((greedy.get("sft") or {}).get("steps") or 0) if greedy.get("pairs") else 0
     return int(tune.get("steps") or 0) + sft
 

@@ -210,6 +210,12 @@ def _training(rd: Path) -> list[str]:
             + ", ".join(f"{k} {v}" for k, v in verdicts.items())
             + f"), {g.get('pairs', 0)} pairs against its failures"
         )
+        for later in g.get("later") or []:  # tune.greedy_steps: the step again
+            lines.append(
+                f"  step {later.get('step')}: {later.get('answers', 0)} greedy answers ("
+                + ", ".join(f"{k} {v}" for k, v in (later.get("verdicts") or {}).items())
+                + f"), {later.get('pairs', 0)} pairs"
+            )
     return lines
 
 

@@ -187,6 +187,15 @@ class TuneConfig(BaseModel):
         "moved the IF suite -0.3 and the cut-off answers 131 -> 123).",
     )
     greedy_epochs: float = Field(1.0, gt=0, description="greedy_pairs: passes over the pairs.")
+    greedy_steps: int = Field(
+        1,
+        ge=1,
+        description="greedy_pairs: how many times the step runs. Each step after the first "
+        "starts from the adapter the one before trained: it answers the same tasks greedily "
+        "again and trains against the failures that remain (on-policy, as iterative DPO "
+        "does), where another epoch would train again on failures the model may no longer "
+        "make. Stops early when no greedy answer fails.",
+    )
     greedy_batch_size: int = Field(
         2,
         ge=1,

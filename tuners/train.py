@@ -91,7 +91,7 @@ _MAY_CHANGE = frozenset({"save_steps", "save_total_limit", "logging_steps", "abo
 _LOOP_ONLY = frozenset(
     {"replay", "anchor", "carry_rejected", "warm_start"}
     | {"greedy_pairs", "greedy_objective", "greedy_learning_rate", "greedy_epochs"}
-    | {"greedy_batch_size", "greedy_match"}
+    | {"greedy_batch_size", "greedy_match", "greedy_steps"}
 )
 
 

@@ -4,7 +4,8 @@ Writes `rounds/NNN/adapter/` (PEFT format, with train_metrics.json); step checkp
 `adapter.checkpoints/` let a killed run lose at most `tune.save_steps` steps. With
 `tune.greedy_pairs` (the recipe's default) an sft round is two steps: sft into
 `rounds/NNN/greedy/sft_adapter/`, then RPO from it against its own greedy failures
-(`greedy_step`) into `rounds/NNN/adapter/`."""
+(`greedy_step`) into `rounds/NNN/adapter/` (with `tune.greedy_steps` > 1, that step again from
+the adapter the last one trained, each in `rounds/NNN/greedy/step-K/`)."""
 
 from __future__ import annotations
 
@@ -55,27 +56,73 @@ def run(ctx: Context, state: LoopState) -> dict:
 
 def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | None) -> None:
     """sft, then `tune.greedy_objective` against the sft adapter's own greedy failures
-    (`tune.greedy_pairs`). Each part is kept in `rounds/NNN/greedy/` as it finishes - the sft
-    adapter, the greedy answers with their verdicts, the pairs, stats.json - so a killed run
-    resumes after the last one; the round's adapter is the preference step's (or the sft
-    adapter itself when no greedy answer failed)."""
+    (`tune.greedy_pairs`), `tune.greedy_steps` times: each later step answers the same tasks
+    greedily with the adapter the step before trained and trains from it against the failures
+    that remain. Each part is kept in `rounds/NNN/greedy/` as it finishes - the sft adapter,
+    the greedy answers with their verdicts, the pairs, stats.json (a later step's in
+    `step-K/`, with its start adapter) - so a killed run resumes after the last one; the
+    round's adapter is the last step's (or the adapter a step started from, when none of its
+    greedy answers failed)."""
     import shutil
 
     from agent.atomic import atomic_dir
+    from loop.rundir import write_json
+
+    n, cfg = state["round"], ctx.cfg
+    out = ctx.rundir.round_dir(n) / GREEDY
+    sft_dir = out / SFT_ADAPTER
+    if not sft_dir.is_dir():
+        fit(cfg, data, sft_dir, init, n, _callbacks(ctx, n))
+    verified = [r for r in data if r.get("constraints")]
+    final = ctx.rundir.adapter_dir(n)
+    start, before = sft_dir, int(read_json(sft_dir / TRAIN_METRICS).get("steps") or 0)
+    stats: dict[str, Any] = {}
+    total = cfg.tune.greedy_steps
+    for k in range(1, total + 1):
+        where = out if k == 1 else out / f"step-{k}"
+        answers, pairs, verdicts = _greedy_pairs(ctx, state, start, where, verified)
+        step = {"answers": len(answers), "verdicts": verdicts, "pairs": len(pairs)}
+        if k == 1:
+            sft_metrics = read_json(sft_dir / TRAIN_METRICS)
+            stats = {**step, "sft": {m: sft_metrics[m] for m in _METRICS if m in sft_metrics}}
+        else:
+            stats.setdefault("later", []).append({"step": k, **step})
+        log.info(
+            "round %d tune: %d greedy answers of the %s adapter (%s): %d pairs",
+            n, len(answers), "sft" if k == 1 else f"step {k - 1}",
+            ", ".join(f"{v} {c}" for v, c in verdicts.items()), len(pairs),
+        )  # fmt: skip
+        if not pairs:  # nothing failed: the adapter this step started from is the round's
+            stats["before_steps"] = before - int(read_json(start / TRAIN_METRICS)["steps"])
+            write_json(out / "stats.json", stats)
+            with atomic_dir(final) as tmp:
+                shutil.copytree(start, tmp, dirs_exist_ok=True)
+            return
+        stats["before_steps"] = before
+        write_json(out / "stats.json", stats)
+        adapter = final if k == total else out / f"step-{k + 1}" / "start_adapter"
+        if not adapter.is_dir():
+            tuned = cfg.model_copy(update={"tune": greedy_step_config(cfg.tune)})
+            callbacks = _callbacks(ctx, n, tuned.tune.objective, after=before)
+            fit(tuned, pairs, adapter, start, n, callbacks)
+        start = adapter
+        before += int(read_json(adapter / TRAIN_METRICS).get("steps") or 0)
+
+
+def _greedy_pairs(
+    ctx: Context, state: LoopState, adapter: Path, where: Path, verified: list[dict]
+) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """`adapter`'s greedy answers to the tasks of `verified` (kept in `where`, reused on a
+    re-run) and the pairs against its failures (written there too), with the verdicts."""
     from agent.backends.base import AdapterHost
     from agent.data import read_jsonl, write_jsonl
     from agent.errors import SelfloopError
     from judges.preference import greedy_pairs, greedy_verdict
-    from loop.rundir import write_json
     from loop.stages.filter import response_filters
 
     n, cfg = state["round"], ctx.cfg
-    out = ctx.rundir.round_dir(n) / GREEDY
-    sft_dir, answers_path = out / SFT_ADAPTER, out / GREEDY_ANSWERS
-    if not sft_dir.is_dir():
-        fit(cfg, data, sft_dir, init, n, _callbacks(ctx, n))
-    verified = [r for r in data if r.get("constraints")]
     quality = response_filters(cfg.filters).check
+    answers_path = where / GREEDY_ANSWERS
     if answers_path.is_file():
         answers = read_jsonl(answers_path)
     else:
@@ -85,41 +132,20 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
                 f"tune.greedy_pairs: backend {cfg.backend.kind} cannot load the sft adapter; "
                 "use transformers or vllm, or tune.greedy_pairs: 0"
             )
-        name = gen.load_adapter(sft_dir, f"sft-{n}")
-        tasks = greedy_tasks(ctx.rundir, verified)
-        answers, said = greedy_answers(gen, name, tasks, cfg, n)
+        name = gen.load_adapter(adapter, f"{where.name}-{n}")
+        answers, said = greedy_answers(gen, name, greedy_tasks(ctx.rundir, verified), cfg, n)
         ctx.release()
         if said.get("backend_errors"):  # those tasks get no greedy answer (and no pair)
             log.warning("round %d tune: %d greedy answers failed", n, said["backend_errors"])
         for a in answers:
             a["greedy_verdict"] = greedy_verdict(a, quality)
+        where.mkdir(parents=True, exist_ok=True)
         write_jsonl(answers_path, answers)
     pairs, verdicts = greedy_pairs(
         answers, verified, quality, cfg.tune.greedy_pairs, cfg.tune.greedy_match
     )
-    write_jsonl(out / GREEDY_PAIRS, pairs)
-    sft_metrics = read_json(sft_dir / TRAIN_METRICS)
-    write_json(
-        out / "stats.json",
-        {
-            "answers": len(answers),
-            "verdicts": verdicts,
-            "pairs": len(pairs),
-            "sft": {k: sft_metrics[k] for k in _METRICS if k in sft_metrics},
-        },
-    )
-    log.info(
-        "round %d tune: %d greedy answers of the sft adapter (%s): %d pairs",
-        n, len(answers), ", ".join(f"{k} {v}" for k, v in verdicts.items()), len(pairs),
-    )  # fmt: skip
-    final = ctx.rundir.adapter_dir(n)
-    if not pairs:  # nothing failed: the sft adapter is the round's
-        with atomic_dir(final) as tmp:
-            shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
-        return
-    step = greedy_step_config(cfg.tune)
-    callbacks = _callbacks(ctx, n, step.objective, after=int(sft_metrics.get("steps") or 0))
-    fit(cfg.model_copy(update={"tune": step}), pairs, final, sft_dir, n, callbacks)
+    write_jsonl(where / GREEDY_PAIRS, pairs)
+    return answers, pairs, verdicts
 
 
 def greedy_step_config(tune: TuneConfig) -> TuneConfig:

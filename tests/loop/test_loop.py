@@ -403,3 +403,60 @@ def test_a_greedy_step_after_sft_trains_against_the_sft_adapters_own_failures(
     assert read_jsonl(g / "preference_pairs.jsonl") == pairs
     again = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
     assert again["objective"] == "rpo" and again["final_loss"] == trained["final_loss"]
+
+
+def test_a_second_greedy_step_trains_from_the_first_against_its_remaining_failures(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """tune.greedy_steps: 2: the adapter the first preference step trained answers the same
+    tasks greedily again, and the round's adapter trains from it against those failures; the
+    round's optimizer steps count all three trainings, and a re-run after a kill in the last
+    one keeps the first step's adapter and trains the last one again to the same result."""
+    from loop.context import Context
+    from loop.metrics import round_steps
+    from loop.rundir import RunDir
+    from loop.stages import tune
+
+    augment = {"train_types": ["lowercase", "quotation"], "repair": True}
+    path = _constraints_config(tmp_path, tiny_model_dir, augment, n=2, objective="sft")
+    cfg = load_config(path, ["tune.greedy_pairs=1", "tune.greedy_steps=2"])
+    rd = tmp_path / "run"
+    run(cfg, rd)
+    r1, g = rd / "rounds" / "001", rd / "rounds" / "001" / "greedy"
+    tasks = read_jsonl(r1 / "augment" / "tasks.jsonl")
+    first, second = g / "step-2" / "start_adapter", g / "step-2"
+    again = read_jsonl(second / "answers.jsonl")
+    assert sorted(a["instruction_id"] for a in again) == sorted(t["id"] for t in tasks)
+    pairs = read_jsonl(second / "preference_pairs.jsonl")
+    assert pairs and {p["rejected"][0]["content"] for p in pairs} <= {a["response"] for a in again}
+    steps = {
+        name: json.loads((d / "train_metrics.json").read_text())
+        for name, d in (("sft", g / "sft_adapter"), ("first", first), ("last", r1 / "adapter"))
+    }
+    assert steps["first"]["objective"] == steps["last"]["objective"] == "rpo"
+    assert steps["last"]["examples"] == len(pairs)
+    stats = json.loads((g / "stats.json").read_text())
+    assert stats["later"] == [
+        {"step": 2, "answers": len(tasks), "verdicts": {"cut_off": len(tasks)}, "pairs": len(pairs)}
+    ]
+    assert stats["before_steps"] == steps["sft"]["steps"] + steps["first"]["steps"]
+    record = {"tune": tune.metrics(r1)["tune"]}
+    assert round_steps(record) == sum(m["steps"] for m in steps.values())
+    shown = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "show", str(rd), "--round", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"step 2: {len(tasks)} greedy answers (cut_off {len(tasks)}), {len(pairs)} pairs" in (
+        shown.stdout
+    )
+
+    # Killed in the last step's training: the first step's adapter is kept, the last retrained.
+    weights = (first / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(r1 / "adapter")
+    ctx = Context(cfg, RunDir(rd))
+    assert tune.run(ctx, {"round": 1}) == {"trained": True}
+    assert (first / "adapter_model.safetensors").read_bytes() == weights
+    redone = json.loads((r1 / "adapter" / "train_metrics.json").read_text())
+    assert redone["final_loss"] == steps["last"]["final_loss"]
