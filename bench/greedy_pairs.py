@@ -32,7 +32,8 @@ tune.greedy_match=length`) on the same sft adapter.
 `--start final` asks whether the step is worth doing twice (iterative, on-policy DPO): it starts
 from the round's final adapter (after the loop's own greedy step), answers the same tasks
 greedily again, pairs the failures that remain against the same verified answers and trains
-the step once more from that adapter (the reference), compared with it and with the base.
+the step once more from that adapter (the reference), compared with it and with the base: what
+the loop's `tune.greedy_steps: 2` does in that round.
 
 One model process at a time; a re-run with the same command reuses the greedy answers, the
 trained adapter and the evaluation (`OUT/<variant>/`).

@@ -80,7 +80,8 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
     total = cfg.tune.greedy_steps
     for k in range(1, total + 1):
         where = out if k == 1 else out / f"step-{k}"
-        answers, pairs, verdicts = _greedy_pairs(ctx, state, start, where, verified)
+        label = "sft" if k == 1 else f"greedy{k - 1}"  # the adapter that answers
+        answers, pairs, verdicts = _greedy_pairs(ctx, state, start, label, where, verified)
         step = {"answers": len(answers), "verdicts": verdicts, "pairs": len(pairs)}
         if k == 1:
             sft_metrics = read_json(sft_dir / TRAIN_METRICS)
@@ -89,7 +90,7 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
             stats.setdefault("later", []).append({"step": k, **step})
         log.info(
             "round %d tune: %d greedy answers of the %s adapter (%s): %d pairs",
-            n, len(answers), "sft" if k == 1 else f"step {k - 1}",
+            n, len(answers), label,
             ", ".join(f"{v} {c}" for v, c in verdicts.items()), len(pairs),
         )  # fmt: skip
         if not pairs:  # nothing failed: the adapter this step started from is the round's
@@ -110,10 +111,11 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
 
 
 def _greedy_pairs(
-    ctx: Context, state: LoopState, adapter: Path, where: Path, verified: list[dict]
+    ctx: Context, state: LoopState, adapter: Path, label: str, where: Path, verified: list[dict]
 ) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """`adapter`'s greedy answers to the tasks of `verified` (kept in `where`, reused on a
-    re-run) and the pairs against its failures (written there too), with the verdicts."""
+    """`adapter`'s greedy answers (loaded as `label`) to the tasks of `verified`, kept in
+    `where` and reused on a re-run, and the pairs against its failures (written there too),
+    with the verdicts."""
     from agent.backends.base import AdapterHost
     from agent.data import read_jsonl, write_jsonl
     from agent.errors import SelfloopError
@@ -132,7 +134,7 @@ def _greedy_pairs(
                 f"tune.greedy_pairs: backend {cfg.backend.kind} cannot load the sft adapter; "
                 "use transformers or vllm, or tune.greedy_pairs: 0"
             )
-        name = gen.load_adapter(adapter, f"{where.name}-{n}")
+        name = gen.load_adapter(adapter, f"{label}-{n}")
         answers, said = greedy_answers(gen, name, greedy_tasks(ctx.rundir, verified), cfg, n)
         ctx.release()
         if said.get("backend_errors"):  # those tasks get no greedy answer (and no pair)
