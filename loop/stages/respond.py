@@ -32,9 +32,10 @@ def run(ctx: Context, state: LoopState) -> dict:
     sources = ctx.cfg.run.sources
     # Constrained tasks are the student's to answer, unless a teacher answers (distillation).
     if "self_instruct" in sources or ("constraints" in sources and "teacher" not in sources):
-        records, stats["self"] = run_respond(
-            ctx.student(state), tasks, params, adapter=adapter_name(state), round_index=n
-        )
+        records, stats["self"] = answer(
+            ctx.student(state), tasks, params, ctx.cfg.augment.language_max_tokens,
+            adapter=adapter_name(state), round_index=n,
+        )  # fmt: skip
     if "teacher" in ctx.cfg.run.sources and ctx.cfg.respond.teacher is not None:
         teacher = ctx.tracked(
             make_generator(
@@ -58,6 +59,26 @@ def run(ctx: Context, state: LoopState) -> dict:
         )
     log.info("round %d respond: %d responses", n, len(records))
     return {}
+
+
+def answer(
+    gen: Any, tasks: list[dict], params: Any, language_max_tokens: int | None, **kw: Any
+) -> tuple[list[dict], dict[str, Any]]:
+    """`agent.construct.respond`, with augment's language tasks (`is_language_task`) answered
+    up to `language_max_tokens` (`augment.language_max_tokens`; None = `params.max_tokens`):
+    the tokenizer spends several tokens a character on Chinese or Japanese, and answers cut off
+    at the constrained tasks' limit are dropped."""
+    from agent.construct import respond as run_respond
+    from judges.augment import is_language_task
+
+    if not language_max_tokens or language_max_tokens == params.max_tokens:
+        return run_respond(gen, tasks, params, **kw)
+    rest = [t for t in tasks if not is_language_task(t)]
+    langs = [t for t in tasks if is_language_task(t)]
+    records, stats = run_respond(gen, rest, params, **kw)
+    longer = params.model_copy(update={"max_tokens": language_max_tokens})
+    more, said = run_respond(gen, langs, longer, **kw)
+    return records + more, {k: stats[k] + said[k] for k in stats}
 
 
 def imported(ctx: Context) -> list[dict]:

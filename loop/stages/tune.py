@@ -178,11 +178,12 @@ def greedy_answers(
     gen: Any, adapter: str, tasks: list[dict], cfg: SelfloopConfig, n: int
 ) -> tuple[list[dict], dict[str, Any]]:
     """One answer per task from `adapter` (loaded in `gen`) as the IF suite is answered:
-    greedy, at the respond stage's length limit; and respond's counts."""
-    from agent.construct import respond
+    greedy, at the respond stage's length limits; and respond's counts."""
+    from loop.stages.respond import answer
 
     params = cfg.respond.sampling.model_copy(update={"n": 1, "temperature": 0.0, "top_p": 1.0})
-    return respond(gen, tasks, params, adapter=adapter, round_index=n)
+    limit = cfg.augment.language_max_tokens
+    return answer(gen, tasks, params, limit, adapter=adapter, round_index=n)
 
 
 def training_data(

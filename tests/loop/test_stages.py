@@ -358,6 +358,34 @@ def test_language_tasks_ask_seeds_not_in_english_as_written_and_fresh_ones_first
     ctx.release()
 
 
+def test_language_tasks_are_answered_up_to_their_own_length_limit(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """augment.language_max_tokens: the language tasks' answers run to their own limit, the
+    constrained tasks' to respond's; every task is answered once per sample."""
+    from judges.augment import is_language_task
+    from loop.stages import augment, respond
+
+    ctx = _context(tmp_path, tiny_model_dir, "run.sources=[constraints]", "augment.tasks=2",
+                   "augment.language_tasks=2", "augment.language_max_tokens=24", "respond.n=2",
+                   "respond.sampling.max_tokens=8")  # fmt: skip
+    _write_stage(ctx, "propose", "kept.jsonl", [])
+    augment.run(ctx, {"round": 1})
+    respond.run(ctx, {"round": 1})
+    ctx.release()
+    tasks = read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl")
+    out = read_jsonl(ctx.rundir.stage_dir(1, "respond") / "responses.jsonl")
+    assert Counter(r["instruction_id"] for r in out) == {t["id"]: 2 for t in tasks}
+    langs = {t["id"] for t in tasks if is_language_task(t)}
+    assert len(langs) == 2
+    for r in out:
+        limit = 24 if r["instruction_id"] in langs else 8
+        assert r["sampling"]["max_tokens"] == limit and r["completion_tokens"] <= limit
+    # the tiny model's random tokens seldom end: the longer limit is used, not only stated
+    assert max(r["completion_tokens"] for r in out if r["instruction_id"] in langs) > 8
+    assert ctx.rundir.stage_stats(1, "respond")["self"]["responses"] == len(out) == 8
+
+
 def test_the_filters_verifier_counts_leave_language_tasks_apart(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
