@@ -107,6 +107,12 @@ def main() -> None:
     for path in {sft_adapter, start}:
         if not (path / "adapter_config.json").is_file():
             raise SystemExit(f"error: {path}: round {n} has no trained adapter")
+    if args.start == "final":  # a second step: after exactly one step of the loop's
+        done = json.loads((start / "train_metrics.json").read_text()).get("objective")
+        if start == sft_adapter or done == "sft" or (sft_adapter.parent / "step-2").exists():
+            raise SystemExit(f"error: --start final: round {n}'s adapter is not the one "
+                             "preference step after sft (no greedy step, no pairs, or "
+                             "tune.greedy_steps > 1 already)")  # fmt: skip
     champion = starting_champion(rundir, n)
     base_cfg = load_config(rundir.config_path)
     if base_cfg.tune.objective != "sft":

@@ -161,11 +161,11 @@ class AugmentConfig(BaseModel):
     language_max_tokens: int | None = Field(
         None,
         ge=8,
-        description="The length limit of the language tasks' answers (respond and the greedy "
-        "step; null = respond.sampling.max_tokens). In the one round measured, 50 of their 64 "
-        "samples ran to the 320-token limit and were dropped (the tokenizer spends several "
-        "tokens a character on Chinese and Japanese): a fair test of `language_tasks` needs "
-        "room for their answers. Not yet measured.",
+        description="The length limit of the student's answers to the language tasks (respond "
+        "and the greedy step; a teacher's keep respond's; null = respond.sampling.max_tokens). "
+        "In the one round measured, 50 of their 64 samples ran to the 320-token limit and were "
+        "dropped (the tokenizer spends several tokens a character on Chinese and Japanese): a "
+        "fair test of `language_tasks` needs room for their answers. Not yet measured.",
     )
     seed: int = Field(0, description="Seed of the draws (with each base task's id).")
     pairs_per_prompt: int = Field(

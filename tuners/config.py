@@ -194,7 +194,8 @@ class TuneConfig(BaseModel):
         "starts from the adapter the one before trained: it answers the same tasks greedily "
         "again and trains against the failures that remain (on-policy, as iterative DPO "
         "does), where another epoch would train again on failures the model may no longer "
-        "make. Stops early when no greedy answer fails.",
+        "make. Stops early when a step's failures give no pair (none failed, or the tasks "
+        "that did have no verified answer).",
     )
     greedy_batch_size: int = Field(
         2,

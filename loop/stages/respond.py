@@ -78,7 +78,9 @@ def answer(
     records, stats = run_respond(gen, rest, params, **kw)
     longer = params.model_copy(update={"max_tokens": language_max_tokens})
     more, said = run_respond(gen, langs, longer, **kw)
-    return records + more, {k: stats[k] + said[k] for k in stats}
+    order = {t["id"]: i for i, t in enumerate(tasks)}  # the tasks' order, as one call gives
+    merged = sorted(records + more, key=lambda r: order[r["instruction_id"]])
+    return merged, {k: stats[k] + said[k] for k in stats}
 
 
 def imported(ctx: Context) -> list[dict]:

@@ -59,10 +59,11 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
     (`tune.greedy_pairs`), `tune.greedy_steps` times: each later step answers the same tasks
     greedily with the adapter the step before trained and trains from it against the failures
     that remain. Each part is kept in `rounds/NNN/greedy/` as it finishes - the sft adapter,
-    the greedy answers with their verdicts, the pairs, stats.json (a later step's in
-    `step-K/`, with its start adapter) - so a killed run resumes after the last one; the
-    round's adapter is the last step's (or the adapter a step started from, when none of its
-    greedy answers failed)."""
+    the greedy answers with their verdicts, the pairs, stats.json (a later step's answers and
+    pairs in `step-K/`, beside the adapter it starts from; its counts in stats.json's `later`)
+    - so a killed run resumes after the last one; the round's adapter is the last step's (or
+    the adapter a step started from, when its failures gave no pair: none failed, or the
+    tasks that did have no verified answer)."""
     import shutil
 
     from agent.atomic import atomic_dir
@@ -75,7 +76,7 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         fit(cfg, data, sft_dir, init, n, _callbacks(ctx, n))
     verified = [r for r in data if r.get("constraints")]
     final = ctx.rundir.adapter_dir(n)
-    start, before = sft_dir, int(read_json(sft_dir / TRAIN_METRICS).get("steps") or 0)
+    start, before = sft_dir, _steps(sft_dir)
     stats: dict[str, Any] = {}
     total = cfg.tune.greedy_steps
     for k in range(1, total + 1):
@@ -93,13 +94,17 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
             n, len(answers), label,
             ", ".join(f"{v} {c}" for v, c in verdicts.items()), len(pairs),
         )  # fmt: skip
-        if not pairs:  # nothing failed: the adapter this step started from is the round's
-            stats["before_steps"] = before - int(read_json(start / TRAIN_METRICS)["steps"])
+        # The optimizer steps of the trainings before the one that made the round's adapter
+        # (loop.metrics.round_steps); with one step its sft steps say as much, as before.
+        if not pairs:  # no failure to pair: the adapter this step started from is the round's
+            if total > 1:
+                stats["before_steps"] = before - _steps(start)
             write_json(out / "stats.json", stats)
             with atomic_dir(final) as tmp:
                 shutil.copytree(start, tmp, dirs_exist_ok=True)
             return
-        stats["before_steps"] = before
+        if total > 1:
+            stats["before_steps"] = before
         write_json(out / "stats.json", stats)
         adapter = final if k == total else out / f"step-{k + 1}" / "start_adapter"
         if not adapter.is_dir():
@@ -107,7 +112,11 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
             callbacks = _callbacks(ctx, n, tuned.tune.objective, after=before)
             fit(tuned, pairs, adapter, start, n, callbacks)
         start = adapter
-        before += int(read_json(adapter / TRAIN_METRICS).get("steps") or 0)
+        before += _steps(adapter)
+
+
+def _steps(adapter: Path) -> int:
+    return int(read_json(adapter / TRAIN_METRICS).get("steps") or 0)
 
 
 def _greedy_pairs(

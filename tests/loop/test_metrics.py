@@ -133,6 +133,9 @@ def test_step_offsets_count_both_trainings_of_a_greedy_round(tmp_path: Path) -> 
     ]
     rd.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert [round_steps(r) for r in records] == [84, 9, 6]
+    # tune.greedy_steps: the trainings before the round's adapter's, whatever the sft part did
+    later = {"pairs": 105, "sft": {"steps": 70}, "before_steps": 84, "later": [{"pairs": 3}]}
+    assert round_steps({"tune": {"steps": 5, "greedy": later}}) == 89
 
     cb = step_callback(rd, MetricsConfig(tensorboard=True), 4, after=12)
     state = SimpleNamespace(is_world_process_zero=True, global_step=1)
