@@ -195,7 +195,8 @@ class TuneConfig(BaseModel):
         "again and trains against the failures that remain (on-policy, as iterative DPO "
         "does), where another epoch would train again on failures the model may no longer "
         "make. Stops early when a step's failures give no pair (none failed, or the tasks "
-        "that did have no verified answer).",
+        "that did have no verified answer). Measured on one round (seed 1): two steps vs one "
+        "-0.6 [-4.4, +3.2] points on the IF suite, 12 fewer answers cut off (README): 1.",
     )
     greedy_batch_size: int = Field(
         2,
