@@ -172,8 +172,9 @@ def main() -> None:
         if not ev_path.is_file():
             write_eval(ev_path, evaluate(gen, suites, adapter=adapter, **common))
         base_eval = evaluate(gen, suites, adapter=champion, **common)
-        # The start adapter is the loop's candidate and in the eval cache; with --start final
-        # the sft adapter (never evaluated by the loop: about 10 minutes) is left out.
+        # The adapter the step started from: the sft adapter, or with --start final the loop's
+        # candidate (in the eval cache); then the sft adapter, which the loop never evaluates
+        # (about 10 minutes), is left out.
         start_eval = evaluate(gen, suites, adapter=start, **common)
     finally:
         if gen is not None:
