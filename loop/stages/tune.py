@@ -76,7 +76,8 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         fit(cfg, data, sft_dir, init, n, _callbacks(ctx, n))
     verified = [r for r in data if r.get("constraints")]
     final = ctx.rundir.adapter_dir(n)
-    start, before = sft_dir, _steps(sft_dir)
+    sft_metrics = read_json(sft_dir / TRAIN_METRICS)
+    start, before = sft_dir, int(sft_metrics.get("steps") or 0)
     stats: dict[str, Any] = {}
     total = cfg.tune.greedy_steps
     for k in range(1, total + 1):
@@ -85,7 +86,6 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         answers, pairs, verdicts = _greedy_pairs(ctx, state, start, label, where, verified)
         step = {"answers": len(answers), "verdicts": verdicts, "pairs": len(pairs)}
         if k == 1:
-            sft_metrics = read_json(sft_dir / TRAIN_METRICS)
             stats = {**step, "sft": {m: sft_metrics[m] for m in _METRICS if m in sft_metrics}}
         else:
             stats.setdefault("later", []).append({"step": k, **step})
