@@ -20,6 +20,13 @@ different lengths). `decode_ragged` runs its own decode loop on a `DynamicCache`
   without sorting the vocabulary each step (`sample_tokens`); greedy decoding is the argmax.
   Positions are explicit per row, so a refilled row sees the positions it would have in a batch
   of its own.
+- the batch's keys and values live in buffers with spare columns at the end (`SlabLayer`): a
+  decode step writes its column in place, where transformers' `DynamicCache` concatenates, i.e.
+  copies the whole cache, at every step of every layer. At 64 rows x 400 columns on 2 cores that
+  copy was a quarter of a step, at 128 rows almost half (`bench/batching.py --cache`). The
+  spare columns are masked (a 4D mask as wide as the buffer), so attention reads a contiguous
+  tensor: an earlier try that attended to a strided view of a preallocated cache was slower than
+  the copy. Models with SDPA and full attention in every layer only; others keep `DynamicCache`.
 
 transformers' continuous batching (`backend.continuous`) does the same scheduling with a paged
 cache, but on CPU its paged attention costs more than the idle rows it saves (0.65x of static
@@ -33,7 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from agent.backends.base import SamplingParams
 from agent.backends.hf import pad_left
@@ -43,6 +50,9 @@ _SHORTLIST = 256  # tokens a sampling step looks at before it sorts the whole vo
 # default system prompt is about 20 tokens) is shared by every prompt, and sharing it would
 # save little prefill beside the decoding while changing the float order of every answer.
 SHARED_PREFIX_MIN = 64
+# Spare columns a slab buffer gains when it is full: one copy of the cache per this many steps
+# (instead of one per step), and at most this many masked columns that attention reads for nothing.
+SLAB_GROW = 64
 
 
 def shared_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
@@ -149,11 +159,70 @@ def _draw(weights: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return (pick if index is None else index.gather(-1, pick)).squeeze(-1)
 
 
-class _Batch:
-    """The rows decoding now: their cache, attention mask, next positions and owners."""
+class SlabLayer(DynamicLayer):
+    """One layer's keys and values (rows x heads x columns x dim) in buffers with spare columns
+    at the end: `length` columns are filled, an update writes the next ones in place and grows
+    the buffers by `grow` spare columns (one copy) only when they are full. `update` returns the
+    whole buffers, so the attention mask must be as wide as they are (`width`) and mask the spare
+    columns; they hold zeros, never uninitialized memory (a masked NaN still poisons softmax)."""
 
-    def __init__(self) -> None:
-        self.cache = DynamicCache()
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int, grow: int) -> None:
+        super().__init__()
+        self.keys, self.values, self.length, self.grow = keys, values, length, grow
+        self.device = keys.device
+        self.is_initialized = True
+
+    @property
+    def width(self) -> int:
+        return self.keys.shape[-2]
+
+    def reserve(self, n: int) -> None:
+        """Room for `n` more columns; a full buffer is copied into one `grow` columns wider."""
+        if self.length + n <= self.width:
+            return
+        width = self.length + n + self.grow
+        self.keys = _spread(self.keys[:, :, : self.length], width, 0)
+        self.values = _spread(self.values[:, :, : self.length], width, 0)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = key_states.shape[-2]
+        self.reserve(n)
+        self.keys[:, :, self.length : self.length + n] = key_states
+        self.values[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.width, 0
+
+
+def _spread(x: torch.Tensor, width: int, start: int) -> torch.Tensor:
+    """A zero buffer `width` columns wide holding `x`'s columns from column `start` on."""
+    out = x.new_zeros(*x.shape[:2], width, x.shape[3])
+    out[:, :, start : start + x.shape[2]] = x
+    return out
+
+
+def uses_slab(model: Any) -> bool:
+    """Whether ragged decoding keeps `model`'s cache in slabs: SDPA (the slab's 4D boolean
+    mask is SDPA's convention; eager attention adds a float mask) over full attention in every
+    layer (a hybrid cache's other layer kinds are not plain keys and values)."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    return impl == "sdpa" and can_share_prefix(model)
+
+
+class _Batch:
+    """The rows decoding now: their cache, attention mask, next positions and owners. With
+    `grow` > 0 the cache's layers are `SlabLayer`s (that many spare columns) once rows joined."""
+
+    def __init__(self, grow: int = 0) -> None:
+        self.grow = grow
+        self.cache: Cache = DynamicCache()
         self.mask: torch.Tensor | None = None  # rows x cache length (+ the pending token)
         self.pos: torch.Tensor | None = None  # rows: position of the pending token
         self.last: torch.Tensor | None = None  # rows: the pending (sampled, not yet fed) token
@@ -168,17 +237,20 @@ class _Batch:
             return
         self.owner = [self.owner[r] for r in rows]
         if not rows:
-            self.__init__()
+            self.__init__(self.grow)
             return
         idx = torch.tensor(rows, device=self.mask.device)
         self.mask, self.pos, self.last = self.mask[idx], self.pos[idx], self.last[idx]
         # The pending token's column (the last) is always attended; leading columns that every
-        # remaining row masks are padding left by rows that have gone: one copy drops both.
+        # remaining row masks are padding left by rows that have gone: one copy drops both (a
+        # slab keeps its spare columns at the end).
         used = self.mask[:, :-1].any(dim=0).nonzero()
         start = int(used[0]) if len(used) else self.mask.shape[1] - 1
         self.mask = self.mask[:, start:]
         for layer in self.cache.layers:
             layer.keys, layer.values = layer.keys[idx, :, start:], layer.values[idx, :, start:]
+            if isinstance(layer, SlabLayer):
+                layer.length -= start
 
     def join(self, other: _Batch) -> None:
         """Append `other`'s rows, left-padding the shorter cache with masked zeros."""
@@ -192,20 +264,41 @@ class _Batch:
                 other.last,
             )
             self.owner = other.owner
+            if self.grow:  # one copy into buffers with spare columns
+                self.cache = Cache(
+                    layers=[_slab(x.keys, x.values, self.grow) for x in other.cache.layers]
+                )
             return
         a, b = self.mask.shape[1], other.mask.shape[1]
         width = max(a, b)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat(
-                [_pad_time(mine.keys, width - a), _pad_time(theirs.keys, width - b)]
-            )
-            mine.values = torch.cat(
-                [_pad_time(mine.values, width - a), _pad_time(theirs.values, width - b)]
-            )
+        if self.grow:
+            # Both caches right-aligned in one new buffer: the shorter one's left padding and
+            # the spare columns are zeros.
+            layers = []
+            for mine, theirs in zip(self.cache.layers, other.cache.layers):
+                k, v = mine.keys[:, :, : mine.length], mine.values[:, :, : mine.length]
+                keys = torch.cat([_pad_time(k, width - a), _pad_time(theirs.keys, width - b)])
+                vals = torch.cat([_pad_time(v, width - a), _pad_time(theirs.values, width - b)])
+                layers.append(_slab(keys, vals, self.grow))
+            self.cache = Cache(layers=layers)
+        else:
+            for mine, theirs in zip(self.cache.layers, other.cache.layers):
+                mine.keys = torch.cat(
+                    [_pad_time(mine.keys, width - a), _pad_time(theirs.keys, width - b)]
+                )
+                mine.values = torch.cat(
+                    [_pad_time(mine.values, width - a), _pad_time(theirs.values, width - b)]
+                )
         self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(other.mask, width)], dim=0)
         self.pos = torch.cat([self.pos, other.pos])
         self.last = torch.cat([self.last, other.last])
         self.owner += other.owner
+
+
+def _slab(keys: torch.Tensor, values: torch.Tensor, grow: int) -> SlabLayer:
+    """A slab holding `keys` and `values`, with `grow` spare columns."""
+    n = keys.shape[2]
+    return SlabLayer(_spread(keys, n + grow, 0), _spread(values, n + grow, 0), n, grow)
 
 
 def _pad_time(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -240,19 +333,23 @@ def decode_ragged(
     pad_id: int,
     on_prompt_done: Callable[[int], None] | None = None,
     share_prefix: bool = True,
+    slab_grow: int = SLAB_GROW,
 ) -> list[list[list[int]]]:
     """`rows` completions of each of `prompts` (token ids), decoded with at most `max_rows`
     rows at once (at least one prompt's `rows`). Per prompt, per sample: the generated tokens,
     through the EOS that ended it (an answer cut at `max_tokens` has none). Prompts enter in
     the given order; `on_prompt_done(i)` is called when prompt i's last sample ends. With
-    `share_prefix`, prompts admitted together prefill the tokens they all open with once."""
+    `share_prefix`, prompts admitted together prefill the tokens they all open with once.
+    `slab_grow` > 0 keeps the batch's cache in `SlabLayer`s with that many spare columns where
+    the model allows (`uses_slab`); 0 = transformers' `DynamicCache` (the baseline it is
+    measured against)."""
     device = model.device
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
     cache_arg = cache_argument(model)
     out: list[list[list[int]]] = [[[] for _ in range(rows)] for _ in prompts]
     left = [rows] * len(prompts)
     queue = list(range(len(prompts)))
-    batch = _Batch()
+    batch = _Batch(slab_grow if slab_grow > 0 and uses_slab(model) else 0)
 
     def admit(idx: list[int]) -> _Batch:
         seqs = [prompts[i] for i in idx]
@@ -306,9 +403,17 @@ def decode_ragged(
                 settle(new)
                 batch.join(new)
                 continue
+            mask = batch.mask
+            if batch.grow:
+                # The step's column must fit before the forward, so the mask can be as wide as
+                # the buffers the layers will attend to (spare columns masked).
+                for layer in batch.cache.layers:
+                    layer.reserve(1)
+                spare = batch.cache.layers[0].width - mask.shape[1]
+                mask = torch.nn.functional.pad(mask, (0, spare)).bool()[:, None, None, :]
             logits = model(
                 input_ids=batch.last[:, None],
-                attention_mask=batch.mask,
+                attention_mask=mask,
                 position_ids=batch.pos[:, None],
                 **{cache_arg: batch.cache},
                 use_cache=True,

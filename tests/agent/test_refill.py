@@ -17,11 +17,13 @@ from agent.backends import SamplingParams, user
 from agent.backends.hf import TransformersGenerator
 from agent.backends.refill import (
     SHARED_PREFIX_MIN,
+    SlabLayer,
     _draw,
     can_share_prefix,
     decode_ragged,
     nucleus,
     shared_prefix,
+    uses_slab,
 )
 from agent.errors import SelfloopError
 from agent.models import ModelSpec
@@ -94,6 +96,58 @@ def test_greedy_ragged_equals_generate_at_every_batch_width(gen: TransformersGen
         )
         assert [gen._completion(o[0], params)[0].text for o in outs] == want
         assert all(1 <= len(o[0]) <= 16 for o in outs)
+
+
+@pytest.mark.parametrize("grow", [0, 1, 3])
+def test_greedy_ragged_with_slab_buffers_equals_generate(
+    gen: TransformersGenerator, grow: int
+) -> None:
+    """The batch's cache in slabs that fill and grow every `grow` steps (0: transformers'
+    DynamicCache) while rows leave and join gives `generate`'s greedy answers."""
+    assert uses_slab(gen.model)
+    params = SamplingParams(max_tokens=16)
+    want = [r.text for r in gen.generate(PROMPTS, params)]
+    enc = [gen.encode_prompt(m) for m in PROMPTS]
+    for width in (2, 5):
+        outs = decode_ragged(
+            gen.model,
+            enc,
+            1,
+            params,
+            max_rows=width,
+            eos_ids=gen.eos_ids,
+            pad_id=0,
+            slab_grow=grow,
+        )
+        assert [gen._completion(o[0], params)[0].text for o in outs] == want
+
+
+def test_slab_layer_writes_in_place_and_grows_when_full() -> None:
+    torch.manual_seed(0)
+    k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+    layer = SlabLayer(torch.cat([k, torch.zeros(2, 3, 1, 8)], 2), torch.zeros(2, 3, 5, 8), 4, 2)
+    layer.values[:, :, :4] = v
+    buf = layer.keys
+    step = [torch.randn(2, 3, 1, 8) for _ in range(4)]
+    keys, _ = layer.update(step[0], step[0])
+    assert keys is buf and layer.length == 5 and layer.width == 5  # the spare column, in place
+    keys, values = layer.update(step[1], step[1])
+    assert keys is not buf and layer.width == 8 and layer.length == 6  # full: +1 +2 spare
+    assert torch.equal(keys[:, :, :6], torch.cat([k, step[0], step[1]], 2))
+    assert torch.equal(values[:, :, :4], v)
+    assert not keys[:, :, 6:].any()  # spare columns are zeros, never garbage
+    assert layer.get_seq_length() == 6 and layer.get_mask_sizes(1) == (8, 0)
+
+
+def test_only_sdpa_full_attention_models_use_slabs(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert not uses_slab(eager)
+    params = SamplingParams(max_tokens=6)
+    enc = [[1, 5, 9, 12], [1, 7, 3]]
+    got = decode_ragged(eager, enc, 1, params, max_rows=2, eos_ids=[2], pad_id=0)
+    assert all(len(o[0]) >= 1 for o in got)
 
 
 def test_ragged_samples_rows_and_reports_prompts(gen: TransformersGenerator) -> None:
