@@ -49,13 +49,7 @@ class BackendConfig(BaseModel):
         description="transformers (local, CPU/CUDA) | vllm (local GPU) | openai (HTTP) | auto "
         "(vllm where it is installed and a CUDA GPU is present, else transformers).",
     )
-    batch_size: int = Field(
-        128,
-        ge=1,
-        description="transformers: sequences decoded together. Ragged decoding keeps this many "
-        "rows busy: 128 ran the evaluation's workload 1.37x faster than 64 on 2 CPU cores "
-        "(bench/kvcache.py, README); lower it where a large model's KV cache does not fit.",
-    )
+    batch_size: int = Field(64, ge=1, description="transformers: sequences decoded together.")
     max_batch_tokens: int | None = Field(
         None, ge=1, description="transformers: cap on rows x (prompt + new tokens) per batch."
     )

@@ -52,7 +52,7 @@ class TransformersGenerator:
         self,
         model: ModelSpec | str,
         *,
-        batch_size: int = 128,  # BackendConfig.batch_size's default
+        batch_size: int = 64,  # BackendConfig.batch_size's default
         max_batch_tokens: int | None = None,
         adapters: dict[str, str | Path] | None = None,
         batching: str = "ragged",

@@ -3,10 +3,10 @@
 `model.generate` on a static batch decodes every row until the longest one stops: a row that
 ended after 40 tokens keeps costing a row's compute for the other 280 steps of a 320-token
 batch. The respond and evaluate stages have exactly that shape (sampled answers of very
-different lengths). `decode_ragged` runs its own decode loop on a `DynamicCache`:
+different lengths). `decode_ragged` runs its own decode loop over the KV cache:
 
 - a row that emits EOS or reaches `max_tokens` leaves the batch at once (its cache rows are
-  dropped with `batch_select_indices`);
+  dropped);
 - queued prompts take the free places: they are prefilled together, each prompt's cache is
   repeated for its n samples (one prefill per prompt, not per sample), left-padded to the
   batch's cache length and concatenated; cache columns that every row masks are trimmed, so
@@ -22,11 +22,12 @@ different lengths). `decode_ragged` runs its own decode loop on a `DynamicCache`
   of its own.
 - the batch's keys and values live in buffers with spare columns at the end (`SlabLayer`): a
   decode step writes its column in place, where transformers' `DynamicCache` concatenates, i.e.
-  copies the whole cache, at every step of every layer. At 64 rows x 400 columns on 2 cores that
-  copy was a quarter of a step, at 128 rows almost half (`bench/batching.py --cache`). The
-  spare columns are masked (a 4D mask as wide as the buffer), so attention reads a contiguous
-  tensor: an earlier try that attended to a strided view of a preallocated cache was slower than
-  the copy. Models with SDPA and full attention in every layer only; others keep `DynamicCache`.
+  copies the whole cache, at every step of every layer (a probe on 2 cores, float32: 524 against
+  409 ms a step at 64 rows x 400 columns, 1,276 against 752 at 128 rows; `bench/kvcache.py`
+  measures whole runs). The spare columns are masked (a 4D mask as wide as the buffer), so
+  attention reads a contiguous tensor: an earlier try that attended to a strided view of a
+  preallocated cache was slower than the copy. Models with SDPA and full attention in every
+  layer only (`uses_slab`); others keep `DynamicCache`.
 
 transformers' continuous batching (`backend.continuous`) does the same scheduling with a paged
 cache, but on CPU its paged attention costs more than the idle rows it saves (0.65x of static
@@ -200,6 +201,17 @@ class SlabLayer(DynamicLayer):
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.width, 0
 
+    # DynamicLayer's versions would treat the spare columns as filled ones; the decode loop
+    # selects and trims rows itself (`_Batch.keep`).
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("SlabLayer: crop is not supported")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("SlabLayer: batch_repeat_interleave is not supported")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("SlabLayer: batch_select_indices is not supported")
+
 
 def _spread(x: torch.Tensor, width: int, start: int) -> torch.Tensor:
     """A zero buffer `width` columns wide holding `x`'s columns from column `start` on."""
@@ -272,15 +284,20 @@ class _Batch:
         a, b = self.mask.shape[1], other.mask.shape[1]
         width = max(a, b)
         if self.grow:
-            # Both caches right-aligned in one new buffer: the shorter one's left padding and
-            # the spare columns are zeros.
-            layers = []
+            # Both caches right-aligned in one new zero buffer per layer (the shorter one's left
+            # padding and the spare columns stay zeros), replaced layer by layer so that the
+            # peak is the cache plus one layer, not two caches.
+            rows = len(self.owner)
             for mine, theirs in zip(self.cache.layers, other.cache.layers):
-                k, v = mine.keys[:, :, : mine.length], mine.values[:, :, : mine.length]
-                keys = torch.cat([_pad_time(k, width - a), _pad_time(theirs.keys, width - b)])
-                vals = torch.cat([_pad_time(v, width - a), _pad_time(theirs.values, width - b)])
-                layers.append(_slab(keys, vals, self.grow))
-            self.cache = Cache(layers=layers)
+                n = mine.length
+                for name in ("keys", "values"):
+                    old, new = getattr(mine, name), getattr(theirs, name)
+                    shape = (rows + new.shape[0], old.shape[1], width - 1 + self.grow)
+                    buf = old.new_zeros(*shape, old.shape[3])
+                    buf[:rows, :, width - 1 - n : width - 1] = old[:, :, :n]
+                    buf[rows:, :, width - 1 - new.shape[2] : width - 1] = new
+                    setattr(mine, name, buf)
+                mine.length = width - 1
         else:
             for mine, theirs in zip(self.cache.layers, other.cache.layers):
                 mine.keys = torch.cat(

@@ -23,9 +23,6 @@ promoted candidate's outputs are already there when it becomes the champion: per
 new candidate is generated. The champion's own eval (for the gate's comparisons) is
 `evaluate(generator, suites, adapter=champion_dir)`, which then costs no generation.
 
-The candidate's answers that no cache holds are generated in one call for all suites, so a
-ragged batch (agent.backends.refill) fills and drains once per evaluation, not once per suite.
-
 `limit_per_suite` (one number, or one per suite name) evaluates a deterministic subset (spread
 over domains / languages / refuse vs comply) for tests and quick CPU runs. Progress goes to
 `logging`.
@@ -220,55 +217,45 @@ def _load(suites: SuitesArg) -> dict[str, tuple[str, list[dict[str, Any]]]]:
 def _responses(
     generator: Generator,
     model: _Model,
-    suites: Mapping[str, list[dict[str, Any]]],
+    suite: str,
+    records: list[dict[str, Any]],
     params: SamplingParams,
     settings: str,
-) -> dict[str, list[dict[str, Any]]]:
-    """Per suite, per record {"text": ...} or {"error": ...}; cached outputs reused, the rest
-    generated in one call for every suite: a batch then fills and drains once, where a call per
-    suite left the batch half empty at the end of each (the evaluation's 5 suites, 40 to 344
-    prompts each)."""
-    out: dict[str, list[dict[str, Any] | None]] = {}
-    todo: list[tuple[str, int, dict[str, Any], Any, str]] = []
-    for suite, records in suites.items():
-        out[suite] = [None] * len(records)
-        for i, r in enumerate(records):
-            prompt = user(r["prompt"])
-            sha = _sha(prompt)
-            hit = model.cache and model.cache.get("response", suite, r["id"], settings, sha)
-            if hit:
-                out[suite][i] = {"text": hit["text"], "finish_reason": hit["finish_reason"]}
-            else:
-                todo.append((suite, i, r, prompt, sha))
-    model.cached += sum(len(r) for r in suites.values()) - len(todo)
+) -> list[dict[str, Any]]:
+    """Per record {"text": ...} or {"error": ...}; cached outputs reused, the rest generated."""
+    prompts = [user(r["prompt"]) for r in records]
+    shas = [_sha(p) for p in prompts]
+    out: list[dict[str, Any] | None] = [None] * len(records)
+    todo = []
+    for i, r in enumerate(records):
+        hit = model.cache and model.cache.get("response", suite, r["id"], settings, shas[i])
+        if hit:
+            out[i] = {"text": hit["text"], "finish_reason": hit["finish_reason"]}
+        else:
+            todo.append(i)
+    model.cached += len(records) - len(todo)
     if todo:
-        counts = {s: sum(t[0] == s for t in todo) for s in suites}
-        log.info(
-            "generating %d %s responses (%s)",
-            len(todo),
-            model.role,
-            ", ".join(f"{s} {n}" for s, n in counts.items() if n),
-        )
+        log.info("%s: generating %d %s responses", suite, len(todo), model.role)
         results = generator.generate(
-            [t[3] for t in todo],
+            [prompts[i] for i in todo],
             params,
             adapter=model.adapter,
-            progress=lambda done, total: log.debug("%d/%d generated", done, total),
+            progress=lambda done, total: log.debug("%s: %d/%d generated", suite, done, total),
         )
         fresh = []
-        for (suite, i, rec, _, sha), res in zip(todo, results):
+        for i, res in zip(todo, results):
             if not res.ok:
-                out[suite][i] = {"error": res.error}
+                out[i] = {"error": res.error}
                 continue
             c = res.completions[0]
-            out[suite][i] = {"text": c.text, "finish_reason": c.finish_reason}
+            out[i] = {"text": c.text, "finish_reason": c.finish_reason}
             fresh.append(
                 {
                     "kind": "response",
                     "suite": suite,
-                    "id": rec["id"],
+                    "id": records[i]["id"],
                     "settings": settings,
-                    "input_sha": sha,
+                    "input_sha": shas[i],
                     "text": c.text,
                     "finish_reason": c.finish_reason,
                     "completion_tokens": c.completion_tokens,
@@ -277,7 +264,7 @@ def _responses(
         model.generated += len(todo)
         if model.cache:
             model.cache.put(fresh)
-    return {suite: [o for o in rows if o is not None] for suite, rows in out.items()}
+    return [o for o in out if o is not None]
 
 
 def _reference_logprobs(
@@ -413,18 +400,12 @@ def evaluate(
         judge = LLMJudge(generator)  # the base model, no adapter: see the module docstring
     boot = {"resamples": resamples, "seed": seed}
 
-    picked = {
-        name: subset(all_records, limits.get(name) if limits else limit_per_suite, STRATA.get(kind))
-        for name, (kind, all_records) in loaded.items()
-    }
-    for name, (kind, all_records) in loaded.items():
-        log.info(
-            "evaluating %s (%s): %d of %d prompts", name, kind, len(picked[name]), len(all_records)
-        )
-    answers = _responses(generator, cand, picked, params, settings)
     out_suites: dict[str, Any] = {}
-    for name, (kind, _) in loaded.items():
-        records, resp = picked[name], answers[name]
+    for name, (kind, all_records) in loaded.items():
+        limit = limits.get(name) if limits else limit_per_suite
+        records = subset(all_records, limit, STRATA.get(kind))
+        log.info("evaluating %s (%s): %d of %d prompts", name, kind, len(records), len(all_records))
+        resp = _responses(generator, cand, name, records, params, settings)
         keys = m.REFUSAL_SLICE_KEYS if kind == "refusal" else m.SLICE_KEYS
         items = []
         for rec, r in zip(records, resp):
@@ -506,7 +487,7 @@ def _pairwise(
     settings: str,
     boot: dict[str, int],
 ) -> dict[str, Any]:
-    champ_resp = _responses(generator, champ, {suite: records}, params, settings)[suite]
+    champ_resp = _responses(generator, champ, suite, records, params, settings)
     both = [i for i in range(len(records)) if "text" in cand_resp[i] and "text" in champ_resp[i]]
     pairs = [
         {

@@ -32,14 +32,12 @@ class Counting:
     def __init__(self, gen: TransformersGenerator) -> None:
         self._gen = gen
         self.calls: Counter[str | None] = Counter()
-        self.batches: list[tuple[str | None, int]] = []  # per generate() call
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gen, name)
 
     def generate(self, prompts, params=None, *, adapter=None, progress=None):
         self.calls[adapter] += len(prompts)
-        self.batches.append((adapter, len(prompts)))
         return self._gen.generate(prompts, params, adapter=adapter, progress=progress)
 
 
@@ -237,24 +235,3 @@ def test_pairwise_off_skips_the_champion_and_the_judge_and_says_so(gen, adapters
     assert ev["judge"] is None
     # only the candidate answered: no champion answers, no judge calls through generate
     assert counting.calls == {f"eval-{adapter_fingerprint(adapters['candidate'])[:12]}": LIMIT}
-
-
-def test_every_suite_answers_in_one_generate_call_and_a_rerun_in_none(gen, tmp_path) -> None:
-    """The candidate's uncached answers to all suites go to the backend together (one ragged
-    batch for the whole evaluation); each lands in its own suite, as a second run through the
-    cache shows: it generates nothing and scores the same."""
-    counting = Counting(gen)
-    kwargs = dict(
-        cache_dir=tmp_path / "cache",
-        sampling=SamplingParams(max_tokens=MAX_TOKENS),
-        limit_per_suite=LIMIT,
-        pairwise_suites=[],
-    )
-    first = evaluate(counting, ["if", "domains", "safety"], **kwargs)
-    assert counting.batches == [(None, 3 * LIMIT)]
-    alone = evaluate(gen, ["domains"], sampling=SamplingParams(max_tokens=MAX_TOKENS),
-                     limit_per_suite=LIMIT, pairwise_suites=[])  # fmt: skip
-    assert alone["suites"]["domains"] == first["suites"]["domains"]
-    again = evaluate(counting, ["if", "domains", "safety"], **kwargs)
-    assert counting.batches == [(None, 3 * LIMIT)]
-    assert _stable(again) == _stable(first)
