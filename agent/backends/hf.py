@@ -77,11 +77,8 @@ class TransformersGenerator:
         on_cpu = self.device.type == "cpu"
         self.merge_adapters = on_cpu if merge_adapters is None else merge_adapters
         self._merged: tuple[str, Any] | None = None  # (adapter, model with it merged)
-        from agent.backends.refill import SLAB_GROW, can_share_prefix  # refill imports hf
+        from agent.backends.refill import can_share_prefix  # refill imports this module
 
-        # Ragged decoding's spare KV columns per slab growth; 0 = transformers' DynamicCache,
-        # the baseline bench/kvcache.py measures against.
-        self.slab_grow = SLAB_GROW
         self.share_prefix = share_prefix and can_share_prefix(self.model)
         if share_prefix and not self.share_prefix:
             log.info(
@@ -367,7 +364,6 @@ class TransformersGenerator:
             pad_id=self.tokenizer.pad_token_id,
             on_prompt_done=done,
             share_prefix=self.share_prefix,
-            slab_grow=self.slab_grow,
         )
         back: list[list[tuple[Completion, list[int]]]] = [[] for _ in seqs]
         for i, toks in zip(order, outs):
