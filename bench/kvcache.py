@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
+    row_counts = [int(r) for r in args.rows.split(",")]
     gen = TransformersGenerator(ModelSpec(name=args.model, dtype=args.dtype))
     if not uses_slab(gen.model):
         raise SystemExit("bench/kvcache.py: this model does not decode with slabs (uses_slab)")
@@ -69,7 +70,7 @@ def main() -> None:
     best: dict[tuple[str, int], float] = {}
     answers: dict[tuple[str, int], list] = {}
     for rep in range(args.repeats):
-        for rows in (int(r) for r in args.rows.split(",")):
+        for rows in row_counts:
             for name, grow in (("dynamic", 0), ("slab", SLAB_GROW)):
                 torch.manual_seed(0)
                 t0 = time.perf_counter()
@@ -96,7 +97,7 @@ def main() -> None:
                     f"{rate:6.1f} tok/s",
                     flush=True,
                 )
-    for rows in (int(r) for r in args.rows.split(",")):
+    for rows in row_counts:
         dyn, slab = best["dynamic", rows], best["slab", rows]
         print(f"x{rows}: dynamic {dyn:6.1f} tok/s, slab {slab:6.1f} tok/s, ratio {slab / dyn:.2f}")
         if suite:
@@ -104,7 +105,7 @@ def main() -> None:
             same = sum(x.text == y.text for x, y in zip(a, b))
             print(f"  identical greedy answers: {same}/{len(a)}")
             print("  " + strict_difference(suite, ("dynamic", a), ("slab", b)))
-    first = int(args.rows.split(",")[0])
+    first = row_counts[0]
     for (name, rows), rate in best.items():
         print(
             f"best {name} x{rows}: {rate:6.1f} tok/s, ratio to dynamic x{first}: "

@@ -182,8 +182,8 @@ class SlabLayer(DynamicLayer):
         if self.length + n <= self.width:
             return
         width = self.length + n + self.grow
-        self.keys = _spread(self.keys[:, :, : self.length], width, 0)
-        self.values = _spread(self.values[:, :, : self.length], width, 0)
+        self.keys = _widened(self.keys[:, :, : self.length], width)
+        self.values = _widened(self.values[:, :, : self.length], width)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -213,10 +213,10 @@ class SlabLayer(DynamicLayer):
         raise NotImplementedError("SlabLayer: batch_select_indices is not supported")
 
 
-def _spread(x: torch.Tensor, width: int, start: int) -> torch.Tensor:
-    """A zero buffer `width` columns wide holding `x`'s columns from column `start` on."""
+def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
+    """A zero buffer `width` columns wide whose first columns are `x`'s."""
     out = x.new_zeros(*x.shape[:2], width, x.shape[3])
-    out[:, :, start : start + x.shape[2]] = x
+    out[:, :, : x.shape[2]] = x
     return out
 
 
@@ -315,7 +315,7 @@ class _Batch:
 def _slab(keys: torch.Tensor, values: torch.Tensor, grow: int) -> SlabLayer:
     """A slab holding `keys` and `values`, with `grow` spare columns."""
     n = keys.shape[2]
-    return SlabLayer(_spread(keys, n + grow, 0), _spread(values, n + grow, 0), n, grow)
+    return SlabLayer(_widened(keys, n + grow), _widened(values, n + grow), n, grow)
 
 
 def _pad_time(x: torch.Tensor, n: int) -> torch.Tensor:

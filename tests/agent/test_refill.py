@@ -128,7 +128,7 @@ def test_slab_layer_writes_in_place_and_grows_when_full() -> None:
     layer = SlabLayer(torch.cat([k, torch.zeros(2, 3, 1, 8)], 2), torch.zeros(2, 3, 5, 8), 4, 2)
     layer.values[:, :, :4] = v
     buf = layer.keys
-    step = [torch.randn(2, 3, 1, 8) for _ in range(4)]
+    step = [torch.randn(2, 3, 1, 8) for _ in range(2)]
     keys, _ = layer.update(step[0], step[0])
     assert keys is buf and layer.length == 5 and layer.width == 5  # the spare column, in place
     keys, values = layer.update(step[1], step[1])
