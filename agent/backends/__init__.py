@@ -76,6 +76,13 @@ class BackendConfig(BaseModel):
         "judge's rubric; at least 64), run that prefix once and share its KV cache (scoring, "
         "and ragged decoding's prefill). Measured in bench/prefix.py (README).",
     )
+    lookahead: bool = Field(
+        True,
+        description="transformers, ragged batching, greedy decoding: an answer caught repeating "
+        "a cycle (the same tokens over its last 32) has the cycle's continuation checked 64 "
+        "tokens per forward pass, keeping the tokens the model agrees with: the same answers, "
+        "faster. Measured in bench/lookahead.py (README).",
+    )
     base_url: str | None = Field(
         None,
         description="openai: endpoint, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).",
@@ -124,6 +131,7 @@ def make_generator(
             batching=backend.batching,
             merge_adapters=backend.merge_adapters,
             share_prefix=backend.share_prefix,
+            lookahead=backend.lookahead,
         )
     if backend.kind == "vllm":
         from agent.backends.vllm_backend import VLLMGenerator

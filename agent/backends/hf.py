@@ -58,6 +58,7 @@ class TransformersGenerator:
         batching: str = "ragged",
         merge_adapters: bool | None = None,
         share_prefix: bool = True,
+        lookahead: bool = True,
     ) -> None:
         if batch_size < 1:
             raise SelfloopError(f"batch_size must be >= 1, got {batch_size}")
@@ -68,6 +69,7 @@ class TransformersGenerator:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.batching = batching
+        self.lookahead = lookahead
         self.tokenizer.padding_side = "left"
         self.device = self.model.device
         self.dtype = str(self.model.dtype).removeprefix("torch.")
@@ -364,6 +366,7 @@ class TransformersGenerator:
             pad_id=self.tokenizer.pad_token_id,
             on_prompt_done=done,
             share_prefix=self.share_prefix,
+            look_ahead=self.lookahead,
         )
         back: list[list[tuple[Completion, list[int]]]] = [[] for _ in seqs]
         for i, toks in zip(order, outs):

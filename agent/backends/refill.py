@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from agent.backends import lookahead
 from agent.backends.base import SamplingParams
 from agent.backends.hf import pad_left
 
@@ -264,6 +265,25 @@ class _Batch:
             if isinstance(layer, SlabLayer):
                 layer.length -= start
 
+    def row(self, r: int) -> _Batch:
+        """Row `r` alone (a copy): its cache a `DynamicCache` of the columns from the first one
+        it attends to."""
+        mask = self.mask[r]
+        used = mask[:-1].nonzero()
+        start = int(used[0]) if len(used) else mask.shape[0] - 1
+        end = mask.shape[0] - 1  # the cache's filled columns (a slab's spare ones follow)
+        alone = _Batch()
+        alone.cache = DynamicCache(
+            [
+                (x.keys[r : r + 1, :, start:end].clone(), x.values[r : r + 1, :, start:end].clone())
+                for x in self.cache.layers
+            ]
+        )
+        alone.mask, alone.pos = mask[None, start:], self.pos[r : r + 1]
+        alone.last = self.last[r : r + 1]
+        alone.owner = [self.owner[r]]
+        return alone
+
     def join(self, other: _Batch) -> None:
         """Append `other`'s rows, left-padding the shorter cache with masked zeros."""
         if not other.owner:
@@ -330,6 +350,81 @@ def _pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return mask if n == 0 else torch.cat([mask.new_zeros(mask.shape[0], n), mask], dim=1)
 
 
+def follow_cycles(
+    model: Any,
+    group: _Batch,
+    periods: dict[tuple[int, int], int],
+    out: list[list[list[int]]],
+    max_tokens: int,
+    eos: set[int],
+    cache_arg: str,
+) -> tuple[list[int], _Batch]:
+    """Extend each row of `group` (rows of greedy decoding whose answers in `out` end in a cycle
+    of `periods[owner]`, see `lookahead`) along its cycle for as long as the model's argmax
+    agrees: a forward pass feeds every row `lookahead.CHUNK` draft tokens, and each row keeps
+    those the model agrees with plus the model's first own token. Rows go on chunk after chunk
+    until they end (EOS or `max_tokens`) or leave their cycle. Returns the prompt index of each
+    row that ended, and the rows that left their cycle, as one batch that decodes on."""
+    ended: list[int] = []
+    back = _Batch()
+    while len(group):
+        seqs = [out[i][k] for i, k in group.owner]
+        k = min(lookahead.CHUNK, max(max_tokens - len(s) for s in seqs))
+        guesses = [
+            lookahead.draft(s, periods[o], min(k, max_tokens - len(s)))
+            for s, o in zip(seqs, group.owner)
+        ]
+        # Each row's pending token (its answer's last, not yet fed) and its draft but the last:
+        # the logits after input j are the model's choice for draft token j. A row with less
+        # than a chunk left pads with its pending token; those outputs are never read.
+        ids = torch.tensor(
+            [[s[-1], *g[:-1], *[s[-1]] * (k - len(g))] for s, g in zip(seqs, guesses)],
+            device=group.mask.device,
+        )
+        choice = (
+            model(
+                input_ids=ids,
+                attention_mask=torch.cat([group.mask, group.mask.new_ones(len(seqs), k - 1)], 1),
+                position_ids=group.pos[:, None] + torch.arange(k, device=ids.device),
+                **{cache_arg: group.cache},
+                use_cache=True,
+            )
+            .logits.argmax(dim=-1)
+            .tolist()
+        )
+        stay, leave, fed, pending = [], [], [], []
+        for r, (seq, guess, mine) in enumerate(zip(seqs, guesses, choice)):
+            n, done = 0, False
+            for tok, want in zip(mine, guess):
+                n += 1
+                seq.append(tok)
+                if tok in eos or len(seq) >= max_tokens:
+                    done = True
+                    break
+                if tok != want:
+                    break
+            fed.append(n)
+            pending.append(tok)
+            if done:
+                ended.append(group.owner[r][0])
+            elif tok != want:
+                leave.append(r)
+            else:
+                stay.append(r)
+        # The chunk's columns a row kept stay attended (its pending token's, now filled, and
+        # `fed` - 1 draft tokens'); the rest are masked for good. Then the new pending token.
+        kept = torch.tensor(fed, device=ids.device)[:, None] - 1
+        drafts = torch.arange(k - 1, device=ids.device)[None, :] < kept
+        ones = group.mask.new_ones(len(seqs), 1)
+        group.mask = torch.cat([group.mask, drafts.to(group.mask.dtype), ones], dim=1)
+        group.pos = group.pos + kept[:, 0] + 1
+        group.last = torch.tensor(pending, device=ids.device)
+        for r in leave:
+            back.join(group.row(r))
+        group.keep(stay)
+    return ended, back
+
+
 def cache_argument(model: Any) -> str:
     """The forward argument that takes the KV cache: `cache` from the transformers release that
     renamed it (`past_key_values` then warns it is deprecated), `past_key_values` before."""
@@ -351,6 +446,7 @@ def decode_ragged(
     on_prompt_done: Callable[[int], None] | None = None,
     share_prefix: bool = True,
     slab_grow: int = SLAB_GROW,
+    look_ahead: bool = True,
 ) -> list[list[list[int]]]:
     """`rows` completions of each of `prompts` (token ids), decoded with at most `max_rows`
     rows at once (at least one prompt's `rows`). Per prompt, per sample: the generated tokens,
@@ -359,7 +455,8 @@ def decode_ragged(
     `share_prefix`, prompts admitted together prefill the tokens they all open with once.
     `slab_grow` > 0 keeps the batch's cache in `SlabLayer`s with that many spare columns where
     the model allows (`uses_slab`); 0 = transformers' `DynamicCache` (the baseline it is
-    measured against)."""
+    measured against). With `look_ahead` (greedy decoding only), a row caught in a cycle has
+    the cycle's continuation checked a chunk per forward pass (`agent/backends/lookahead.py`)."""
     device = model.device
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
     cache_arg = cache_argument(model)
@@ -367,6 +464,10 @@ def decode_ragged(
     left = [rows] * len(prompts)
     queue = list(range(len(prompts)))
     batch = _Batch(slab_grow if slab_grow > 0 and uses_slab(model) else 0)
+    # Rows caught in a cycle, waiting to be followed together (`follow_cycles`): one forward
+    # over a chunk of several rows costs less per token than one row's.
+    parked = _Batch()
+    periods: dict[tuple[int, int], int] = {}
 
     def admit(idx: list[int]) -> _Batch:
         seqs = [prompts[i] for i in idx]
@@ -393,26 +494,50 @@ def decode_ragged(
         new.owner = [(i, k) for i in idx for k in range(rows)]
         return new
 
+    def finish(i: int) -> None:
+        left[i] -= 1
+        if left[i] == 0 and on_prompt_done:
+            on_prompt_done(i)
+
     def settle(batch: _Batch) -> None:
-        """Record each row's pending token; rows that ended leave the batch."""
-        keep = []
+        """Record each row's pending token; rows that ended leave the batch. With lookahead,
+        rows caught in a cycle leave too, for `parked`."""
+        keep, loops = [], []
         tokens = batch.last.tolist()
         ended = torch.isin(batch.last, eos).tolist()
         for r, ((i, k), tok) in enumerate(zip(batch.owner, tokens)):
             seq = out[i][k]
             seq.append(tok)
             if ended[r] or len(seq) >= params.max_tokens:
-                left[i] -= 1
-                if left[i] == 0 and on_prompt_done:
-                    on_prompt_done(i)
+                finish(i)
+            elif follow and (period := lookahead.cycle(seq, lookahead.SPAN, lookahead.MAX_PERIOD)):
+                periods[i, k] = period
+                loops.append(r)
             else:
                 keep.append(r)
+        for r in loops:
+            parked.join(batch.row(r))
         batch.keep(keep)
 
     share = share_prefix and can_share_prefix(model)
+    follow = look_ahead and params.greedy
+    eos_set = set(eos_ids)
     capacity = max(1, max_rows // rows) * rows
     with torch.inference_mode():
-        while queue or len(batch):
+        while queue or len(batch) or len(parked):
+            # Follow when enough rows wait, or when no queued prompt will fill the places they
+            # left and they are as many as the rows still decoding (the tail of a call).
+            if parked.owner and (
+                len(parked) >= lookahead.GROUP or (not queue and len(parked) >= len(batch))
+            ):
+                done, back = follow_cycles(
+                    model, parked, periods, out, params.max_tokens, eos_set, cache_arg
+                )
+                parked = _Batch()
+                for i in done:
+                    finish(i)
+                batch.join(back)
+                continue
             free = (capacity - len(batch)) // rows
             if queue and free > 0:
                 take, queue = queue[:free], queue[free:]

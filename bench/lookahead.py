@@ -1,0 +1,112 @@
+"""Greedy decoding with and without lookahead, on the evaluation's own prompts and settings.
+
+Baseline: `backend.lookahead: false`, every token of every answer decoded in the ragged batch.
+Candidate: `lookahead: true` (the default): a row whose answer repeats a cycle over its last
+`lookahead.SPAN` tokens leaves the batch and has the cycle's continuation checked
+`lookahead.CHUNK` tokens per forward pass (`agent/backends/lookahead.py`).
+
+Same loaded model (`TransformersGenerator`, the loop's backend defaults), the evaluation's
+sampling (`loop.config.EVAL_SAMPLING`: greedy, max 400 tokens), a call per suite as the
+evaluation makes them, over `--suites` (default: every bundled suite the loop evaluates) with at
+most `--prompts` per suite (evenly spread; default all). Each path runs `--repeats` times,
+alternating, the best kept (these machines drift). Prints each path's time and tokens/s and the
+ratio; how many answers the two left identical (a chunk's forward sums in another float order
+than a token's, so a near-tie can tip); the IF suite's strict pass rates with their paired
+difference; and how the followed rows went (rows, tokens kept through lookahead, rows that left
+the cycle and came back).
+
+    python bench/lookahead.py [--suites if,multilingual] [--prompts 96] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from dtype import strict_difference  # bench/ is on sys.path: run as a script
+
+from agent.backends import refill, user
+from agent.backends.hf import TransformersGenerator
+from agent.models import ModelSpec
+from judges.evals import SUITES, load_suite
+from judges.evals.runner import subset
+from loop.config import EVAL_SAMPLING
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--suites", default=",".join(SUITES), help="comma-separated bundled suites")
+    ap.add_argument("--prompts", type=int, default=None, help="at most this many per suite")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    suites = {name: subset(load_suite(name), args.prompts) for name in args.suites.split(",")}
+    gen = TransformersGenerator(ModelSpec(name=args.model, dtype=args.dtype))
+    params = EVAL_SAMPLING
+    print(
+        f"{sum(map(len, suites.values()))} prompts ("
+        + ", ".join(f"{k} {len(v)}" for k, v in suites.items())
+        + f"), greedy, max {params.max_tokens} tokens, {gen.dtype}, "
+        f"{torch.get_num_threads()} threads, {gen.batch_size} rows",
+        flush=True,
+    )
+    gen.generate([user("Hi")], params.model_copy(update={"max_tokens": 4}))  # warm-up
+
+    followed = {"rows": 0, "tokens": 0, "came back": 0}
+    real = refill.follow_cycles
+
+    def counted(model, group, periods, out, *rest):
+        before = sum(len(out[i][k]) for i, k in group.owner)
+        rows = list(group.owner)
+        ended, back = real(model, group, periods, out, *rest)
+        followed["rows"] += len(rows)
+        followed["tokens"] += sum(len(out[i][k]) for i, k in rows) - before
+        followed["came back"] += len(back)
+        return ended, back
+
+    refill.follow_cycles = counted
+    best: dict[str, float] = {}
+    answers: dict[str, dict[str, list]] = {}
+    for rep in range(args.repeats):
+        for name, on in (("off", False), ("on", True)):
+            gen.lookahead = on
+            followed.update(rows=0, tokens=0, **{"came back": 0})
+            t0 = time.perf_counter()
+            outs = {
+                suite: [
+                    r.completions[0]
+                    for r in gen.generate([user(x["prompt"]) for x in recs], params)
+                ]
+                for suite, recs in suites.items()
+            }
+            seconds = time.perf_counter() - t0
+            tokens = sum(c.completion_tokens for cs in outs.values() for c in cs)
+            best[name] = max(best.get(name, 0.0), tokens / seconds)
+            answers[name] = outs
+            print(
+                f"lookahead {name:3s} run {rep + 1}: {tokens:6d} tokens {seconds:7.1f} s "
+                f"{tokens / seconds:6.1f} tok/s"
+                + (
+                    f"; followed {followed['rows']} rows, {followed['tokens']} tokens kept, "
+                    f"{followed['came back']} came back"
+                    if on
+                    else ""
+                ),
+                flush=True,
+            )
+    off, on = best["off"], best["on"]
+    print(f"best: off {off:.1f} tok/s, on {on:.1f} tok/s, ratio {on / off:.2f}")
+    for suite, recs in suites.items():
+        a, b = answers["off"][suite], answers["on"][suite]
+        same = sum(x.text == y.text for x, y in zip(a, b))
+        print(f"{suite}: identical answers {same}/{len(a)}")
+        if suite == "if":
+            print("  " + strict_difference(recs, ("off", a), ("on", b)))
+
+
+if __name__ == "__main__":
+    from agent.procs import bench_main
+
+    bench_main(main, "bench/lookahead.py")

@@ -1,0 +1,121 @@
+"""Lookahead (`agent/backends/lookahead.py`): greedy rows caught in a cycle have the cycle's
+continuation checked a chunk per forward pass; the answers stay `generate`'s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.backends import SamplingParams, lookahead, refill
+from agent.backends.hf import TransformersGenerator
+from agent.backends.lookahead import cycle, draft
+from agent.backends.refill import decode_ragged
+from agent.models import ModelSpec
+from tests.agent.test_hf_backend import PROMPTS
+
+
+def test_cycle_finds_the_shortest_period_over_the_span() -> None:
+    loop = [5, 6, 7] * 12
+    assert cycle([1, 2, 3, *loop], span=32, max_period=64) == 3
+    assert cycle([9] * 40, span=32, max_period=64) == 1
+    # Repeated, but over fewer tokens than the span: not trusted yet.
+    assert cycle([1, 2] + [5, 6, 7] * 10, span=32, max_period=64) == 0
+    # One token off inside the span breaks the cycle.
+    broken = list(loop)
+    broken[-20] = 0
+    assert cycle(broken, span=32, max_period=64) == 0
+    # A period longer than max_period, or one that did not repeat twice, is not found.
+    long = list(range(40)) * 3
+    assert cycle(long, span=32, max_period=64) == 40
+    assert cycle(long, span=32, max_period=39) == 0
+    assert cycle(list(range(60)) + list(range(30)), span=32, max_period=64) == 0
+
+
+def test_draft_continues_the_cycle() -> None:
+    assert draft([1, 2, 3, 4, 2, 3, 4], 3, 7) == [2, 3, 4, 2, 3, 4, 2]
+    assert draft([8, 8], 1, 3) == [8, 8, 8]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir: Path) -> TransformersGenerator:
+    return TransformersGenerator(
+        ModelSpec(name=str(tiny_model_dir), dtype="float32"), batch_size=5, batching="static"
+    )
+
+
+@pytest.mark.parametrize("grow", [0, 3])
+def test_followed_rows_keep_generates_greedy_answers(
+    gen: TransformersGenerator, grow: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A random tiny model never loops, so the cycle finder is told a cycle began at every
+    5th token, and the draft is the true greedy continuation spoiled at a varying place: the
+    model agrees with a whole chunk, with part of it, or with none. Rows leave the batch, are
+    followed a few chunks (of 4), come back or end; every answer is still `generate`'s token for
+    token, and the bookkeeping is seen to run each way."""
+    params = SamplingParams(max_tokens=40)
+    want = [r.text for r in gen.generate(PROMPTS, params)]
+    enc = [gen.encode_prompt(m) for m in PROMPTS]
+    ref = [
+        o[0]
+        for o in decode_ragged(
+            gen.model, enc, 1, params, max_rows=3, eos_ids=gen.eos_ids, pad_id=0, look_ahead=False
+        )
+    ]
+    spoiled = {"none": 0, "part": 0, "all": 0}
+
+    def oracle(seq: list[int], period: int, k: int) -> list[int]:
+        truth = next(r for r in ref if r[: len(seq)] == seq)[len(seq) : len(seq) + k]
+        truth += [7] * (k - len(truth))
+        at = len(seq) % (k + 2)  # k, k + 1: nothing spoiled
+        if at < k:
+            truth[at] += 1
+        spoiled["none" if at >= k else "all" if at == 0 else "part"] += 1
+        return truth
+
+    calls = {"followed": 0, "ended": 0, "came back": 0}
+    real = refill.follow_cycles
+
+    def counted(model, group, *args):
+        calls["followed"] += len(group)
+        ended, back = real(model, group, *args)
+        calls["ended"] += len(ended)
+        calls["came back"] += len(back)
+        return ended, back
+
+    monkeypatch.setattr(lookahead, "CHUNK", 4)
+    monkeypatch.setattr(lookahead, "cycle", lambda seq, span, most: 1 if len(seq) % 5 == 0 else 0)
+    monkeypatch.setattr(lookahead, "draft", oracle)
+    monkeypatch.setattr(lookahead, "GROUP", 2)
+    monkeypatch.setattr(refill, "follow_cycles", counted)
+    for width in (1, 3, 7):
+        outs = decode_ragged(
+            gen.model,
+            enc,
+            1,
+            params,
+            max_rows=width,
+            eos_ids=gen.eos_ids,
+            pad_id=0,
+            slab_grow=grow,
+        )
+        assert [o[0] for o in outs] == ref
+    assert [gen._completion(r, params)[0].text for r in ref] == want
+    assert min(calls.values()) > 0, calls
+    assert min(spoiled.values()) > 0, spoiled
+
+
+def test_lookahead_only_for_greedy_decoding(
+    gen: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampled answer's cycle is no prediction of its next tokens: no lookahead."""
+    monkeypatch.setattr(lookahead, "SPAN", 4)
+    monkeypatch.setattr(refill, "follow_cycles", lambda *a, **k: pytest.fail("followed"))
+    enc = [gen.encode_prompt(m) for m in PROMPTS[:3]]
+    params = SamplingParams(max_tokens=48, temperature=1.0, seed=0)
+    decode_ragged(gen.model, enc, 2, params, max_rows=4, eos_ids=gen.eos_ids, pad_id=0)
+    # ... and off when asked, even for greedy decoding.
+    greedy = SamplingParams(max_tokens=48)
+    decode_ragged(
+        gen.model, enc, 1, greedy, max_rows=4, eos_ids=gen.eos_ids, pad_id=0, look_ahead=False
+    )
