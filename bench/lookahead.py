@@ -6,9 +6,10 @@ Candidate: `lookahead: true` (the default): a row whose answer repeats a cycle o
 `lookahead.CHUNK` tokens per forward pass (`agent/backends/lookahead.py`).
 
 Same loaded model (`TransformersGenerator`, the loop's backend defaults), the evaluation's
-sampling (`loop.config.EVAL_SAMPLING`: greedy, max 400 tokens), a call per suite as the
-evaluation makes them, over `--suites` (default: every bundled suite the loop evaluates) with at
-most `--prompts` per suite (evenly spread; default all). Each path runs `--repeats` times,
+sampling and prompts (`loop.config.EvalConfig`'s defaults: greedy, max 400 tokens; 344 IF, 24
+helpfulness, 90 domain, 112 multilingual and 24 safety prompts, the subsets the evaluation
+takes), a call per suite as the evaluation makes them. `--suites` picks suites and `--prompts`
+caps each (evenly spread). Each path runs `--repeats` times,
 alternating, the best kept (these machines drift). Prints each path's time and tokens/s and the
 ratio; how many answers the two left identical (a chunk's forward sums in another float order
 than a token's, so a near-tie can tip); the IF suite's strict pass rates with their paired
@@ -30,21 +31,27 @@ from agent.backends import refill, user
 from agent.backends.hf import TransformersGenerator
 from agent.models import ModelSpec
 from judges.evals import SUITES, load_suite
-from judges.evals.runner import subset
-from loop.config import EVAL_SAMPLING
+from judges.evals.runner import STRATA, subset
+from loop.config import EvalConfig
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--suites", default=",".join(SUITES), help="comma-separated bundled suites")
+    ap.add_argument("--suites", default=None, help="comma-separated (default: the evaluation's)")
     ap.add_argument("--prompts", type=int, default=None, help="at most this many per suite")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    suites = {name: subset(load_suite(name), args.prompts) for name in args.suites.split(",")}
+    config = EvalConfig()
+    limits = config.limits()
+    names = args.suites.split(",") if args.suites else list(limits)
+    suites = {}
+    for name in names:
+        limit = min(filter(None, (limits.get(name), args.prompts)), default=None)
+        suites[name] = subset(load_suite(name), limit, STRATA.get(SUITES[name]))
     gen = TransformersGenerator(ModelSpec(name=args.model, dtype=args.dtype))
-    params = EVAL_SAMPLING
+    params = config.sampling
     print(
         f"{sum(map(len, suites.values()))} prompts ("
         + ", ".join(f"{k} {len(v)}" for k, v in suites.items())

@@ -57,6 +57,36 @@ def test_batched_equals_single_on_the_real_model(smol: TransformersGenerator) ->
     assert batched == single
 
 
+def test_lookahead_keeps_the_real_models_looping_answers(
+    smol: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy answers of the bundled model that fall into a loop (IF prompts whose answers
+    repeat from their first 40 tokens or so) are the same with lookahead as without, and
+    lookahead did follow some of them (`backend.lookahead`, bench/lookahead.py)."""
+    from agent.backends import refill
+    from judges.evals import load_suite
+
+    looping = {"ifeval-054", "ifeval-069", "ifeval-079", "ifeval-086", "ifeval-245", "ifeval-253"}
+    prompts = [user(r["prompt"]) for r in load_suite("if") if r["id"] in looping]
+    prompts += [user("Name a primary colour."), user("What is 7 times 6?")]
+    params = SamplingParams(max_tokens=160)
+    followed: list[int] = []
+    real = refill.follow_cycles
+
+    def counted(model, group, *args):
+        followed.append(len(group))
+        return real(model, group, *args)
+
+    monkeypatch.setattr(refill, "follow_cycles", counted)
+    monkeypatch.setattr(smol, "lookahead", False)
+    plain = [r.text for r in smol.generate(prompts, params)]
+    assert not followed
+    monkeypatch.setattr(smol, "lookahead", True)
+    ahead = [r.text for r in smol.generate(prompts, params)]
+    assert ahead == plain
+    assert sum(followed) >= 3, followed
+
+
 def test_bfloat16_greedy_answers_agree_with_float32(smol: TransformersGenerator) -> None:
     """What `model.dtype: auto` trades for ~1.8x speed on CPUs with native bfloat16: greedy
     answers that mostly agree with float32 (bench/dtype.py measures it on 96 IF prompts)."""
