@@ -78,10 +78,11 @@ class BackendConfig(BaseModel):
     )
     lookahead: bool = Field(
         True,
-        description="transformers, ragged batching, greedy decoding: an answer caught repeating "
-        "a cycle (the same tokens over its last 32) has the cycle's continuation checked 64 "
-        "tokens per forward pass, keeping the tokens the model agrees with: the same answers, "
-        "faster. Measured in bench/lookahead.py (README).",
+        description="transformers, ragged batching, greedy decoding, full-attention models: an "
+        "answer caught repeating a cycle (its last 32 tokens, or two whole cycles, periodic) has "
+        "the cycle's continuation checked 64 tokens per forward pass, several answers together, "
+        "keeping the tokens the model agrees with: the same answers, with fewer forward passes. "
+        "Measured in bench/lookahead.py (README).",
     )
     base_url: str | None = Field(
         None,

@@ -9,8 +9,8 @@ different lengths). `decode_ragged` runs its own decode loop over the KV cache:
   dropped);
 - queued prompts take the free places: they are prefilled together, each prompt's cache is
   repeated for its n samples (one prefill per prompt, not per sample), left-padded to the
-  batch's cache length and concatenated; cache columns that every row masks are trimmed, so
-  attention never pays for the padding a departed row left behind;
+  batch's cache length and concatenated; leading cache columns that every row masks are
+  trimmed, so attention never pays for the padding a departed row left behind;
 - prompts admitted together that open with the same tokens (a judge's rubric, a long system
   prompt: at least `SHARED_PREFIX_MIN`) have that prefix run once and its cache repeated for
   each of them (`prefill_shared`): a row is then [prefix][padding][its own tokens], the
@@ -266,21 +266,17 @@ class _Batch:
                 layer.length -= start
 
     def row(self, r: int) -> _Batch:
-        """Row `r` alone (a copy): its cache a `DynamicCache` of the columns from the first one
-        it attends to."""
+        """Row `r` alone (a copy): its cache a `DynamicCache` of only the columns it attends to,
+        its mask all ones. Positions are explicit, so for full attention (the only kind
+        lookahead runs on) dropping masked columns changes nothing the row computes."""
         mask = self.mask[r]
-        used = mask[:-1].nonzero()
-        start = int(used[0]) if len(used) else mask.shape[0] - 1
-        end = mask.shape[0] - 1  # the cache's filled columns (a slab's spare ones follow)
+        used = mask[:-1].nonzero().squeeze(1)  # not the pending token's column (the last)
         alone = _Batch()
         alone.cache = DynamicCache(
-            [
-                (x.keys[r : r + 1, :, start:end].clone(), x.values[r : r + 1, :, start:end].clone())
-                for x in self.cache.layers
-            ]
+            [(x.keys[r : r + 1, :, used], x.values[r : r + 1, :, used]) for x in self.cache.layers]
         )
-        alone.mask, alone.pos = mask[None, start:], self.pos[r : r + 1]
-        alone.last = self.last[r : r + 1]
+        alone.mask = mask.new_ones(1, len(used) + 1)
+        alone.pos, alone.last = self.pos[r : r + 1], self.last[r : r + 1]
         alone.owner = [self.owner[r]]
         return alone
 
@@ -520,25 +516,32 @@ def decode_ragged(
         batch.keep(keep)
 
     share = share_prefix and can_share_prefix(model)
-    follow = look_ahead and params.greedy
+    # Rejected draft columns stay masked in a row's cache: harmless to full attention only.
+    follow = look_ahead and params.greedy and can_share_prefix(model)
     eos_set = set(eos_ids)
     capacity = max(1, max_rows // rows) * rows
     with torch.inference_mode():
         while queue or len(batch) or len(parked):
-            # Follow when enough rows wait, or when no queued prompt will fill the places they
-            # left and they are as many as the rows still decoding (the tail of a call).
+            # Parked rows hold places too: a batch never holds more than `capacity` rows.
+            free = (capacity - len(batch) - len(parked)) // rows
+            # Follow when enough rows wait, or when as many wait as still decode and no queued
+            # prompt can take a place (the tail of a call, or every place parked).
             if parked.owner and (
-                len(parked) >= lookahead.GROUP or (not queue and len(parked) >= len(batch))
+                len(parked) >= lookahead.GROUP
+                or (len(parked) >= len(batch) and (not queue or free < 1))
             ):
+                group, parked = parked, _Batch()
+                if len(group) > lookahead.GROUP:  # a forward's logits grow with rows x chunk
+                    for r in range(lookahead.GROUP, len(group)):
+                        parked.join(group.row(r))
+                    group.keep(list(range(lookahead.GROUP)))
                 done, back = follow_cycles(
-                    model, parked, periods, out, params.max_tokens, eos_set, cache_arg
+                    model, group, periods, out, params.max_tokens, eos_set, cache_arg
                 )
-                parked = _Batch()
                 for i in done:
                     finish(i)
                 batch.join(back)
                 continue
-            free = (capacity - len(batch)) // rows
             if queue and free > 0:
                 take, queue = queue[:free], queue[free:]
                 new = admit(take)

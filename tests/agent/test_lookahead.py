@@ -51,8 +51,9 @@ def test_followed_rows_keep_generates_greedy_answers(
     """A random tiny model never loops, so the cycle finder is told a cycle began at every
     5th token, and the draft is the true greedy continuation spoiled at a varying place: the
     model agrees with a whole chunk, with part of it, or with none. Rows leave the batch, are
-    followed a few chunks (of 4), come back or end; every answer is still `generate`'s token for
-    token, and the bookkeeping is seen to run each way."""
+    followed a few chunks (of 4, 2 rows at most together), come back or end; every answer is
+    still `generate`'s token for token, a row that comes back has consistent bookkeeping, and
+    no forward pass holds more rows than the batch may."""
     params = SamplingParams(max_tokens=40)
     want = [r.text for r in gen.generate(PROMPTS, params)]
     enc = [gen.encode_prompt(m) for m in PROMPTS]
@@ -76,46 +77,72 @@ def test_followed_rows_keep_generates_greedy_answers(
     calls = {"followed": 0, "ended": 0, "came back": 0}
     real = refill.follow_cycles
 
-    def counted(model, group, *args):
+    def counted(model, group, periods, out, *args):
+        assert len(group) <= lookahead.GROUP
         calls["followed"] += len(group)
-        ended, back = real(model, group, *args)
+        ended, back = real(model, group, periods, out, *args)
         calls["ended"] += len(ended)
         calls["came back"] += len(back)
+        width = back.cache.layers[0].keys.shape[2] if len(back) else 0
+        for r, (i, k) in enumerate(back.owner):
+            # One mask column per cache column and one for the pending token, which is the
+            # answer's last; the attended columns are the prompt and the answer before it.
+            assert back.mask.shape[1] == width + 1
+            assert (
+                int(back.mask[r, :-1].sum()) == int(back.pos[r]) == len(enc[i]) + len(out[i][k]) - 1
+            )
+            assert int(back.last[r]) == out[i][k][-1]
         return ended, back
+
+    rows_seen: list[int] = []
+    forward = gen.model.forward
+
+    def recorded(*args, **kwargs):
+        rows_seen.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
 
     monkeypatch.setattr(lookahead, "CHUNK", 4)
     monkeypatch.setattr(lookahead, "cycle", lambda seq, span, most: 1 if len(seq) % 5 == 0 else 0)
     monkeypatch.setattr(lookahead, "draft", oracle)
     monkeypatch.setattr(lookahead, "GROUP", 2)
     monkeypatch.setattr(refill, "follow_cycles", counted)
-    for width in (1, 3, 7):
+    monkeypatch.setattr(gen.model, "forward", recorded)
+    for width, n in ((1, 1), (3, 1), (7, 1), (4, 2)):
+        rows_seen.clear()
         outs = decode_ragged(
             gen.model,
             enc,
-            1,
+            n,
             params,
             max_rows=width,
             eos_ids=gen.eos_ids,
             pad_id=0,
             slab_grow=grow,
         )
-        assert [o[0] for o in outs] == ref
+        assert [o for o in outs] == [[r] * n for r in ref]
+        assert max(rows_seen) <= width
     assert [gen._completion(r, params)[0].text for r in ref] == want
     assert min(calls.values()) > 0, calls
     assert min(spoiled.values()) > 0, spoiled
 
 
-def test_lookahead_only_for_greedy_decoding(
+def test_lookahead_only_for_greedy_full_attention_decoding(
     gen: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A sampled answer's cycle is no prediction of its next tokens: no lookahead."""
-    monkeypatch.setattr(lookahead, "SPAN", 4)
+    """A sampled answer's cycle is no prediction of its next tokens, and a sliding window or a
+    recurrent layer would see the rejected drafts a followed row keeps masked: no lookahead for
+    either, nor when it is turned off."""
+    monkeypatch.setattr(lookahead, "cycle", lambda seq, span, most: 1)
     monkeypatch.setattr(refill, "follow_cycles", lambda *a, **k: pytest.fail("followed"))
     enc = [gen.encode_prompt(m) for m in PROMPTS[:3]]
-    params = SamplingParams(max_tokens=48, temperature=1.0, seed=0)
-    decode_ragged(gen.model, enc, 2, params, max_rows=4, eos_ids=gen.eos_ids, pad_id=0)
-    # ... and off when asked, even for greedy decoding.
-    greedy = SamplingParams(max_tokens=48)
-    decode_ragged(
-        gen.model, enc, 1, greedy, max_rows=4, eos_ids=gen.eos_ids, pad_id=0, look_ahead=False
-    )
+    greedy = SamplingParams(max_tokens=12)
+    run = dict(max_rows=4, eos_ids=gen.eos_ids, pad_id=0)
+    decode_ragged(gen.model, enc, 2, SamplingParams(max_tokens=12, temperature=1.0), **run)
+    decode_ragged(gen.model, enc, 1, greedy, look_ahead=False, **run)
+    monkeypatch.setattr(refill, "can_share_prefix", lambda model: False)
+    decode_ragged(gen.model, enc, 1, greedy, **run)
+    monkeypatch.undo()
+    with pytest.raises(pytest.fail.Exception):  # the same calls do follow by default
+        monkeypatch.setattr(lookahead, "cycle", lambda seq, span, most: 1)
+        monkeypatch.setattr(refill, "follow_cycles", lambda *a, **k: pytest.fail("followed"))
+        decode_ragged(gen.model, enc, 1, greedy, **run)
