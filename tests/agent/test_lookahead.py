@@ -44,25 +44,35 @@ def gen(tiny_model_dir: Path) -> TransformersGenerator:
     )
 
 
-@pytest.mark.parametrize("grow", [0, 3])
+@pytest.mark.parametrize("grow,early_eos", [(0, False), (3, False), (3, True)])
 def test_followed_rows_keep_generates_greedy_answers(
-    gen: TransformersGenerator, grow: int, monkeypatch: pytest.MonkeyPatch
+    gen: TransformersGenerator, grow: int, early_eos: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A random tiny model never loops, so the cycle finder is told a cycle began at every
     5th token, and the draft is the true greedy continuation spoiled at a varying place: the
     model agrees with a whole chunk, with part of it, or with none. Rows leave the batch, are
     followed a few chunks (of 4, 2 rows at most together), come back or end; every answer is
     still `generate`'s token for token, a row that comes back has consistent bookkeeping, and
-    no forward pass holds more rows than the batch may."""
+    no forward pass holds more rows than the batch may. With `early_eos`, tokens the answers
+    reach mid-way count as EOS, so answers also end inside a followed chunk."""
     params = SamplingParams(max_tokens=40)
-    want = [r.text for r in gen.generate(PROMPTS, params)]
     enc = [gen.encode_prompt(m) for m in PROMPTS]
-    ref = [
-        o[0]
-        for o in decode_ragged(
-            gen.model, enc, 1, params, max_rows=3, eos_ids=gen.eos_ids, pad_id=0, look_ahead=False
+
+    def plain(eos: list[int]) -> list[list[int]]:
+        outs = decode_ragged(
+            gen.model, enc, 1, params, max_rows=3, eos_ids=eos, pad_id=0, look_ahead=False
         )
+        return [o[0] for o in outs]
+
+    eos = list(gen.eos_ids)
+    ref = plain(eos)
+    assert [gen._completion(r, params)[0].text for r in ref] == [
+        r.text for r in gen.generate(PROMPTS, params)
     ]
+    if early_eos:
+        eos += [ref[0][21], ref[3][13]]
+        ref = plain(eos)
+        assert sum(len(r) < 40 for r in ref) >= 2
     spoiled = {"none": 0, "part": 0, "all": 0}
 
     def oracle(seq: list[int], period: int, k: int) -> list[int]:
@@ -115,13 +125,12 @@ def test_followed_rows_keep_generates_greedy_answers(
             n,
             params,
             max_rows=width,
-            eos_ids=gen.eos_ids,
+            eos_ids=eos,
             pad_id=0,
             slab_grow=grow,
         )
         assert [o for o in outs] == [[r] * n for r in ref]
         assert max(rows_seen) <= width
-    assert [gen._completion(r, params)[0].text for r in ref] == want
     assert min(calls.values()) > 0, calls
     assert min(spoiled.values()) > 0, spoiled
 
