@@ -377,11 +377,15 @@ def follow_cycles(
             [[s[-1], *g[:-1], *[s[-1]] * (k - len(g))] for s, g in zip(seqs, guesses)],
             device=group.mask.device,
         )
+        # The padding repeats its row's last real position: never past the answer's limit (a
+        # model with learned absolute positions has none there).
+        steps = torch.arange(k, device=ids.device)[None, :]
+        last_step = torch.tensor([len(g) - 1 for g in guesses], device=ids.device)[:, None]
         choice = (
             model(
                 input_ids=ids,
                 attention_mask=torch.cat([group.mask, group.mask.new_ones(len(seqs), k - 1)], 1),
-                position_ids=group.pos[:, None] + torch.arange(k, device=ids.device),
+                position_ids=group.pos[:, None] + torch.minimum(steps, last_step),
                 **{cache_arg: group.cache},
                 use_cache=True,
             )
