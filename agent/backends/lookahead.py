@@ -7,13 +7,17 @@ third of all generated tokens were the tail of such a cycle, after it had alread
 twice. Decoding that tail costs a full batch step per token.
 
 Lookahead is prompt-lookup (n-gram) speculative decoding with the answer itself as the draft:
-once a row's last `SPAN` tokens repeat with a period of at most `MAX_PERIOD`, the cycle's
-continuation is fed to the model in one forward pass (`CHUNK` tokens), and the row keeps the
-draft tokens the model's own argmax agrees with, plus the model's first disagreeing token. So
-the answer is the one greedy decoding gives (up to float order: a forward over a chunk sums in a
-different order than one over a single token, as any change of batch shape does), and a
-chunk's forward costs about half of what its tokens cost decoded in a 64-row batch on 2 CPU
-cores (a matrix of 64 tokens against 64 rows of one token, plus no batch-wide attention).
+once a row's last `SPAN` tokens (or two whole cycles) repeat with a period of at most
+`MAX_PERIOD`, the row leaves the batch; rows that wait are fed their cycle's continuation
+together, `CHUNK` tokens per forward pass (`refill.follow_cycles`), and each keeps the draft
+tokens the model's own argmax agrees with, plus the model's first disagreeing token. So the
+answer is the one greedy decoding gives (up to float order: a forward over a chunk sums in a
+different order than one over a single token, as any change of batch shape does).
+
+On 2 CPU cores a decode step is compute-bound, so a followed token is cheaper, not free: in a
+probe (float32), one more row in a 64-row step at 400 columns cost 5.1 ms, a 64-token chunk of one
+row 4.1 ms per token, and rows followed together (`GROUP`) share the forward's fixed cost of
+reading the weights. `bench/lookahead.py` measures the evaluation's generation (README).
 """
 
 from __future__ import annotations

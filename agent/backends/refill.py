@@ -28,6 +28,8 @@ different lengths). `decode_ragged` runs its own decode loop over the KV cache:
   attention reads a contiguous tensor: an earlier try that attended to a strided view of a
   preallocated cache was slower than the copy. Models with SDPA and full attention in every
   layer only (`uses_slab`); others keep `DynamicCache`.
+- greedy rows caught in a cycle leave the batch and are followed together a chunk per forward
+  pass (`follow_cycles`, `agent/backends/lookahead.py`); those that leave their cycle rejoin.
 
 transformers' continuous batching (`backend.continuous`) does the same scheduling with a paged
 cache, but on CPU its paged attention costs more than the idle rows it saves (0.65x of static
