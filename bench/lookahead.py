@@ -2,21 +2,23 @@
 
 Baseline: `backend.lookahead: false`, every token of every answer decoded in the ragged batch.
 Candidate: `lookahead: true` (the default): a row whose answer repeats a cycle over its last
-`lookahead.SPAN` tokens leaves the batch and has the cycle's continuation checked
-`lookahead.CHUNK` tokens per forward pass (`agent/backends/lookahead.py`).
+`lookahead.SPAN` tokens leaves the batch, and waiting rows have their cycles' continuations
+checked `lookahead.CHUNK` tokens per forward pass, `lookahead.GROUP` rows at a time
+(`agent/backends/lookahead.py`); `--variants` runs other CHUNK x GROUP settings too.
 
 Same loaded model (`TransformersGenerator`, the loop's backend defaults), the evaluation's
 sampling and prompts (`loop.config.EvalConfig`'s defaults: greedy, max 400 tokens; 344 IF, 24
 helpfulness, 90 domain, 112 multilingual and 24 safety prompts, the subsets the evaluation
 takes), a call per suite as the evaluation makes them. `--suites` picks suites and `--prompts`
-caps each (evenly spread). Each path runs `--repeats` times,
-alternating, the best kept (these machines drift). Prints each path's time and tokens/s and the
-ratio; how many answers the two left identical (a chunk's forward sums in another float order
+caps each (evenly spread). Each path runs `--repeats` times, the baseline first, the best kept
+(these machines drift). Prints each path's time, tokens/s and ratio to the baseline; how many
+answers each left identical to the baseline's (a chunk's forward sums in another float order
 than a token's, so a near-tie can tip); the IF suite's strict pass rates with their paired
 difference; and how the followed rows went (rows, tokens kept through lookahead, rows that left
 the cycle and came back).
 
     python bench/lookahead.py [--suites if,multilingual] [--prompts 96] [--repeats 1]
+        [--variants 64x8,128x16]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 import torch
 from dtype import strict_difference  # bench/ is on sys.path: run as a script
 
-from agent.backends import refill, user
+from agent.backends import lookahead, refill, user
 from agent.backends.hf import TransformersGenerator
 from agent.models import ModelSpec
 from judges.evals import SUITES, load_suite
@@ -42,7 +44,17 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=None, help="at most this many per suite")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--variants",
+        default=f"{lookahead.CHUNK}x{lookahead.GROUP}",
+        help="lookahead settings to run, comma-separated CHUNKxGROUP (draft tokens per forward x "
+        "rows followed together); default: the shipped ones",
+    )
     args = ap.parse_args()
+    variants = {}
+    for v in args.variants.split(","):
+        chunk, _, group = v.partition("x")
+        variants[f"on {v}"] = (int(chunk), int(group))
     config = EvalConfig()
     limits = config.limits()
     names = args.suites.split(",") if args.suites else list(limits)
@@ -77,8 +89,11 @@ def main() -> None:
     best: dict[str, float] = {}
     answers: dict[str, dict[str, list]] = {}
     for rep in range(args.repeats):
-        for name, on in (("off", False), ("on", True)):
+        for name, setting in [("off", None), *variants.items()]:
+            on = setting is not None
             gen.lookahead = on
+            if on:
+                lookahead.CHUNK, lookahead.GROUP = setting
             followed.update(rows=0, tokens=0, **{"came back": 0})
             t0 = time.perf_counter()
             outs = {
@@ -93,7 +108,7 @@ def main() -> None:
             best[name] = max(best.get(name, 0.0), tokens / seconds)
             answers[name] = outs
             print(
-                f"lookahead {name:3s} run {rep + 1}: {tokens:6d} tokens {seconds:7.1f} s "
+                f"lookahead {name:10s} run {rep + 1}: {tokens:6d} tokens {seconds:7.1f} s "
                 f"{tokens / seconds:6.1f} tok/s"
                 + (
                     f"; followed {followed['rows']} rows, {followed['tokens']} tokens kept, "
@@ -103,14 +118,18 @@ def main() -> None:
                 ),
                 flush=True,
             )
-    off, on = best["off"], best["on"]
-    print(f"best: off {off:.1f} tok/s, on {on:.1f} tok/s, ratio {on / off:.2f}")
+    off = best["off"]
+    for name in variants:
+        rate = best[name]
+        print(f"best: off {off:.1f} tok/s, {name} {rate:.1f} tok/s, ratio {rate / off:.2f}")
     for suite, recs in suites.items():
-        a, b = answers["off"][suite], answers["on"][suite]
-        same = sum(x.text == y.text for x, y in zip(a, b))
-        print(f"{suite}: identical answers {same}/{len(a)}")
-        if suite == "if":
-            print("  " + strict_difference(recs, ("off", a), ("on", b)))
+        a = answers["off"][suite]
+        for name in variants:
+            b = answers[name][suite]
+            same = sum(x.text == y.text for x, y in zip(a, b))
+            print(f"{suite} ({name}): identical answers {same}/{len(a)}")
+            if suite == "if":
+                print("  " + strict_difference(recs, ("off", a), (name, b)))
 
 
 if __name__ == "__main__":
