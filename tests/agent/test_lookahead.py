@@ -129,7 +129,7 @@ def test_followed_rows_keep_generates_greedy_answers(
             pad_id=0,
             slab_grow=grow,
         )
-        assert [o for o in outs] == [[r] * n for r in ref]
+        assert outs == [[r] * n for r in ref]
         assert max(rows_seen) <= width
     assert min(calls.values()) > 0, calls
     assert min(spoiled.values()) > 0, spoiled
