@@ -94,7 +94,7 @@ def main() -> None:
             gen.lookahead = on
             if on:
                 lookahead.CHUNK, lookahead.GROUP = setting
-            followed.update(rows=0, tokens=0, **{"came back": 0})
+            followed.update(dict.fromkeys(followed, 0))
             t0 = time.perf_counter()
             outs = {
                 suite: [

@@ -521,9 +521,10 @@ def decode_ragged(
             parked.join(batch.row(r))
         batch.keep(keep)
 
-    share = share_prefix and can_share_prefix(model)
+    full_attention = can_share_prefix(model)
+    share = share_prefix and full_attention
     # Rejected draft columns stay masked in a row's cache: harmless to full attention only.
-    follow = look_ahead and params.greedy and can_share_prefix(model)
+    follow = look_ahead and params.greedy and full_attention
     eos_set = set(eos_ids)
     capacity = max(1, max_rows // rows) * rows
     with torch.inference_mode():
