@@ -84,6 +84,19 @@ class BackendConfig(BaseModel):
         "keeping the tokens the model agrees with: the same answers, with fewer forward passes. "
         "Measured in bench/lookahead.py (README).",
     )
+    row_blocks: bool = Field(
+        True,
+        description="transformers, ragged batching, SDPA models with full attention: a decode "
+        "step's attention runs per block of neighbouring rows, each on the columns its rows "
+        "attend to, instead of the whole left-padded cache (`agent/backends/decode_step.py`). "
+        "Measured in bench/decode_step.py (README).",
+    )
+    onednn_head: bool = Field(
+        True,
+        description="transformers, ragged batching, CPU float32: the output projection to the "
+        "vocabulary runs through oneDNN, whose kernel is faster than MKL's for a few dozen rows "
+        "(`agent/backends/decode_step.py`). Measured in bench/decode_step.py (README).",
+    )
     base_url: str | None = Field(
         None,
         description="openai: endpoint, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).",
@@ -133,6 +146,8 @@ def make_generator(
             merge_adapters=backend.merge_adapters,
             share_prefix=backend.share_prefix,
             lookahead=backend.lookahead,
+            row_blocks=backend.row_blocks,
+            onednn_head=backend.onednn_head,
         )
     if backend.kind == "vllm":
         from agent.backends.vllm_backend import VLLMGenerator
