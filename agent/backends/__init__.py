@@ -84,18 +84,11 @@ class BackendConfig(BaseModel):
         "keeping the tokens the model agrees with: the same answers, with fewer forward passes. "
         "Measured in bench/lookahead.py (README).",
     )
-    row_blocks: bool = Field(
-        True,
-        description="transformers, ragged batching, SDPA models with full attention: a decode "
-        "step's attention runs per block of neighbouring rows, each on the columns its rows "
-        "attend to, instead of the whole left-padded cache (`agent/backends/decode_step.py`). "
-        "Measured in bench/decode_step.py (README).",
-    )
     onednn_head: bool = Field(
         True,
         description="transformers, ragged batching, CPU float32: the output projection to the "
         "vocabulary runs through oneDNN, whose kernel is faster than MKL's for a few dozen rows "
-        "(`agent/backends/decode_step.py`). Measured in bench/decode_step.py (README).",
+        "(`agent/backends/head.py`). Measured in bench/head.py (README).",
     )
     base_url: str | None = Field(
         None,
@@ -146,7 +139,6 @@ def make_generator(
             merge_adapters=backend.merge_adapters,
             share_prefix=backend.share_prefix,
             lookahead=backend.lookahead,
-            row_blocks=backend.row_blocks,
             onednn_head=backend.onednn_head,
         )
     if backend.kind == "vllm":

@@ -59,7 +59,6 @@ class TransformersGenerator:
         merge_adapters: bool | None = None,
         share_prefix: bool = True,
         lookahead: bool = True,
-        row_blocks: bool = True,
         onednn_head: bool = True,
     ) -> None:
         if batch_size < 1:
@@ -72,7 +71,6 @@ class TransformersGenerator:
         self.max_batch_tokens = max_batch_tokens
         self.batching = batching
         self.lookahead = lookahead
-        self.row_blocks = row_blocks
         self.onednn_head = onednn_head
         self.tokenizer.padding_side = "left"
         self.device = self.model.device
@@ -86,10 +84,7 @@ class TransformersGenerator:
         from agent.backends.refill import can_share_prefix  # refill imports this module
 
         self.share_prefix = share_prefix and can_share_prefix(self.model)
-        if row_blocks and batching == "ragged":
-            from agent.backends.decode_step import install
 
-            install(self.model, self.resolved.spec.trust_remote_code)
         if share_prefix and not self.share_prefix:
             log.info(
                 "share_prefix off: %s has sliding-window or non-attention layers", self.model_name
@@ -375,7 +370,6 @@ class TransformersGenerator:
             on_prompt_done=done,
             share_prefix=self.share_prefix,
             look_ahead=self.lookahead,
-            row_blocks=self.row_blocks,
             onednn_head=self.onednn_head,
         )
         back: list[list[tuple[Completion, list[int]]]] = [[] for _ in seqs]

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from agent.backends import decode_step, lookahead
+from agent.backends import head, lookahead
 from agent.backends.base import SamplingParams
 from agent.backends.hf import pad_left
 
@@ -228,7 +228,7 @@ def uses_slab(model: Any) -> bool:
     mask is SDPA's convention; eager attention adds a float mask) over full attention in every
     layer (a hybrid cache's other layer kinds are not plain keys and values)."""
     impl = getattr(model.config, "_attn_implementation", None)
-    return impl in ("sdpa", decode_step.NAME) and can_share_prefix(model)
+    return impl == "sdpa" and can_share_prefix(model)
 
 
 class _Batch:
@@ -449,7 +449,6 @@ def decode_ragged(
     share_prefix: bool = True,
     slab_grow: int = SLAB_GROW,
     look_ahead: bool = True,
-    row_blocks: bool = True,
     onednn_head: bool = True,
 ) -> list[list[list[int]]]:
     """`rows` completions of each of `prompts` (token ids), decoded with at most `max_rows`
@@ -461,9 +460,8 @@ def decode_ragged(
     the model allows (`uses_slab`); 0 = transformers' `DynamicCache` (the baseline it is
     measured against). With `look_ahead` (greedy decoding only), a row caught in a cycle has
     the cycle's continuation checked a chunk per forward pass (`agent/backends/lookahead.py`).
-    With `row_blocks`, a model switched to `decode_step`'s attention (`decode_step.install`)
-    runs each decode step's attention over row blocks; `onednn_head` runs the output
-    projection through oneDNN where that applies (CPU, float32)."""
+    `onednn_head` runs the output projection through oneDNN where that applies (CPU, float32:
+    `agent/backends/head.py`)."""
     device = model.device
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
     cache_arg = cache_argument(model)
@@ -532,8 +530,7 @@ def decode_ragged(
     follow = look_ahead and params.greedy and full_attention
     eos_set = set(eos_ids)
     capacity = max(1, max_rows // rows) * rows
-    blocked = row_blocks and decode_step.installed(model)
-    with torch.inference_mode(), decode_step.onednn_head(model, onednn_head):
+    with torch.inference_mode(), head.onednn_head(model, onednn_head):
         while queue or len(batch) or len(parked):
             # Parked rows hold places too: a batch never holds more than `capacity` rows.
             free = (capacity - len(batch) - len(parked)) // rows
@@ -562,8 +559,6 @@ def decode_ragged(
                 batch.join(new)
                 continue
             mask = batch.mask
-            # Planned on the mask before the slab's spare columns pad it: no row attends those.
-            extra = {"row_blocks": decode_step.plan(mask)} if blocked else {}
             if batch.grow:
                 # The step's column must fit before the forward, so the mask can be as wide as
                 # the buffers the layers will attend to (spare columns masked).
@@ -577,7 +572,6 @@ def decode_ragged(
                 position_ids=batch.pos[:, None],
                 **{cache_arg: batch.cache},
                 use_cache=True,
-                **extra,
             ).logits[:, -1]
             batch.last = sample_tokens(logits, params)
             batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)

@@ -1,18 +1,17 @@
-"""A ragged decode step with and without `agent/backends/decode_step.py`'s two parts.
+"""Ragged decoding with the output projection through MKL (torch's default) and through oneDNN.
 
-Baseline: `backend.row_blocks: false` and `backend.onednn_head: false`, each decode step's
-attention over the whole left-padded cache and the output projection through MKL (torch's
-default). Candidates: attention over row blocks alone, the oneDNN head alone, and both (the
-defaults). Same loaded model (`TransformersGenerator`, the loop's other backend defaults:
-ragged, 64 rows, slabs, lookahead), the evaluation's sampling and prompts
+Baseline: `backend.onednn_head: false`. Candidate: `onednn_head: true` (the default;
+`agent/backends/head.py`: CPU float32 only, elsewhere the two paths are the same). Same loaded
+model (`TransformersGenerator`, the loop's other backend defaults: ragged, 64 rows, slabs,
+lookahead), the evaluation's sampling and prompts
 (`loop.config.EvalConfig`'s defaults: greedy, max 400 tokens, the subsets the evaluation takes),
 a generate call per suite as the evaluation makes them. `--suites` picks suites and `--prompts`
 caps each (evenly spread). Each path runs `--repeats` times in turn, the baseline first, the best
 kept (these machines drift). Prints each path's time, tokens/s and ratio to the baseline, and
-how many answers each left identical to the baseline's (the blocks and oneDNN sum in another
+how many answers the candidate left identical to the baseline's (oneDNN sums in another
 floating-point order, so a near-tie could tip).
 
-    python bench/decode_step.py [--suites if,multilingual] [--prompts 128] [--repeats 1]
+    python bench/head.py [--suites if,multilingual] [--prompts 128] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -29,12 +28,7 @@ from judges.evals import SUITES, load_suite
 from judges.evals.runner import STRATA, subset
 from loop.config import EvalConfig
 
-PATHS = {  # name: (row_blocks, onednn_head)
-    "baseline": (False, False),
-    "row blocks": (True, False),
-    "oneDNN head": (False, True),
-    "both": (True, True),
-}
+PATHS = {"MKL head": False, "oneDNN head": True}  # name: onednn_head
 
 
 def main() -> None:
@@ -44,13 +38,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=None, help="at most this many per suite")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument(
-        "--paths", default=",".join(PATHS), help="comma-separated, of: " + ", ".join(PATHS)
-    )
     args = ap.parse_args()
-    paths = args.paths.split(",")
-    if paths[0] != "baseline" or any(p not in PATHS for p in paths):
-        raise SystemExit(f"--paths: baseline first, then any of {', '.join(PATHS)}")
     config = EvalConfig()
     limits = config.limits()
     names = args.suites.split(",") if args.suites else list(limits)
@@ -59,24 +47,23 @@ def main() -> None:
         limit = min(filter(None, (limits.get(name), args.prompts)), default=None)
         suites[name] = subset(load_suite(name), limit, STRATA.get(SUITES[name]))
     gen = TransformersGenerator(ModelSpec(name=args.model, dtype=args.dtype))
-    from agent.backends import decode_step
+    from agent.backends import head
 
     params = config.sampling
     print(
         f"{sum(map(len, suites.values()))} prompts ("
         + ", ".join(f"{k} {len(v)}" for k, v in suites.items())
         + f"), greedy, max {params.max_tokens} tokens, {gen.dtype}, "
-        f"{torch.get_num_threads()} threads, {gen.batch_size} rows; row blocks "
-        f"{'installed' if decode_step.installed(gen.model) else 'not installed'}, oneDNN head "
-        f"{'applies' if decode_step.onednn_available(gen.model) else 'does not apply'}",
+        f"{torch.get_num_threads()} threads, {gen.batch_size} rows; the oneDNN head "
+        f"{'applies' if head.applies(gen.model) else 'does not apply here'}",
         flush=True,
     )
     gen.generate([user("Hi")], params.model_copy(update={"max_tokens": 4}))  # warm-up
     best: dict[str, float] = {}
     answers: dict[str, dict[str, list]] = {}
     for rep in range(args.repeats):
-        for name in paths:
-            gen.row_blocks, gen.onednn_head = PATHS[name]
+        for name, on in PATHS.items():
+            gen.onednn_head = on
             t0 = time.perf_counter()
             outs = {
                 suite: [
@@ -94,21 +81,19 @@ def main() -> None:
                 f"{tokens / seconds:6.1f} tok/s",
                 flush=True,
             )
-    base = best["baseline"]
-    for name in paths[1:]:
-        same = sum(
-            x.text == y.text
-            for suite in suites
-            for x, y in zip(answers["baseline"][suite], answers[name][suite])
-        )
-        total = sum(map(len, suites.values()))
-        print(
-            f"best: baseline {base:.1f} tok/s, {name} {best[name]:.1f} tok/s, ratio "
-            f"{best[name] / base:.2f}; identical answers {same}/{total}"
-        )
+    base, new = best["MKL head"], best["oneDNN head"]
+    same = sum(
+        x.text == y.text
+        for suite in suites
+        for x, y in zip(answers["MKL head"][suite], answers["oneDNN head"][suite])
+    )
+    print(
+        f"best: MKL head (baseline) {base:.1f} tok/s, oneDNN head {new:.1f} tok/s, ratio "
+        f"{new / base:.2f}; identical answers {same}/{sum(map(len, suites.values()))}"
+    )
 
 
 if __name__ == "__main__":
     from agent.procs import bench_main
 
-    bench_main(main, "bench/decode_step.py")
+    bench_main(main, "bench/head.py")
