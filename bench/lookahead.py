@@ -29,7 +29,7 @@ import time
 import torch
 from dtype import strict_difference  # bench/ is on sys.path: run as a script
 
-from agent.backends import lookahead, refill, user
+from agent.backends import SamplingParams, lookahead, refill, user
 from agent.backends.hf import TransformersGenerator
 from agent.models import ModelSpec
 from judges.evals import SUITES, load_suite
@@ -37,13 +37,54 @@ from judges.evals.runner import STRATA, subset
 from loop.config import EvalConfig
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def eval_workload_args(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a bench over the evaluation's own prompts (this one and bench/head.py)."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--suites", default=None, help="comma-separated (default: the evaluation's)")
     ap.add_argument("--prompts", type=int, default=None, help="at most this many per suite")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=1)
+    return ap
+
+
+def eval_workload(args: argparse.Namespace) -> tuple[dict[str, list], SamplingParams]:
+    """The suites' prompts the evaluation takes (`--suites`, at most `--prompts` each, evenly
+    spread) and its sampling."""
+    config = EvalConfig()
+    limits = config.limits()
+    names = args.suites.split(",") if args.suites else list(limits)
+    suites = {}
+    for name in names:
+        limit = min(filter(None, (limits.get(name), args.prompts)), default=None)
+        suites[name] = subset(load_suite(name), limit, STRATA.get(SUITES[name]))
+    return suites, config.sampling
+
+
+def describe(suites: dict[str, list], params: SamplingParams, gen: TransformersGenerator) -> str:
+    return (
+        f"{sum(map(len, suites.values()))} prompts ("
+        + ", ".join(f"{k} {len(v)}" for k, v in suites.items())
+        + f"), greedy, max {params.max_tokens} tokens, {gen.dtype}, "
+        f"{torch.get_num_threads()} threads, {gen.batch_size} rows"
+    )
+
+
+def answer_all(
+    gen: TransformersGenerator, suites: dict[str, list], params: SamplingParams
+) -> tuple[dict[str, list], float, int]:
+    """Every suite's first answers (a generate call per suite), the seconds and the tokens."""
+    t0 = time.perf_counter()
+    outs = {
+        suite: [r.completions[0] for r in gen.generate([user(x["prompt"]) for x in recs], params)]
+        for suite, recs in suites.items()
+    }
+    seconds = time.perf_counter() - t0
+    return outs, seconds, sum(c.completion_tokens for cs in outs.values() for c in cs)
+
+
+def main() -> None:
+    ap = eval_workload_args(__doc__)
     ap.add_argument(
         "--variants",
         default=f"{lookahead.CHUNK}x{lookahead.GROUP}",
@@ -55,22 +96,9 @@ def main() -> None:
     for v in args.variants.split(","):
         chunk, _, group = v.partition("x")
         variants[f"on {v}"] = (int(chunk), int(group))
-    config = EvalConfig()
-    limits = config.limits()
-    names = args.suites.split(",") if args.suites else list(limits)
-    suites = {}
-    for name in names:
-        limit = min(filter(None, (limits.get(name), args.prompts)), default=None)
-        suites[name] = subset(load_suite(name), limit, STRATA.get(SUITES[name]))
+    suites, params = eval_workload(args)
     gen = TransformersGenerator(ModelSpec(name=args.model, dtype=args.dtype))
-    params = config.sampling
-    print(
-        f"{sum(map(len, suites.values()))} prompts ("
-        + ", ".join(f"{k} {len(v)}" for k, v in suites.items())
-        + f"), greedy, max {params.max_tokens} tokens, {gen.dtype}, "
-        f"{torch.get_num_threads()} threads, {gen.batch_size} rows",
-        flush=True,
-    )
+    print(describe(suites, params, gen), flush=True)
     gen.generate([user("Hi")], params.model_copy(update={"max_tokens": 4}))  # warm-up
 
     followed = {"rows": 0, "tokens": 0, "came back": 0}
@@ -95,16 +123,7 @@ def main() -> None:
             if on:
                 lookahead.CHUNK, lookahead.GROUP = setting
             followed.update(dict.fromkeys(followed, 0))
-            t0 = time.perf_counter()
-            outs = {
-                suite: [
-                    r.completions[0]
-                    for r in gen.generate([user(x["prompt"]) for x in recs], params)
-                ]
-                for suite, recs in suites.items()
-            }
-            seconds = time.perf_counter() - t0
-            tokens = sum(c.completion_tokens for cs in outs.values() for c in cs)
+            outs, seconds, tokens = answer_all(gen, suites, params)
             best[name] = max(best.get(name, 0.0), tokens / seconds)
             answers[name] = outs
             print(

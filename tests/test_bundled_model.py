@@ -87,6 +87,27 @@ def test_lookahead_keeps_the_real_models_looping_answers(
     assert sum(followed) >= 3, followed
 
 
+def test_onednn_head_keeps_the_real_models_answers(
+    smol: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU in float32 the vocabulary projection runs through oneDNN (`backend.onednn_head`,
+    bench/head.py): the real model's greedy answers are MKL's, token for token."""
+    from agent.backends import head
+
+    assert head.applies(smol.model)
+    prompts = [
+        user("Name three fruits."),
+        user("Explain in two sentences why we sleep."),
+        user("Write a haiku about rain."),
+        user("List five animals that live in the sea."),
+    ]
+    params = SamplingParams(max_tokens=48)
+    monkeypatch.setattr(smol, "onednn_head", False)
+    mkl = [r.text for r in smol.generate(prompts, params)]
+    monkeypatch.setattr(smol, "onednn_head", True)
+    assert [r.text for r in smol.generate(prompts, params)] == mkl
+
+
 def test_bfloat16_greedy_answers_agree_with_float32(smol: TransformersGenerator) -> None:
     """What `model.dtype: auto` trades for ~1.8x speed on CPUs with native bfloat16: greedy
     answers that mostly agree with float32 (bench/dtype.py measures it on 96 IF prompts)."""

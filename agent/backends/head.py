@@ -5,9 +5,10 @@ multiply-adds) is the one matmul of a decode step where MKL, torch's CPU BLAS, i
 dozen rows: 63 GFLOP/s against oneDNN's 120 at 64 rows on 2 AMD EPYC cores (a probe; the
 layers' matmuls are as fast in MKL, 110-120). For the length of a decode call, `onednn_head`
 has the head multiply with a copy of its weight in oneDNN's layout; the model is as it was after.
-`refill.decode_ragged` runs under it (`backend.onednn_head`); measured in `bench/head.py`
-(README). Another kernel sums in another order: a near-tie between two tokens could tip, which
-none of the benches' answers did.
+Ragged (`refill.decode_ragged`) and static (`generate`) decoding run under it
+(`backend.onednn_head`); scoring, whose rows are whole sequences, does not. Measured in
+`bench/head.py` (README). Another kernel sums in another order: a near-tie between two tokens
+could tip, which none of the benches' answers did.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Results come back in the caller's order. PEFT adapters are loaded on top of the 
 and switched per call without reloading it. With `merge_adapters` (default on CPU), decoding under
 a LoRA adapter runs a copy of the model with the adapter merged into its weights (one copy kept,
 for the adapter decoded last): the unmerged path runs two more small matmuls per layer and step,
-1.3x slower on 2 CPU cores. Scoring (log-probs) always runs the unmerged adapter.
+1.3x slower on 2 CPU cores. Scoring (log-probs) always runs the unmerged adapter. On CPU in
+float32, decoding (ragged and static) runs the output projection through oneDNN
+(`onednn_head`, `agent/backends/head.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from agent.backends.base import (
     check_pairs,
     check_prompts,
 )
+from agent.backends.head import onednn_head
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, check_adapter_files, load_model
 
@@ -276,7 +279,12 @@ class TransformersGenerator:
             for i, got in zip(runnable, outs):
                 results[i] = _result(got, len(encoded[i]), params.n)
             return [r for r in results if r is not None]
-        with self._rng(params.seed), self._decoder(adapter) as model, torch.inference_mode():
+        with (
+            self._rng(params.seed),
+            self._decoder(adapter) as model,
+            torch.inference_mode(),
+            onednn_head(model, self.onednn_head),
+        ):
             for batch in self._batches(lengths, rows, params.max_tokens):
                 idx = [runnable[b] for b in batch]
                 outs = self._generate_batch(model, [encoded[i] for i in idx], params, rows)

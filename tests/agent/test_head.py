@@ -90,3 +90,25 @@ def test_onednn_head_does_nothing_outside_cpu_float32(tiny_model_dir: Path) -> N
     assert not head.applies(bf16.model)
     with head.onednn_head(bf16.model):
         assert "forward" not in vars(bf16.model.get_output_embeddings())
+
+
+def test_static_batches_decode_through_the_onednn_head_too(tiny_model_dir: Path) -> None:
+    """`generate`'s static batches (stop strings, prefix adapters, `batching: static`) run the
+    head through oneDNN as well, with the linear head's answers."""
+    static = TransformersGenerator(
+        ModelSpec(name=str(tiny_model_dir), dtype="float32"), batching="static", batch_size=3
+    )
+    lm_head = static.model.get_output_embeddings()
+    swapped: list[bool] = []
+    hook = lm_head.register_forward_hook(lambda m, *_: swapped.append("forward" in vars(m)))
+    params = SamplingParams(max_tokens=24)
+    try:
+        static.onednn_head = False
+        ref = [r.text for r in static.generate(PROMPTS, params)]
+        assert swapped and not any(swapped)
+        swapped.clear()
+        static.onednn_head = True
+        assert [r.text for r in static.generate(PROMPTS, params)] == ref
+        assert swapped and all(swapped)
+    finally:
+        hook.remove()
