@@ -50,7 +50,9 @@ def main() -> None:
     )
     applies = "applies" if head.applies(gen.model) else "does not apply here"
     print(f"{describe(suites, params, gen)}, {gen.batching}; the oneDNN head {applies}", flush=True)
-    gen.generate([user("Hi")], params.model_copy(update={"max_tokens": 4}))  # warm-up
+    for on in PATHS.values():  # warm-up, both paths
+        gen.onednn_head = on
+        gen.generate([user("Hi")], params.model_copy(update={"max_tokens": 4}))
     best: dict[str, float] = {}
     answers: dict[str, dict[str, list]] = {}
     for rep in range(args.repeats):

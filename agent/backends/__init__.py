@@ -86,10 +86,10 @@ class BackendConfig(BaseModel):
     )
     onednn_head: bool = Field(
         True,
-        description="transformers, CPU float32: when decoding (ragged and static batches, not "
-        "scoring), the output projection to the vocabulary runs through oneDNN, whose kernel is "
-        "faster than MKL's for a few dozen rows (`agent/backends/head.py`). Measured in "
-        "bench/head.py (README).",
+        description="transformers, x86-64 CPU, float32: when decoding (ragged, static and "
+        "streamed; not scoring), the output projection to the vocabulary runs through oneDNN, "
+        "whose kernel was faster than MKL's for a few dozen rows on AMD EPYC "
+        "(`agent/backends/head.py`). Measured in bench/head.py (README).",
     )
     base_url: str | None = Field(
         None,

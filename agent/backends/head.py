@@ -5,15 +5,18 @@ multiply-adds) is the one matmul of a decode step where MKL, torch's CPU BLAS, i
 dozen rows: 63 GFLOP/s against oneDNN's 120 at 64 rows on 2 AMD EPYC cores (a probe; the
 layers' matmuls are as fast in MKL, 110-120). For the length of a decode call, `onednn_head`
 has the head multiply with a copy of its weight in oneDNN's layout; the model is as it was after.
-Ragged (`refill.decode_ragged`) and static (`generate`) decoding run under it
+Ragged (`refill.decode_ragged`), static and streamed (`generate`) decoding run under it
 (`backend.onednn_head`); scoring, whose rows are whole sequences, does not. Measured in
-`bench/head.py` (README). Another kernel sums in another order: a near-tie between two tokens
-could tip, which none of the benches' answers did.
+`bench/head.py` (README). Another kernel sums in another order, so a near-tie between two tokens
+can tip: one of the evaluation's 594 greedy answers did. Measured on AMD EPYC only, so it acts
+on x86-64 alone (elsewhere torch's BLAS is not MKL). The snapshot is one more copy of the head
+during the call (113 MB for the bundled model's tied 49,152 x 576 embedding).
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +24,15 @@ import torch
 
 
 def applies(model: Any) -> bool:
-    """Whether `onednn_head` acts on `model`: CPU, float32, a plain `nn.Linear` head (not one
-    a LoRA adapter wraps), oneDNN built into torch."""
+    """Whether `onednn_head` acts on `model`: a plain `nn.Linear` head (not one a LoRA adapter
+    wraps) in float32 on an x86-64 CPU, oneDNN built into torch."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return (
-        model.device.type == "cpu"
-        and model.dtype == torch.float32
+        type(head) is torch.nn.Linear
+        and head.weight.device.type == "cpu"
+        and head.weight.dtype == torch.float32
+        and platform.machine().lower() in ("x86_64", "amd64")
         and torch.backends.mkldnn.is_available()
-        and type(head) is torch.nn.Linear
     )
 
 
@@ -38,10 +42,11 @@ def onednn_head(model: Any, on: bool = True) -> Iterator[None]:
     weight in oneDNN's layout (CPU, float32, a plain `nn.Linear` head; else nothing changes).
     Decoding only: the snapshot does not follow changes to the weight, and a call that needs
     gradients runs the head as it is."""
-    if not on or not applies(model):
+    head = model.get_output_embeddings() if on and applies(model) else None
+    # Off, or a head whose forward is patched already (an outer block, or someone else's hook).
+    if head is None or "forward" in vars(head):
         yield
         return
-    head = model.get_output_embeddings()
     weight = head.weight.detach().to_mkldnn()
     bias = None if head.bias is None else head.bias.detach().to_mkldnn()
 

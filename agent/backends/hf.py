@@ -12,7 +12,7 @@ and switched per call without reloading it. With `merge_adapters` (default on CP
 a LoRA adapter runs a copy of the model with the adapter merged into its weights (one copy kept,
 for the adapter decoded last): the unmerged path runs two more small matmuls per layer and step,
 1.3x slower on 2 CPU cores. Scoring (log-probs) always runs the unmerged adapter. On CPU in
-float32, decoding (ragged and static) runs the output projection through oneDNN
+float32, decoding (ragged, static, streamed) runs the output projection through oneDNN
 (`onednn_head`, `agent/backends/head.py`).
 """
 
@@ -87,7 +87,6 @@ class TransformersGenerator:
         from agent.backends.refill import can_share_prefix  # refill imports this module
 
         self.share_prefix = share_prefix and can_share_prefix(self.model)
-
         if share_prefix and not self.share_prefix:
             log.info(
                 "share_prefix off: %s has sliding-window or non-attention layers", self.model_name
@@ -494,7 +493,12 @@ class TransformersGenerator:
 
         ids, mask = self._pad_left([list(prompt_ids)])
         kwargs = self._generate_kwargs(params, 1)
-        with self._rng(params.seed), self._decoder(adapter) as model, torch.inference_mode():
+        with (
+            self._rng(params.seed),
+            self._decoder(adapter) as model,
+            torch.inference_mode(),
+            onednn_head(model, self.onednn_head),  # the same answer as `generate_from_ids`
+        ):
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,

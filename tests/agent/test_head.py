@@ -75,10 +75,19 @@ def test_onednn_head_matches_the_linear_head_and_is_undone(gen: TransformersGene
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     with head.onednn_head(model, on=False):
         assert "forward" not in vars(lm_head)
-    # A call that needs gradients runs the linear head itself.
+    # A call that needs gradients runs the linear head itself: the snapshot is detached, so
+    # only the weight's own path gives the output a gradient function.
+    assert lm_head.weight.requires_grad
     with head.onednn_head(model):
-        y = lm_head(x.requires_grad_())
+        y = lm_head(x)
     assert y.grad_fn is not None
+    # A block inside another leaves the outer one's head in place.
+    with head.onednn_head(model):
+        outer = vars(lm_head)["forward"]
+        with head.onednn_head(model):
+            assert vars(lm_head)["forward"] is outer
+        assert vars(lm_head)["forward"] is outer
+    assert "forward" not in vars(lm_head)
     # An exception inside the block still restores the head.
     with pytest.raises(RuntimeError), head.onednn_head(model):
         raise RuntimeError("boom")
@@ -112,3 +121,44 @@ def test_static_batches_decode_through_the_onednn_head_too(tiny_model_dir: Path)
         assert swapped and all(swapped)
     finally:
         hook.remove()
+
+
+class _Stub(torch.nn.Module):
+    """A model whose head has a bias (the tiny llama's, tied, has none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm_head = torch.nn.Linear(8, 16, bias=True)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.lm_head
+
+
+def test_onednn_head_with_a_bias_and_odd_inputs() -> None:
+    torch.manual_seed(0)
+    model = _Stub()
+    assert head.applies(model)
+    x = torch.randn(8, 6).t()  # 2D and not contiguous
+    with torch.inference_mode():
+        ref = model.lm_head(x)
+        with head.onednn_head(model):
+            got = model.lm_head(x)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_head_leaves_a_lora_wrapped_head_alone(tiny_model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert head.applies(base)
+    wrapped = get_peft_model(base, LoraConfig(r=2, target_modules=["lm_head"]))
+    assert not head.applies(wrapped)
+
+
+def test_make_generator_passes_onednn_head_through(tiny_model_dir: Path) -> None:
+    from agent.backends import BackendConfig, make_generator
+
+    spec = ModelSpec(name=str(tiny_model_dir), dtype="float32")
+    assert make_generator(spec, BackendConfig()).onednn_head is True
+    assert make_generator(spec, BackendConfig(onednn_head=False)).onednn_head is False
