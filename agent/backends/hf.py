@@ -278,12 +278,7 @@ class TransformersGenerator:
             for i, got in zip(runnable, outs):
                 results[i] = _result(got, len(encoded[i]), params.n)
             return [r for r in results if r is not None]
-        with (
-            self._rng(params.seed),
-            self._decoder(adapter) as model,
-            torch.inference_mode(),
-            onednn_head(model, self.onednn_head),
-        ):
+        with self._static_decoding(params.seed, adapter) as model:
             for batch in self._batches(lengths, rows, params.max_tokens):
                 idx = [runnable[b] for b in batch]
                 outs = self._generate_batch(model, [encoded[i] for i in idx], params, rows)
@@ -294,6 +289,19 @@ class TransformersGenerator:
                 if progress:
                     progress(done, len(encoded))
         return [r for r in results if r is not None]
+
+    @contextlib.contextmanager
+    def _static_decoding(self, seed: int | None, adapter: str | None) -> Any:
+        """What `generate`'s static and streamed calls decode under: the seeded RNG, the model
+        for `adapter`, inference mode and the oneDNN head (ragged decoding sets the head
+        itself, in `refill.decode_ragged`)."""
+        with (
+            self._rng(seed),
+            self._decoder(adapter) as model,
+            torch.inference_mode(),
+            onednn_head(model, self.onednn_head),
+        ):
+            yield model
 
     def _rng(self, seed: int | None) -> Any:
         """A context manager under which sampling draws from `seed`; the caller's RNG state is
@@ -493,12 +501,8 @@ class TransformersGenerator:
 
         ids, mask = self._pad_left([list(prompt_ids)])
         kwargs = self._generate_kwargs(params, 1)
-        with (
-            self._rng(params.seed),
-            self._decoder(adapter) as model,
-            torch.inference_mode(),
-            onednn_head(model, self.onednn_head),  # the same answer as `generate_from_ids`
-        ):
+        # The same context as `generate_from_ids`'s static batches: the same answer.
+        with self._static_decoding(params.seed, adapter) as model:
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
