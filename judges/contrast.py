@@ -26,6 +26,16 @@ and says what it saw:
   "brief tale", "my boss asking" / "my manager requesting"): telling them apart needs a lexicon
   or a model; bench/dedup_quality.py counts what this costs on labelled pairs.
 
+- language: the two are written in different languages (a task in Spanish trains answering in
+  Spanish), each detected with probability 0.3 or more (`judges.lang`): short English texts
+  are read with little confidence ("Solve for x: 3x + 7 = 22." as Danish at 0.09), and a
+  misread must not split a duplicate. This is the one check that needs no shared words: a
+  translation shares none.
+
+`differing_parts` gives the words two texts do not share at their opening and end; dedup's
+paraphrase band (judges.dedup) embeds them to tell a reworded task from a template with its
+content swapped.
+
 Words are compared lower-cased, with numbers read as numbers ("five million" = "5 million"),
 common British and American spellings as one, and inflections ("reverses" / "reverse") alike.
 """
@@ -107,6 +117,8 @@ _ANTONYMS = [
 
 # Texts sharing less of their words than this are rewordings, not near-misses: not compared.
 MIN_OVERLAP = 0.4
+# How sure language identification must be of both texts before "different languages" counts.
+LANGUAGE_CONFIDENCE = 0.3
 # A reordering changes the task when a direction is involved ("A to B" / "B to A").
 _DIRECTIONAL = {"to", "into", "from", "than", "vs", "versus", "over", "before", "after"}
 # The longest phrase the substitution check compares ("for a physics professor" / "for a
@@ -249,6 +261,27 @@ def _capitalised(text: str) -> tuple[set[str], set[str]]:
     return names, caps
 
 
+def differing_parts(a: str, b: str) -> tuple[str, str] | None:
+    """The words of `a` and `b` (`words`) without their common opening and ending, joined by
+    spaces; None when the two share neither (nothing to trim: the texts differ throughout)."""
+    wa, wb = words(a), words(b)
+    xa, xb = _trim(wa, wb)
+    if len(xa) == len(wa) and len(xb) == len(wb):
+        return None
+    return " ".join(xa), " ".join(xb)
+
+
+def languages_differ(a: str, b: str) -> str | None:
+    """Why `a` and `b` are in different languages, or None when they are not (or one cannot be
+    told with `LANGUAGE_CONFIDENCE`)."""
+    from judges import lang
+
+    (la, pa), (lb, pb) = lang.detect(a), lang.detect(b)
+    if lang.same_language(la, lb) or min(pa, pb) < LANGUAGE_CONFIDENCE:
+        return None
+    return f"written in different languages ({la} / {lb})"
+
+
 def _trim(wa: list[str], wb: list[str]) -> tuple[list[str], list[str]]:
     """The two word lists without their common beginning and end: the part that differs."""
     i = 0
@@ -282,12 +315,18 @@ def overlap(wa: list[str], wb: list[str]) -> float:
 def contrast(a: str, b: str) -> str | None:
     """Why `a` and `b` ask for different things, or None when no check tells them apart.
 
-    Only texts that share most of their words are compared (a near-miss repeats its original
-    but for a detail): between freely reworded texts ("a weekend trip" / "two days away") the
-    same words and numbers are not expected, so their absence says nothing."""
+    Languages are compared first. Otherwise only texts that share most of their words are
+    compared (a near-miss repeats its original but for a detail): between freely reworded texts
+    ("a weekend trip" / "two days away") the same words and numbers are not expected, so their
+    absence says nothing."""
+    if a.strip() == b.strip():
+        return None
+    other_language = languages_differ(a, b)
+    if other_language:
+        return other_language
     ra, rb = _read(a), _read(b)  # once a text: words() and numbers() are two views of it
     wa, wb = [w for w, _ in ra], [w for w, _ in rb]
-    if a.strip() == b.strip() or overlap(wa, wb) < MIN_OVERLAP:
+    if overlap(wa, wb) < MIN_OVERLAP:
         return None
     na, nb = _numbers(ra), _numbers(rb)
     if na and nb and na != nb:

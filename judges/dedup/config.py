@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import SelfloopError
 from judges.embed import DEFAULT_EMBEDDING_MODEL, EmbedDtype
@@ -60,9 +60,21 @@ class DedupConfig(BaseModel):
         0.85,
         gt=0,
         le=1,
-        description="Cosine similarity at or above which a candidate duplicates a kept example. "
-        "0.85 measured best on tests/judges/data/dedup_pairs.jsonl with all-MiniLM-L6-v2 "
-        "(precision 0.93, recall 0.92; at 0.90: 0.96 and 0.81).",
+        description="Cosine similarity at or above which a candidate duplicates a kept example "
+        "(unless the contrast stage tells them apart). 0.85 measured best on "
+        "tests/judges/data/dedup_pairs.jsonl with all-MiniLM-L6-v2 (precision 0.93, recall "
+        "0.92; at 0.90: 0.96 and 0.81); all-mpnet-base-v2 scores those pairs alike.",
+    )
+    paraphrase_threshold: float | None = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="The paraphrase band's floor: a pair below `threshold` but at or above this "
+        "is a duplicate when no contrast check tells them apart (with `contrast` on) and the "
+        "words they do not share at their opening and end embed at this similarity or more "
+        "too - a reworded task, not a template with its content swapped ('a string is a "
+        "palindrome' / 'a number is prime'). Reworded tasks score 0.5-0.85 "
+        "(bench/dedup_quality.py). null = off: the threshold alone.",
     )
     contrast: bool = Field(
         True,
@@ -94,6 +106,20 @@ class DedupConfig(BaseModel):
         10, ge=1, description="Bins over [0, 1] of the nearest-neighbour similarity histogram."
     )
     samples: int = Field(5, ge=0, description="Dropped examples shown in the summary.")
+
+    @model_validator(mode="after")
+    def _band_below_threshold(self) -> DedupConfig:
+        if self.paraphrase_threshold is not None and self.paraphrase_threshold >= self.threshold:
+            raise ValueError(
+                f"paraphrase_threshold ({self.paraphrase_threshold}) must be below threshold "
+                f"({self.threshold}), or null to turn the paraphrase band off"
+            )
+        return self
+
+    @property
+    def floor(self) -> float:
+        """The lowest similarity that can make a duplicate: the band's floor, or the threshold."""
+        return self.threshold if self.paraphrase_threshold is None else self.paraphrase_threshold
 
 
 def record_id(rec: Record, i: int) -> str:

@@ -46,6 +46,7 @@ class DedupReport:
     contrasted: list[tuple[str, str, float, str]] = field(default_factory=list)
     no_neighbour: int = 0  # decided with nothing to compare against
     threshold: float = 0.0
+    paraphrase_threshold: float | None = None
     pool_size: int = 0
     index_kind: str = "flat"
     histogram_bins: int = 10
@@ -86,12 +87,15 @@ class DedupReport:
             "dropped_vs_pool": sum(d.where == "pool" for d in self.dropped),
             "dropped_vs_batch": sum(d.where == "batch" for d in self.dropped),
             "drop_rate": len(self.dropped) / self.total if self.total else 0.0,
+            # dropped from the paraphrase band: below the threshold, the differing words alike
+            "dropped_as_paraphrase": sum(d.similarity < self.threshold for d in self.dropped),
             "kept_by_contrast": len({c[0] for c in self.contrasted}),
             "contrast_samples": [
                 {"id": a, "neighbour_id": b, "similarity": round(s, 4), "why": why}
                 for a, b, s, why in self.contrasted[: self.samples]
             ],
             "threshold": self.threshold,
+            "paraphrase_threshold": self.paraphrase_threshold,
             "pool_size": self.pool_size,
             "index": self.index_kind,
             "nearest_similarity": {
@@ -141,14 +145,62 @@ def near(
     }
 
 
-def pair_is_duplicate(similarity: float, a: str, b: str, config: DedupConfig) -> bool:
-    """The rule dedup applies to one pair: at or above the threshold and, with the contrast
+def pair_is_duplicate(
+    similarity: float, a: str, b: str, config: DedupConfig, embedder: Embedder | None = None
+) -> bool:
+    """The rule dedup applies to one pair: at or above the threshold, or in the paraphrase band
+    with the words that differ embedding alike (`embedder` encodes them), and, with the contrast
     stage on, not told apart by judges.contrast. (For benches and tests of labelled pairs.)"""
     from judges.contrast import contrast
 
-    if similarity < config.threshold:
+    if similarity < config.floor:
         return False
-    return not config.contrast or contrast(a, b) is None
+    if config.contrast and contrast(a, b) is not None:
+        return False
+    if similarity >= config.threshold:
+        return True
+    if embedder is None:
+        raise SelfloopError("pair_is_duplicate: a pair in the paraphrase band needs the embedder")
+    return Parts(embedder, config.floor).differ(a, b) is None
+
+
+class Parts:
+    """The paraphrase band's test: whether the words two texts do not share at their opening and
+    end (judges.contrast.differing_parts) embed alike. A reworded task rewords its content too;
+    a template with its content swapped ("Write a SQL query that returns the latest orders" /
+    "... that deletes cancelled orders") shares its frame, and what is left means different
+    things. The parts' vectors are memoised; `prefetch` encodes many in one batch."""
+
+    def __init__(self, embedder: Embedder, floor: float) -> None:
+        self.embedder, self.floor = embedder, floor
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
+        from judges.contrast import differing_parts
+
+        todo: dict[str, None] = {}
+        for a, b in pairs:
+            for part in differing_parts(a, b) or ():
+                if part and part not in self.vectors:
+                    todo[part] = None
+        if todo:
+            self.vectors.update(zip(todo, self.embedder.encode(list(todo))))
+
+    def differ(self, a: str, b: str) -> str | None:
+        """Why the differing words of `a` and `b` tell them apart, or None (a paraphrase)."""
+        from judges.contrast import differing_parts
+
+        parts = differing_parts(a, b)
+        if parts is None:  # nothing shared to trim: the whole texts' similarity says it
+            return None
+        xa, xb = parts
+        if not xa or not xb:
+            return f"one adds words to the other ({xa or xb})"
+        self.prefetch([(a, b)])
+        sim = float(self.vectors[xa] @ self.vectors[xb])
+        if sim >= self.floor:
+            return None
+        return f"the words that differ mean different things ({xa} / {xb}: {sim:.2f})"
 
 
 # ---- dedup ----
@@ -180,6 +232,7 @@ def dedup(
         pool._check_same(ids[i], texts[i])
     report = DedupReport(
         threshold=config.threshold,
+        paraphrase_threshold=config.paraphrase_threshold,
         pool_size=len(pool),
         index_kind=pool.index_kind,
         histogram_bins=config.histogram_bins,
@@ -251,7 +304,9 @@ def _decide(
     above the threshold that the contrast stage (when on) does not tell apart from it."""
     from judges.contrast import contrast
 
-    k = _NEIGHBOURS if config.contrast else 1
+    k = _NEIGHBOURS if config.contrast or config.paraphrase_threshold is not None else 1
+    floor = config.floor
+    parts = Parts(pool.embedder, floor)
     empty = (np.zeros((0, k)), np.zeros((0, k), dtype=np.int64))
     pool_sims, pool_rows = pool.search(vectors[order], k) if order else empty
     pool_sims, pool_rows = pool_sims.reshape(len(order), k), pool_rows.reshape(len(order), k)
@@ -265,6 +320,10 @@ def _decide(
         batch_sims, batch_rows = batch_sims.reshape(len(chunk), k), batch_rows.reshape(-1, k)
         inner = cv @ cv.T  # the chunk against itself, for rows kept earlier in this chunk
         kept_here = np.zeros(len(chunk), dtype=bool)
+        if floor < config.threshold:  # the band's pairs this chunk may check, in one batch
+            band = _band_pairs(chunk, start, texts, pool, (pool_sims, pool_rows),
+                               (batch_sims, batch_rows), kept_rows, inner, k, config)  # fmt: skip
+            parts.prefetch(band)
         for pos, i in enumerate(chunk):
             at = start + pos
             found: list[tuple[float, str, Where, str]] = [
@@ -284,13 +343,18 @@ def _decide(
             nearest = found[0][:3] if found else None
             duplicate_of, contrasts = None, []
             for sim, nid, where, ntext in found:
-                if sim < config.threshold:
+                if sim < floor:
                     break
                 why = contrast(texts[i], ntext) if config.contrast else None
+                if why is None and sim < config.threshold:
+                    why = parts.differ(texts[i], ntext)
+                    if why is not None:
+                        continue  # below the threshold: two tasks, not a contrast to report
                 if why is None:
                     duplicate_of = (sim, nid, where)
                     break
-                contrasts.append((nid, sim, why))
+                if sim >= config.threshold:
+                    contrasts.append((nid, sim, why))
             decision[i] = Decision(nearest, duplicate_of, contrasts)
             kept_here[pos] = duplicate_of is None
         new_kept = [i for pos, i in enumerate(chunk) if kept_here[pos]]
@@ -301,3 +365,35 @@ def _decide(
             kept_index.add(vectors[new_kept])
             kept_rows.extend(new_kept)
     return decision
+
+
+def _band_pairs(
+    chunk: list[int],
+    start: int,
+    texts: list[str],
+    pool: Pool,
+    pool_hits: tuple[np.ndarray, np.ndarray],
+    batch_hits: tuple[np.ndarray, np.ndarray],
+    kept_rows: list[int],
+    inner: np.ndarray,
+    k: int,
+    config: DedupConfig,
+) -> list[tuple[str, str]]:
+    """Every (candidate, neighbour) text pair of the chunk in the paraphrase band that its
+    decision may check: pool and earlier chunks' neighbours, and up to k earlier rows of the
+    chunk (whether they are kept is not known yet). At most 3k pairs a candidate, so the
+    band's embedding cost stays linear in the candidates."""
+    lo, hi = config.floor, config.threshold
+    (pool_sims, pool_rows), (batch_sims, batch_rows) = pool_hits, batch_hits
+    out = []
+    for pos, i in enumerate(chunk):
+        for s, r in zip(pool_sims[start + pos], pool_rows[start + pos]):
+            if r >= 0 and lo <= s < hi:
+                out.append((texts[i], pool.texts[r]))
+        for s, r in zip(batch_sims[pos], batch_rows[pos]):
+            if r >= 0 and lo <= s < hi:
+                out.append((texts[i], texts[kept_rows[r]]))
+        if pos:
+            top = np.argsort(-inner[pos, :pos], kind="stable")[:k]
+            out += [(texts[i], texts[chunk[j]]) for j in top if lo <= inner[pos, j] < hi]
+    return out

