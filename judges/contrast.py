@@ -32,9 +32,9 @@ and says what it saw:
   misread must not split a duplicate. This is the one check that needs no shared words: a
   translation shares none.
 
-`differing_parts` gives the words two texts do not share at their opening and end; dedup's
-paraphrase band (judges.dedup) embeds them to tell a reworded task from a template with its
-content swapped.
+`differing_parts` gives the words two texts do not share in their frame (opening, end, a run of
+3 or more words); dedup's paraphrase band (judges.dedup) embeds them to tell a reworded task
+from a template with its content swapped, or two tasks behind the same constraint sentence.
 
 Words are compared lower-cased, with numbers read as numbers ("five million" = "5 million"),
 common British and American spellings as one, and inflections ("reverses" / "reverse") alike.
@@ -42,6 +42,7 @@ common British and American spellings as one, and inflections ("reverses" / "rev
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import re
@@ -117,6 +118,9 @@ _ANTONYMS = [
 
 # Texts sharing less of their words than this are rewordings, not near-misses: not compared.
 MIN_OVERLAP = 0.4
+# Shared runs of this many words or more frame two texts wherever they stand; shorter ones are
+# what any two English sentences share ("how do i", "in the").
+FRAME_RUN = 3
 # How sure language identification must be of both texts before "different languages" counts.
 LANGUAGE_CONFIDENCE = 0.3
 # A reordering changes the task when a direction is involved ("A to B" / "B to A").
@@ -262,13 +266,27 @@ def _capitalised(text: str) -> tuple[set[str], set[str]]:
 
 
 def differing_parts(a: str, b: str) -> tuple[str, str] | None:
-    """The words of `a` and `b` (`words`) without their common opening and ending, joined by
-    spaces; None when the two share neither (nothing to trim: the texts differ throughout)."""
+    """The words of `a` and `b` (`words`) without what frames both: their common opening and
+    ending, and any run of `FRAME_RUN` or more words the two share elsewhere (a constraint
+    sentence after two different tasks). Joined by spaces; None when nothing is shared that way
+    (the texts differ throughout)."""
     wa, wb = words(a), words(b)
     xa, xb = _trim(wa, wb)
-    if len(xa) == len(wa) and len(xb) == len(wb):
+    shared = [
+        m
+        for m in difflib.SequenceMatcher(None, xa, xb, autojunk=False).get_matching_blocks()
+        if m.size >= FRAME_RUN
+    ]
+    if len(xa) == len(wa) and len(xb) == len(wb) and not shared:
         return None
-    return " ".join(xa), " ".join(xb)
+    keep_a, keep_b = [True] * len(xa), [True] * len(xb)
+    for m in shared:
+        keep_a[m.a : m.a + m.size] = [False] * m.size
+        keep_b[m.b : m.b + m.size] = [False] * m.size
+    return (
+        " ".join(w for w, k in zip(xa, keep_a) if k),
+        " ".join(w for w, k in zip(xb, keep_b) if k),
+    )
 
 
 def languages_differ(a: str, b: str) -> str | None:

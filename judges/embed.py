@@ -207,6 +207,7 @@ def _pick_device(device: str) -> str:
 
 
 EmbedDtype = Literal["auto", "float32", "bfloat16"]
+KEEP_AT_MOST = 50_000  # texts whose vectors encode_kept keeps (~150 MB at 768 dimensions)
 
 
 def pick_dtype(dtype: str, device: str) -> str:
@@ -237,6 +238,7 @@ class Embedder:
         self.requested_dtype = dtype
         self._model: Any = None
         self._dtype: str | None = None
+        self._kept: dict[str, np.ndarray] = {}
 
     @property
     def dtype(self) -> str:
@@ -302,6 +304,20 @@ class Embedder:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+    def encode_kept(self, texts: Sequence[str]) -> np.ndarray:
+        """`encode`, with each text's vector kept for the next call: for the fixed lists every
+        round compares with (the eval prompts, the seed tasks), embedded once per process
+        rather than twice a round. Up to `KEEP_AT_MOST` texts are kept."""
+        texts = list(texts)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._kept))
+        if todo:
+            if len(self._kept) + len(todo) > KEEP_AT_MOST:
+                self._kept.clear()
+            self._kept.update(zip(todo, self.encode(todo)))
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack([self._kept[t] for t in texts])
 
     def _precision(self, device: str) -> contextlib.AbstractContextManager:
         if self.dtype == "float32":

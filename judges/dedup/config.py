@@ -76,6 +76,14 @@ class DedupConfig(BaseModel):
         "palindrome' / 'a number is prime'). Reworded tasks score 0.5-0.85 "
         "(bench/dedup_quality.py). null = off: the threshold alone.",
     )
+    paraphrase_languages: tuple[str, ...] = Field(
+        ("en",),
+        min_length=1,
+        description="Languages (judges.lang codes) the paraphrase band compares: the ones the "
+        "embedding model reads well. all-mpnet-base-v2 is English; it places unrelated texts "
+        "of other scripts close together. A pair with a text confidently in another language "
+        "is decided by the threshold alone.",
+    )
     contrast: bool = Field(
         True,
         description="Second stage: a pair at or above the threshold is still two tasks when "

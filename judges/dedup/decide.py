@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -132,7 +133,7 @@ def near(
     if not records or not texts:
         return {}
     a = embedder.encode([record_text(r, config.text_fields, i) for i, r in enumerate(records)])
-    sims = np.asarray(a @ embedder.encode([t for _, t in texts]).T)
+    sims = np.asarray(a @ embedder.encode_kept([t for _, t in texts]).T)
     best = sims.argmax(axis=1)
     return {
         record_id(r, i): {
@@ -157,50 +158,132 @@ def pair_is_duplicate(
         return False
     if config.contrast and contrast(a, b) is not None:
         return False
-    if similarity >= config.threshold:
-        return True
+    if config.paraphrase_threshold is None:
+        return True  # at or above the threshold
     if embedder is None:
-        raise SelfloopError("pair_is_duplicate: a pair in the paraphrase band needs the embedder")
-    return Parts(embedder, config.floor).differ(a, b) is None
+        raise SelfloopError("pair_is_duplicate: the paraphrase band needs the embedder")
+    parts = Parts(embedder, config)
+    return (
+        parts.differ(a, b) if similarity < config.threshold else parts.sentence_swapped(a, b)
+    ) is None
+
+
+# A sentence of fewer words is a courtesy or a filler ("Please explain."), not a request of its own.
+_SENTENCE_WORDS = 4
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of `text` that make a request of their own (`_SENTENCE_WORDS` words or
+    more)."""
+    from judges.contrast import words
+
+    return [x.strip() for x in _SENTENCE.split(text) if len(words(x)) >= _SENTENCE_WORDS]
 
 
 class Parts:
-    """The paraphrase band's test: whether the words two texts do not share at their opening and
-    end (judges.contrast.differing_parts) embed alike. A reworded task rewords its content too;
-    a template with its content swapped ("Write a SQL query that returns the latest orders" /
-    "... that deletes cancelled orders") shares its frame, and what is left means different
-    things. The parts' vectors are memoised; `prefetch` encodes many in one batch."""
+    """The paraphrase band's test, for a pair whose whole texts embed at the band's floor or more:
+    whether what tells them apart embeds alike too. Two cases:
 
-    def __init__(self, embedder: Embedder, floor: float) -> None:
-        self.embedder, self.floor = embedder, floor
+    - the texts share a frame (a common opening or ending, or a run of 3 words or more: judges.
+      contrast.differing_parts): the words outside it must embed alike. A reworded task rewords
+      its content too; a template with its content swapped ("Write a SQL query that returns the
+      latest orders" / "... that deletes cancelled orders") or two tasks behind one constraint
+      sentence share the frame, and what is left means different things;
+    - they share none: every sentence of each (of 4 words or more) must have one in the other at
+      the floor or more. Two tasks with constraints attached ("How many ways can 3 of 10 be
+      chosen? Start your response with ..." / "How should three roommates split chores? Do not
+      use any commas ...") score 0.5 as wholes on the constraints' likeness; their task sentences
+      do not.
+
+    Only texts in `paraphrase_languages` are compared this way: an English embedder places any
+    two texts of a script it barely knows close together (two unrelated Chinese questions at
+    0.71). The vectors are memoised; `prefetch` encodes many in one batch."""
+
+    def __init__(self, embedder: Embedder, config: DedupConfig) -> None:
+        self.embedder, self.floor = embedder, config.floor
+        self.languages = config.paraphrase_languages
         self.vectors: dict[str, np.ndarray] = {}
 
-    def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
-        from judges.contrast import differing_parts
-
-        todo: dict[str, None] = {}
-        for a, b in pairs:
-            for part in differing_parts(a, b) or ():
-                if part and part not in self.vectors:
-                    todo[part] = None
-        if todo:
-            self.vectors.update(zip(todo, self.embedder.encode(list(todo))))
-
-    def differ(self, a: str, b: str) -> str | None:
-        """Why the differing words of `a` and `b` tell them apart, or None (a paraphrase)."""
+    @staticmethod
+    def _needs(a: str, b: str) -> list[str]:
         from judges.contrast import differing_parts
 
         parts = differing_parts(a, b)
-        if parts is None:  # nothing shared to trim: the whole texts' similarity says it
+        if parts is not None:
+            return [x for x in parts if x]
+        sa, sb = sentences(a), sentences(b)
+        return [*sa, *sb] if len(sa) > 1 or len(sb) > 1 else []
+
+    def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
+        todo: dict[str, None] = {}
+        for a, b in pairs:
+            todo.update((x, None) for x in self._needs(a, b) if x not in self.vectors)
+        if todo:
+            self.vectors.update(zip(todo, self.embedder.encode(list(todo))))
+
+    def _sim(self, x: str, y: str) -> float:
+        return float(self.vectors[x] @ self.vectors[y])
+
+    def sentence_swapped(self, a: str, b: str) -> str | None:
+        """For a pair at or above the threshold: why they are two tasks when they share a
+        sentence word for word and the sentences they do not share (4 words or more on each
+        side) embed unlike each other - one task with two different constraints ("... Include
+        the keywords ..." / "... Your response must have 2 sections."), which the shared
+        sentence's weight in the whole texts hides. None otherwise: rewording within a sentence
+        is the contrast checks' to read."""
+        from judges.contrast import words
+
+        split_a, split_b = (
+            [(x, tuple(words(x))) for x in _SENTENCE.split(t) if x.strip()] for t in (a, b)
+        )
+        shared = {w for _, w in split_a} & {w for _, w in split_b}
+        if not shared:
             return None
-        xa, xb = parts
-        if not xa or not xb:
-            return f"one adds words to the other ({xa or xb})"
+        rest_a = " ".join(x for x, w in split_a if w not in shared)
+        rest_b = " ".join(x for x, w in split_b if w not in shared)
+        if min(len(words(rest_a)), len(words(rest_b))) < _SENTENCE_WORDS:
+            return None
+        missing = [x for x in (rest_a, rest_b) if x not in self.vectors]
+        if missing:
+            self.vectors.update(zip(missing, self.embedder.encode(missing)))
+        sim = self._sim(rest_a, rest_b)
+        if sim < self.floor:
+            return f"the same request with other sentences ({rest_a[:40]!r} / " \
+                   f"{rest_b[:40]!r}: {sim:.2f})"  # fmt: skip
+        return None
+
+    def differ(self, a: str, b: str) -> str | None:
+        """Why `a` and `b` are two tasks although their whole texts are in the band, or None (a
+        paraphrase)."""
+        from judges import lang
+        from judges.contrast import LANGUAGE_CONFIDENCE, differing_parts
+
+        for text in (a, b):
+            code, prob = lang.detect(text)
+            if prob >= LANGUAGE_CONFIDENCE and not any(
+                lang.same_language(code, x) for x in self.languages
+            ):
+                return f"the paraphrase band reads {', '.join(self.languages)} only ({code})"
         self.prefetch([(a, b)])
-        sim = float(self.vectors[xa] @ self.vectors[xb])
-        if sim >= self.floor:
+        parts = differing_parts(a, b)
+        if parts is not None:
+            xa, xb = parts
+            if not xa or not xb:
+                return f"one adds words to the other ({xa or xb})"
+            sim = self._sim(xa, xb)
+            if sim < self.floor:
+                return f"the words that differ mean different things ({xa} / {xb}: {sim:.2f})"
             return None
-        return f"the words that differ mean different things ({xa} / {xb}: {sim:.2f})"
+        sa, sb = sentences(a), sentences(b)
+        if len(sa) <= 1 and len(sb) <= 1:
+            return None  # one request each: the whole texts' similarity says it
+        for xs, ys in ((sa, sb), (sb, sa)):
+            for x in xs:
+                best = max((self._sim(x, y) for y in ys), default=0.0)
+                if best < self.floor:
+                    return f"a sentence has no counterpart ({x[:60]!r}: {best:.2f})"
+        return None
 
 
 # ---- dedup ----
@@ -306,7 +389,7 @@ def _decide(
 
     k = _NEIGHBOURS if config.contrast or config.paraphrase_threshold is not None else 1
     floor = config.floor
-    parts = Parts(pool.embedder, floor)
+    parts = Parts(pool.embedder, config)
     empty = (np.zeros((0, k)), np.zeros((0, k), dtype=np.int64))
     pool_sims, pool_rows = pool.search(vectors[order], k) if order else empty
     pool_sims, pool_rows = pool_sims.reshape(len(order), k), pool_rows.reshape(len(order), k)
@@ -350,6 +433,8 @@ def _decide(
                     why = parts.differ(texts[i], ntext)
                     if why is not None:
                         continue  # below the threshold: two tasks, not a contrast to report
+                elif why is None and config.paraphrase_threshold is not None:
+                    why = parts.sentence_swapped(texts[i], ntext)
                 if why is None:
                     duplicate_of = (sim, nid, where)
                     break
