@@ -6,7 +6,8 @@ scored. Two implementations of that rule are timed: Self-Instruct's own (the `ro
 package's tokenizer and `_score_lcs`, a Python dynamic-programming LCS, tokens computed once per
 instruction, one process: the named baseline), and selfloop's (judges.text.rouge_l, a
 bit-parallel LCS ~8x faster, as in judges.filters' `similar_to_pool` rule). Candidate:
-judges.dedup with the bundled all-MiniLM-L6-v2 at the default threshold, embedding time and
+judges.dedup at the default settings (all-mpnet-base-v2 and the paraphrase band; `--model
+all-minilm-l6-v2` for the old default's embedder), embedding time and
 writing the pool to disk included; loading the model (once per process) is timed separately.
 
 The instructions are made here, from templates x subjects x paraphrase variants with a fixed
@@ -27,7 +28,7 @@ methods' precision/recall on the generated duplicates and on the labelled pairs
 implementation last of all. Needs `pip install rouge-score` (the `bench` extra) for that one.
 
     python bench/dedup.py [--sizes 1000,2000,5000] [--large 20000] [--threads N]
-        [--device cpu|cuda|auto] [--dtype auto|float32|bfloat16]
+        [--device cpu|cuda|auto] [--dtype auto|float32|bfloat16] [--model all-minilm-l6-v2]
 """
 
 from __future__ import annotations
@@ -402,14 +403,14 @@ class TimedEmbedder(Embedder):
 
 
 def faiss_dedup(
-    texts: list[str], embedder: Embedder, run_dir: str, first_id: int = 0
+    texts: list[str], embedder: Embedder, run_dir: str, config: DedupConfig, first_id: int = 0
 ) -> tuple[float, DedupReport]:
     """Load the pool in `run_dir`, dedup `texts` against it, add the kept; (seconds, report)."""
     records = [{"id": str(first_id + i), "instruction": t} for i, t in enumerate(texts)]
     if isinstance(embedder, TimedEmbedder):
         embedder.seconds = 0.0
     start = time.perf_counter()
-    pool = Pool(run_dir, DedupConfig(), embedder)
+    pool = Pool(run_dir, config, embedder)
     report = dedup(records, pool)
     pool.add(report.kept, report.kept_vectors)
     return time.perf_counter() - start, report
@@ -434,6 +435,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--model", default=None, help="dedup.model (default: the default, all-mpnet-base-v2)"
+    )
+    ap.add_argument(
         "--device", default="cpu", help="embedding device: cpu (default), cuda, or auto"
     )
     ap.add_argument(
@@ -455,7 +459,7 @@ def main() -> None:
         f"{len(FAMILIES)} task families, seed {args.seed}); CPU cores {os.cpu_count()}, "
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
     )
-    config = DedupConfig()
+    config = DedupConfig(model=args.model) if args.model else DedupConfig()
     ref = have_reference()
     print(
         f"baseline: ROUGE-L > {ROUGE_THRESHOLD} against kept instructions (Self-Instruct), "
@@ -463,7 +467,8 @@ def main() -> None:
     )
     print(
         f"selfloop: {config.model} embeddings + FAISS ({config.index}: flat below "
-        f"{config.approximate_above:,}), cosine >= {config.threshold}, pool written to disk"
+        f"{config.approximate_above:,}), cosine >= {config.threshold}, paraphrase band from "
+        f"{config.paraphrase_threshold}, pool written to disk"
     )
     start = time.perf_counter()
     embedder = TimedEmbedder(
@@ -490,7 +495,7 @@ def main() -> None:
                 # the same rule: any disagreement is a tokenizer difference, said, not hidden
                 row["ref_differs"] = sum(a != b for a, b in zip(ref_drop, row["rouge_drop"]))
         with tempfile.TemporaryDirectory() as run_dir:
-            row["faiss_s"], row["report"] = faiss_dedup(texts[:n], embedder, run_dir)
+            row["faiss_s"], row["report"] = faiss_dedup(texts[:n], embedder, run_dir, config)
             row["embed_s"] = embedder.seconds
         row["faiss_drop"] = dropped_flags(row["report"], n)
         rows[n] = row
@@ -563,7 +568,7 @@ def main() -> None:
     new = texts[big : big + args.round]
     with tempfile.TemporaryDirectory() as run_dir:
         Pool(run_dir, config, embedder).add(accepted.kept, accepted.kept_vectors)
-        f_round, report = faiss_dedup(new, embedder, run_dir, first_id=big)
+        f_round, report = faiss_dedup(new, embedder, run_dir, config, first_id=big)
         e_round = embedder.seconds
     pool_texts = [r["instruction"] for r in accepted.kept]
     r_round, r_drop = rouge_dedup(new, pool_texts)
@@ -595,7 +600,7 @@ def main() -> None:
     a = embedder.encode([p["a"] for p in pairs])
     b = embedder.encode([p["b"] for p in pairs])
     faiss_pred = [  # the rule dedup applies: threshold, then the contrast stage
-        pair_is_duplicate(float(s), p["a"], p["b"], config)
+        pair_is_duplicate(float(s), p["a"], p["b"], config, embedder)
         for s, p in zip((a * b).sum(axis=1), pairs)
     ]
     print(

@@ -229,6 +229,11 @@ def write_config(tmp: Path, model_dir: Path, **run_extra) -> Path:
         "judge": {"min_score": 1.0, "keep_top": 1.0, "per_instruction": 1},
         "tune": {"max_steps": 3, "batch_size": 2, "max_seq_len": 256, "save_steps": 1},
         "eval": {"limit_per_suite": 2, "suite_limits": {}, "sampling": {"max_tokens": 8}},
+        # The loop's mechanics, not dedup's quality (tests/judges): the small embedder, which
+        # every run process of these tests loads and embeds the eval prompts with, in a fifth
+        # of all-mpnet-base-v2's time. The default embedder runs end to end in
+        # tests/test_bundled_model.py.
+        "dedup": {"model": "all-minilm-l6-v2"},
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -3,7 +3,8 @@
 A candidate is a plain mapping with an `id` and the text fields named by the config (by default
 `instruction` and `input`: dedup is about tasks, so the response is not embedded). Texts become
 unit vectors (judges.embed), so the inner product FAISS computes is the cosine similarity; a
-candidate is a duplicate when a kept neighbour scores at or above `threshold`.
+candidate is a duplicate when a kept neighbour scores at or above `threshold` (or in the
+paraphrase band below it, see below).
 
 Decision rule: candidates are decided one at a time in priority order (best score first when
 scores are given, else input order; ties keep input order), and one is kept when neither the
@@ -22,6 +23,15 @@ Second stage (`contrast`, on by default): embeddings put near-misses ("List 3 ..
 at or above the threshold is checked by judges.contrast before it counts; a pair told apart is
 kept (listed in `contrasted`, with the reason) and the next-nearest neighbours (up to 4) are
 checked in turn. The check reads words only, so the cost stays one embedding per candidate.
+
+Paraphrase band (`paraphrase_threshold`, 0.5 by default): a task reworded in other words scores
+0.5-0.85, as low as a template with its content swapped, so a neighbour in that band counts only
+when the contrast stage does not tell them apart and what differs embeds alike too - the words
+outside their shared frame, or, with no frame, sentence by sentence (`decide.Parts`); English
+texts only (`paraphrase_languages`). At the threshold and above, a pair that shares a sentence
+word for word while the rest embeds unlike (one task, other constraints) is kept apart too. The
+band's extra embeddings (of the differing words) are batched per chunk and bounded per
+candidate, so the cost stays linear in new candidates.
 
 Self-matches never count: a candidate is never compared with itself, and a candidate whose id
 is already in the pool (a round re-run after its examples were added) is kept, listed in

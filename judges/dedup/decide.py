@@ -384,7 +384,9 @@ def _decide(
 ) -> dict[int, Decision]:
     """The greedy pass: for each row of `order` (priority order), what it was checked against
     (the pool, or rows kept before it). A row is a duplicate of the most similar of those at or
-    above the threshold that the contrast stage (when on) does not tell apart from it."""
+    above the threshold that the contrast stage (when on) and, with the band on, the sentence
+    check do not tell apart from it, or in the paraphrase band with what differs embedding alike
+    (`Parts`)."""
     from judges.contrast import contrast
 
     k = _NEIGHBOURS if config.contrast or config.paraphrase_threshold is not None else 1

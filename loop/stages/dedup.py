@@ -129,7 +129,8 @@ def summary(d: dict) -> str:
     dd = d.get("dedup") or {}
     return (
         f"{d.get('kept', 0)} kept; duplicates {dd.get('dropped', 0)} "
-        f"(pool {dd.get('dropped_vs_pool', 0)}, batch {dd.get('dropped_vs_batch', 0)}), "
+        f"(pool {dd.get('dropped_vs_pool', 0)}, batch {dd.get('dropped_vs_batch', 0)}; "
+        f"as paraphrases {dd.get('dropped_as_paraphrase', 0)}), "
         f"already_in_pool {dd.get('already_in_pool', 0)}, "
         f"kept by contrast {dd.get('kept_by_contrast', 0)}, "
         f"contaminated {len(d.get('contaminated') or {})}, "

@@ -61,7 +61,11 @@ def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
     assert judge["dropped_low_score"] == 1
     assert f"{judge['best']} best-of-n, {judge['kept']} kept, dropped_low_score 1" in text
     assert len(dedup["contaminated"]) >= 1  # the planted paraphrase of an eval prompt, at least
-    assert f"dedup     {dedup['kept']} kept; duplicates 1 (pool 0, batch 1)" in text
+    band = dedup["dedup"]["dropped_as_paraphrase"]
+    assert (
+        f"dedup     {dedup['kept']} kept; duplicates 1 (pool 0, batch 1; as paraphrases {band})"
+        in text
+    )
     assert (
         f"contaminated {len(dedup['contaminated'])}, copies_seed {len(dedup['copies_seed'])}"
         in text

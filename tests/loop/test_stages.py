@@ -38,7 +38,10 @@ def _response(rid: str, instruction: str, response: str = ANSWER, **extra) -> di
 
 
 def _context(tmp_path: Path, model_dir: Path, *overrides: str) -> Context:
-    cfg = load_config(None, [f"model.name={model_dir}", *overrides])
+    # The stages' mechanics: the small embedder (a fifth of all-mpnet-base-v2's time for the
+    # guards' eval prompts); dedup's own rules are tested in tests/judges/test_dedup.py.
+    small = "dedup.model=all-minilm-l6-v2"
+    cfg = load_config(None, [f"model.name={model_dir}", small, *overrides])
     rundir = RunDir(tmp_path / "run")
     rundir.root.mkdir(parents=True)
     return Context(cfg, rundir)
