@@ -95,7 +95,7 @@ def main() -> None:
     ]
     configs += [
         (f"mpnet + band {f:.2f}" + (" <- default" if f == default.floor else ""),
-         default.model_copy(update={"paraphrase_threshold": f}))
+         DedupConfig(**{**default.model_dump(), "paraphrase_threshold": f}))  # validated
         for f in args.floors
     ]  # fmt: skip
     for name, pairs in sets.items():

@@ -441,6 +441,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _before_the_band(data: dict[str, Any]) -> None:
+    """A run's config.yaml written before dedup's paraphrase band (every dedup key dumped, none of
+    the band's) keeps deciding as it did: resumed, a run must give the result it would have
+    given uninterrupted, and its pool was built with the threshold alone."""
+    dd = data.get("dedup")
+    if (
+        isinstance(dd, dict)
+        and {"approximate_above", "histogram_bins", "samples"} <= dd.keys()
+        and "paraphrase_threshold" not in dd
+    ):
+        dd["paraphrase_threshold"] = None
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> SelfloopConfig:
@@ -453,6 +466,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         data = read_yaml(path)
+        _before_the_band(data)
     data = apply_overrides(data, overrides or [])
     try:
         cfg = SelfloopConfig.model_validate(data)

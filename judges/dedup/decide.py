@@ -129,7 +129,9 @@ def near(
     """Records whose text (the configured `text_fields`, as dedup embeds them) is within the
     dedup threshold of one of `texts` ((id, text) pairs, e.g. eval prompts or seed tasks):
     record id -> the nearest text's id, the text and the similarity. The same embedding and
-    threshold as the pool's dedup, so "too close" means one thing everywhere."""
+    threshold as the pool's dedup; the paraphrase band below the threshold is not applied
+    here (the guards were measured without it), so a rewording of an eval prompt at 0.5-0.85
+    passes the guard though dedup would drop it as a duplicate of a pool example."""
     if not records or not texts:
         return {}
     a = embedder.encode([record_text(r, config.text_fields, i) for i, r in enumerate(records)])
@@ -183,18 +185,18 @@ def sentences(text: str) -> list[str]:
 
 class Parts:
     """The paraphrase band's test, for a pair whose whole texts embed at the band's floor or more:
-    whether what tells them apart embeds alike too. Two cases:
+    whether what tells them apart embeds alike too. Both checks that apply must pass:
 
     - the texts share a frame (a common opening or ending, or a run of 3 words or more: judges.
       contrast.differing_parts): the words outside it must embed alike. A reworded task rewords
       its content too; a template with its content swapped ("Write a SQL query that returns the
       latest orders" / "... that deletes cancelled orders") or two tasks behind one constraint
       sentence share the frame, and what is left means different things;
-    - they share none: every sentence of each (of 4 words or more) must have one in the other at
-      the floor or more. Two tasks with constraints attached ("How many ways can 3 of 10 be
-      chosen? Start your response with ..." / "How should three roommates split chores? Do not
-      use any commas ...") score 0.5 as wholes on the constraints' likeness; their task sentences
-      do not.
+    - either text makes more than one request: every sentence of each (of 4 words or more)
+      must have one in the other at the floor or more, frame or not. Two tasks with constraints
+      attached ("How many ways can 3 of 10 be chosen? Start your response with ..." / "How
+      should three roommates split chores? Do not use any commas ...") score 0.5 as wholes on
+      the constraints' likeness; their task sentences do not.
 
     Only texts in `paraphrase_languages` are compared this way: an English embedder places any
     two texts of a script it barely knows close together (two unrelated Chinese questions at
@@ -209,11 +211,9 @@ class Parts:
     def _needs(a: str, b: str) -> list[str]:
         from judges.contrast import differing_parts
 
-        parts = differing_parts(a, b)
-        if parts is not None:
-            return [x for x in parts if x]
+        need = [x for x in differing_parts(a, b) or () if x]
         sa, sb = sentences(a), sentences(b)
-        return [*sa, *sb] if len(sa) > 1 or len(sb) > 1 else []
+        return [*need, *sa, *sb] if len(sa) > 1 or len(sb) > 1 else need
 
     def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
         todo: dict[str, None] = {}
@@ -237,7 +237,7 @@ class Parts:
         split_a, split_b = (
             [(x, tuple(words(x))) for x in _SENTENCE.split(t) if x.strip()] for t in (a, b)
         )
-        shared = {w for _, w in split_a} & {w for _, w in split_b}
+        shared = {w for _, w in split_a if len(w) >= _SENTENCE_WORDS} & {w for _, w in split_b}
         if not shared:
             return None
         rest_a = " ".join(x for x, w in split_a if w not in shared)
@@ -267,17 +267,16 @@ class Parts:
                 return f"the paraphrase band reads {', '.join(self.languages)} only ({code})"
         self.prefetch([(a, b)])
         parts = differing_parts(a, b)
-        if parts is not None:
+        if parts is not None and (parts[0] or parts[1]):  # both empty: the same words
             xa, xb = parts
             if not xa or not xb:
                 return f"one adds words to the other ({xa or xb})"
             sim = self._sim(xa, xb)
             if sim < self.floor:
                 return f"the words that differ mean different things ({xa} / {xb}: {sim:.2f})"
-            return None
         sa, sb = sentences(a), sentences(b)
         if len(sa) <= 1 and len(sb) <= 1:
-            return None  # one request each: the whole texts' similarity says it
+            return None  # one request each: the whole texts' (or the parts') similarity says it
         for xs, ys in ((sa, sb), (sb, sa)):
             for x in xs:
                 best = max((self._sim(x, y) for y in ys), default=0.0)

@@ -110,11 +110,15 @@ def test_a_split_bundle_is_joined_once_checked_and_explained(tmp_path: Path, mon
         for f in ("model.safetensors", "modules.json"):
             z.write(src / f, f"tiny/{f}")
         z.writestr("tiny/desktop.ini", "[.ShellClassInfo]")
+        z.writestr("tiny/../escaped.txt", "outside the cache")  # a path out: never unpacked
     data = archive.read_bytes()
     parts = [tmp_path / "tiny.zip.001", tmp_path / "tiny.zip.002"]
     parts[0].write_bytes(data[: len(data) // 2])
     parts[1].write_bytes(data[len(data) // 2 :])
-    sha = hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+    sha = {
+        f: hashlib.sha256((src / f).read_bytes()).hexdigest()
+        for f in ("model.safetensors", "modules.json")
+    }
     monkeypatch.setenv("SELFLOOP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setitem(embed.SPLIT_EMBEDDERS, "tiny-split", (("no-such-part-001",), "tiny", sha))
     with pytest.raises(
@@ -125,14 +129,15 @@ def test_a_split_bundle_is_joined_once_checked_and_explained(tmp_path: Path, mon
     out = resolve_embedding_model("tiny-split")
     assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
     assert (out / "modules.json").is_file() and not (out / "desktop.ini").exists()
-    assert not list(out.glob(".archive*"))
+    assert not list(out.glob(".archive*")) and not list(tmp_path.rglob("escaped.txt"))
     stamp = (out / "modules.json").stat().st_mtime_ns
     assert resolve_embedding_model("TINY-split") == out  # reused, not rebuilt
     assert (out / "modules.json").stat().st_mtime_ns == stamp
     # weights that are not the published ones, or a part cut short: refused, nothing cached
     monkeypatch.setenv("SELFLOOP_CACHE_DIR", str(tmp_path / "cache2"))
-    monkeypatch.setitem(embed.SPLIT_EMBEDDERS, "tiny-split", (("p",), "tiny", "0" * 64))
-    with pytest.raises(SelfloopError, match="do not match their published SHA-256"):
+    wrong = {**sha, "modules.json": "0" * 64}  # a file other than the weights, changed
+    monkeypatch.setitem(embed.SPLIT_EMBEDDERS, "tiny-split", (("p",), "tiny", wrong))
+    with pytest.raises(SelfloopError, match="modules.json .* does not match its published"):
         resolve_embedding_model("tiny-split")
     monkeypatch.setitem(embed.SPLIT_EMBEDDERS, "tiny-split", (("p",), "tiny", sha))
     parts[1].write_bytes(data[len(data) // 2 : -40])
@@ -395,6 +400,36 @@ def test_one_task_with_other_constraints_is_two_tasks(embedder: Embedder) -> Non
         len(dedup([rec("a", GIT_KEYWORDS), rec("b", GIT_SECTIONS)], Pool(None, off, embedder)).kept)
         == 1
     )
+
+
+def test_a_run_saved_before_the_band_resumes_without_it(tmp_path: Path) -> None:
+    import yaml
+
+    from loop.config import dump_config, load_config
+
+    saved = yaml.safe_load(dump_config(load_config(None)))
+    del saved["dedup"]["paraphrase_threshold"], saved["dedup"]["paraphrase_languages"]
+    saved["dedup"]["model"] = "all-minilm-l6-v2"
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved))
+    assert load_config(tmp_path / "old.yaml").dedup.paraphrase_threshold is None
+    # a config a person writes gets the default
+    (tmp_path / "mine.yaml").write_text("dedup:\n  model: all-minilm-l6-v2\n")
+    assert load_config(tmp_path / "mine.yaml").dedup.paraphrase_threshold == 0.5
+
+
+def test_encode_kept_keeps_vectors_and_forgets_them_past_its_limit(
+    embedder: Embedder, monkeypatch
+) -> None:
+    from judges import embed
+
+    a, b, c = "Explain tides.", "Name a planet.", "Write a haiku."
+    first = embedder.encode_kept([a, b])
+    np.testing.assert_array_equal(first, embedder.encode([a, b]))
+    monkeypatch.setattr(embed, "KEEP_AT_MOST", 2)
+    # a kept text and a new one past the limit: the kept ones are dropped, the call still whole
+    both = embedder.encode_kept([a, c])
+    np.testing.assert_allclose(both, embedder.encode([a, c]), atol=1e-6)
+    assert embedder.encode_kept([]).shape == (0, embedder.dimension)
 
 
 def test_the_band_must_lie_below_the_threshold() -> None:
