@@ -216,11 +216,13 @@ class Parts:
         return [*need, *sa, *sb] if len(sa) > 1 or len(sb) > 1 else need
 
     def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
-        todo: dict[str, None] = {}
-        for a, b in pairs:
-            todo.update((x, None) for x in self._needs(a, b) if x not in self.vectors)
+        self._encode([x for a, b in pairs for x in self._needs(a, b)])
+
+    def _encode(self, texts: Iterable[str]) -> None:
+        """Encode, in one batch, those of `texts` not encoded yet."""
+        todo = [x for x in dict.fromkeys(texts) if x not in self.vectors]
         if todo:
-            self.vectors.update(zip(todo, self.embedder.encode(list(todo))))
+            self.vectors.update(zip(todo, self.embedder.encode(todo)))
 
     def _sim(self, x: str, y: str) -> float:
         return float(self.vectors[x] @ self.vectors[y])
@@ -244,9 +246,7 @@ class Parts:
         rest_b = " ".join(x for x, w in split_b if w not in shared)
         if min(len(words(rest_a)), len(words(rest_b))) < _SENTENCE_WORDS:
             return None
-        missing = [x for x in (rest_a, rest_b) if x not in self.vectors]
-        if missing:
-            self.vectors.update(zip(missing, self.embedder.encode(missing)))
+        self._encode((rest_a, rest_b))
         sim = self._sim(rest_a, rest_b)
         if sim < self.floor:
             return f"the same request with other sentences ({rest_a[:40]!r} / " \
