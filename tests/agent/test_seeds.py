@@ -220,21 +220,22 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
 
 
 def test_no_seed_is_a_near_copy_of_a_held_out_eval_prompt(seeds: list[SeedTask]) -> None:
-    """Seeds are shown to the model, which copies them: one that paraphrases an eval prompt would
-    leak the held-out suites into what the model sees (25 did, 6 word for word, until fixed)."""
-    from judges.dedup import DedupConfig
+    """Seeds are shown to the model, which copies them, and they are the constrained tasks' base
+    tasks: one that paraphrases an eval prompt would leak the held-out suites into training."""
     from judges.embed import Embedder
     from judges.evals import load_suites
 
     prompts = [(f"{n}/{r['id']}", r["prompt"]) for n, (_, rs) in load_suites().items() for r in rs]
-    # The model this was fixed with. all-mpnet-base-v2, dedup's default since, puts 6 or more seed /
-    # eval-prompt pairs at 0.86-0.90 (e.g. seed-0080 / helpfulness/help-046): to be read one by
-    # one (README, dedup), not yet done.
-    emb = Embedder("all-minilm-l6-v2")
+    # dedup's default embedder (all-mpnet-base-v2), with a margin below its 0.85 threshold. With
+    # MiniLM at 0.85 this found 25 (6 word for word); mpnet then found 17 more at 0.75-0.90, every
+    # one read and reworded: a translation (seed-0080 was help-046 in French), the same base task
+    # under other constraints (the office-holiday notice, the autumn-rain poem, why the sky is
+    # blue) or the same problem with other numbers (3x + 7 = 25 / 22). What is left at 0.72-0.78
+    # shares a genre, not a task: a classification with another input, another email to a landlord.
+    emb = Embedder("all-mpnet-base-v2")
     sims = emb.encode([t.instruction for t in seeds]) @ emb.encode([p for _, p in prompts]).T
-    threshold = DedupConfig().threshold
     near = [
         (seeds[i].id, prompts[j][0], round(float(sims[i, j]), 3))
-        for i, j in zip(*(sims >= threshold).nonzero())
+        for i, j in zip(*(sims >= 0.8).nonzero())
     ]
     assert not near, near
