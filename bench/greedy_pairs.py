@@ -3,6 +3,7 @@
     python bench/greedy_pairs.py --run RUN_DIR [--round N] [--out bench-runs/greedy-pairs]
                                  [--objective rpo|dpo] [--per-prompt K] [--set tune.key=value ...]
                                  [--suites if helpfulness domains] [--start sft|final]
+                                 [--skip-start-eval]
 
 The IF suite is answered greedily, and greedy decoding is where a 135M model loops: 46% of the
 base's IF answers run to the 400-token limit (most of them one line repeated), and those pass
@@ -72,6 +73,12 @@ def main() -> None:
         help="the adapter the step starts from: the round's sft adapter (the loop's step), or "
         "its final adapter (a second step after the loop's)",
     )
+    ap.add_argument(
+        "--skip-start-eval",
+        action="store_true",
+        help="do not evaluate the adapter the step started from (the sft adapter is in no eval "
+        "cache: about 10 minutes); compare with the base and the loop's step only",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("selfloop").setLevel(logging.INFO)
@@ -92,6 +99,7 @@ def main() -> None:
         SFT_ADAPTER,
         fit,
         greedy_answers,
+        greedy_repairer,
         greedy_step_config,
         greedy_tasks,
         near_eval_seeds,
@@ -157,6 +165,7 @@ def main() -> None:
             response_filters(cfg.filters).check,
             args.per_prompt,
             cfg.tune.greedy_match,  # --set tune.greedy_match=length
+            greedy_repairer(cfg, response_filters(cfg.filters).check),  # tune.greedy_repair
         )
         print(f"round {n}: {len(tasks)} tasks, {len(chosen)} verified answers; "
               f"greedy answers: {verdicts}; {len(pairs)} pairs", flush=True)  # fmt: skip
@@ -175,7 +184,14 @@ def main() -> None:
         # The adapter the step started from: the sft adapter, or with --start final the loop's
         # candidate (in the eval cache); then the sft adapter, which the loop never evaluates
         # (about 10 minutes), is left out.
-        start_eval = evaluate(gen, suites, adapter=start, **common)
+        start_eval = None
+        if not args.skip_start_eval:
+            start_eval = evaluate(gen, suites, adapter=start, **common)
+        # The loop's own step on the same sft adapter, when it took one (its candidate's
+        # answers are in the eval cache): the setting this variant changes, paired.
+        loop_eval = None
+        if args.start == "sft" and sft_adapter != rundir.adapter_dir(n):
+            loop_eval = evaluate(gen, suites, adapter=rundir.adapter_dir(n), **common)
     finally:
         if gen is not None:
             gen.close()
@@ -185,9 +201,16 @@ def main() -> None:
     print(f"\n== {out}: {len(pairs)} pairs, {metrics['steps']} steps, "
           f"{metrics['seconds'] / 60:.0f} min; final {metrics.get('preference')}")  # fmt: skip
     started = "the round's sft adapter" if args.start == "sft" else "the round's final adapter"
-    print(f"IF answers: base {cut_off_share(base_eval)}, {args.start} "
-          f"{cut_off_share(start_eval)}, {args.objective} {cut_off_share(new)}")  # fmt: skip
-    for label, ref in (("base", base_eval), (started, start_eval)):
+    print(f"IF answers: base {cut_off_share(base_eval)}, {args.objective} "
+          f"{cut_off_share(new)}")  # fmt: skip
+    refs = [("base", base_eval)]
+    if start_eval is not None:
+        refs.append((started, start_eval))
+        print(f"IF answers: {args.start} {cut_off_share(start_eval)}")
+    if loop_eval is not None:
+        refs.append(("the loop's step (the run's round adapter)", loop_eval))
+        print(f"IF answers: the loop's step {cut_off_share(loop_eval)}")
+    for label, ref in refs:
         print(f"vs {label}:")
         for part, ids in parts.items():
             print(f"  IF suite ({part}):")

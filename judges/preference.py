@@ -22,7 +22,7 @@ constraint) against verified answers to the same prompt: the tune stage's step a
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from judges.text import count_words
@@ -178,6 +178,7 @@ def greedy_pairs(
     quality: Any,
     per_prompt: int,
     match: str = "order",
+    fix: Callable[[Record], tuple[str, list[str]] | None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs against a model's own greedy failures: each greedy answer with a `greedy_verdict`
     is the rejected side of up to `per_prompt` pairs, each against a different `verified`
@@ -186,7 +187,10 @@ def greedy_pairs(
     greedy answers had each verdict (`good`, `cut_off`, `failed`, a quality filter's reason).
     Greedy decoding loops where sampling does not: these pairs show the model the loop it
     should leave. A cut-off loop against a short answer also says "be brief": `length` pairs
-    it with the task's longest verified answers, so the pair is about the loop, not length."""
+    it with the task's longest verified answers, so the pair is about the loop, not length.
+    With `fix` (judges.repair.repair_greedy, `tune.greedy_repair`), a failure that `fix` makes
+    good gets one more pair, first: its own repair against it (`source: greedy_repair`, the
+    types fixed in `chosen_repaired`), which differs from it only where it went wrong."""
     if match not in ("order", "length"):
         raise ValueError(f"greedy_pairs: match must be order or length, not {match!r}")
     by_prompt: dict[str, list[Record]] = defaultdict(list)
@@ -199,6 +203,12 @@ def greedy_pairs(
         verdicts[(why or "good").split(":")[0]] += 1
         if why is None or not str(g.get("response") or "").strip():
             continue  # a blank answer is no rejected message a trainer can take
+        if fix is not None and (got := fix(g)) is not None:
+            chosen = {**g, "id": f"{g['id']}-repaired", "response": got[0]}
+            pairs.append(
+                trl_pair(chosen, g, source="greedy_repair", rejected_reason=why,
+                         chosen_repaired=got[1], constraints=g.get("constraints") or [])
+            )  # fmt: skip
         candidates = by_prompt.get(prompt_id(g), [])
         if match == "length":
             size = count_words(str(g["response"]))

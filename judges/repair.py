@@ -267,3 +267,91 @@ def repair_unpassed(
         [r for r in failing if str(r["id"]) not in moved],
         dict(sorted(types.items())),
     )
+
+
+# Greedy failures repaired: a minimal pair. -------------------------------------------------
+
+LOOP_WORDS = 3  # a line or sentence this long that comes back is where a loop starts
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|[a-zA-Z][.)])\s+")
+
+
+def _key(text: str) -> str:
+    """A sentence's words, lowercased, without a list marker: item 3 may repeat item 1."""
+    return " ".join(w.lower() for w in re.findall(r"[^\W_]+", _MARKER.sub("", text)))
+
+
+def _units(text: str) -> list[tuple[int, str]]:
+    """The answer's sentences, each within one line, with where each starts in `text`."""
+    out: list[tuple[int, str]] = []
+    for line in re.finditer(r"[^\n]+", text):
+        at = line.start()
+        for s in sentences(line.group()):
+            i = text.find(s, at, line.end())
+            if i >= 0:
+                out.append((i, s))
+                at = i + len(s)
+    return out
+
+
+def _tidy(text: str) -> str:
+    """`text` without trailing lines that say nothing (a bare "2." or "*" left by the cut)."""
+    lines = text.rstrip().split("\n")
+    while lines and not _LETTER.search(lines[-1]):
+        lines.pop()
+    return "\n".join(lines).rstrip()
+
+
+def deloop(text: str, cut_off: bool) -> str | None:
+    """The answer up to where it starts repeating itself: cut before the first sentence or line
+    of `LOOP_WORDS` or more words that already appeared (a list whose items come back, a
+    paragraph said again). An answer cut off at the token limit that never repeats a sentence
+    loses its unfinished last one instead. None when nothing is cut or nothing is left."""
+    seen: set[str] = set()
+    units = _units(text)
+    for at, s in units:
+        key = _key(s)
+        if len(key.split()) < LOOP_WORDS:
+            continue
+        if key in seen:
+            kept = _tidy(text[:at])
+            return kept or None
+        seen.add(key)
+    if cut_off and units and not re.search(r"[.!?。！？…][\"'”’)\]]*$", text.rstrip()):
+        kept = _tidy(text[: units[-1][0]])
+        return kept or None
+    return None
+
+
+def repair_greedy(
+    rec: dict[str, Any],
+    *,
+    never: Sequence[str] = (),
+    clean: Callable[[dict[str, Any]], bool] = lambda r: True,
+) -> tuple[str, list[str]] | None:
+    """A failed greedy answer made good with the least change: cut where it starts to loop
+    (`deloop`; "loop" in the types), then the mechanical repairs of the constraints it still
+    misses; returned only when the result passes every constraint strictly and the quality
+    filters as a finished answer (`clean`). With it as the chosen side and the greedy answer as
+    the rejected one, a preference pair differs only where the answer went wrong - the
+    minimal-difference pairs that self-refinement methods (SPaR) found to teach instruction
+    following better than two independent samples - and a task no sample passed gets a pair."""
+    text = str(rec.get("response") or "")
+    cut_off = rec.get("finish_reason") == "length"
+    fixed: list[str] = []
+    trimmed = deloop(text, cut_off)
+    if trimmed is not None:
+        text, fixed = trimmed, ["loop"]
+    elif cut_off:
+        return None
+    cs = rec.get("constraints") or []
+    if cs and not all(r.passed for r in check(text, validate_all(cs), mode="strict")):
+        got = repair(text, cs, never=never)
+        if got is None:
+            return None
+        text, fixed = got[0], fixed + got[1]
+    if not fixed or not clean({**rec, "response": text, "finish_reason": "stop"}):
+        return None
+    return text, fixed

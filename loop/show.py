@@ -204,11 +204,13 @@ def _training(rd: Path) -> list[str]:
     g = load_json(rd / GREEDY / "stats.json")
     if g is not None:  # tune.greedy_pairs: the sft step came first
         sft, verdicts = g.get("sft") or {}, g.get("verdicts") or {}
+        own = g.get("repaired_pairs")  # tune.greedy_repair
         lines.append(
             f"  after sft ({sft.get('steps', 0)} steps, loss {fmt(sft.get('final_loss'))}): "
             f"{g.get('answers', 0)} greedy answers ("
             + ", ".join(f"{k} {v}" for k, v in verdicts.items())
             + f"), {g.get('pairs', 0)} pairs against its failures"
+            + (f" ({own} against their own repairs)" if own else "")
         )
         for later in g.get("later") or []:  # tune.greedy_steps: the step again
             lines.append(

@@ -177,6 +177,14 @@ class TuneConfig(BaseModel):
         "Measured on one round (seed 1, the same sft adapter and 71 pairs, 19 of them with "
         "another chosen answer): length -0.3 [-3.5, +2.9] points against order, so order stays.",
     )
+    greedy_repair: bool = Field(
+        False,
+        description="greedy_pairs: a greedy failure that can be made good with the least change "
+        "- cut where it starts to loop, then the mechanical repairs of the constraints it "
+        "misses (judges/repair.py), checked strictly and by the quality filters - gets one "
+        "more pair: its own repair against it. The two answers differ only where it went "
+        "wrong, and a task no sample passed (all lowercase...) gets a pair.",
+    )
     greedy_objective: Literal["dpo", "rpo"] = Field(
         "rpo", description="greedy_pairs: the preference loss of the step after sft."
     )

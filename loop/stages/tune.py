@@ -85,6 +85,8 @@ def greedy_step(ctx: Context, state: LoopState, data: list[dict], init: Path | N
         label = "sft" if k == 1 else f"greedy{k - 1}"  # the adapter that answers
         answers, pairs, verdicts = _greedy_pairs(ctx, state, start, label, where, verified)
         step = {"answers": len(answers), "verdicts": verdicts, "pairs": len(pairs)}
+        if cfg.tune.greedy_repair:
+            step["repaired_pairs"] = sum(p.get("source") == "greedy_repair" for p in pairs)
         if k == 1:
             stats = {**step, "sft": {m: sft_metrics[m] for m in _METRICS if m in sft_metrics}}
         else:
@@ -153,10 +155,26 @@ def _greedy_pairs(
         where.mkdir(parents=True, exist_ok=True)
         write_jsonl(answers_path, answers)
     pairs, verdicts = greedy_pairs(
-        answers, verified, quality, cfg.tune.greedy_pairs, cfg.tune.greedy_match
+        answers,
+        verified,
+        quality,
+        cfg.tune.greedy_pairs,
+        cfg.tune.greedy_match,
+        greedy_repairer(cfg, quality),
     )
     write_jsonl(where / GREEDY_PAIRS, pairs)
     return answers, pairs, verdicts
+
+
+def greedy_repairer(cfg: SelfloopConfig, quality: Callable[[dict], Any]) -> Callable | None:
+    """`tune.greedy_repair`: what makes a greedy failure good with the least change (held-out
+    types never repaired, the result passing the quality filters `quality`), else None."""
+    if not cfg.tune.greedy_repair:
+        return None
+    from judges.repair import repair_greedy
+
+    never = cfg.augment.held_out_types
+    return lambda g: repair_greedy(dict(g), never=never, clean=lambda r: quality(r) is None)
 
 
 def greedy_step_config(tune: TuneConfig) -> TuneConfig:

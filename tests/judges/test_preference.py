@@ -12,6 +12,7 @@ from judges.preference import (
     trl_pair,
     verifier_pairs,
 )
+from judges.repair import repair_greedy
 from judges.verifiable import check_all
 
 LOWER = [{"type": "lowercase"}]
@@ -141,3 +142,29 @@ def test_greedy_answers_that_fail_are_paired_with_verified_answers_to_their_prom
     ]  # fmt: skip
     with pytest.raises(ValueError, match="order or length"):
         greedy_pairs(answers, verified, quality, per_prompt=2, match="shortest")
+
+
+def test_a_repairable_greedy_failure_gets_its_own_repair_as_a_first_pair() -> None:
+    def greedy(pid: str, response: str, finish: str = "stop") -> dict:
+        return {**_sample(pid, 9, response, LOWER), "finish_reason": finish}
+
+    answers = [
+        greedy("a", "The Moon is up. It shines. The Moon is up. It", finish="length"),
+        greedy("b", "The Sun."),  # no verified answer: the repair is its only pair
+        greedy("c", "the moon is fine."),  # good: no pair
+    ]
+    verified = [_sample(p, k, f"the moon {p}{k}.", LOWER) for p in "ac" for k in range(3)]
+    quality = lambda r: None  # noqa: E731
+    fix = lambda g: repair_greedy(dict(g))  # noqa: E731
+    pairs, _ = greedy_pairs(answers, verified, quality, per_prompt=1, fix=fix)
+    assert [(p["prompt_id"], p["source"], p["chosen_id"]) for p in pairs] == [
+        ("a", "greedy_repair", "a-s9-repaired"), ("a", "greedy", "a-s0"),
+        ("b", "greedy_repair", "b-s9-repaired"),
+    ]  # fmt: skip
+    first = pairs[0]
+    assert first["chosen"][0]["content"] == "the moon is up. it shines."
+    assert first["chosen_repaired"] == ["loop", "lowercase"]
+    assert first["rejected_reason"] == "cut_off" and first["rejected_id"] == "a-s9"
+    assert pairs[2]["rejected"][0]["content"] == "The Sun."
+    # without a fix, as before: b has no pair
+    assert [p["prompt_id"] for p in greedy_pairs(answers, verified, quality, 1)[0]] == ["a"]

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from judges.augment import DEFAULT_HELD_OUT, AugmentConfig, draw_constraints
-from judges.repair import REPAIRS, repair, repair_unpassed
+from judges.repair import REPAIRS, deloop, repair, repair_greedy, repair_unpassed
 from judges.verifiable import check, check_all
 
 ANSWER = (
@@ -171,3 +171,50 @@ def test_only_prompts_without_a_pass_are_repaired_one_answer_each() -> None:
     new_kept, new_failing, types = repair_unpassed(kept, failing, per_prompt=2)
     assert [r["id"] for r in new_kept] == ["a-s0", "b-s0", "b-s1"] and types == {"lowercase": 2}
     assert new_kept[2]["response"] == OTHER.lower() and len(new_failing) == 2
+
+
+def test_deloop_cuts_where_a_sentence_or_list_item_comes_back() -> None:
+    listing = (
+        "Here are some tips:\n1. Drink water every day.\n2. Sleep eight hours a night.\n"
+        "3. Drink water every day.\n4. Sleep eight hours"
+    )
+    # item 3 repeats item 1 (the list markers differ): cut before it, the bare "3." dropped
+    assert deloop(listing, cut_off=True) == (
+        "Here are some tips:\n1. Drink water every day.\n2. Sleep eight hours a night."
+    )
+    prose = "The cat sat on the mat. It was warm there. The cat sat on the mat. It was"
+    assert deloop(prose, cut_off=True) == "The cat sat on the mat. It was warm there."
+    assert deloop(prose, cut_off=False) == "The cat sat on the mat. It was warm there."
+    # cut off without a repeat: the unfinished last sentence goes; a finished one stays whole
+    assert deloop("It never repeats. It goes on and on and", cut_off=True) == "It never repeats."
+    assert deloop("It never repeats. It ends here.", cut_off=True) is None
+    assert deloop("A fine answer. It ends here.", cut_off=False) is None
+    # short lines may repeat freely (a "Yes." per item, a closing brace)
+    assert deloop("Is it red? Yes.\nIs it big? Yes.", cut_off=False) is None
+    assert deloop("again and again and", cut_off=True) is None  # nothing would be left
+
+
+def test_repair_greedy_makes_the_least_change_that_passes() -> None:
+    lower = [{"type": "lowercase"}]
+    looped = {
+        "response": "The moon is bright. It lights the sea. The moon is bright. It lights",
+        "finish_reason": "length",
+        "constraints": lower,
+    }
+    fixed = ("the moon is bright. it lights the sea.", ["loop", "lowercase"])
+    assert repair_greedy(looped) == fixed
+    stopped = {"response": "The Moon is bright.", "finish_reason": "stop", "constraints": lower}
+    assert repair_greedy(stopped) == ("the moon is bright.", ["lowercase"])
+    # a held-out type is never repaired; nothing to fix is no repair; the quality filter decides
+    assert repair_greedy(stopped, never=["lowercase"]) is None
+    good = {"response": "the moon.", "finish_reason": "stop", "constraints": lower}
+    assert repair_greedy(good) is None
+    assert repair_greedy(looped, clean=lambda r: "sea" not in r["response"]) is None
+    # a constraint no repair can meet (a required word), or a cut-off answer with nothing to cut
+    words = [{"type": "required_keywords", "value": ["tide"]}]
+    assert repair_greedy({**looped, "constraints": words}) is None
+    assert repair_greedy({**looped, "response": "It goes on and"}) is None
+    # every repair passes every constraint of its prompt, strictly
+    for rec in (looped, stopped):
+        text, _ = repair_greedy(rec)
+        assert check_all(text, rec["constraints"])

@@ -170,3 +170,20 @@ def test_the_greedy_steps_micro_batches_add_up_to_the_sft_steps_pairs() -> None:
     # 12 pairs a step in micro-batches of 8: two of them, 16 pairs
     assert step("tune.batch_size=4", "tune.grad_accum=3", "tune.greedy_batch_size=8")[:2] == (8, 2)
     assert step("tune.greedy_batch_size=16")[:2] == (8, 1)  # never more than a step's pairs
+
+
+def test_greedy_repair_is_a_setting_and_never_repairs_a_held_out_type() -> None:
+    from loop.stages.tune import greedy_repairer
+
+    def clean(r: dict) -> None:
+        return None
+
+    assert greedy_repairer(load_config(None), clean) is None  # off by default
+    cfg = load_config(None, ["tune.greedy_repair=true"])
+    fix = greedy_repairer(cfg, clean)
+    answer = {"response": "The Moon.", "finish_reason": "stop"}
+    assert fix({**answer, "constraints": [{"type": "lowercase"}]}) == ("the moon.", ["lowercase"])
+    held = load_config(None, ["tune.greedy_repair=true", "augment.held_out_types=[lowercase]"])
+    assert greedy_repairer(held, clean)({**answer, "constraints": [{"type": "lowercase"}]}) is None
+    dirty = greedy_repairer(cfg, lambda r: "repetitive")  # the quality filters have the last word
+    assert dirty({**answer, "constraints": [{"type": "lowercase"}]}) is None
