@@ -7,8 +7,8 @@ answer's content can stay as it is and only its form has to change. `repair` app
 constraint an answer fails, a rewrite that makes it hold (lowercasing, removing commas, adding
 the required opening or closing phrase, wrapping in quotes or JSON, keeping the first sentences
 under a word or sentence limit, joining two different samples with ******, regrouping its
-paragraphs or sentences into the asked number of paragraphs or bullet points, dropping the
-bullet points past the asked number), then checks the result strictly against every
+paragraphs or sentences into the asked number of paragraphs, marked sections or bullet points,
+dropping the bullet points past the asked number), then checks the result strictly against every
 constraint of the prompt: only an answer that now passes them all is returned. Types whose fix
 would change what the answer says (required or forbidden words, letter counts) have no repair
 and stay unlearned until the model passes them by itself.
@@ -130,6 +130,12 @@ def _paragraph_count(text: str, c: dict[str, Any], others: Sequence[str]) -> str
     return "\n\n***\n\n".join(blocks) if blocks else None
 
 
+def _sections(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
+    blocks = _regrouped(text, c["value"])
+    mark = str(c["splitter"]).strip()
+    return "\n\n".join(f"{mark} {i}\n{b}" for i, b in enumerate(blocks, 1)) if blocks else None
+
+
 def _nth_paragraph(text: str, c: dict[str, Any], others: Sequence[str]) -> str | None:
     blocks = _regrouped(text, c["paragraphs"])
     if not blocks:
@@ -175,6 +181,7 @@ REPAIRS: dict[str, Fix] = {
     "no_commas": _no_commas,
     "lowercase": _lowercase,
     "paragraph_count": _paragraph_count,
+    "sections": _sections,
     "nth_paragraph_first_word": _nth_paragraph,
     "bullet_count": _bullet_count,
     "highlighted_sections": _highlighted_sections,

@@ -31,6 +31,7 @@ CASES = [
     ({"type": "highlighted_sections", "value": 2}, None),
     ({"type": "two_responses"}, None),
     ({"type": "paragraph_count", "value": 3}, None),
+    ({"type": "sections", "value": 2, "splitter": "Part"}, None),
     ({"type": "bullet_count", "value": 3}, None),
     ({"type": "nth_paragraph_first_word", "paragraphs": 2, "nth": 2, "first_word": "Today"}, None),
 ]
