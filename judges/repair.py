@@ -279,6 +279,7 @@ def repair_unpassed(
 # Greedy failures repaired: a minimal pair. -------------------------------------------------
 
 LOOP_WORDS = 3  # a line or sentence this long that comes back is where a loop starts
+LOOP_KEEP_WORDS = 8  # a loop cut shorter than this ("Here is my answer:") is no answer
 _LETTER = re.compile(r"[^\W\d_]")
 
 
@@ -348,11 +349,14 @@ def repair_greedy(
     text = str(rec.get("response") or "")
     cut_off = rec.get("finish_reason") == "length"
     fixed: list[str] = []
-    trimmed = deloop(text, cut_off)
-    if trimmed is not None:
+    # Only an answer that ran on (cut off, or dropped by the quality filters: repetitive) is
+    # cut: one that stopped by itself may repeat an opening line and still say something after
+    # it, and what is kept must say something too.
+    if cut_off or not clean(rec):
+        trimmed = deloop(text, cut_off)
+        if trimmed is None or count_words(trimmed) < LOOP_KEEP_WORDS:
+            return None
         text, fixed = trimmed, ["loop"]
-    elif cut_off:
-        return None
     cs = rec.get("constraints") or []
     if cs and not all(r.passed for r in check(text, validate_all(cs), mode="strict")):
         got = repair(text, cs, never=never)

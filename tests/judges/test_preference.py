@@ -148,8 +148,9 @@ def test_a_repairable_greedy_failure_gets_its_own_repair_as_a_first_pair() -> No
     def greedy(pid: str, response: str, finish: str = "stop") -> dict:
         return {**_sample(pid, 9, response, LOWER), "finish_reason": finish}
 
+    loop = "The Moon is over the hill. It shines. The Moon is over the hill. It"
     answers = [
-        greedy("a", "The Moon is up. It shines. The Moon is up. It", finish="length"),
+        greedy("a", loop, finish="length"),
         greedy("b", "The Sun."),  # no verified answer: the repair is its only pair
         greedy("c", "the moon is fine."),  # good: no pair
     ]
@@ -162,7 +163,7 @@ def test_a_repairable_greedy_failure_gets_its_own_repair_as_a_first_pair() -> No
         ("b", "greedy_repair", "b-s9-repaired"),
     ]  # fmt: skip
     first = pairs[0]
-    assert first["chosen"][0]["content"] == "the moon is up. it shines."
+    assert first["chosen"][0]["content"] == "the moon is over the hill. it shines."
     assert first["chosen_repaired"] == ["loop", "lowercase"]
     assert first["rejected_reason"] == "cut_off" and first["rejected_id"] == "a-s9"
     assert pairs[2]["rejected"][0]["content"] == "The Sun."

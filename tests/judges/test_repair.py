@@ -215,6 +215,12 @@ def test_repair_greedy_makes_the_least_change_that_passes() -> None:
     words = [{"type": "required_keywords", "value": ["tide"]}]
     assert repair_greedy({**looped, "constraints": words}) is None
     assert repair_greedy({**looped, "response": "It goes on and"}) is None
+    # an answer that stopped by itself is not cut where a line comes back; a cut that leaves
+    # too little to be an answer is no repair
+    opener = "Here is my answer:\n\nHere is my answer:\n\nThe Moon is bright tonight."
+    stopped_twice = {"response": opener, "finish_reason": "stop", "constraints": lower}
+    assert repair_greedy(stopped_twice) == (opener.lower(), ["lowercase"])
+    assert repair_greedy({**stopped_twice, "finish_reason": "length"}) is None
     # every repair passes every constraint of its prompt, strictly
     for rec in (looped, stopped):
         text, _ = repair_greedy(rec)
