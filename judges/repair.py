@@ -24,6 +24,10 @@ passed, up to `judge.per_instruction` answers per prompt; a repaired answer then
 judge's best-of-n like any passing one and is marked `repaired` with the types it fixed.
 Held-out types are never repaired (they are never attached to training tasks either), so the
 held-out slice still measures transfer.
+
+`repair_greedy` does the same for the tune stage's greedy step (`tune.greedy_repair`): a greedy
+answer that failed is cut where it starts to loop (`deloop`) and repaired, and the result, when
+it passes, is the chosen side of a pair whose rejected side is that very answer.
 """
 
 from __future__ import annotations
@@ -281,8 +285,6 @@ def repair_unpassed(
 LOOP_WORDS = 3  # a line or sentence this long that comes back is where a loop starts
 LOOP_KEEP_WORDS = 8  # a loop cut shorter than this ("Here is my answer:") is no answer
 _LETTER = re.compile(r"[^\W\d_]")
-
-
 _MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|[a-zA-Z][.)])\s+")
 
 
