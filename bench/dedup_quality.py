@@ -3,7 +3,7 @@ against the default (all-mpnet-base-v2, + the paraphrase band), and the band's f
 
     python bench/dedup_quality.py [--floors 0.45 0.5 0.55 0.6]
 
-Four labelled sets of instruction pairs (tests/judges/data/):
+Five labelled sets of instruction pairs (tests/judges/data/):
 - `dedup_pairs.jsonl`: the 253 pairs the 0.85 threshold was chosen on;
 - `dedup_hard_pairs.jsonl` (467), written later to be hard: paraphrases with little word overlap
   (duplicates), near-misses that differ in one number, a negation, an order or one entity, and
@@ -14,7 +14,10 @@ Four labelled sets of instruction pairs (tests/judges/data/):
 - `dedup_heldout_pairs.jsonl` (320), written after the paraphrase band and the language check
   were chosen (on the first three), by someone who had read neither them nor the other sets:
   low- and mid-overlap paraphrases, translations, templates with their content swapped, same
-  topic with another task, one-detail near-misses. The clean check of the band.
+  topic with another task, one-detail near-misses. The clean check of the band;
+- `dedup_heldout2_pairs.jsonl` (320), the same kinds, written the same way after the operator
+  and for / against checks were added (once the first held-out set had been read): their clean
+  check.
 
 Each configuration decides every pair with `judges.dedup.pair_is_duplicate` (the rule `dedup`
 applies); per set: precision and recall of "duplicate", and per kind the share called
@@ -44,6 +47,7 @@ SETS = {
     "hard": DATA / "dedup_hard_pairs.jsonl",
     "check": DATA / "dedup_check_pairs.jsonl",
     "held-out": DATA / "dedup_heldout_pairs.jsonl",
+    "held-out 2": DATA / "dedup_heldout2_pairs.jsonl",
 }
 OLD_MODEL = "all-minilm-l6-v2"
 

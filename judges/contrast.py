@@ -10,16 +10,19 @@ and says what it saw:
 
 - numbers: the numbers asked for differ (digits and number words, so "three" equals "3" and
   "one hundred and five" 105);
+- operators: both write arithmetic and its operators differ ("3x − 7 = 22" / "3x + 7 = 22":
+  the same numbers, another equation);
 - negation: one negates or excludes where the other does not (not, no, never, without, n't,
   and a few Spanish/French/German/Portuguese/Italian negations);
 - antonyms: one uses a word and the other its opposite (ascending/descending, before/after,
-  largest/smallest, increase/decrease, ...);
+  largest/smallest, increase/decrease, for/against, serialize/deserialize, ...);
 - order: two parts trade places around a direction ("Celsius to Fahrenheit" / "Fahrenheit to
   Celsius", "is a cat faster than a dog"); a clause that only moves ("In Python, write ..." /
   "Write ... in Python") or two coordinated parts swapped ("X and Y" / "Y and X") is the same
   task;
 - substitution: the texts are word for word the same but for one word or name on each side
-  ("for children" / "for adults", "the French Revolution" / "the Russian Revolution"), or, after
+  ("for children" / "for adults", "the French Revolution" / "the Russian Revolution"; "a" /
+  "an" follow the word, so "an HTML table" / "a Markdown table" is one word), or, after
   the same opening, one phrase of up to 3 words ("for a physics professor" / "for a complete
   beginner", "in a haiku" / "in a bulleted list"), which changes the task far more often than a
   synonym does. A synonym still reads as a substitution ("signs" / "symptoms", "short story" /
@@ -114,7 +117,16 @@ _ANTONYMS = [
     ("inside", "outside"), ("positive", "negative"), ("strengths", "weaknesses"),
     ("with", "without"), ("can", "cannot"), ("should", "shouldn't"), ("agree", "disagree"),
     ("like", "dislike"), ("win", "lose"), ("winning", "losing"), ("open", "close"),
+    ("for", "against"), ("support", "oppose"), ("supporting", "opposing"),
+    ("serialize", "deserialize"), ("serialise", "deserialise"),
+    ("serialization", "deserialization"),
 ]  # fmt: skip
+# An arithmetic operator between two operands ("3x + 7", "2^10", "x = 5", "y < -2"); a hyphen
+# only spaced ("3x - 7") or as a sign ("-7"): not "fiddle-leaf" or the range "2-3 hours".
+_OPERATOR = re.compile(
+    r"(?<=[\w)])\s*([+×*/÷^=<>−–])\s*(?=[\w(−-])|(?<=[\w)])\s+(-)\s+(?=[\w(])|(?<![\w-])(-)(?=\d)"
+)
+_SAME_OPERATOR = {"−": "-", "–": "-", "*": "×"}
 
 # Texts sharing less of their words than this are rewordings, not near-misses: not compared.
 MIN_OVERLAP = 0.4
@@ -245,6 +257,12 @@ def numbers(text: str) -> Counter:
     return _numbers(_read(text))
 
 
+def operators(text: str) -> Counter:
+    """The arithmetic operators a text writes between operands ("3x − 7 = 22": - and =)."""
+    found = (next(g for g in m.groups() if g) for m in _OPERATOR.finditer(text))
+    return Counter(_SAME_OPERATOR.get(o, o) for o in found)
+
+
 def _numbers(read: list[tuple[str, bool]]) -> Counter:
     return Counter(float(w) for w, is_number in read if is_number)
 
@@ -349,6 +367,9 @@ def contrast(a: str, b: str) -> str | None:
     na, nb = _numbers(ra), _numbers(rb)
     if na and nb and na != nb:
         return f"numbers differ ({_show(na)} vs {_show(nb)})"
+    oa, ob = operators(a), operators(b)
+    if oa and ob and oa != ob:
+        return f"operators differ ({' '.join(oa.elements())} vs {' '.join(ob.elements())})"
     if _negations(wa) != _negations(wb):
         return "one negates or excludes, the other does not"
     sa, sb = set(wa), set(wb)
@@ -366,6 +387,10 @@ def contrast(a: str, b: str) -> str | None:
         elif sa & _DIRECTIONAL:
             return "the same words in another order"
     only_a, only_b = Counter(wa) - Counter(wb), Counter(wb) - Counter(wa)
+    if {"a", "an"} <= only_a.keys() | only_b.keys():  # "an HTML table" / "a Markdown table"
+        for article in ("a", "an"):
+            only_a.pop(article, None)
+            only_b.pop(article, None)
     if sum(only_a.values()) == 1 and sum(only_b.values()) == 1:
         x, y = next(iter(only_a)), next(iter(only_b))
         if x not in _GENERIC and y not in _GENERIC and _stem(x) != _stem(y):

@@ -37,6 +37,19 @@ from judges.contrast import contrast, differing_parts, languages_differ, numbers
             "Describe the climate of Spain in a funny song.",
             "one phrase differs",
         ),
+        ("Solve for x: 5x - 3 = 12.", "Solve for x: 5x + 3 = 12.", "operators differ (- = vs + =)"),
+        ("Compute 2 × 8 − 4.", "Compute 2 ÷ 8 − 4.", "operators differ"),
+        (
+            "List the arguments for a four-day week.",
+            "List the arguments against a four-day week.",
+            "opposites (for / against)",
+        ),  # fmt: skip
+        (
+            "Explain how to serialize data to XML.",
+            "Explain how to deserialize XML data.",
+            "opposites",
+        ),  # fmt: skip
+        ("Draw an ASCII chart of sales.", "Draw a Mermaid chart of sales.", "one word differs"),
     ],
 )
 def test_near_misses_are_told_apart(a: str, b: str, why: str) -> None:
@@ -69,6 +82,9 @@ def test_near_misses_are_told_apart(a: str, b: str, why: str) -> None:
         ("Write code that sorts a list.", "Write code to sort a list."),  # an inflection
         ("Raise five million dollars.", "Raise 5 million dollars."),
         ("Write ten lines, each with four words.", "Write 10 lines, each with 4 words."),
+        ("Solve for x: 4x − 9 = 3.", "Solve for x: 4x - 9 = 3."),  # minus written two ways
+        ("Pack for a trip of 2-3 days.", "Pack for a trip of 2 - 3 days."),  # a range, not minus
+        ("Explain how to care for a rubber-plant.", "Explain how to care for a rubber plant."),
     ],
 )
 def test_paraphrases_are_not(a: str, b: str) -> None:
