@@ -77,7 +77,7 @@ def main() -> None:
         "--skip-start-eval",
         action="store_true",
         help="do not evaluate the adapter the step started from (the sft adapter is in no eval "
-        "cache: about 10 minutes); compare with the base and the loop's step only",
+        "cache: about 10 minutes); compare with the base (and, from sft, the loop's step)",
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -190,7 +190,8 @@ def main() -> None:
         # The loop's own step on the same sft adapter, when it took one (its candidate's
         # answers are in the eval cache): the setting this variant changes, paired.
         loop_eval = None
-        if args.start == "sft" and sft_adapter != rundir.adapter_dir(n):
+        stepped = json.loads((rundir.adapter_dir(n) / "train_metrics.json").read_text())
+        if args.start == "sft" and stepped.get("objective") != "sft":  # the step made pairs
             loop_eval = evaluate(gen, suites, adapter=rundir.adapter_dir(n), **common)
     finally:
         if gen is not None:

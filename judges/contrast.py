@@ -15,7 +15,8 @@ and says what it saw:
 - negation: one negates or excludes where the other does not (not, no, never, without, n't,
   and a few Spanish/French/German/Portuguese/Italian negations);
 - antonyms: one uses a word and the other its opposite (ascending/descending, before/after,
-  largest/smallest, increase/decrease, for/against, serialize/deserialize, ...);
+  largest/smallest, increase/decrease, serialize/deserialize, ..., and for/against in an
+  argument: "arguments for" / "arguments against", not "a vaccine for" / "against");
 - order: two parts trade places around a direction ("Celsius to Fahrenheit" / "Fahrenheit to
   Celsius", "is a cat faster than a dog"); a clause that only moves ("In Python, write ..." /
   "Write ... in Python") or two coordinated parts swapped ("X and Y" / "Y and X") is the same
@@ -117,16 +118,23 @@ _ANTONYMS = [
     ("inside", "outside"), ("positive", "negative"), ("strengths", "weaknesses"),
     ("with", "without"), ("can", "cannot"), ("should", "shouldn't"), ("agree", "disagree"),
     ("like", "dislike"), ("win", "lose"), ("winning", "losing"), ("open", "close"),
-    ("for", "against"), ("support", "oppose"), ("supporting", "opposing"),
+    ("support", "oppose"), ("supporting", "opposing"),
     ("serialize", "deserialize"), ("serialise", "deserialise"),
     ("serialization", "deserialization"),
 ]  # fmt: skip
-# An arithmetic operator between two operands ("3x + 7", "2^10", "x = 5", "y < -2"); a hyphen
-# only spaced ("3x - 7") or as a sign ("-7"): not "fiddle-leaf" or the range "2-3 hours".
+# For / against are sides only in an argument ("arguments for", "the case against").
+_ARGUING = {"argue", "argues", "arguing", "argument", "arguments", "case", "vote", "voting",
+            "debate", "position", "stance", "side"}  # fmt: skip
+# An arithmetic operator between two operands ("3x + 7", "2^10", "x = 5", "y <= -2"). A minus,
+# a dash or a slash only between numbers or one-letter variables, spaced ("3x - 7", "6 / 2")
+# or as a sign ("-7", "−7"): not "fiddle-leaf", the ranges "2-3 hours" / "1990–2000", a prose
+# dash, "A/B", "24/7" or "km/h".
 _OPERATOR = re.compile(
-    r"(?<=[\w)])\s*([+×*/÷^=<>−–])\s*(?=[\w(−-])|(?<=[\w)])\s+(-)\s+(?=[\w(])|(?<![\w-])(-)(?=\d)"
+    r"(?<=[\w)])\s*([+×*÷^=<>≤≥≠]+)\s*(?=[\w(\-−–])"
+    r"|(?:(?<![\w.])(?:\d+[a-z]?|[a-z])|\))\s+([-−–/])\s+(?=\d|[a-z]\b|\()"
+    r"|(?<![\w\-−–/])([-−–])(?=\d)"
 )
-_SAME_OPERATOR = {"−": "-", "–": "-", "*": "×"}
+_SAME_OPERATOR = {"−": "-", "–": "-", "*": "×", "÷": "/", "<=": "≤", ">=": "≥"}
 
 # Texts sharing less of their words than this are rewordings, not near-misses: not compared.
 MIN_OVERLAP = 0.4
@@ -342,6 +350,13 @@ def _swap(xa: list[str], xb: list[str]) -> list[str] | None:
     return None
 
 
+def _opposite(sa: set[str], sb: set[str], x: str, y: str) -> bool:
+    """One text says `x` where the other says `y`, and neither says both."""
+    return (x in sa and y in sb and x not in sb and y not in sa) or (
+        y in sa and x in sb and y not in sb and x not in sa
+    )
+
+
 def overlap(wa: list[str], wb: list[str]) -> float:
     """Jaccard overlap of two texts' word sets."""
     sa, sb = set(wa), set(wb)
@@ -373,10 +388,10 @@ def contrast(a: str, b: str) -> str | None:
     if _negations(wa) != _negations(wb):
         return "one negates or excludes, the other does not"
     sa, sb = set(wa), set(wb)
+    if _ARGUING & sa and _ARGUING & sb and _opposite(sa, sb, "for", "against"):
+        return "opposites (for / against)"  # "a vaccine against / for malaria" is one task
     for x, y in _ANTONYMS:
-        if (x in sa and y in sb and x not in sb and y not in sa) or (
-            y in sa and x in sb and y not in sb and x not in sa
-        ):
+        if _opposite(sa, sb, x, y):
             return f"opposites ({x} / {y})"
     xa, xb = _trim(wa, wb)  # the part that differs
     if Counter(wa) == Counter(wb) and wa != wb:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from judges.preference import prompt_id
-from judges.text import count_words, sentences, words
+from judges.text import count_words, normalized_words, sentences, words
 from judges.verifiable import BULLET, check, split_paragraphs, validate_all
 
 # (answer, the constraint's parameters, other answers to the same prompt) -> rewritten | None
@@ -284,13 +284,14 @@ def repair_unpassed(
 
 LOOP_WORDS = 3  # a line or sentence this long that comes back is where a loop starts
 LOOP_KEEP_WORDS = 8  # a loop cut shorter than this ("Here is my answer:") is no answer
-_LETTER = re.compile(r"[^\W\d_]")
+_BARE = re.compile(r"\s*(?:[-*+•#>]+|\d{1,3}[.)]|[a-zA-Z][.)])?\s*")
 _MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|[a-zA-Z][.)])\s+")
 
 
 def _key(text: str) -> str:
-    """A sentence's words, lowercased, without a list marker: item 3 may repeat item 1."""
-    return " ".join(w.lower() for w in re.findall(r"[^\W_]+", _MARKER.sub("", text)))
+    """A sentence's words, lowercased, without a list marker: item 3 may repeat item 1 (each
+    Chinese or Japanese character a word, as the length checks count them)."""
+    return " ".join(normalized_words(_MARKER.sub("", text)))
 
 
 def _units(text: str) -> list[tuple[int, str]]:
@@ -307,9 +308,9 @@ def _units(text: str) -> list[tuple[int, str]]:
 
 
 def _tidy(text: str) -> str:
-    """`text` without trailing lines that say nothing (a bare "2." or "*" left by the cut)."""
+    """`text` without trailing lines that are bare list markers ("2.", "*") left by the cut."""
     lines = text.rstrip().split("\n")
-    while lines and not _LETTER.search(lines[-1]):
+    while lines and _BARE.fullmatch(lines[-1]):
         lines.pop()
     return "\n".join(lines).rstrip()
 
@@ -329,7 +330,9 @@ def deloop(text: str, cut_off: bool) -> str | None:
             kept = _tidy(text[:at])
             return kept or None
         seen.add(key)
-    if cut_off and units and not re.search(r"[.!?。！？…][\"'”’)\]]*$", text.rstrip()):
+    # the last sentence, unfinished when it ends without a full stop (what trails it - a "**"
+    # or a fence - is not what finishes it)
+    if cut_off and units and not re.search(r"[.!?。！？…][\"'”’)\]*]*$", units[-1][1]):
         kept = _tidy(text[: units[-1][0]])
         return kept or None
     return None
@@ -360,6 +363,8 @@ def repair_greedy(
             return None
         text, fixed = trimmed, ["loop"]
     cs = rec.get("constraints") or []
+    if fixed and text.lstrip().startswith(("{", "[", "```")):
+        return None  # JSON or code cut short stays broken: json_format would quote it whole
     if cs and not all(r.passed for r in check(text, validate_all(cs), mode="strict")):
         got = repair(text, cs, never=never)
         if got is None:

@@ -44,6 +44,7 @@ from judges.contrast import contrast, differing_parts, languages_differ, numbers
             "List the arguments against a four-day week.",
             "opposites (for / against)",
         ),  # fmt: skip
+        ("Is x < 5 when x = 4?", "Is x <= 5 when x = 4?", "operators differ"),
         (
             "Explain how to serialize data to XML.",
             "Explain how to deserialize XML data.",
@@ -83,7 +84,14 @@ def test_near_misses_are_told_apart(a: str, b: str, why: str) -> None:
         ("Raise five million dollars.", "Raise 5 million dollars."),
         ("Write ten lines, each with four words.", "Write 10 lines, each with 4 words."),
         ("Solve for x: 4x − 9 = 3.", "Solve for x: 4x - 9 = 3."),  # minus written two ways
-        ("Pack for a trip of 2-3 days.", "Pack for a trip of 2 - 3 days."),  # a range, not minus
+        ("Pack for a trip of 2-3 days.", "Pack for a trip of 2–3 days."),  # ranges, not minus
+        ("Compute 12 / 4 + 1.", "Compute 12 ÷ 4 + 1."),  # division written two ways
+        ("Solve 2x = −6 for x.", "Solve 2x = -6 for x."),  # a sign written two ways
+        (
+            "Run an A/B test of (a + b) / 2 for 24/7 users.",
+            "For 24/7 users, run an A/B test of (a + b) / 2.",
+        ),
+        ("Is there a vaccine against malaria?", "Is there a vaccine for malaria?"),  # no argument
         ("Explain how to care for a rubber-plant.", "Explain how to care for a rubber plant."),
     ],
 )

@@ -193,6 +193,14 @@ def test_deloop_cuts_where_a_sentence_or_list_item_comes_back() -> None:
     # short lines may repeat freely (a "Yes." per item, a closing brace)
     assert deloop("Is it red? Yes.\nIs it big? Yes.", cut_off=False) is None
     assert deloop("again and again and", cut_off=True) is None  # nothing would be left
+    # a loop in Chinese (each character a word); a last line of figures stays; what trails a
+    # finished sentence ("**") does not make it unfinished
+    assert deloop("我喜欢学习中文。我每天都练习。我喜欢学习中文。我每", cut_off=True) == (
+        "我喜欢学习中文。我每天都练习。"
+    )
+    figures = "Add them up.\n3 + 4 = 7\nAdd them up."
+    assert deloop(figures, cut_off=False) == "Add them up.\n3 + 4 = 7"
+    assert deloop("It is done.\n**", cut_off=True) is None
 
 
 def test_repair_greedy_makes_the_least_change_that_passes() -> None:
@@ -221,6 +229,14 @@ def test_repair_greedy_makes_the_least_change_that_passes() -> None:
     stopped_twice = {"response": opener, "finish_reason": "stop", "constraints": lower}
     assert repair_greedy(stopped_twice) == (opener.lower(), ["lowercase"])
     assert repair_greedy({**stopped_twice, "finish_reason": "length"}) is None
+    # JSON cut short stays broken: no repair quotes it whole
+    json_cut = {
+        "response": '{"notes": [\n"The moon is bright tonight and full.",\n'
+        '"The moon is bright tonight and full.",\n"The moon',
+        "finish_reason": "length",
+        "constraints": [{"type": "json_format"}],
+    }
+    assert repair_greedy(json_cut) is None
     # every repair passes every constraint of its prompt, strictly
     for rec in (looped, stopped):
         text, _ = repair_greedy(rec)
