@@ -183,7 +183,9 @@ class TuneConfig(BaseModel):
         "- cut where it starts to loop, then the mechanical repairs of the constraints it "
         "misses (judges/repair.py), checked strictly and by the quality filters - gets one "
         "more pair: its own repair against it. The two answers differ only where it went "
-        "wrong, and a task no sample passed (all lowercase...) gets a pair.",
+        "wrong, and a task no sample passed (all lowercase...) gets a pair. Measured on one "
+        "round (seed 0, bfloat16, the same sft adapter): 12 more pairs to the step's 58, IF "
+        "+0.3 [-3.2, +3.8] points against the step without them (README): off.",
     )
     greedy_objective: Literal["dpo", "rpo"] = Field(
         "rpo", description="greedy_pairs: the preference loss of the step after sft."
