@@ -14,6 +14,7 @@ from agent.backends import BackendConfig, SamplingParams, make_generator, user
 from agent.backends.hf import TransformersGenerator
 from agent.backends.openai_backend import OpenAIGenerator
 from agent.errors import SelfloopError, UnsupportedError
+from agent.models import ModelSpec
 from tests.helpers import free_port, make_lora_adapter, start_server
 
 PROMPTS = [user("Hi"), user("What is 2 + 2?"), user("Name three rivers in Europe.")]
@@ -32,6 +33,10 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "tiny",
             "--adapter",
             f"tuned={adapter}",
+            # float32 on both sides: in bfloat16 (dtype auto on a CPU with AVX512-BF16) a greedy
+            # token can change with the rows it shares a batch with, and the two batch apart
+            "--set",
+            "model.dtype=float32",
         ],
         port,
         tmp / "server.log",
@@ -43,7 +48,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def local(tiny_model_dir: Path, server) -> TransformersGenerator:
-    g = TransformersGenerator(str(tiny_model_dir))
+    g = TransformersGenerator(ModelSpec(name=str(tiny_model_dir), dtype="float32"))
     g.load_adapter(server["adapter"], "tuned")
     return g
 
