@@ -115,12 +115,15 @@ def main() -> None:
     for path in {sft_adapter, start}:
         if not (path / "adapter_config.json").is_file():
             raise SystemExit(f"error: {path}: round {n} has no trained adapter")
-    if args.start == "final":  # a second step: after exactly one step of the loop's
-        done = json.loads((start / "train_metrics.json").read_text()).get("objective")
-        if start == sft_adapter or done == "sft" or (sft_adapter.parent / "step-2").exists():
-            raise SystemExit(f"error: --start final: round {n}'s adapter is not the one "
-                             "preference step after sft (no greedy step, no pairs, or "
-                             "tune.greedy_steps > 1 already)")  # fmt: skip
+    # what trained the round's adapter: "sft" when the loop's step made no pairs (or never ran)
+    done = json.loads((rundir.adapter_dir(n) / "train_metrics.json").read_text()).get("objective")
+    # --start final is a second step: only after exactly one step of the loop's
+    if args.start == "final" and (
+        start == sft_adapter or done == "sft" or (sft_adapter.parent / "step-2").exists()
+    ):
+        raise SystemExit(f"error: --start final: round {n}'s adapter is not the one "
+                         "preference step after sft (no greedy step, no pairs, or "
+                         "tune.greedy_steps > 1 already)")  # fmt: skip
     champion = starting_champion(rundir, n)
     base_cfg = load_config(rundir.config_path)
     if base_cfg.tune.objective != "sft":
@@ -190,8 +193,7 @@ def main() -> None:
         # The loop's own step on the same sft adapter, when it took one (its candidate's
         # answers are in the eval cache): the setting this variant changes, paired.
         loop_eval = None
-        stepped = json.loads((rundir.adapter_dir(n) / "train_metrics.json").read_text())
-        if args.start == "sft" and stepped.get("objective") != "sft":  # the step made pairs
+        if args.start == "sft" and done != "sft":  # the step made pairs
             loop_eval = evaluate(gen, suites, adapter=rundir.adapter_dir(n), **common)
     finally:
         if gen is not None:

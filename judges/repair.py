@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from judges.preference import prompt_id
@@ -284,14 +284,15 @@ def repair_unpassed(
 
 LOOP_WORDS = 3  # a line or sentence this long that comes back is where a loop starts
 LOOP_KEEP_WORDS = 8  # a loop cut shorter than this ("Here is my answer:") is no answer
-_BARE = re.compile(r"\s*(?:[-*+•#>]+|\d{1,3}[.)]|[a-zA-Z][.)])?\s*")
-_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|[a-zA-Z][.)])\s+")
+_LIST_MARK = r"[-*+•]|\d{1,3}[.)]|[a-zA-Z][.)]"
+_MARKER = re.compile(rf"^\s*(?:{_LIST_MARK})\s+")
+_BARE = re.compile(rf"\s*(?:[-*+•#>]+|{_LIST_MARK})?\s*")  # a line that is only a marker
 
 
-def _key(text: str) -> str:
+def _key(text: str) -> tuple[str, ...]:
     """A sentence's words, lowercased, without a list marker: item 3 may repeat item 1 (each
     Chinese or Japanese character a word, as the length checks count them)."""
-    return " ".join(normalized_words(_MARKER.sub("", text)))
+    return tuple(normalized_words(_MARKER.sub("", text)))
 
 
 def _units(text: str) -> list[tuple[int, str]]:
@@ -320,11 +321,11 @@ def deloop(text: str, cut_off: bool) -> str | None:
     of `LOOP_WORDS` or more words that already appeared (a list whose items come back, a
     paragraph said again). An answer cut off at the token limit that never repeats a sentence
     loses its unfinished last one instead. None when nothing is cut or nothing is left."""
-    seen: set[str] = set()
+    seen: set[tuple[str, ...]] = set()
     units = _units(text)
     for at, s in units:
         key = _key(s)
-        if len(key.split()) < LOOP_WORDS:
+        if len(key) < LOOP_WORDS:
             continue
         if key in seen:
             kept = _tidy(text[:at])
@@ -339,10 +340,10 @@ def deloop(text: str, cut_off: bool) -> str | None:
 
 
 def repair_greedy(
-    rec: dict[str, Any],
+    rec: Mapping[str, Any],
     *,
     never: Sequence[str] = (),
-    clean: Callable[[dict[str, Any]], bool] = lambda r: True,
+    clean: Callable[[Mapping[str, Any]], bool] = lambda r: True,
 ) -> tuple[str, list[str]] | None:
     """A failed greedy answer made good with the least change: cut where it starts to loop
     (`deloop`; "loop" in the types), then the mechanical repairs of the constraints it still

@@ -174,7 +174,7 @@ def greedy_repairer(cfg: SelfloopConfig, quality: Callable[[dict], Any]) -> Call
     from judges.repair import repair_greedy
 
     never = cfg.augment.held_out_types
-    return lambda g: repair_greedy(dict(g), never=never, clean=lambda r: quality(r) is None)
+    return lambda g: repair_greedy(g, never=never, clean=lambda r: quality(r) is None)
 
 
 def greedy_step_config(tune: TuneConfig) -> TuneConfig:
