@@ -138,6 +138,14 @@ class AugmentConfig(BaseModel):
         description="Constraint types drawn for training (None = every registered type that "
         "is not held out and not response_language).",
     )
+    base_tasks: str | None = Field(
+        None,
+        description="Instructions to build constrained tasks on besides the seed tasks: "
+        "'bundled' = the English instructions shipped in agent/seeds/base_tasks.jsonl (open "
+        "requests of many kinds, no input, no format of their own), a path = a JSONL of your "
+        "own ({id, instruction, domain, language} a line), null = the seed tasks only (32 of "
+        "them can be constrained, so a round of 48 tasks drew most of them twice).",
+    )
     languages: tuple[str, ...] = Field(
         ("en",),
         description="Languages of the base tasks that get constraints (the constraints are "

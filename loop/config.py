@@ -477,8 +477,10 @@ def load_config(
     if (key := _non_finite(cfg.model_dump(mode="python"))) is not None:
         raise ConfigError(f"{source}: {key}: must be a finite number")
     # A missing seed or import file would otherwise surface only when its round reaches it.
+    bases = cfg.augment.base_tasks
     for key, f in [
         ("run.seeds_file", cfg.run.seeds_file),
+        ("augment.base_tasks", None if bases in (None, "bundled") else bases),
         *((f"run.import_files[{k}]", p) for k, p in enumerate(cfg.run.import_files)),
         *((f"eval.custom[{k}].path", c.path) for k, c in enumerate(cfg.eval.custom)),
     ]:

@@ -230,12 +230,14 @@ def _extend_finished(graph: Any, config: dict, ctx: Context) -> None:
 
 def check_inputs(cfg: SelfloopConfig) -> None:
     """Read what a run reads in its first round before anything is written: its models
-    resolve, its seed file and import files parse. A run that cannot start leaves nothing."""
+    resolve, its seed, base task and import files parse. A run that cannot start leaves nothing."""
     from agent.formats import import_file
     from agent.models import resolve
-    from agent.seeds import load_seed_tasks
+    from agent.seeds import load_base_tasks, load_seed_tasks
 
     load_seed_tasks(cfg.run.seeds_file)  # the files first: they are quick to read
+    if (bases := cfg.augment.base_tasks) is not None and "constraints" in cfg.run.sources:
+        load_base_tasks(None if bases == "bundled" else bases)
     for path in cfg.run.import_files:
         import_file(path)
     models = [(cfg.model, cfg.backend)]

@@ -186,9 +186,10 @@ def _near_eval(ctx: Context, tasks: list[dict[str, Any]]) -> dict[str, dict[str,
 
 
 def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str, Any]]]:
-    """(kind, task) candidates to constrain: seeds without constraints of their own, learned
-    tasks (by their unconstrained base instruction), this round's proposals."""
-    from agent.seeds import load_seed_tasks
+    """(kind, task) candidates to constrain: seeds without constraints or input of their own,
+    `augment.base_tasks`' instructions, learned tasks (by their unconstrained base instruction),
+    this round's proposals."""
+    from agent.seeds import load_base_tasks, load_seed_tasks
     from judges.augment import unconstrained
 
     out: list[tuple[str, dict[str, Any]]] = [
@@ -196,6 +197,9 @@ def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str,
         for s in load_seed_tasks(ctx.cfg.run.seeds_file)
         if not s.constraints and not s.input
     ]
+    if (where := ctx.cfg.augment.base_tasks) is not None:
+        bundled = where == "bundled"
+        out += [("base", t.model_dump()) for t in load_base_tasks(None if bundled else where)]
     for r in ctx.rundir.accepted():
         if not r.get("input") and (base := unconstrained(r)):
             out.append(("pool", {**r, "id": r.get("base_id") or r["id"], "instruction": base}))
@@ -221,7 +225,7 @@ STAGE = Stage(
     name="augment",
     run=run,
     writes=(TASKS, STATS),
-    reads=("propose", "run.seeds_file", "pool"),
+    reads=("propose", "run.seeds_file", "augment.base_tasks", "pool"),
     records=TASKS,
     optional=True,  # a round begun before augment existed goes on from propose's tasks
     summary=summary,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from agent.errors import SelfloopError
-from agent.seeds import SeedTask, load_seed_tasks
+from agent.seeds import BASE_FILE, BaseTask, SeedTask, load_base_tasks, load_seed_tasks
 from judges import lang
 from judges.verifiable import check, render
 
@@ -219,13 +222,31 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
         load_seed_tasks(bad)
 
 
-def test_no_seed_is_a_near_copy_of_a_held_out_eval_prompt(seeds: list[SeedTask]) -> None:
-    """Seeds are shown to the model, which copies them, and they are the constrained tasks' base
-    tasks: one that paraphrases an eval prompt would leak the held-out suites into training."""
+@pytest.fixture(scope="module")
+def eval_prompts() -> tuple[Any, list[tuple[str, str]], Any]:
+    """dedup's default embedder, every eval prompt (suite/id, text) and their embeddings."""
     from judges.embed import Embedder
     from judges.evals import load_suites
 
     prompts = [(f"{n}/{r['id']}", r["prompt"]) for n, (_, rs) in load_suites().items() for r in rs]
+    emb = Embedder("all-mpnet-base-v2")
+    return emb, prompts, emb.encode([p for _, p in prompts])
+
+
+def _near(eval_prompts: tuple[Any, list[tuple[str, str]], Any], tasks: list[Any]) -> list[tuple]:
+    emb, prompts, vectors = eval_prompts
+    sims = emb.encode([t.instruction for t in tasks]) @ vectors.T
+    return [
+        (tasks[i].id, prompts[j][0], round(float(sims[i, j]), 3))
+        for i, j in zip(*(sims >= 0.8).nonzero())
+    ]
+
+
+def test_no_seed_is_a_near_copy_of_a_held_out_eval_prompt(
+    seeds: list[SeedTask], eval_prompts: tuple[Any, list[tuple[str, str]], Any]
+) -> None:
+    """Seeds are shown to the model, which copies them, and they are the constrained tasks' base
+    tasks: one that paraphrases an eval prompt would leak the held-out suites into training."""
     # dedup's default embedder (all-mpnet-base-v2), with a margin below its 0.85 threshold. With
     # MiniLM at 0.85 this found 25 (6 word for word); mpnet then found 17 more at 0.75-0.90, every
     # one read and reworded: a translation (seed-0080 was help-046 in French), the same base task
@@ -234,10 +255,97 @@ def test_no_seed_is_a_near_copy_of_a_held_out_eval_prompt(seeds: list[SeedTask])
     # shares a genre, not a task: a classification with another input, another email to a landlord.
     # An English embedder scores a translation low: the seeds in other languages were read
     # against the suites by hand (the first rewording of seed-0080 was help-041 in French).
-    emb = Embedder("all-mpnet-base-v2")
-    sims = emb.encode([t.instruction for t in seeds]) @ emb.encode([p for _, p in prompts]).T
-    near = [
-        (seeds[i].id, prompts[j][0], round(float(sims[i, j]), 3))
-        for i, j in zip(*(sims >= 0.8).nonzero())
-    ]
+    near = _near(eval_prompts, seeds)
     assert not near, near
+
+
+# ---------------------------------------------------------------- base tasks (augment.base_tasks)
+# Words that fix an answer's form or length: a base task has none, as augmentation appends the
+# constraints (a base that asks for 3 bullets contradicts "exactly 5 bullet points").
+FORM_WORDS = re.compile(
+    r"\b(bullet|paragraphs?|words|sentences|json|(as|in) a table|title|haiku|limerick|sonnet|"
+    r"lowercase|uppercase|all caps|capital letters|comma|in (french|spanish|german|english)|"
+    r"following (text|passage|email|article)|(this|the) (text|passage|article) below)\b",
+    re.IGNORECASE,
+)
+
+
+@pytest.fixture(scope="module")
+def bases() -> list[BaseTask]:
+    return load_base_tasks()
+
+
+def test_bundled_base_tasks_are_many_distinct_open_requests(bases: list[BaseTask]) -> None:
+    from importlib import resources
+
+    assert resources.files("agent.seeds").joinpath(BASE_FILE).is_file()  # package data
+    assert len(bases) >= 300
+    assert len({t.id for t in bases}) == len(bases)
+    assert len({t.instruction.casefold() for t in bases}) == len(bases)
+    assert {t.language for t in bases} == {"en"}
+    domains = Counter(t.domain for t in bases)
+    assert len(domains) >= 8 and max(domains.values()) <= 0.5 * len(bases), domains
+    fixed = [(t.id, m.group(0)) for t in bases if (m := FORM_WORDS.search(t.instruction))]
+    assert not fixed, fixed
+
+
+def test_every_bundled_base_task_takes_constraints(bases: list[BaseTask]) -> None:
+    """Each base gives a constrained task that the filters keep (a base they would drop costs a
+    task's samples for nothing), with constraints drawn for it in every salt tried."""
+    from judges.augment import AugmentConfig, augment_task
+    from judges.filters import FilterChain, FilterConfig
+
+    rules, cfg = FilterChain(FilterConfig()), AugmentConfig(min_constraints=2)
+    for t in bases:
+        for salt in ("/r1", "/r2"):
+            task = augment_task(t.model_dump(), cfg, salt=salt)
+            assert task is not None and task["base_instruction"] == t.instruction, t.id
+            rejected = rules.check(task, instructions_only=True)
+            assert rejected is None, (t.id, rejected.reason)
+
+
+def test_no_base_task_is_a_near_copy_of_an_eval_prompt_a_seed_or_another_base(
+    bases: list[BaseTask],
+    seeds: list[SeedTask],
+    eval_prompts: tuple[Any, list[tuple[str, str]], Any],
+) -> None:
+    """The base tasks become training tasks: one that paraphrases an eval prompt would leak it
+    (written blind to the suites, 17 of 320 were the same question as an eval prompt or its base
+    task at 0.70-0.97 and were replaced), and two near-copies are one task drawn twice."""
+    assert not (near := _near(eval_prompts, bases)), near
+    emb = eval_prompts[0]
+    vectors = emb.encode([t.instruction for t in bases])
+    sims = vectors @ np.vstack([vectors, emb.encode([t.instruction for t in seeds])]).T
+    names = [t.id for t in [*bases, *seeds]]
+    twins = [
+        (bases[i].id, names[j], round(float(sims[i, j]), 3))
+        for i, j in zip(*(sims >= 0.8).nonzero())
+        if i != j
+    ]
+    assert not twins, twins
+
+
+def test_base_task_files_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "bases.jsonl"
+    path.write_text('{"id": "b1", "instruction": "Describe a quiet harbour at dusk."}\n')
+    (task,) = load_base_tasks(path)
+    assert (task.domain, task.language) == ("general", "en")
+    for lines, what in [
+        (['{"id": "b1", "instructions": "Hi."}'], ":1: instruction: Field required"),
+        (
+            ['{"id": "b1", "instruction": "Hi."}', '{"id": "b1", "instruction": "Yo."}'],
+            ":2: duplicate id 'b1' (first used on line 1)",
+        ),  # fmt: skip
+        (['{"id": "b1", "instruction": " "}'], ":1: instruction: Value error"),
+        (['{"id": "b1", "instruction": "Hi.", "language": "English"}'], ":1: language"),
+        (["", '{"id": "b1", "instruction": '], ":2: not valid JSON"),
+    ]:
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(SelfloopError) as info:
+            load_base_tasks(path)
+        assert str(info.value).startswith(f"{path}:") and what in str(info.value), info.value
+    with pytest.raises(SelfloopError, match="base task file not found"):
+        load_base_tasks(tmp_path / "nope.jsonl")
+    path.write_text("\n")
+    with pytest.raises(SelfloopError, match="no base tasks"):
+        load_base_tasks(path)

@@ -321,6 +321,36 @@ def test_augment_constrains_a_base_again_when_bases_are_fewer_than_tasks(
         assert t == first[t["base_id"]]  # enough bases: one draw each, the same as before
 
 
+def test_augment_builds_on_base_tasks_when_asked(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """augment.base_tasks: the bundled instructions (or a file of one's own) join the seeds as
+    bases, so a round of 60 tasks draws 60 bases once each instead of the seeds again and again;
+    unset, only the seeds are drawn."""
+    from loop.stages import augment
+
+    ctx = _context(tmp_path / "bundled", tiny_model_dir, "run.sources=[constraints]",
+                   "augment.tasks=60", "augment.base_tasks=bundled")  # fmt: skip
+    _write_stage(ctx, "propose", "kept.jsonl", [])
+    augment.run(ctx, {"round": 1})
+    made = read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl")
+    assert len(made) == 60 == len({t["base_id"] for t in made})  # a base once each
+    kinds = ctx.rundir.stage_stats(1, "augment")["bases"]
+    assert kinds["base"] > kinds.get("seed", 0) > 0, kinds  # ~330 bases against 32 seeds
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(
+        "\n".join(
+            json.dumps({"id": f"b{k}", "instruction": f"Describe harbour number {k} at dusk."})
+            for k in range(3)
+        )
+    )
+    ctx = _context(tmp_path / "mine", tiny_model_dir, "run.sources=[constraints]",
+                   "augment.tasks=60", f"augment.base_tasks={mine}")  # fmt: skip
+    _write_stage(ctx, "propose", "kept.jsonl", [])
+    augment.run(ctx, {"round": 1})
+    made = read_jsonl(ctx.rundir.stage_dir(1, "augment") / "tasks.jsonl")
+    ids = Counter(t["base_id"] for t in made)
+    assert {"b0", "b1", "b2"} <= set(ids) and not any(k.startswith("base-") for k in ids)
+
+
 def test_language_tasks_ask_seeds_not_in_english_as_written_and_fresh_ones_first(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
