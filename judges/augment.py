@@ -125,7 +125,14 @@ class AugmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tasks: int = Field(48, ge=1, description="Constrained tasks made per round.")
+    tasks: int = Field(
+        120,
+        ge=1,
+        description="Constrained tasks made per round (with the bundled seeds alone: their 30 "
+        "constrainable bases, 4 draws each). One round of 120 and 24 language tasks moved the "
+        "IF suite +10.2 [+5.8, +14.8] on the bundled model, where rounds of 48 had moved it "
+        "+2.6 to +5.5 (README).",
+    )
     min_constraints: int = Field(1, ge=1, le=3, description="Fewest constraints per task.")
     max_constraints: int = Field(2, ge=1, le=3, description="Most constraints per task.")
     held_out_types: tuple[str, ...] = Field(
@@ -143,8 +150,9 @@ class AugmentConfig(BaseModel):
         description="Instructions to build constrained tasks on besides the seed tasks: "
         "'bundled' = the English instructions shipped in agent/seeds/base_tasks.jsonl (open "
         "requests of many kinds, no input, no format of their own), a path = a JSONL of your "
-        "own ({id, instruction, domain, language} a line), null = the seed tasks only (32 of "
-        "them can be constrained, so a round of 48 tasks drew most of them twice).",
+        "own ({id, instruction, domain, language} a line), null = the seed tasks only (30 of "
+        "them can be constrained, so a round of 120 tasks draws each 4 times). Not yet "
+        "measured.",
     )
     languages: tuple[str, ...] = Field(
         ("en",),
@@ -152,28 +160,26 @@ class AugmentConfig(BaseModel):
         "rendered in English).",
     )
     language_tasks: int = Field(
-        0,
+        24,
         ge=0,
         description="Tasks per round, besides `tasks`, in a language other than English, asked "
         "as written (no constraint rendered): an answer passes when it is in the task's "
         "language (`response_language`, checked). The constrained tasks are English, and "
         "rounds trained on them alone drifted the multilingual suite's response-language "
         "accuracy down (0.804 -> 0.777 -> 0.714 and 0.812 -> 0.759 in rounds built on a "
-        "promoted adapter, README); answers verified to be in the asked language hold the "
-        "behaviour the suite measures. Measured in one loop round (8 a round, seed 1): no help "
-        "seen: 50 of its 64 samples ran to the token limit, so it kept 10 answers (3 tasks), "
-        "and response language still fell, 0.795 -> 0.741, where the same round "
-        "without them held it, 0.804 -> 0.812: noise at 112 prompts (README). Drawn from the seed "
-        "tasks (and proposals) not in English that no earlier round trained on.",
+        "promoted adapter, 0.812 -> 0.643 with a fresh adapter on three rounds' answers; "
+        "README). 8 a round with 320 tokens kept 10 answers and did not hold it; 24 a round "
+        "with `language_max_tokens` 640 kept 35 answers and raised it, 0.759 -> 0.866 [+3.6, "
+        "+18.8 points] in a round of 120 constrained tasks (README). Drawn from the seed tasks "
+        "(and proposals) not in English that no earlier round trained on.",
     )
     language_max_tokens: int | None = Field(
-        None,
+        640,
         ge=8,
         description="The length limit of the student's answers to the language tasks (respond "
         "and the greedy step; a teacher's keep respond's; null = respond.sampling.max_tokens). "
-        "In the one round measured, 50 of their 64 samples ran to the 320-token limit and were "
-        "dropped (the tokenizer spends several tokens a character on Chinese and Japanese): a "
-        "fair test of `language_tasks` needs room for their answers. Not yet measured.",
+        "At 320, 50 of 64 samples ran to the limit and were dropped (the tokenizer spends "
+        "several tokens a character on Chinese and Japanese).",
     )
     seed: int = Field(0, description="Seed of the draws (with each base task's id).")
     pairs_per_prompt: int = Field(

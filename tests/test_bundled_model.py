@@ -242,9 +242,9 @@ def test_one_real_round_of_the_default_recipe(tmp_path) -> None:
     from loop.graph import run
 
     cfg = load_config(None, [
-        "run.max_rounds=1", "augment.tasks=6", "respond.n=4", "respond.sampling.max_tokens=160",
-        "respond.sampling.seed=0", "tune.max_steps=2", "eval.limit_per_suite=2",
-        "eval.suite_limits={if: 6}", "eval.sampling.max_tokens=48",
+        "run.max_rounds=1", "augment.tasks=6", "augment.language_tasks=0", "respond.n=4",
+        "respond.sampling.max_tokens=160", "respond.sampling.seed=0", "tune.max_steps=2",
+        "eval.limit_per_suite=2", "eval.suite_limits={if: 6}", "eval.sampling.max_tokens=48",
     ])  # fmt: skip
     assert cfg.run.sources == ["constraints"] and cfg.gate.margin == 0.0
     state = run(cfg, tmp_path / "run")

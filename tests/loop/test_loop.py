@@ -249,7 +249,7 @@ def _constraints_config(
     """One round of the recipe's path on the tiny model: 6 constrained tasks, n samples each."""
     path = write_config(tmp_path, model_dir, max_rounds=1, sources=["constraints"])
     cfg = yaml.safe_load(path.read_text())
-    cfg["augment"] = {"tasks": 6, **augment}
+    cfg["augment"] = {"tasks": 6, "language_tasks": 0, **augment}
     cfg["respond"] = {"n": n, "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": 0}}
     # The tiny model writes random tokens, cut off at 8: let them through the heuristics so the
     # verifier sees them.

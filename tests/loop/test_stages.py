@@ -41,7 +41,9 @@ def _context(tmp_path: Path, model_dir: Path, *overrides: str) -> Context:
     # The stages' mechanics: the small embedder (a fifth of all-mpnet-base-v2's time for the
     # guards' eval prompts); dedup's own rules are tested in tests/judges/test_dedup.py.
     small = "dedup.model=all-minilm-l6-v2"
-    cfg = load_config(None, [f"model.name={model_dir}", small, *overrides])
+    # The language tasks only where a test asks for them: the others count constrained tasks.
+    few = "augment.language_tasks=0"
+    cfg = load_config(None, [f"model.name={model_dir}", small, few, *overrides])
     rundir = RunDir(tmp_path / "run")
     rundir.root.mkdir(parents=True)
     return Context(cfg, rundir)
