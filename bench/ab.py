@@ -3,7 +3,7 @@
     python bench/ab.py --run RUN_DIR --from judge --out AB_DIR --set judge.per_instruction=4
                        [--set key=value ...]
 
-Sampling is most of a round's cost (48 tasks x 8 answers: ~30 min on 2 CPU cores), and it is
+Sampling is much of a round's cost (144 tasks x 8 answers: ~25 min on 2 CPU cores), and it is
 also most of a round's noise. This bench copies RUN_DIR's round 1 up to the stage before
 `--from` (e.g. propose, augment, respond and filter for `--from judge`) into a fresh run
 directory AB_DIR, then runs the loop's round 1 there under RUN_DIR's config plus the `--set`

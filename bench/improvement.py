@@ -26,7 +26,7 @@ its last checkpoint (`selfloop resume`), under the config it started with.
 
 The last line is the baseline comparison: the final champion's IF prompt-level loose gain over
 the base, per seed. A whole run on 2 CPU cores takes hours; `--rounds 1 --set augment.tasks=6
---set respond.n=4 ...` makes a smoke run of the same code.
+--set augment.language_tasks=0 --set respond.n=4 ...` makes a smoke run of the same code.
 """
 
 from __future__ import annotations

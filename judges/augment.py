@@ -228,6 +228,13 @@ class AugmentConfig(BaseModel):
                 )
         return v
 
+    @field_validator("base_tasks")
+    @classmethod
+    def _bases(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v.strip().lower() == "bundled" != v):
+            raise ValueError(f"must be 'bundled', a path to a JSONL file or null, got {v!r}")
+        return v
+
     def drawn_types(self) -> tuple[str, ...]:
         """The types training tasks may carry."""
         base = self.train_types if self.train_types is not None else CONSTRAINT_TYPES

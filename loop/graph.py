@@ -235,9 +235,11 @@ def check_inputs(cfg: SelfloopConfig) -> None:
     from agent.models import resolve
     from agent.seeds import load_base_tasks, load_seed_tasks
 
-    load_seed_tasks(cfg.run.seeds_file)  # the files first: they are quick to read
+    seeds = {t.id for t in load_seed_tasks(cfg.run.seeds_file)}  # the files first: quick to read
     if (bases := cfg.augment.base_tasks) is not None and "constraints" in cfg.run.sources:
-        load_base_tasks(None if bases == "bundled" else bases)
+        for t in load_base_tasks(None if bases == "bundled" else bases):
+            if t.id in seeds:  # a base's id names the tasks built on it, as a seed's does
+                raise SelfloopError(f"augment.base_tasks: {bases}: id {t.id!r} is a seed's id too")
     for path in cfg.run.import_files:
         import_file(path)
     models = [(cfg.model, cfg.backend)]

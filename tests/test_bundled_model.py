@@ -232,7 +232,8 @@ def test_one_real_round_end_to_end(tmp_path) -> None:
 
 def test_one_real_round_of_the_default_recipe(tmp_path) -> None:
     """The default (`selfloop run` with no config) on the bundled models at small sizes:
-    constrained tasks, sampled answers checked by the verifier, SFT, evaluation, the gate."""
+    constrained tasks and language tasks, sampled answers checked by the verifier (the language
+    tasks' up to their own length limit), SFT, evaluation, the gate."""
     import json
 
     from judges.augment import DEFAULT_HELD_OUT
@@ -242,21 +243,31 @@ def test_one_real_round_of_the_default_recipe(tmp_path) -> None:
     from loop.graph import run
 
     cfg = load_config(None, [
-        "run.max_rounds=1", "augment.tasks=6", "augment.language_tasks=0", "respond.n=4",
-        "respond.sampling.max_tokens=160", "respond.sampling.seed=0", "tune.max_steps=2",
+        "run.max_rounds=1", "augment.tasks=6", "augment.language_tasks=2",
+        "augment.language_max_tokens=96", "respond.n=4", "respond.sampling.max_tokens=160",
+        "respond.sampling.seed=0", "tune.max_steps=2",
         "eval.limit_per_suite=2", "eval.suite_limits={if: 6}", "eval.sampling.max_tokens=48",
     ])  # fmt: skip
     assert cfg.run.sources == ["constraints"] and cfg.gate.margin == 0.0
     state = run(cfg, tmp_path / "run")
     r1 = tmp_path / "run" / "rounds" / "001"
     tasks = [json.loads(x) for x in (r1 / "augment" / "tasks.jsonl").read_text().splitlines()]
-    assert len(tasks) == 6
-    for t in tasks:  # 1-2 constraints of the training types, rendered into the instruction
+    language = [t for t in tasks if t["constraints"][0]["type"] == "response_language"]
+    assert len(tasks) == 8 and len(language) == 2
+    for t in language:  # a seed task in another language, asked as written
+        assert t["language"] != "en" and t["constraints"] == [
+            {"type": "response_language", "value": t["language"]}
+        ]
+    for t in (t for t in tasks if t not in language):
+        # 1-2 constraints of the training types, rendered into the instruction
         assert 1 <= len(t["constraints"]) <= 2
         assert not {c["type"] for c in t["constraints"]} & set(DEFAULT_HELD_OUT)
+    responses = (r1 / "respond" / "responses.jsonl").read_text().splitlines()
+    assert len(responses) == 32  # 8 tasks x 4 answers
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     verifier = metrics["filter"]["verifier"]
     assert verifier["samples"] == 24  # 6 tasks x 4 answers, each checked strictly
+    assert metrics["filter"]["language_tasks"]["samples"] == 8  # and their language, apart
     assert round_account(r1)["problems"] == []
     # What trains passed every constraint of its task (the verifier is the reward).
     kept = [json.loads(x) for x in (r1 / "dedup" / "kept.jsonl").read_text().splitlines()]

@@ -1,9 +1,10 @@
 """augment: constraint augmentation as a data source (with `run.sources` containing
-`constraints`). Base tasks - the seed tasks that carry no constraints, tasks already learned
-(the pool) and this round's filtered proposals - get 1-3 verifiable constraints each
-(`judges.augment`), so every answer to them can be checked; with fewer bases than
-`augment.tasks` a base is constrained again with other constraints (up to 4 times). The stage
-passes the round's proposals on unchanged and adds the constrained tasks after them."""
+`constraints`). Base tasks - the seed tasks that carry no constraints, `augment.base_tasks`'
+instructions, tasks already learned (the pool) and this round's filtered proposals - get 1-3
+verifiable constraints each (`judges.augment`), so every answer to them can be checked; with
+fewer bases than `augment.tasks` a base is constrained again with other constraints (up to 4
+times). The stage passes the round's proposals on unchanged and adds the constrained tasks
+after them."""
 
 from __future__ import annotations
 
@@ -198,8 +199,14 @@ def base_tasks(ctx: Context, proposals: list[dict]) -> list[tuple[str, dict[str,
         if not s.constraints and not s.input
     ]
     if (where := ctx.cfg.augment.base_tasks) is not None:
-        bundled = where == "bundled"
-        out += [("base", t.model_dump()) for t in load_base_tasks(None if bundled else where)]
+        bases = load_base_tasks(None if where == "bundled" else where)
+        if skipped := [t for t in bases if t.language not in ctx.cfg.augment.languages]:
+            log.warning(
+                "augment.base_tasks: %d of %s's %d tasks are in languages augment.languages "
+                "leaves out (%s); they are not drawn",
+                len(skipped), where, len(bases), ", ".join(sorted({t.language for t in skipped})),
+            )  # fmt: skip
+        out += [("base", t.model_dump()) for t in bases]
     for r in ctx.rundir.accepted():
         if not r.get("input") and (base := unconstrained(r)):
             out.append(("pool", {**r, "id": r.get("base_id") or r["id"], "instruction": base}))

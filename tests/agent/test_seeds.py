@@ -295,9 +295,10 @@ def test_every_bundled_base_task_takes_constraints(bases: list[BaseTask]) -> Non
     from judges.augment import AugmentConfig, augment_task
     from judges.filters import FilterChain, FilterConfig
 
-    rules, cfg = FilterChain(FilterConfig()), AugmentConfig(min_constraints=2)
-    for t in bases:
-        for salt in ("/r1", "/r2"):
+    rules = FilterChain(FilterConfig())
+    for t in bases:  # two draws of 2 constraints, and the curriculum's most: 3
+        for salt, k in (("/r1", 2), ("/r2", 2), ("/r3", 3)):
+            cfg = AugmentConfig(min_constraints=k, max_constraints=k)
             task = augment_task(t.model_dump(), cfg, salt=salt)
             assert task is not None and task["base_instruction"] == t.instruction, t.id
             rejected = rules.check(task, instructions_only=True)
@@ -332,6 +333,7 @@ def test_base_task_files_are_validated(tmp_path: Path) -> None:
     assert (task.domain, task.language) == ("general", "en")
     for lines, what in [
         (['{"id": "b1", "instructions": "Hi."}'], ":1: instruction: Field required"),
+        (['{"id": "b1", "instruction": "Hi.", "output": "Hello."}'], ":1: output: unknown key"),
         (
             ['{"id": "b1", "instruction": "Hi."}', '{"id": "b1", "instruction": "Yo."}'],
             ":2: duplicate id 'b1' (first used on line 1)",
@@ -343,7 +345,8 @@ def test_base_task_files_are_validated(tmp_path: Path) -> None:
         path.write_text("\n".join(lines) + "\n")
         with pytest.raises(SelfloopError) as info:
             load_base_tasks(path)
-        assert str(info.value).startswith(f"{path}:") and what in str(info.value), info.value
+        message = str(info.value)
+        assert message.startswith(f"{path}:") and what in message and "\n" not in message, message
     with pytest.raises(SelfloopError, match="base task file not found"):
         load_base_tasks(tmp_path / "nope.jsonl")
     path.write_text("\n")

@@ -34,6 +34,8 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         ("run:\n  seeds_file: /no/such/seeds.jsonl\n", "run.seeds_file: file not found"),
         ("run:\n  import_files: [/no/expert.json]\n", "run.import_files[0]: file not found"),
         ("augment:\n  base_tasks: /no/bases.jsonl\n", "augment.base_tasks: file not found"),
+        ("augment:\n  base_tasks: ''\n", "augment.base_tasks: Value error, must be 'bundled'"),
+        ("augment:\n  base_tasks: Bundled\n", "must be 'bundled', a path to a JSONL file or null"),
         ("run: [1, 2\n", "line 2: not valid YAML"),
     ],
 )
@@ -132,8 +134,9 @@ GOOD = [{"instruction": "Name a primary colour.", "output": "Red."}]
         ("run.seeds_file={f}", '{"id": "s1", "instruction": \n', "not valid JSON"),
         ("run.import_files=[{f}]", "[1, 2, 3]\n", "bad.jsonl"),
         ("augment.base_tasks={f}", '{"id": "b1", "instructions": "Hi."}\n', "bad.jsonl:1: "),
+        ("augment.base_tasks={f}", '{"id": "seed-0001", "instruction": "Hi."}\n', "seed's id"),
     ],
-    ids=["model", "seeds_file", "import_files", "base_tasks"],
+    ids=["model", "seeds_file", "import_files", "base_tasks", "base_task_ids"],
 )
 def test_a_run_that_cannot_start_leaves_no_directory(
     monkeypatch, capsys, tmp_path: Path, tiny_model_dir: Path, override, content, message
