@@ -231,7 +231,8 @@ class AugmentConfig(BaseModel):
     @field_validator("base_tasks")
     @classmethod
     def _bases(cls, v: str | None) -> str | None:
-        if v is not None and (not v.strip() or v.strip().lower() == "bundled" != v):
+        # "Bundled" or " bundled" would otherwise be read as a path that does not exist
+        if v is not None and (not v.strip() or (v != "bundled" and v.strip().lower() == "bundled")):
             raise ValueError(f"must be 'bundled', a path to a JSONL file or null, got {v!r}")
         return v
 

@@ -8,8 +8,8 @@ A user-supplied JSONL in the same format replaces the bundled pool.
 
 `base_tasks.jsonl` holds instructions only (`id`, `instruction`, `domain`, `language`): open
 requests with no input and no format of their own, for `augment.base_tasks` to attach
-verifiable constraints to. Only 32 of the seeds are such tasks, too few for rounds of 48 or
-more constrained tasks (each base was drawn again and again with other constraints).
+verifiable constraints to. Only 30 of the seeds are such tasks (and pass the instruction
+filters), so a round of 120 constrained tasks draws each of them 4 times with other constraints.
 
 Every record is validated; a bad one raises `SelfloopError` naming file:line and what is wrong,
 so a typo in a custom file stops a run before any model is loaded.
