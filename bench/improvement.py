@@ -22,7 +22,9 @@ never two model processes at once), then reads what the runs left on disk:
   step's verdicts on its own greedy answers.
 
 A killed bench continues with the same command plus `--resume`: each seed's run resumes from
-its last checkpoint (`selfloop resume`), under the config it started with.
+its last checkpoint (`selfloop resume`), under the config it started with. A larger `--rounds`
+with `--resume` lets finished runs go on to that many rounds (their config's `run.max_rounds`
+raised, logged in the run's `config.changes.log`; nothing else of it changes).
 
 The last line is the baseline comparison: the final champion's IF prompt-level loose gain over
 the base, per seed. A whole run on 2 CPU cores takes hours; `--rounds 1 --set augment.tasks=6
@@ -228,6 +230,21 @@ def report(seed: int, s: dict[str, Any]) -> None:
         print(f"  guard: {g}", flush=True)
 
 
+def _more_rounds(run_dir: Path, rounds: int) -> dict[str, Any]:
+    """`resume`'s arguments for a run whose saved max_rounds is below `rounds`: a copy of its
+    config with max_rounds raised, kept beside it (the change log names it)."""
+    from loop.config import dump_config, load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.run.max_rounds >= rounds:
+        return {}
+    print(f"{run_dir}: run.max_rounds {cfg.run.max_rounds} -> {rounds}", flush=True)
+    cfg.run.max_rounds = rounds
+    path = run_dir / f"config.max_rounds-{rounds}.yaml"
+    path.write_text(dump_config(cfg))
+    return {"allow_config_change": True, "config_path": path}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=Path("configs/recipe.yaml"))
@@ -251,7 +268,9 @@ def main() -> None:
         run_dir = args.out / f"seed-{seed}"
         t0 = time.monotonic()
         if args.resume and (run_dir / "config.yaml").is_file():
-            resume(run_dir)  # under the config the run started with; --set does not apply
+            # Under the config the run started with (--set does not apply), its rounds raised
+            # to --rounds when that is more.
+            resume(run_dir, **_more_rounds(run_dir, args.rounds))
             print(f"seed {seed}: {run_dir} resumed, {(time.monotonic() - t0) / 60:.1f} min")
             results[seed] = summarize(run_dir, load_config(run_dir / "config.yaml"))
             report(seed, results[seed])

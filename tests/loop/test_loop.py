@@ -139,6 +139,29 @@ def test_a_finished_run_goes_on_when_resumed_with_more_rounds(
     assert [m["round"] for m in map(json.loads, (rd / "metrics.jsonl").open())] == [1, 2]
 
 
+def test_the_improvement_bench_raises_a_resumed_runs_rounds(tmp_path: Path) -> None:
+    """`bench/improvement.py --resume --rounds N` hands resume a copy of the run's config with
+    max_rounds raised to N, and nothing else changed; no more rounds asked, no change."""
+    import importlib.util
+
+    from loop.config import dump_config
+
+    spec = importlib.util.spec_from_file_location(
+        "improvement", Path(__file__).parents[2] / "bench" / "improvement.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    saved = load_config(None, ["run.max_rounds=1", "augment.tasks=7"])
+    (tmp_path / "config.yaml").write_text(dump_config(saved))
+    assert bench._more_rounds(tmp_path, 1) == {}
+    kw = bench._more_rounds(tmp_path, 3)
+    assert kw["allow_config_change"] is True
+    raised = load_config(kw["config_path"])
+    assert raised.run.max_rounds == 3
+    assert raised.model_copy(update={"run": saved.run}) == saved  # only max_rounds moved
+    assert load_config(tmp_path / "config.yaml").run.max_rounds == 1  # resume rewrites it
+
+
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: Path) -> None:
     """SIGKILL a real `selfloop run` after round 1 judged, resume it, compare with a clean run."""
     path = write_config(tmp_path, tiny_model_dir, max_rounds=1)
