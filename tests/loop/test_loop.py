@@ -159,7 +159,8 @@ def test_the_improvement_bench_raises_a_resumed_runs_rounds(tmp_path: Path) -> N
     raised = load_config(kw["config_path"])
     assert raised.run.max_rounds == 3
     assert raised.model_copy(update={"run": saved.run}) == saved  # only max_rounds moved
-    assert load_config(tmp_path / "config.yaml").run.max_rounds == 1  # resume rewrites it
+    # The run's own config is left as it was: resume writes the raised one when it goes on.
+    assert load_config(tmp_path / "config.yaml").run.max_rounds == 1
 
 
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: Path) -> None:
