@@ -208,6 +208,13 @@ class RunDir:
         rounds = self._rounds_decided(decisions, before)
         return [r for n in rounds for r in self.input_records(n, "tune")]
 
+    def since_champion(self, before: int) -> list[int]:
+        """The rejected rounds after the last round promoted before round `before`: their
+        examples are what the champion round `before` starts from has not trained on
+        (`tune.carry_rejected`)."""
+        last = max(self.promoted_rounds(before), default=0)
+        return [m for m in self._rounds_decided(("rejected",), before) if m > last]
+
     def adapter_dir(self, n: int) -> Path:
         from loop.stages.tune import ADAPTER
 

@@ -140,16 +140,18 @@ class TuneConfig(BaseModel):
     )
     carry_rejected: bool | None = Field(
         None,
-        description="In the loop: a rejected round's kept examples still count as earlier data "
-        "for later rounds (the pool a fresh adapter trains on, replay, the dedup pool). The "
-        "gate rejects an adapter, not its data: verified answers (every constraint checked) "
-        "stay right when one round's few examples were too small a step to clear the gate. "
-        "Until a round is promoted (or always, with `warm_start: false`) each round then trains "
-        "a fresh adapter on every round's data so far. null (default) = on when no source "
-        "relies on the LLM judge (run.sources of constraints / import only): a self-judged "
-        "round's data is only as good as its judge. Four draws of a recipe round pooled (264 "
-        "verified answers) moved the IF suite +5.5 [+2.3, +8.7] points where each alone moved "
-        "it +0.0 to +3.8, reference NLL unchanged; in one seed's run, 134 and 183 carried "
+        description="In the loop: a rejected round's kept examples still count as earlier data for "
+        "later rounds (the pool a fresh adapter trains on, replay, the dedup pool). The "
+        "gate rejects an adapter, not its data: verified answers (every constraint "
+        "checked) stay right when one round's few examples were too small a step to clear "
+        "the gate. Until a round is promoted (or always, with `warm_start: false`) each "
+        "round then trains a fresh adapter on every round's data so far; after a "
+        "promotion, each round trains from the champion on its own data and that of the "
+        "rounds rejected since. null (default) = on when no source relies on the LLM "
+        "judge (run.sources of constraints / import only): a self-judged round's data is "
+        "only as good as its judge. Four draws of a recipe round pooled (264 verified "
+        "answers) moved the IF suite +5.5 [+2.3, +8.7] points where each alone moved it "
+        "+0.0 to +3.8, reference NLL unchanged; in one seed's run, 134 and 183 carried "
         "answers moved it +2.9 each, not enough to promote (README).",
     )
     greedy_pairs: int | None = Field(

@@ -225,9 +225,10 @@ def training_data(
     fresh adapter on the base). An empty list: nothing to train (logged). `bench/objectives.py`
     calls this too, so a bench trains each objective on exactly what the loop would.
 
-    - sft: the round's kept examples (plus `replay`) from the champion with `warm_start`, else
-      the whole accepted pool (with `carry_rejected`, rejected rounds' examples too) plus this
-      round from the base; plus `anchor` seed tasks (from
+    - sft: the round's kept examples from the champion with `warm_start` - with
+      `carry_rejected` also those of the rounds rejected since the champion's, plus `replay`
+      of earlier ones - else the whole accepted pool (with `carry_rejected`, rejected rounds'
+      examples too) plus this round from the base; plus `anchor` seed tasks (from
       `seeds_file`, None = the bundled ones) with their written answers, less the seed ids in
       `exclude` (`near_eval_seeds`);
     - dpo / rpo: the round's preference pairs from `pair_sources`;
@@ -254,7 +255,14 @@ def training_data(
     kept = rundir.input_records(n, "tune")
     anchors = anchored(cfg, n, len(kept), seeds_file, exclude) if kept else []
     if start is not None:
-        return kept + replayed(rundir, cfg, n, len(kept)) + anchors, start
+        # A rejected round's verified answers were too small a step to clear the gate, not
+        # wrong: they add to the next round's, as they do before the first promotion.
+        since = rundir.since_champion(n) if cfg.carry_rejected else []
+        carried = [r for m in since for r in rundir.input_records(m, "tune")]
+        if carried:
+            log.info("round %d tune: %d examples of rejected rounds %s carried", n,
+                     len(carried), since)  # fmt: skip
+        return kept + carried + replayed(rundir, cfg, n, len(kept)) + anchors, start
     # fresh: the whole accepted pool plus this round
     return rundir.accepted(before=n, rejected=cfg.carry_rejected) + kept + anchors, None
 
@@ -309,11 +317,14 @@ def _callbacks(ctx: Context, n: int, objective: str | None = None, after: int = 
 
 
 def replayed(rundir: RunDir, cfg: TuneConfig, n: int, new: int) -> list[dict[str, Any]]:
-    """`cfg.replay` x `new` earlier accepted examples, drawn the same way on a re-run."""
+    """`cfg.replay` x `new` earlier accepted examples, drawn the same way on a re-run (not
+    from the rejected rounds since the champion's, which `training_data` carries whole)."""
     import random
 
     k = round(cfg.replay * new)
-    pool = rundir.accepted(before=n, rejected=cfg.carry_rejected)
+    carried = set(rundir.since_champion(n)) if cfg.carry_rejected else set()
+    before = min(carried, default=n)
+    pool = rundir.accepted(before=before, rejected=cfg.carry_rejected)
     if k == 0 or not pool:
         return []
     picked = random.Random(f"replay/{cfg.seed}/{n}").sample(pool, min(k, len(pool)))

@@ -663,6 +663,40 @@ def test_replay_mixes_a_share_of_earlier_accepted_examples_reproducibly(
     assert replayed(off.rundir, off.cfg.tune, 3, new=6) == []
 
 
+def test_carry_rejected_adds_the_rounds_rejected_since_the_champion(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """After a promotion, a round trains from the champion on its own examples and on those
+    of the rounds rejected since (not those the champion trained on); replay draws only from
+    the rounds up to the champion's. Off, the rejected round's examples are left out."""
+    from loop.stages.tune import training_data
+
+    got = {}
+    for carry in (True, False):
+        ctx = _context(
+            tmp_path / str(carry), tiny_model_dir, "tune.replay=1.0",
+            f"tune.carry_rejected={str(carry).lower()}",
+        )  # fmt: skip
+        run = ctx.rundir
+        for n, decision in ((1, "rejected"), (2, "promoted"), (3, "rejected"), (4, None)):
+            run.stage_dir(n, "dedup").mkdir(parents=True)
+            rows = [_response(f"r{n}-{i}", f"Round {n} question {i}?") for i in range(2)]
+            write_examples(run.stage_dir(n, "dedup") / "kept.jsonl", rows)
+            if decision:
+                run.append_metrics({"round": n, "decision": {"decision": decision}})
+        assert run.since_champion(4) == [3] and run.since_champion(2) == [1]
+        assert run.since_champion(3) == []  # round 2's champion has seen all before it
+        champion = run.adapter_dir(2)
+        data, start = training_data(run, ctx.cfg.tune, 4, champion)
+        got[carry] = [r["id"] for r in data]
+        assert start == champion
+    new, replayed = got[True][:4], got[True][4:]
+    assert new == ["r4-0", "r4-1", "r3-0", "r3-1"]
+    assert len(replayed) == 2 and {i[:2] for i in replayed} <= {"r1", "r2"}
+    assert got[False][:2] == ["r4-0", "r4-1"] and len(got[False]) == 4
+    assert not any(i.startswith(("r1", "r3")) for i in got[False])  # promoted round 2 only
+
+
 def test_anchor_mixes_seed_answers_into_sft_reproducibly(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
