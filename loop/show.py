@@ -19,7 +19,7 @@ from loop.accounting import round_account
 from loop.rundir import RunDir
 from loop.stages.base import STATS, fmt, one_line
 from loop.stages.evaluate import CHAMPION_EVAL, EVAL
-from loop.stages.tune import ADAPTER, GREEDY, TRAIN_METRICS
+from loop.stages.tune import ADAPTER, DATA_ACCOUNT, GREEDY, TRAIN_METRICS
 
 SPARKS = "▁▂▃▄▅▆▇█"
 PAIRWISE = (".win_rate", ".consistency_rate")
@@ -185,14 +185,35 @@ def _examples(rd: Path, k: int) -> list[str]:
     return out
 
 
+def _data_line(rd: Path) -> list[str]:
+    """What the round trained on, part by part (`tune_data.json`; absent in older runs)."""
+    acc = load_json(rd / DATA_ACCOUNT)
+    if acc is None:
+        return []
+    parts = []
+    for name, part in (acc.get("parts") or {}).items():
+        if not part.get("examples"):
+            continue
+        rounds = [k for k in part.get("by_round") or {} if k != "-"]
+        own = name == "new" or not rounds  # this round's, or anchors (seed tasks)
+        where = (
+            "" if own else " (round" + ("s " if len(rounds) > 1 else " ") + ", ".join(rounds) + ")"
+        )
+        parts.append(f"{part['examples']} {name}{where}")
+    start = acc.get("start") or "the base model"
+    return [f"  trained on {acc.get('examples', 0)} examples from {start}: " + ", ".join(parts)]
+
+
 def _training(rd: Path) -> list[str]:
     t = load_json(rd / ADAPTER / TRAIN_METRICS)
     if t is None:
         ckpts = sorted((rd / f"{ADAPTER}.checkpoints").glob("checkpoint-*"))
-        return [f"  in progress: last checkpoint {ckpts[-1].name}"] if ckpts else []
+        return _data_line(rd) + (
+            [f"  in progress: last checkpoint {ckpts[-1].name}"] if ckpts else []
+        )
     losses = [float(x[1]) for x in t.get("losses") or []]
     first = f"{losses[0]:.3f}" if losses else "-"
-    lines = [
+    lines = _data_line(rd) + [
         f"  {t.get('method', '')} {t.get('objective', '')} {t.get('steps', 0)} steps  loss "
         f"{first} -> {fmt(t.get('final_loss'))}  {sparkline(losses)}  "
         + (  # trl's preference trainers count no tokens

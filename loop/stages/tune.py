@@ -40,11 +40,13 @@ def run(ctx: Context, state: LoopState) -> dict:
         return {"trained": True}
     champion = ctx.rundir.root / state["champion"] if state.get("champion") else None
     exclude = near_eval_seeds(ctx.cfg, lambda: ctx.pool().embedder)
-    data, init = training_data(
+    parts, init = training_parts(
         ctx.rundir, ctx.cfg.tune, n, champion, ctx.cfg.run.seeds_file, exclude
     )
+    data = [r for part in parts.values() for r in part]
     if not data:
         return {"trained": False}
+    write_data_account(ctx.rundir, n, ctx.cfg.tune, parts, init)
     ctx.release()
     t = ctx.cfg.tune
     if t.greedy_pairs and t.objective == "sft" and t.method in ("lora", "qlora"):
@@ -222,8 +224,49 @@ def training_data(
     exclude: Collection[str] = (),
 ) -> tuple[list[dict[str, Any]], Path | None]:
     """What round `n` trains on under `cfg.objective`, and the adapter it starts from (None: a
-    fresh adapter on the base). An empty list: nothing to train (logged). `bench/objectives.py`
-    calls this too, so a bench trains each objective on exactly what the loop would.
+    fresh adapter on the base): `training_parts`, in one list. An empty list: nothing to
+    train (logged). `bench/objectives.py` calls this too, so a bench trains each objective on
+    exactly what the loop would."""
+    parts, start = training_parts(rundir, cfg, n, champion, seeds_file, exclude)
+    return [r for part in parts.values() for r in part], start
+
+
+DATA_ACCOUNT = "tune_data.json"
+
+
+def write_data_account(
+    rundir: RunDir, n: int, cfg: TuneConfig, parts: dict[str, list], start: Path | None
+) -> None:
+    """`rounds/NNN/tune_data.json`: what the round trained on, part by part (this round's
+    examples, those carried from rejected rounds, replayed, anchors, or the earlier pool a
+    fresh adapter trains on), by the rounds they came from, and the adapter it started from;
+    `selfloop show` prints it."""
+    from collections import Counter
+
+    from loop.rundir import write_json
+
+    def by_round(rows: list[dict]) -> dict[str, int]:  # anchors (seed tasks) have no round
+        return dict(sorted(Counter(str(r.get("round", "-")) for r in rows).items()))
+
+    account = {
+        "objective": cfg.objective,
+        "start": str(start.relative_to(rundir.root)) if start else None,
+        "examples": sum(len(p) for p in parts.values()),
+        "parts": {k: {"examples": len(v), "by_round": by_round(v)} for k, v in parts.items()},
+    }
+    write_json(rundir.round_dir(n) / DATA_ACCOUNT, account)
+
+
+def training_parts(
+    rundir: RunDir,
+    cfg: TuneConfig,
+    n: int,
+    champion: Path | None,
+    seeds_file: Path | None = None,
+    exclude: Collection[str] = (),
+) -> tuple[dict[str, list[dict[str, Any]]], Path | None]:
+    """What round `n` trains on under `cfg.objective`, by part (in training order), and the
+    adapter it starts from (None: a fresh adapter on the base):
 
     - sft: the round's kept examples from the champion with `warm_start` - with
       `carry_rejected` also those of the rounds rejected since the champion's, plus `replay`
@@ -246,12 +289,12 @@ def training_data(
         tasks = [r for r in rates if 0 < r.get("pass_rate", 0) < 1 and r.get("constraints")]
         if not tasks:
             log.info("round %d tune: no prompt passed only sometimes: nothing for grpo", n)
-        return tasks, start
+        return {"prompts": tasks}, start
     if cfg.objective != "sft":
         pairs = rundir.round_pairs(n, cfg.pair_sources)
         if not pairs:
             log.info("round %d tune: no preference pairs from %s", n, cfg.pair_sources)
-        return pairs, start
+        return {"pairs": pairs}, start
     kept = rundir.input_records(n, "tune")
     anchors = anchored(cfg, n, len(kept), seeds_file, exclude) if kept else []
     if start is not None:
@@ -262,9 +305,11 @@ def training_data(
         if carried:
             log.info("round %d tune: %d examples of rejected rounds %s carried", n,
                      len(carried), since)  # fmt: skip
-        return kept + carried + replayed(rundir, cfg, n, len(kept)) + anchors, start
+        old = replayed(rundir, cfg, n, len(kept))
+        return {"new": kept, "carried": carried, "replayed": old, "anchors": anchors}, start
     # fresh: the whole accepted pool plus this round
-    return rundir.accepted(before=n, rejected=cfg.carry_rejected) + kept + anchors, None
+    earlier = rundir.accepted(before=n, rejected=cfg.carry_rejected)
+    return {"earlier": earlier, "new": kept, "anchors": anchors}, None
 
 
 def fit(

@@ -88,6 +88,10 @@ def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
     # Training: first and final loss, and a sparkline of every logged step.
     tm = _json(r1 / "adapter" / "train_metrics.json")
     assert f"loss {tm['losses'][0][1]:.3f} -> {tm['final_loss']:.3f}" in text
+    # what it trained on, part by part: round 1 is a fresh adapter on what dedup kept
+    data = _json(r1 / "tune_data.json")
+    assert data["start"] is None and data["parts"]["new"]["by_round"] == {"1": len(kept)}
+    assert f"trained on {data['examples']} examples from the base model: {len(kept)} new" in text
     assert any(set(w) <= set("▁▂▃▄▅▆▇█") and len(w) == len(tm["losses"]) for w in text.split())
     # Eval table: candidate vs champion for every suite's metric.
     ev = _json(r1 / "evaluate" / "eval.json")
@@ -165,7 +169,8 @@ def test_show_a_round_in_progress(run_dir: Path, tmp_path: Path) -> None:
         shutil.rmtree(r1 / name)
     text = render_round(copy, 1)
     assert "round 1: in progress; not done yet: tune, evaluate, gate\n" in text
-    assert "dedup     " in text and "Training" not in text
+    # tune has chosen its data (tune_data.json is written first) but trained nothing yet
+    assert "dedup     " in text and "Training\n  trained on " in text and "steps  loss" not in text
     assert "Evaluation" not in text and "Decision" not in text
     (r1 / "dedup").rename(r1 / ".dedup.tmp-123")  # as if dedup were being written now
     text = render_round(copy, 1)

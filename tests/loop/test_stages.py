@@ -668,19 +668,22 @@ def test_carry_rejected_adds_the_rounds_rejected_since_the_champion(
 ) -> None:
     """After a promotion, a round trains from the champion on its own examples and on those
     of the rounds rejected since (not those the champion trained on); replay draws only from
-    the rounds up to the champion's. Off, the rejected round's examples are left out."""
-    from loop.stages.tune import training_data
+    the rounds up to the champion's. Off, the rejected round's examples are left out.
+    `tune_data.json` and `selfloop show` say what came from where."""
+    from loop.show import render_round
+    from loop.stages.tune import training_data, training_parts, write_data_account
 
     got = {}
     for carry in (True, False):
         ctx = _context(
-            tmp_path / str(carry), tiny_model_dir, "tune.replay=1.0",
+            tmp_path / str(carry), tiny_model_dir, "tune.replay=2.0",
             f"tune.carry_rejected={str(carry).lower()}",
         )  # fmt: skip
         run = ctx.rundir
+        run.config_path.write_text("model: {}\n")  # `show` reads a run directory
         for n, decision in ((1, "rejected"), (2, "promoted"), (3, "rejected"), (4, None)):
             run.stage_dir(n, "dedup").mkdir(parents=True)
-            rows = [_response(f"r{n}-{i}", f"Round {n} question {i}?") for i in range(2)]
+            rows = [_response(f"r{n}-{i}", f"Round {n} question {i}?", round=n) for i in range(2)]
             write_examples(run.stage_dir(n, "dedup") / "kept.jsonl", rows)
             if decision:
                 run.append_metrics({"round": n, "decision": {"decision": decision}})
@@ -690,10 +693,17 @@ def test_carry_rejected_adds_the_rounds_rejected_since_the_champion(
         data, start = training_data(run, ctx.cfg.tune, 4, champion)
         got[carry] = [r["id"] for r in data]
         assert start == champion
+        write_data_account(run, 4, ctx.cfg.tune, *training_parts(run, ctx.cfg.tune, 4, champion))
+        got[f"show {carry}"] = render_round(run.root, 4)
     new, replayed = got[True][:4], got[True][4:]
     assert new == ["r4-0", "r4-1", "r3-0", "r3-1"]
-    assert len(replayed) == 2 and {i[:2] for i in replayed} <= {"r1", "r2"}
+    assert sorted(replayed) == ["r1-0", "r1-1", "r2-0", "r2-1"]
+    assert (
+        "trained on 8 examples from rounds/002/adapter: 2 new, 2 carried (round 3), "
+        "4 replayed (rounds 1, 2)" in got["show True"]
+    )
     assert got[False][:2] == ["r4-0", "r4-1"] and len(got[False]) == 4
+    assert "4 examples from rounds/002/adapter: 2 new, 2 replayed (round 2)" in got["show False"]
     assert not any(i.startswith(("r1", "r3")) for i in got[False])  # promoted round 2 only
 
 
