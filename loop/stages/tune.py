@@ -250,7 +250,9 @@ def write_data_account(
 
     account = {
         "objective": cfg.objective,
-        "start": str(start.relative_to(rundir.root)) if start else None,
+        "start": None
+        if start is None
+        else str(start.relative_to(rundir.root) if start.is_relative_to(rundir.root) else start),
         "examples": sum(len(p) for p in parts.values()),
         "parts": {k: {"examples": len(v), "by_round": by_round(v)} for k, v in parts.items()},
     }
