@@ -43,7 +43,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     parts, init = training_parts(
         ctx.rundir, ctx.cfg.tune, n, champion, ctx.cfg.run.seeds_file, exclude
     )
-    data = [r for part in parts.values() for r in part]
+    data = joined(parts)
     if not data:
         return {"trained": False}
     write_data_account(ctx.rundir, n, ctx.cfg.tune, parts, init)
@@ -228,7 +228,12 @@ def training_data(
     train (logged). `bench/objectives.py` calls this too, so a bench trains each objective on
     exactly what the loop would."""
     parts, start = training_parts(rundir, cfg, n, champion, seeds_file, exclude)
-    return [r for part in parts.values() for r in part], start
+    return joined(parts), start
+
+
+def joined(parts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`training_parts`' parts in one list, in training order."""
+    return [r for part in parts.values() for r in part]
 
 
 DATA_ACCOUNT = "tune_data.json"
