@@ -25,7 +25,7 @@ from judges.evals import RENAMED, renamed_metric, renamed_suite
 from judges.filters import FilterConfig
 from judges.llm_judge import JudgeConfig
 from judges.safety import SafetyConfig
-from loop.gate import GateConfig, default_guards
+from loop.gate import GateConfig, Guard, default_guards
 from loop.metrics import MetricsConfig
 from tuners.config import TuneConfig
 
@@ -272,14 +272,18 @@ VERIFIED_SOURCES = {"constraints", "import"}
 # 344-prompt suite for +6 to +8 points before any promotion. The reference answers' NLL on the
 # helpfulness and domain suites may rise by at most 0.05 nats a round: training on its own answers
 # drifts the model from well-written text (+0.05-0.09 nats seen in rounds that sampled sharper
-# than the model; README).
+# than the model; README). Every guard also holds against the run's starting model with the same
+# tolerance: per round alone, seed 1's rounds 2 and 3 each rose +0.05 nats over their champion.
 LOOP_GATE: dict[str, Any] = {
     "primary": "if.prompt_loose",
     "margin": 0.0,
     "guards": [
-        *(g.model_dump() for g in default_guards()),
-        {"metric": "helpfulness.reference_nll", "tolerance": 0.05, "slices": False},
-        {"metric": "domains.reference_nll", "tolerance": 0.05, "slices": False},
+        {**g.model_dump(), "start_tolerance": g.tolerance}
+        for g in [
+            *default_guards(),
+            Guard(metric="helpfulness.reference_nll", tolerance=0.05, slices=False),
+            Guard(metric="domains.reference_nll", tolerance=0.05, slices=False),
+        ]
     ],
 }
 

@@ -32,6 +32,11 @@ in. `slice_test: value` lets the point drop alone decide. A guard metric in neit
 suite was not run) is reported as not checked, or rejects with `missing_guard: reject`; one present
 on one side only, or no champion evaluation at all while guards are configured, rejects: the two
 evaluations cannot be compared.
+
+Guards since the start (a guard's `start_tolerance`, with `start_eval`): the candidate against
+the run's starting model too, so promotions that each regress within `tolerance` cannot add up
+to more than `start_tolerance` over the run. Not checked (and said so) where the start was
+evaluated with other generation settings or prompts per suite, or lacks the metric.
 """
 
 from __future__ import annotations
@@ -76,6 +81,14 @@ class Guard(BaseModel):
     )
     slices: bool = Field(
         True, description="Also check each slice against slice_tolerance (see min_slice_n)."
+    )
+    start_tolerance: float | None = Field(
+        None,
+        ge=0,
+        description="Largest allowed regression of the overall value against the run's "
+        "starting model (round 1's champion evaluation), however many promotions lie between: "
+        "`tolerance` alone is per round, so k promotions could drift k tolerances. null = not "
+        "checked.",
     )
 
     @field_validator("metric")
@@ -471,12 +484,64 @@ def _errors(cand: EvalResult, champ: EvalResult | None, cfg: GateConfig) -> list
     return out
 
 
+def _settings(ev: EvalResult) -> tuple[Any, Any]:
+    """What makes two evaluations comparable besides the model: generation settings and the
+    prompts per suite (eval.json's `generation.fingerprint` and `limit_per_suite`)."""
+    extra = ev.model_extra or {}
+    return (extra.get("generation") or {}).get("fingerprint"), extra.get("limit_per_suite")
+
+
+def _since_start(
+    cand: EvalResult, champ: EvalResult | None, start: EvalResult | None, cfg: GateConfig
+) -> list[dict[str, Any]]:
+    """The guards with a `start_tolerance`, candidate vs the run's starting model. Nothing when
+    the champion is still that model (the guards above already compared with it)."""
+    guards = [g for g in cfg.guards if g.start_tolerance is not None]
+    same = champ is not None and start is not None and start.fingerprint == champ.fingerprint
+    if start is None or not guards or same:
+        return []
+    head = {"kind": "start_guard", "passed": True, "checked": False}
+    if _settings(start) != _settings(cand):
+        text = (
+            "guards since the run's start: not checked, the start was evaluated with other "
+            "generation settings or prompts per suite"
+        )
+        return [{**head, "metric": None, "text": text}]
+    out = []
+    for g in guards:
+        what = f"{_label(g.metric)} ({g.metric}) since the run's start"
+        c, s = _overall(cand, g.metric), _overall(start, g.metric)
+        if c is None or s is None:
+            out.append({**head, "metric": g.metric, "text": f"{what}: not in both evaluations"})
+            continue
+        check = {"kind": "start_guard", "metric": g.metric, "candidate_n": c.n, "start_n": s.n}
+        check.update(_regression(g.metric, c.value, s.value, g.start_tolerance, ""))
+        check["start"] = check.pop("champion")
+        verb = "fell" if _higher(g.metric) else "rose"
+        check["text"] = (
+            f"{what} {verb} {_f(s.value)} -> {_f(c.value)}, tolerance {_f(g.start_tolerance)}"
+            if not check["passed"]
+            else f"{what} {_f(s.value)} -> {_f(c.value)}, within tolerance {_f(g.start_tolerance)}"
+        )
+        if (paired := _paired(cand, start, g.metric, 1.0, cfg)) is not None:
+            (lo, hi), diffs = paired
+            check["change_ci"] = [lo, hi]
+            check["text"] += (
+                f" (change {c.value - s.value:+.3g} [{lo:+.3g}, {hi:+.3g}], paired over "
+                f"{len(diffs)} prompts)"
+            )
+        out.append(check)
+    return out
+
+
 def decide(
     candidate_eval: EvalResult | Mapping[str, Any],
     champion_eval: EvalResult | Mapping[str, Any] | None,
     config: GateConfig | None = None,
+    start_eval: EvalResult | Mapping[str, Any] | None = None,
 ) -> Decision:
-    """Promote the candidate or keep the champion, and say why (see the module docstring)."""
+    """Promote the candidate or keep the champion, and say why (see the module docstring).
+    `start_eval`: the run's starting model's evaluation, for guards with a `start_tolerance`."""
     cfg = config or GateConfig()
     cand, champ = EvalResult.of(candidate_eval), EvalResult.of(champion_eval)
     assert cand is not None
@@ -485,6 +550,7 @@ def decide(
     n_slices = sum(len(checkable) for checkable, _ in slices)  # the Bonferroni family
     for g, its in zip(cfg.guards, slices):
         checks.extend(_guard(cand, champ, g, cfg, its, n_slices))
+    checks.extend(_since_start(cand, champ, EvalResult.of(start_eval), cfg))
     checks.extend(_errors(cand, champ, cfg))
     failed = [c for c in checks if not c["passed"]]
     promote = not failed

@@ -237,6 +237,15 @@ class RunDir:
         d = self.stage_dir(n, "evaluate")
         return EvalResult.read(d / EVAL), EvalResult.read(d / CHAMPION_EVAL)
 
+    def start_eval(self, n: int) -> EvalResult | None:
+        """The run's starting model's evaluation (round 1's champion side) as round `n > 1`'s
+        gate compares with it; None for round 1 or where round 1 has no evaluation."""
+        from judges.evals.result import EvalResult
+        from loop.stages.evaluate import CHAMPION_EVAL
+
+        path = self.stage_dir(1, "evaluate") / CHAMPION_EVAL
+        return EvalResult.read(path) if n > 1 and path.is_file() else None
+
     @contextmanager
     def writing_stage(self, n: int, stage: str) -> Iterator[Path]:
         """Yield a temporary directory that becomes `rounds/NNN/<stage>` when the block succeeds."""

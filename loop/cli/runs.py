@@ -209,7 +209,7 @@ def gate_cmd(
     for name in (EVAL, CHAMPION_EVAL):
         if not (evaluated / name).is_file():
             raise SelfloopError(f"{evaluated / name} is missing: nothing to decide on")
-    decision = decide(*rd.eval_results(round_), cfg)
+    decision = decide(*rd.eval_results(round_), cfg, rd.start_eval(round_))
     before = (rd.decision(round_) or {}).get("decision")
     now = "promoted" if decision.promote else "rejected"
     if before is None:

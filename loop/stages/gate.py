@@ -23,7 +23,7 @@ def run(ctx: Context, state: LoopState) -> dict:
     n = state["round"]
     if not ctx.rundir.stage_done(n, "gate"):
         cand, champ = ctx.rundir.eval_results(n)
-        decision = decide(cand, champ, ctx.cfg.gate)
+        decision = decide(cand, champ, ctx.cfg.gate, ctx.rundir.start_eval(n))
         write_json(ctx.rundir.round_dir(n) / DECISION, decision.to_dict())
         log.info("round %d: %s", n, decision.summary)
     return {"decision": ctx.rundir.decision(n)["decision"]}

@@ -372,3 +372,56 @@ def test_a_lower_is_better_slice_fails_when_it_rises(items: bool) -> None:
     # A fall is no regression whatever its size.
     fell = slice_a(_over_refusal({"a": (0, 20), "b": (2, 20)}, items))
     assert fell["passed"] and "change_ci" not in fell
+
+
+def test_guards_since_the_start_stop_promotions_adding_up() -> None:
+    # Fact recall falls 0.04 a promotion: within the per-round tolerance each time, 0.08 over
+    # the run's start after two, beyond its start_tolerance.
+    def evaluated(hits: int, if_passing: int, fp: str) -> dict:
+        facts = {"healthcare": (hits, 100), "law": (hits + 19, 100), "finance": (hits + 19, 100)}
+        ev = _eval(wins=None, facts=facts, fact_items=True, fingerprint=fp)
+        ev["suites"]["if"] = _ifeval(set(range(if_passing)))
+        return {**ev, "generation": {"fingerprint": "g1"}, "limit_per_suite": {"if": None}}
+
+    start, champ, cand = evaluated(31, 30, "base"), evaluated(27, 40, "r1"), evaluated(23, 60, "r3")
+    guard = Guard(metric="domains.fact_recall", tolerance=0.05, start_tolerance=0.05)
+    cfg = GateConfig(primary="if.prompt_loose", margin=0, guards=[guard])
+    assert decide(cand, champ, cfg).promote  # against the champion alone: -0.04
+    d = decide(cand, champ, cfg, start)
+    assert not d.promote
+    assert d.reasons[0].startswith(
+        "rejected: fact recall (domains.fact_recall) since the run's start fell 0.437 -> 0.357, "
+        "tolerance 0.05 (change -0.08 ["
+    )
+    check = next(c for c in d.checks if c["kind"] == "start_guard")
+    assert check["start"] == pytest.approx(0.4367, abs=1e-3) and check["change_ci"][1] < 0
+    # One promotion in, the same drop is within the start's tolerance too.
+    ok = decide(champ, start | {"candidate": {"fingerprint": "base0"}}, cfg, start)
+    assert ok.promote and any(r.startswith("ok: fact recall (domains.fact_recall) since") for r in
+                              ok.reasons)  # fmt: skip
+    # The champion is still the start: the guard itself compared with it; nothing twice.
+    same = decide(champ, start, cfg, start)
+    assert [c["kind"] for c in same.checks].count("start_guard") == 0
+    # No start_tolerance: not checked at all.
+    plain = GateConfig(primary="if.prompt_loose", margin=0, guards=[guard.model_copy(
+        update={"start_tolerance": None})])  # fmt: skip
+    assert decide(cand, champ, plain, start).promote
+    # The start evaluated with other settings cannot be compared: said so, not a rejection.
+    other = {**start, "generation": {"fingerprint": "g0"}}
+    d = decide(cand, champ, cfg, other)
+    assert d.promote
+    assert "not checked: guards since the run's start: not checked, the start was evaluated " \
+        "with other generation settings or prompts per suite" in d.reasons  # fmt: skip
+
+
+def test_the_loops_guards_hold_against_the_start_too(tmp_path) -> None:
+    from loop.config import load_config
+    from loop.rundir import RunDir, write_json
+
+    guards = load_config().gate.guards
+    assert guards and all(g.start_tolerance == g.tolerance == 0.05 for g in guards)
+    rd = RunDir(tmp_path / "run")
+    assert rd.start_eval(2) is None  # no round 1 evaluation yet
+    write_json(rd.stage_dir(1, "evaluate") / "champion_eval.json", CHAMPION)
+    assert rd.start_eval(1) is None  # round 1's champion is the start itself
+    assert rd.start_eval(3).fingerprint == "base"
