@@ -10,7 +10,7 @@ Five labelled sets of instruction pairs (tests/judges/data/):
   translations (distinct: a task in another language trains answering in it);
 - `dedup_check_pairs.jsonl` (240), written afterwards by someone who had read neither the
   contrast rules nor the other sets: high-overlap duplicates and near-misses. The rules changed
-  from what it showed (README gives both scores);
+  from what it showed (bench/README.md gives both scores);
 - `dedup_heldout_pairs.jsonl` (320), written after the paraphrase band and the language check
   were chosen (on the first three), by someone who had read neither them nor the other sets:
   low- and mid-overlap paraphrases, translations, templates with their content swapped, same

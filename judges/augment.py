@@ -131,7 +131,7 @@ class AugmentConfig(BaseModel):
         description="Constrained tasks made per round (with the bundled seeds alone: their 30 "
         "constrainable bases, 4 draws each). One round of 120 and 24 language tasks moved the "
         "IF suite +10.2 [+5.8, +14.8] and +7.0 [+2.6, +11.3] (two seeds) on the bundled model, "
-        "where rounds of 48 had moved it +2.6 to +5.5 (README).",
+        "where rounds of 48 had moved it +2.6 to +5.5 (bench/README.md).",
     )
     min_constraints: int = Field(1, ge=1, le=3, description="Fewest constraints per task.")
     max_constraints: int = Field(2, ge=1, le=3, description="Most constraints per task.")
@@ -168,10 +168,11 @@ class AugmentConfig(BaseModel):
         "rounds trained on them alone drifted the multilingual suite's response-language "
         "accuracy down (0.804 -> 0.777 -> 0.714 and 0.812 -> 0.759 in rounds built on a "
         "promoted adapter, 0.812 -> 0.643 with a fresh adapter on three rounds' answers; "
-        "README). 8 a round with 320 tokens kept 10 answers and did not hold it; 24 a round "
-        "with `language_max_tokens` 640 kept 35 answers and raised it, 0.759 -> 0.866 [+3.6, "
-        "+18.8 points] in a round of 120 constrained tasks (README). Drawn from the seed tasks "
-        "(and proposals) not in English that no earlier round trained on.",
+        "bench/README.md). 8 a round with 320 tokens kept 10 answers and did not hold it; "
+        "24 a round with `language_max_tokens` 640 kept 35 answers and raised it, 0.759 -> "
+        "0.866 [+3.6, +18.8 points] in a round of 120 constrained tasks (bench/README.md). "
+        "Drawn from the seed tasks (and proposals) not in English that no earlier round "
+        "trained on.",
     )
     language_max_tokens: int | None = Field(
         640,
@@ -199,7 +200,7 @@ class AugmentConfig(BaseModel):
         "filters (judges/repair.py): rejection sampling alone never teaches a type the model "
         "never passes. Four unpromoted rounds' answers pooled moved the IF suite +5.5 [+2.3, "
         "+8.7] points; with up to 4 repaired answers per never-passed prompt added (192 more) "
-        "+7.6 [+3.2, +11.9], reference NLL flat (README). One repaired answer per prompt "
+        "+7.6 [+3.2, +11.9], reference NLL flat (bench/README.md). One repaired answer per prompt "
         "in one 19-example round had moved it -0.6 [-5.2, +4.7] against that round without.",
     )
     focus: Literal["uniform", "learnable"] = Field(

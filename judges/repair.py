@@ -15,8 +15,8 @@ and stay unlearned until the model passes them by itself.
 
 The layout repairs matter most where the model never stops: a bullet list is where greedy
 decoding loops (of the v2 run's round 3 candidate's 41 bullet-count answers in the IF suite,
-README, 28 ran to the token limit, none of them passing), and exactly N bullets or paragraphs
-is a form the model's own samples almost never hit (5 and 1 examples in that run's three
+bench/README.md, 28 ran to the token limit, none of them passing), and exactly N bullets or
+paragraphs is a form the model's own samples almost never hit (5 and 1 examples in that run's three
 rounds), so without a repair a round has nothing that shows the model a list that ends.
 
 The filter stage (`augment.repair`) repairs the clean failing answers of prompts that no sample

@@ -88,7 +88,7 @@ class RunConfig(BaseModel):
 
 # The model's own distribution, untruncated: fine-tuning on the answers the verifier passes then
 # moves the model only as far as that selection asks. At 0.9 / 0.95 the samples were sharper than
-# the model and training on them sharpened it too (reference NLL +0.05 nats; README).
+# the model and training on them sharpened it too (reference NLL +0.05 nats; bench/README.md).
 RESPOND_SAMPLING = SamplingParams(max_tokens=320, temperature=1.0, top_p=1.0)
 # Greedy, so two evaluations of a model agree; 400 tokens, as some IF prompts ask 120-200 words.
 EVAL_SAMPLING = SamplingParams(max_tokens=400)
@@ -272,8 +272,9 @@ VERIFIED_SOURCES = {"constraints", "import"}
 # 344-prompt suite for +6 to +8 points before any promotion. The reference answers' NLL on the
 # helpfulness and domain suites may rise by at most 0.05 nats a round: training on its own answers
 # drifts the model from well-written text (+0.05-0.09 nats seen in rounds that sampled sharper
-# than the model; README). Every guard also holds against the run's starting model with the same
-# tolerance: per round alone, seed 1's rounds 2 and 3 each rose +0.05 nats over their champion.
+# than the model; bench/README.md). Every guard also holds against the run's starting model
+# with the same tolerance: per round alone, seed 1's rounds 2 and 3 each rose +0.05 nats over
+# their champion.
 LOOP_GATE: dict[str, Any] = {
     "primary": "if.prompt_loose",
     "margin": 0.0,

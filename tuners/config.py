@@ -152,7 +152,7 @@ class TuneConfig(BaseModel):
         "only as good as its judge. Four draws of a recipe round pooled (264 verified "
         "answers) moved the IF suite +5.5 [+2.3, +8.7] points where each alone moved it "
         "+0.0 to +3.8, reference NLL unchanged; in one seed's run, 134 and 183 carried "
-        "answers moved it +2.9 each, not enough to promote (README).",
+        "answers moved it +2.9 each, not enough to promote (bench/README.md).",
     )
     greedy_pairs: int | None = Field(
         None,
@@ -168,7 +168,7 @@ class TuneConfig(BaseModel):
         "model loops (40% of its IF answers run to the token limit), which the "
         "temperature-1.0 samples sft learns from never show it: on one seed's three rounds of "
         "data (105 pairs, 14 steps) the step cut those answers 131 -> 89 and moved the IF "
-        "suite +4.1 over the sft adapter, +9.0 [+4.4, +14.0] over the base (README, "
+        "suite +4.1 over the sft adapter, +9.0 [+4.4, +14.0] over the base (bench/README.md, "
         "bench/greedy_pairs.py).",
     )
     greedy_match: Literal["order", "length"] = Field(
@@ -176,7 +176,8 @@ class TuneConfig(BaseModel):
         description="greedy_pairs: which verified answers of a task a greedy failure is paired "
         "with: the first ones (order) or those closest to it in word count (length). A "
         "cut-off loop against a short answer teaches brevity too: in the loop runs' third "
-        "rounds the IF suite's min_sentences prompts fell from 0.87 to 0.52-0.61 (README). "
+        "rounds the IF suite's min_sentences prompts fell from 0.87 to 0.52-0.61 "
+        "(bench/README.md). "
         "Measured on one round (seed 1, the same sft adapter and 71 pairs, 19 of them with "
         "another chosen answer): length -0.3 [-3.5, +2.9] points against order, so order stays.",
     )
@@ -188,7 +189,7 @@ class TuneConfig(BaseModel):
         "more pair: its own repair against it. The two answers differ only where it went "
         "wrong, and a task no sample passed (all lowercase...) gets a pair. Measured on one "
         "round (seed 0, bfloat16, the same sft adapter): 12 more pairs to the step's 58, IF "
-        "+0.3 [-3.2, +3.8] points against the step without them (README): off.",
+        "+0.3 [-3.2, +3.8] points against the step without them (bench/README.md): off.",
     )
     greedy_objective: Literal["dpo", "rpo"] = Field(
         "rpo", description="greedy_pairs: the preference loss of the step after sft."
@@ -209,7 +210,7 @@ class TuneConfig(BaseModel):
         "does), where another epoch would train again on failures the model may no longer "
         "make. Stops early when a step's failures give no pair (none failed, or the tasks "
         "that did have no verified answer). Measured on one round (seed 1): two steps vs one "
-        "-0.6 [-4.4, +3.2] points on the IF suite, 12 fewer answers cut off (README): 1.",
+        "-0.6 [-4.4, +3.2] points on the IF suite, 12 fewer answers cut off (bench/README.md): 1.",
     )
     greedy_batch_size: int = Field(
         2,
@@ -218,7 +219,7 @@ class TuneConfig(BaseModel):
         "makes up the batch_size x grad_accum pairs of an optimizer step. The step's rejected "
         "answers run to the length limit: on 2 CPU cores (bench/preference.py, 100 pairs of a "
         "loop run) 8 pairs a pass peaked at 15.5 GB and 58 s a step, 2 pairs x 4 at 6.1 GB "
-        "and 35 s (README).",
+        "and 35 s (bench/README.md).",
     )
     warm_start: bool = Field(
         True,

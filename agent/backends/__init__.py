@@ -61,7 +61,7 @@ class BackendConfig(BaseModel):
         "static: `generate` on batches of similar prompt length, each decoded until its longest "
         "row stops. continuous: transformers' continuous batching (a paged KV cache; 0.65x "
         "static on 2 CPU cores, meant for CUDA). Calls with stop strings (the server's) always "
-        "use static batches. Measured in bench/batching.py (README).",
+        "use static batches. Measured in bench/batching.py (bench/README.md).",
     )
     merge_adapters: bool | None = Field(
         None,
@@ -74,7 +74,7 @@ class BackendConfig(BaseModel):
         True,
         description="transformers: where prompts run together open with the same tokens (the "
         "judge's rubric; at least 64), run that prefix once and share its KV cache (scoring, "
-        "and ragged decoding's prefill). Measured in bench/prefix.py (README).",
+        "and ragged decoding's prefill). Measured in bench/prefix.py (bench/README.md).",
     )
     lookahead: bool = Field(
         True,
@@ -82,14 +82,14 @@ class BackendConfig(BaseModel):
         "answer caught repeating a cycle (its last 32 tokens, or two whole cycles, periodic) has "
         "the cycle's continuation checked 64 tokens per forward pass, several answers together, "
         "keeping the tokens the model agrees with: the same answers, with fewer forward passes. "
-        "Measured in bench/lookahead.py (README).",
+        "Measured in bench/lookahead.py (bench/README.md).",
     )
     onednn_head: bool = Field(
         True,
         description="transformers, x86-64 CPU, float32: when decoding (ragged, static and "
         "streamed; not scoring), the output projection to the vocabulary runs through oneDNN, "
         "whose kernel was faster than MKL's for a few dozen rows on AMD EPYC "
-        "(`agent/backends/head.py`). Measured in bench/head.py (README).",
+        "(`agent/backends/head.py`). Measured in bench/head.py (bench/README.md).",
     )
     base_url: str | None = Field(
         None,

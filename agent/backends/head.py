@@ -7,10 +7,11 @@ layers' matmuls are as fast in MKL, 110-120). For the length of a decode call, `
 has the head multiply with a copy of its weight in oneDNN's layout; the model is as it was after.
 Ragged (`refill.decode_ragged`), static and streamed (`generate`) decoding run under it
 (`backend.onednn_head`); scoring, whose rows are whole sequences, does not. Measured in
-`bench/head.py` (README). Another kernel sums in another order, so a near-tie between two tokens
-can tip: one of the evaluation's 594 greedy answers did. Measured on AMD EPYC only, so it acts
-on x86-64 alone (elsewhere torch's BLAS is not MKL). The snapshot is one more copy of the head
-during the call (113 MB for the bundled model's tied 49,152 x 576 embedding).
+`bench/head.py` (bench/README.md). Another kernel sums in another order, so a near-tie
+between two tokens can tip: one of the evaluation's 594 greedy answers did. Measured on AMD
+EPYC only, so it acts on x86-64 alone (elsewhere torch's BLAS is not MKL). The snapshot is one
+more copy of the head during the call (113 MB for the bundled model's tied 49,152 x 576
+embedding).
 """
 
 from __future__ import annotations

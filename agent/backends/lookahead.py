@@ -17,7 +17,7 @@ different order than one over a single token, as any change of batch shape does)
 On 2 CPU cores a decode step is compute-bound, so a followed token is cheaper, not free: in a
 probe (float32), one more row in a 64-row step at 400 columns cost 5.1 ms, a 64-token chunk of one
 row 4.1 ms per token, and rows followed together (`GROUP`) share the forward's fixed cost of
-reading the weights. `bench/lookahead.py` measures the evaluation's generation (README).
+reading the weights. `bench/lookahead.py` measures the evaluation's generation (bench/README.md).
 """
 
 from __future__ import annotations
