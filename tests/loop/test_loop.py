@@ -163,6 +163,28 @@ def test_the_improvement_bench_raises_a_resumed_runs_rounds(tmp_path: Path) -> N
     assert load_config(tmp_path / "config.yaml").run.max_rounds == 1
 
 
+def test_the_evaluate_bench_generates_every_answer_from_a_fresh_cache(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`bench/evaluate.py`'s one evaluation: every answer generated (none from a cache), its
+    tokens counted, the scores read back; a used cache directory or an unknown suite refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_evaluate", Path(__file__).parents[2] / "bench" / "evaluate.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = write_config(tmp_path, tiny_model_dir)
+    r = bench.one_eval(config, bench.OLD, tmp_path / "old", ["if", "domains"], 3)
+    assert r["answers"] == 6 and r["tokens"] > 0 and r["seconds"] > 0
+    assert {"if.prompt_loose", "domains.fact_recall"} <= set(r["scores"])
+    with pytest.raises(SystemExit, match="exists"):
+        bench.one_eval(config, [], tmp_path / "old", ["if"], 1)
+    with pytest.raises(SystemExit, match="--suites nope"):
+        bench.one_eval(config, [], tmp_path / "new", ["nope"], 1)
+
+
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: Path) -> None:
     """SIGKILL a real `selfloop run` after round 1 judged, resume it, compare with a clean run."""
     path = write_config(tmp_path, tiny_model_dir, max_rounds=1)
