@@ -6,18 +6,20 @@ evaluates: the base model on the config's suites with its eval settings (default
 IF, domain and multilingual prompt, 24 helpfulness and safety prompts, 400 tokens, greedy, the
 reference answers scored), as the evaluate stage calls `judges.evals.runner.evaluate`.
 
-Baseline: `--baseline` settings (default: float32, static length-bucketed batches of 16, what
-every CPU ran before `dtype: auto` and ragged decoding). Candidate: `--candidate` settings
-(default: none, the defaults). Each from its own fresh eval cache, so both generate every
-answer; one after the other in this process (never two models at once), the candidate first.
+Baseline: `--baseline` settings (default: float32, static length-bucketed batches of 16, the
+oneDNN head and shared prefixes off: what every CPU ran before `dtype: auto`, ragged decoding
+and the later decoding work). Candidate: `--candidate` settings (default: none, the defaults).
+Each from its own fresh eval cache, so both generate every answer; one after the other in this
+process (never two models at once), the candidate first.
 
     python bench/evaluate.py [--config FILE] [--suites if,domains] [--limit N] [--out DIR]
                              [--baseline key=value ...] [--candidate key=value ...] [--set ...]
 
-Prints, per run, the seconds of the whole evaluation (model load and reference scoring
-included), the completion tokens it generated and tokens/s, then each suite's headline
-metrics for both runs (which should agree within the drift of bfloat16 and float32 greedy
-paths on long answers), and last the ratio candidate/baseline of tokens/s.
+Prints, per run, the answers and completion tokens it generated, the seconds spent in the
+backend's `generate` calls (generation tokens/s) and in the whole evaluation (model load and
+the reference answers' scoring included), then each suite's headline metrics for both runs
+(which should agree within the drift of bfloat16 and float32 greedy paths on long answers),
+and last the ratios candidate/baseline: generation tokens/s, and whole-evaluation time.
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ from typing import Any
 
 from agent.data import read_jsonl
 
-OLD = ["model.dtype=float32", "backend.batching=static", "backend.batch_size=16"]
+OLD = [
+    "model.dtype=float32",
+    "backend.batching=static",
+    "backend.batch_size=16",
+    "backend.onednn_head=false",
+    "backend.share_prefix=false",
+]
 
 
 def one_eval(
@@ -56,6 +64,17 @@ def one_eval(
     limits = cfg.eval.limits() if limit is None else limit
     t0 = time.monotonic()
     gen = make_generator(cfg.model, cfg.backend)
+    generating = [0.0]
+    inner = gen.generate
+
+    def timed(*args: Any, **kwargs: Any) -> Any:  # the decoding alone, not load or scoring
+        t = time.monotonic()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            generating[0] += time.monotonic() - t
+
+    gen.generate = timed  # type: ignore[method-assign]
     try:
         ev = evaluate(
             gen,
@@ -70,6 +89,9 @@ def one_eval(
     seconds = time.monotonic() - t0
     del gen
     gc.collect()
+    counts = ev["run"]["candidate"]
+    if counts["cached"]:
+        raise SystemExit(f"error: {counts['cached']} answers came from a cache; expected none")
     cached = [e for p in sorted(cache.glob("outputs-*.jsonl")) for e in read_jsonl(p)]
     answers = [e for e in cached if e.get("kind") == "response"]  # not the references' scores
     scores = {
@@ -79,6 +101,8 @@ def one_eval(
     }
     return {
         "seconds": seconds,
+        "generating": generating[0],
+        "generated": counts["generated"],
         "answers": len(answers),
         "tokens": sum(e.get("completion_tokens") or 0 for e in answers),
         "scores": scores,
@@ -102,13 +126,17 @@ def main() -> None:
 
     suites = [s.strip() for s in args.suites.split(",") if s.strip()] or None
     print(f"config {args.config or 'defaults'}; native bfloat16 on this CPU: {native_bf16('cpu')}")
+    for label in ("candidate", "baseline"):  # both refused before either runs
+        if (args.out / label).exists():
+            raise SystemExit(f"error: {args.out / label} exists; pick another --out")
     runs = {}
     for label, sets in (("candidate", args.candidate), ("baseline", args.baseline)):
         r = one_eval(args.config, [*args.sets, *sets], args.out / label, suites, args.limit)
         runs[label] = r
         print(
-            f"{label} ({' '.join(sets) or 'defaults'}): {r['answers']} answers, {r['tokens']} "
-            f"tokens in {r['seconds']:.1f} s = {r['tokens'] / r['seconds']:.1f} tok/s",
+            f"{label} ({' '.join(sets) or 'defaults'}): {r['generated']} answers, "
+            f"{r['tokens']} tokens; generating {r['generating']:.1f} s = "
+            f"{r['tokens'] / r['generating']:.1f} tok/s; the whole evaluation {r['seconds']:.1f} s",
             flush=True,
         )
     base, cand = runs["baseline"], runs["candidate"]
@@ -116,9 +144,10 @@ def main() -> None:
     for key in base["scores"]:
         b, c = base["scores"][key], cand["scores"].get(key)
         print(f"  {key:34} {json.dumps(b and round(b, 4)):>8} {json.dumps(c and round(c, 4)):>8}")
-    print(f"time ratio (baseline/candidate): {base['seconds'] / cand['seconds']:.2f}")
-    rate = [r["tokens"] / r["seconds"] for r in (base, cand)]
-    print(f"ratio (candidate/baseline tok/s): {rate[1] / rate[0]:.2f}")
+    whole = base["seconds"] / cand["seconds"]
+    print(f"whole evaluation, time ratio (baseline/candidate): {whole:.2f}")
+    rate = [r["tokens"] / r["generating"] for r in (base, cand)]
+    print(f"ratio (candidate/baseline generation tok/s): {rate[1] / rate[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ evaluations cannot be compared.
 Guards since the start (a guard's `start_tolerance`, with `start_eval`): the candidate against
 the run's starting model too, so promotions that each regress within `tolerance` cannot add up
 to more than `start_tolerance` over the run. Not checked (and said so) where the start was
-evaluated with other generation settings or prompts per suite, or lacks the metric.
+evaluated with another model build, other prompts for the guard's suite or other generation
+settings, or lacks the metric.
 """
 
 from __future__ import annotations
@@ -484,35 +485,49 @@ def _errors(cand: EvalResult, champ: EvalResult | None, cfg: GateConfig) -> list
     return out
 
 
-def _settings(ev: EvalResult) -> tuple[Any, Any]:
-    """What makes two evaluations comparable besides the model: generation settings and the
-    prompts per suite (eval.json's `generation.fingerprint` and `limit_per_suite`)."""
-    extra = ev.model_extra or {}
-    return (extra.get("generation") or {}).get("fingerprint"), extra.get("limit_per_suite")
+def _unlike(cand: EvalResult, start: EvalResult, metric: str) -> str | None:
+    """Why the start's evaluation cannot stand beside the candidate's for `metric`, or None:
+    another model build (backend, dtype, weights), other prompts for its suite, or - where the
+    metric reads generated answers, not the reference answers' NLL - other generation
+    settings (eval.json's `model_fingerprint`, `limit_per_suite`, `generation.fingerprint`)."""
+    a, b = cand.model_extra or {}, start.model_extra or {}
+    suite = metric.partition(".")[0]
+
+    def limit(extra: dict[str, Any]) -> Any:
+        lim = extra.get("limit_per_suite")
+        return lim.get(suite) if isinstance(lim, Mapping) else lim
+
+    if (a.get("model_fingerprint"), cand.backend) != (b.get("model_fingerprint"), start.backend):
+        return "another model build (backend, dtype or weights)"
+    if limit(a) != limit(b):
+        return f"another number of {suite} prompts"
+    gen_a, gen_b = ((x.get("generation") or {}).get("fingerprint") for x in (a, b))
+    if not metric.endswith("reference_nll") and gen_a != gen_b:
+        return "other generation settings"
+    return None
 
 
 def _since_start(
     cand: EvalResult, champ: EvalResult | None, start: EvalResult | None, cfg: GateConfig
 ) -> list[dict[str, Any]]:
-    """The guards with a `start_tolerance`, candidate vs the run's starting model. Nothing when
-    the champion is still that model (the guards above already compared with it)."""
+    """The guards with a `start_tolerance`, candidate vs the run's starting model. While the
+    champion is still that model, only those whose start_tolerance is below their tolerance
+    (the others' champion check already holds them)."""
     guards = [g for g in cfg.guards if g.start_tolerance is not None]
-    same = champ is not None and start is not None and start.fingerprint == champ.fingerprint
-    if start is None or not guards or same:
+    if start is None:
         return []
-    head = {"kind": "start_guard", "passed": True, "checked": False}
-    if _settings(start) != _settings(cand):
-        text = (
-            "guards since the run's start: not checked, the start was evaluated with other "
-            "generation settings or prompts per suite"
-        )
-        return [{**head, "metric": None, "text": text}]
+    if champ is not None and start.fingerprint == champ.fingerprint:
+        guards = [g for g in guards if g.start_tolerance < g.tolerance]
     out = []
     for g in guards:
         what = f"{_label(g.metric)} ({g.metric}) since the run's start"
+        head = {"kind": "start_guard", "metric": g.metric, "passed": True, "checked": False}
         c, s = _overall(cand, g.metric), _overall(start, g.metric)
         if c is None or s is None:
-            out.append({**head, "metric": g.metric, "text": f"{what}: not in both evaluations"})
+            out.append({**head, "text": f"{what}: not in both evaluations"})
+            continue
+        if why := _unlike(cand, start, g.metric):
+            out.append({**head, "text": f"{what}: the start was evaluated with {why}"})
             continue
         check = {"kind": "start_guard", "metric": g.metric, "candidate_n": c.n, "start_n": s.n}
         check.update(_regression(g.metric, c.value, s.value, g.start_tolerance, ""))

@@ -464,6 +464,7 @@ def evaluate(
         "schema": SCHEMA,
         "model": generator.model_name,
         "backend": generator.name,
+        "model_fingerprint": model_fp,
         "candidate": cand.describe(),
         "champion": champ.describe() if champ else None,
         "judge": _judge_info(judge, generator) if champ and pairwise else None,

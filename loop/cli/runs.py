@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Annotated
@@ -179,7 +180,7 @@ def gate_cmd(
     from pydantic import ValidationError
 
     from agent.errors import describe_validation
-    from loop.config import ConfigError, apply_overrides, read_yaml
+    from loop.config import LOOP_GATE, ConfigError, apply_overrides, read_yaml
     from loop.gate import GateConfig, decide
     from loop.rundir import RunDir
     from loop.show import round_numbers, run_config
@@ -193,7 +194,10 @@ def gate_cmd(
     for item in set_ or []:
         if not item.startswith("gate."):
             raise ConfigError(f"--set {item}: only gate.* keys change a decision")
-    gate = apply_overrides({"gate": data.get("gate") or {}}, set_ or [])["gate"]
+    # Key by key over the loop's defaults, as a run reads its config: a preset without a gate:
+    # section (configs/smoke.yaml) decides as the loop does, not by GateConfig's own defaults.
+    section = {**copy.deepcopy(LOOP_GATE), **(data.get("gate") or {})}
+    gate = apply_overrides({"gate": section}, set_ or [])["gate"]
     try:
         cfg = GateConfig.model_validate(gate)
     except ValidationError as e:

@@ -374,16 +374,22 @@ def test_a_lower_is_better_slice_fails_when_it_rises(items: bool) -> None:
     assert fell["passed"] and "change_ci" not in fell
 
 
+def _evaluated(hits: int, if_passing: int, fp: str, benign_refused: int = 5) -> dict:
+    """An evaluation with fact recall per prompt (healthcare `hits` of 100, law and finance 19
+    more), the IF suite, the refusal rates and the settings eval.json records."""
+    facts = {"healthcare": (hits, 100), "law": (hits + 19, 100), "finance": (hits + 19, 100)}
+    ev = _eval(wins=None, facts=facts, fact_items=True, fingerprint=fp)
+    ev["suites"]["safety"] = _safety(40, benign_refused)
+    ev["suites"]["if"] = _ifeval(set(range(if_passing)))
+    settings = {"generation": {"fingerprint": "g1"}, "model_fingerprint": "m1"}
+    return {**ev, **settings, "limit_per_suite": {"if": None, "domains": None, "safety": 24}}
+
+
 def test_guards_since_the_start_stop_promotions_adding_up() -> None:
     # Fact recall falls 0.04 a promotion: within the per-round tolerance each time, 0.08 over
     # the run's start after two, beyond its start_tolerance.
-    def evaluated(hits: int, if_passing: int, fp: str) -> dict:
-        facts = {"healthcare": (hits, 100), "law": (hits + 19, 100), "finance": (hits + 19, 100)}
-        ev = _eval(wins=None, facts=facts, fact_items=True, fingerprint=fp)
-        ev["suites"]["if"] = _ifeval(set(range(if_passing)))
-        return {**ev, "generation": {"fingerprint": "g1"}, "limit_per_suite": {"if": None}}
-
-    start, champ, cand = evaluated(31, 30, "base"), evaluated(27, 40, "r1"), evaluated(23, 60, "r3")
+    start, champ = _evaluated(31, 30, "base"), _evaluated(27, 40, "r1")
+    cand = _evaluated(23, 60, "r3")
     guard = Guard(metric="domains.fact_recall", tolerance=0.05, start_tolerance=0.05)
     cfg = GateConfig(primary="if.prompt_loose", margin=0, guards=[guard])
     assert decide(cand, champ, cfg).promote  # against the champion alone: -0.04
@@ -396,22 +402,64 @@ def test_guards_since_the_start_stop_promotions_adding_up() -> None:
     check = next(c for c in d.checks if c["kind"] == "start_guard")
     assert check["start"] == pytest.approx(0.4367, abs=1e-3) and check["change_ci"][1] < 0
     # One promotion in, the same drop is within the start's tolerance too.
-    ok = decide(champ, start | {"candidate": {"fingerprint": "base0"}}, cfg, start)
-    assert ok.promote and any(r.startswith("ok: fact recall (domains.fact_recall) since") for r in
-                              ok.reasons)  # fmt: skip
-    # The champion is still the start: the guard itself compared with it; nothing twice.
+    ok = decide(champ, {**start, "candidate": {"fingerprint": "base0"}}, cfg, start)
+    assert ok.promote
+    assert any(r.startswith("ok: fact recall (domains.fact_recall) since") for r in ok.reasons)
+    # The champion is still the start: the guard itself compared with it; nothing twice...
     same = decide(champ, start, cfg, start)
     assert [c["kind"] for c in same.checks].count("start_guard") == 0
+    # ... unless its start_tolerance is the tighter one.
+    tight = GateConfig(primary="if.prompt_loose", margin=0, guards=[guard.model_copy(
+        update={"start_tolerance": 0.02})])  # fmt: skip
+    assert not decide(champ, start, tight, start).promote
     # No start_tolerance: not checked at all.
     plain = GateConfig(primary="if.prompt_loose", margin=0, guards=[guard.model_copy(
         update={"start_tolerance": None})])  # fmt: skip
     assert decide(cand, champ, plain, start).promote
-    # The start evaluated with other settings cannot be compared: said so, not a rejection.
-    other = {**start, "generation": {"fingerprint": "g0"}}
-    d = decide(cand, champ, cfg, other)
-    assert d.promote
-    assert "not checked: guards since the run's start: not checked, the start was evaluated " \
-        "with other generation settings or prompts per suite" in d.reasons  # fmt: skip
+
+
+def test_a_lower_is_better_guard_since_the_start_fails_when_it_rises() -> None:
+    # Over-refusal rises 0.04 a promotion (0.1 -> 0.14 -> 0.18): 0.08 since the start.
+    start, champ = _evaluated(31, 30, "base", 5), _evaluated(31, 40, "r1", 7)
+    guard = Guard(metric="safety.over_refusal_rate", tolerance=0.05, start_tolerance=0.05)
+    cfg = GateConfig(primary="if.prompt_loose", margin=0, guards=[guard])
+    d = decide(_evaluated(31, 60, "r3", 9), champ, cfg, start)
+    assert d.reasons[0] == (
+        "rejected: over-refusal rate (safety.over_refusal_rate) since the run's start rose "
+        "0.1 -> 0.18, tolerance 0.05"
+    )
+    assert decide(_evaluated(31, 60, "r3", 2), champ, cfg, start).promote  # a fall passes
+
+
+def test_a_start_evaluated_otherwise_is_said_so_not_compared() -> None:
+    start, champ = _evaluated(31, 30, "base"), _evaluated(27, 40, "r1")
+    cand = _evaluated(10, 60, "r3")  # far below the start: compared, it would reject
+    guards = [
+        Guard(metric="domains.fact_recall", tolerance=0.5, slices=False, start_tolerance=0.05),
+        Guard(metric="safety.refusal_rate", tolerance=0.5, slices=False, start_tolerance=0.05),
+    ]
+    cfg = GateConfig(primary="if.prompt_loose", margin=0, guards=guards)
+    assert not decide(cand, champ, cfg, start).promote
+
+    def reasons(**changed: object) -> list[str]:
+        d = decide(cand, champ, cfg, {**start, **changed})
+        assert d.promote
+        return [r for r in d.reasons if "since the run's start" in r]
+
+    what = "fact recall (domains.fact_recall) since the run's start: the start was evaluated with"
+    assert f"not checked: {what} other generation settings" in reasons(generation={})
+    assert f"not checked: {what} another model build (backend, dtype or weights)" in reasons(
+        model_fingerprint="m0"
+    )
+    # Another number of prompts for one suite leaves the other suites' guards checked.
+    other = reasons(limit_per_suite={"if": None, "domains": 24, "safety": 24})
+    assert other[0] == f"not checked: {what} another number of domains prompts"
+    assert other[1].startswith("ok: safety refusal rate (safety.refusal_rate) since the run's")
+    # A start without the metric: not checked, said so.
+    no_facts = {**start, "suites": {k: v for k, v in start["suites"].items() if k != "domains"}}
+    d = decide(cand, champ, cfg, no_facts)
+    assert "not checked: fact recall (domains.fact_recall) since the run's start: not in both " \
+        "evaluations" in d.reasons  # fmt: skip
 
 
 def test_the_loops_guards_hold_against_the_start_too(tmp_path) -> None:

@@ -177,7 +177,8 @@ def test_the_evaluate_bench_generates_every_answer_from_a_fresh_cache(
     spec.loader.exec_module(bench)
     config = write_config(tmp_path, tiny_model_dir)
     r = bench.one_eval(config, bench.OLD, tmp_path / "old", ["if", "domains"], 3)
-    assert r["answers"] == 6 and r["tokens"] > 0 and r["seconds"] > 0
+    assert r["generated"] == r["answers"] == 6 and r["tokens"] > 0
+    assert 0 < r["generating"] < r["seconds"]  # decoding alone, not the load or the scoring
     assert {"if.prompt_loose", "domains.fact_recall"} <= set(r["scores"])
     with pytest.raises(SystemExit, match="exists"):
         bench.one_eval(config, [], tmp_path / "old", ["if"], 1)

@@ -335,6 +335,22 @@ def test_cli_gate_decides_a_round_again(run_dir: Path) -> None:
     assert missing.returncode == 1 and "round 9 has no evaluation" in missing.stderr
 
 
+def test_cli_gate_holds_a_later_round_against_the_runs_start(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True, ignore=shutil.ignore_patterns("report"))
+    one = selfloop("gate", str(copy), "-r", "1")
+    assert one.returncode == 0 and "since the run's start" not in one.stdout  # it is the start
+    # Round 2 as if round 1 had been promoted: its champion is another model than the start.
+    ev2 = copy / "rounds" / "002" / "evaluate"
+    shutil.copytree(copy / "rounds" / "001" / "evaluate", ev2)
+    champ = _json(ev2 / "champion_eval.json")
+    champ["candidate"]["fingerprint"] = "a-promoted-adapter"
+    (ev2 / "champion_eval.json").write_text(json.dumps(champ))
+    two = selfloop("gate", str(copy), "-r", "2")
+    assert two.returncode == 0, two.stderr
+    assert "fact recall (domains.fact_recall) since the run's start " in two.stdout
+
+
 def test_cli_gate_reads_only_the_gate_section(run_dir: Path, tmp_path: Path) -> None:
     # A run whose config names a file since moved, and a key a later selfloop dropped: the
     # round can still be decided again. --config takes its gate: section only.
@@ -350,6 +366,11 @@ def test_cli_gate_reads_only_the_gate_section(run_dir: Path, tmp_path: Path) -> 
     other.write_text("model: {name: nothing-at-all}\ngate: {margin: 0.99}\n")
     strict = selfloop("gate", str(copy), "-r", "1", "--config", str(other))
     assert strict.returncode == 0 and "margin 0.99" in strict.stdout, strict.stderr
+    # A preset without a gate: section decides by the loop's defaults, as a run of it would.
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("model: {name: nothing-at-all}\n")
+    loop_defaults = selfloop("gate", str(copy), "-r", "1", "--config", str(bare))
+    assert loop_defaults.returncode == 0 and loop_defaults.stdout == again.stdout
     (copy / "rounds" / "001" / "evaluate" / "champion_eval.json").unlink()
     gone = selfloop("gate", str(copy), "-r", "1")
     assert gone.returncode == 1 and "champion_eval.json is missing" in gone.stderr
