@@ -462,6 +462,24 @@ def test_a_start_evaluated_otherwise_is_said_so_not_compared() -> None:
         "evaluations" in d.reasons  # fmt: skip
 
 
+def test_the_gate_stage_holds_a_later_round_against_round_1s_start(tmp_path) -> None:
+    from loop.config import load_config
+    from loop.context import Context
+    from loop.rundir import RunDir, write_json
+    from loop.stages import gate as gate_stage
+
+    rd = RunDir(tmp_path / "run")
+    ctx = Context(load_config(), rd)  # the loop's own gate; no model is loaded
+    start, champ = _evaluated(31, 30, "base"), _evaluated(27, 40, "r1")
+    write_json(rd.stage_dir(1, "evaluate") / "champion_eval.json", start)
+    write_json(rd.stage_dir(2, "evaluate") / "eval.json", _evaluated(23, 60, "r2"))
+    write_json(rd.stage_dir(2, "evaluate") / "champion_eval.json", champ)
+    assert gate_stage.run(ctx, {"round": 2}) == {"decision": "rejected"}
+    assert rd.decision(2)["reasons"][0].startswith(
+        "rejected: fact recall (domains.fact_recall) since the run's start fell 0.437 -> 0.357"
+    )
+
+
 def test_the_loops_guards_hold_against_the_start_too(tmp_path) -> None:
     from loop.config import load_config
     from loop.rundir import RunDir, write_json
