@@ -375,21 +375,32 @@ def _guard(
         ]
     first = {"kind": "guard", "metric": g.metric, "slice": None, "candidate_n": c.n}
     first.update(champion_n=h.n, **_regression(g.metric, c.value, h.value, g.tolerance, ""))
-    if (paired := _paired(cand, champ, g.metric, 1.0, cfg)) is not None:
-        # The tolerance applies to the change itself; its interval says how much of the change
-        # the prompts can tell from noise (24 prompts of fact recall: about +-0.08).
-        (lo, hi), diffs = paired
-        first["change_ci"] = [lo, hi]
-        first["text"] += (
-            f" (change {c.value - h.value:+.3g} [{lo:+.3g}, {hi:+.3g}], paired over "
-            f"{len(diffs)} prompts)"
-        )
+    _change_ci(first, cand, champ, g.metric, c.value - h.value, cfg)
     out = [first]
     if not g.slices:
         return out
     checkable, out[0]["slices_not_checked"] = slices
     out += [_slice_check(cand, champ, g.metric, *s, cfg, n_slices) for s in checkable]
     return out
+
+
+def _change_ci(
+    check: dict[str, Any],
+    cand: EvalResult,
+    other: EvalResult,
+    name: str,
+    change: float,
+    cfg: GateConfig,
+) -> None:
+    """Add the paired interval of a guard's `change` to its check, where per-prompt scores
+    exist. The tolerance applies to the change itself; the interval says how much of it the
+    prompts can tell from noise (24 prompts of fact recall: about +-0.08)."""
+    if (paired := _paired(cand, other, name, 1.0, cfg)) is not None:
+        (lo, hi), diffs = paired
+        check["change_ci"] = [lo, hi]
+        check["text"] += (
+            f" (change {change:+.3g} [{lo:+.3g}, {hi:+.3g}], paired over {len(diffs)} prompts)"
+        )
 
 
 def _slices(
@@ -538,13 +549,7 @@ def _since_start(
             if not check["passed"]
             else f"{what} {_f(s.value)} -> {_f(c.value)}, within tolerance {_f(g.start_tolerance)}"
         )
-        if (paired := _paired(cand, start, g.metric, 1.0, cfg)) is not None:
-            (lo, hi), diffs = paired
-            check["change_ci"] = [lo, hi]
-            check["text"] += (
-                f" (change {c.value - s.value:+.3g} [{lo:+.3g}, {hi:+.3g}], paired over "
-                f"{len(diffs)} prompts)"
-            )
+        _change_ci(check, cand, start, g.metric, c.value - s.value, cfg)
         out.append(check)
     return out
 
