@@ -328,12 +328,15 @@ def _paired(
     return ([ci[0], ci[1]], diffs) if ci else None
 
 
-def _regression(name: str, cand: float, champ: float, tol: float, where: str) -> dict[str, Any]:
+def _regression(
+    name: str, cand: float, champ: float, tol: float, where: str, what: str | None = None
+) -> dict[str, Any]:
     """Numbers and words for one guard comparison (overall, or the slice `where`, e.g.
-    "healthcare" for a domain, "language fr" or "category weapons" for the others)."""
+    "healthcare" for a domain, "language fr" or "category weapons" for the others; `what`
+    names the comparison instead, as the guards since the run's start do)."""
     drop = (champ - cand) if _higher(name) else (cand - champ)
     worse = drop > tol + EPS
-    what = f"{where} slice {_label(name)}" if where else _label(name)
+    what = what or (f"{where} slice {_label(name)}" if where else _label(name))
     if worse:
         verb = "fell" if _higher(name) else "rose"
         text = f"{what} {verb} {_f(champ)} -> {_f(cand)}, tolerance {_f(tol)}"
@@ -541,14 +544,8 @@ def _since_start(
             out.append({**head, "text": f"{what}: the start was evaluated with {why}"})
             continue
         check = {"kind": "start_guard", "metric": g.metric, "candidate_n": c.n, "start_n": s.n}
-        check.update(_regression(g.metric, c.value, s.value, g.start_tolerance, ""))
+        check.update(_regression(g.metric, c.value, s.value, g.start_tolerance, "", what))
         check["start"] = check.pop("champion")
-        verb = "fell" if _higher(g.metric) else "rose"
-        check["text"] = (
-            f"{what} {verb} {_f(s.value)} -> {_f(c.value)}, tolerance {_f(g.start_tolerance)}"
-            if not check["passed"]
-            else f"{what} {_f(s.value)} -> {_f(c.value)}, within tolerance {_f(g.start_tolerance)}"
-        )
         _change_ci(check, cand, start, g.metric, c.value - s.value, cfg)
         out.append(check)
     return out
