@@ -17,7 +17,8 @@ On CUDA it also prints model FLOPs utilization: LoRA costs ~4N FLOPs per non-pad
 
 `--against float32` compares precision instead of code: `tuners.train` in float32 (baseline)
 against `tuners.train` with `tune.bf16: true` (candidate: bfloat16 autocast over float32 master
-weights; needs native bfloat16 - a CUDA GPU, or a CPU with AVX512-BF16 / AMX), and prints both
+weights, on CPU with the adapters' sums and the head in float32, `tuners/precision.py`; needs
+native bfloat16 - a CUDA GPU, or a CPU with AVX512-BF16 / AMX), and prints both
 runs' per-step losses: same data, order and seed, so they differ by the precision alone.
 """
 

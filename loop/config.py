@@ -616,9 +616,10 @@ def check_loop_tune(cfg: SelfloopConfig, source: str = "config") -> None:
             "lower tune.lora_r"
         )
     _check_vllm_neighbours(cfg, kind, source)
-    # What this machine cannot train (qlora or bf16 without CUDA, a CUDA model.device without a
-    # GPU): refused now rather than at round 1's tune stage, after proposing, answering and
-    # judging. The same check `tuners.train` makes, on the device it will pick.
+    # What this machine cannot train (qlora without CUDA, bf16 without native bfloat16, a CUDA
+    # model.device without a GPU): refused now rather than at round 1's tune stage, after
+    # proposing, answering and judging. The same check `tuners.train` makes, on the device it
+    # will pick.
     from agent.models import pick_device
     from tuners.guards import check_settings
 

@@ -221,6 +221,8 @@ def _training(rd: Path) -> list[str]:
             if t.get("tokens")
             else duration(float(t.get("seconds") or 0))
         )
+        # what `tune.bf16` resolved to, where it was not float32 (older runs do not say)
+        + (f", {t['precision']}" if t.get("precision", "float32") != "float32" else "")
     ]
     g = load_json(rd / GREEDY / "stats.json")
     if g is not None:  # tune.greedy_pairs: the sft step came first

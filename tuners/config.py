@@ -68,9 +68,11 @@ class TuneConfig(BaseModel):
     bf16: Literal["auto", True, False] = Field(
         "auto",
         description="bfloat16 mixed precision (autocast over float32 weights); auto = on where "
-        "CUDA supports it. true also runs on a CPU with native bfloat16 (AVX512-BF16 / AMX): "
-        "1.24x the tokens/s of float32 there, but the loss fell slower (+0.05-0.10 after 2-8 "
-        "steps, `bench/tuning.py --against float32`), so auto keeps CPUs in float32.",
+        "CUDA supports it, and for lora on a CPU with native bfloat16 (AVX512-BF16 / AMX), "
+        "where the adapters' sums and the output layer stay float32 (tuners/precision.py): "
+        "1.19x float32's tokens/s, its loss +0.0004 from float32's on average (at most +0.0022; "
+        "`bench/precision.py`). true "
+        "turns it on for prefix and full fine-tuning on such a CPU too (not measured there).",
     )
     gradient_checkpointing: Literal["auto", True, False] = Field(
         "auto",

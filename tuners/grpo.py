@@ -33,6 +33,7 @@ import torch
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from judges.verifiable import check, validate_all
+from tuners import precision
 from tuners.config import TuneConfig
 from tuners.preference import trl_model, trl_result
 from tuners.train import (
@@ -175,6 +176,8 @@ def train_grpo(
             callbacks=[guard, *callbacks],
         )
         trainer.remove_callback(PrinterCallback)
+        if settings.float32_sums:  # after trl has put a fresh adapter on
+            precision.float32_sums(trainer.model)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         started = time.monotonic()
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -183,6 +186,7 @@ def train_grpo(
     result = trl_result(
         trainer, out, guard, cfg, out_dir, seconds=seconds, memory=memory, trainable=trainable,
         resume_from=resume_from, digest=digest, examples=len(rows), keys=GRPO_METRICS,
+        trained_in=precision.describe(settings.bf16, settings.float32_sums),
     )  # fmt: skip
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():

@@ -31,6 +31,7 @@ import torch
 
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
+from tuners import precision
 from tuners.config import TuneConfig
 from tuners.train import (
     TrainResult,
@@ -177,6 +178,8 @@ def train_preference(
         )
         trainer.remove_callback(PrinterCallback)
         _unpad(trainer, packing)
+        if settings.float32_sums:  # after trl has put a fresh adapter on
+            precision.float32_sums(trainer.model)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         started = time.monotonic()
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -188,6 +191,7 @@ def train_preference(
     result = trl_result(
         trainer, out, guard, cfg, out_dir, seconds=seconds, memory=memory, trainable=trainable,
         resume_from=resume_from, digest=digest, examples=len(rows), keys=PREFERENCE_METRICS,
+        trained_in=precision.describe(settings.bf16, settings.float32_sums),
     )  # fmt: skip
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():
@@ -209,6 +213,7 @@ def trl_result(
     digest: str,
     examples: int,
     keys: Sequence[str],
+    trained_in: str = "float32",
 ) -> TrainResult:
     """The TrainResult of a finished trl run (DPO or GRPO): the loss curve, the last logged
     value of each of `keys` and its curve over the steps, tokens, time and memory."""
@@ -239,6 +244,7 @@ def trl_result(
         preference={k: round(float(v), 6) for k, v in last.items()},
         curves=curves,
         examples=examples,
+        precision=trained_in,
     )
 
 

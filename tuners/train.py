@@ -35,6 +35,7 @@ import torch
 from agent.atomic import atomic_write, check_parents
 from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, loading_weights, pick_device, resolve
+from tuners import precision
 from tuners.attention import use_for as use_packed_attention
 from tuners.card import model_card, portable_adapter_config
 from tuners.common import MARKER
@@ -70,6 +71,7 @@ class TrainResult:
     # the same figures per logged step, [[step, value], ...]: whether the reward (grpo) or the
     # reward margin (dpo / rpo) climbed during the run, not just where it ended
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    precision: str = "float32"  # tuners.precision.describe: what `tune.bf16` resolved to
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,6 +270,8 @@ def train(
         # No KV cache in training; packing also needs it off (see tuners.data.pack_batch).
         model.config.use_cache = False
         model = _wrap(model, cfg, init)
+        if settings.float32_sums:
+            precision.float32_sums(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         collator = Collator(packing, tokenizer.pad_token_id)
         guard = StepGuard(cfg.abort_grad_norm)
@@ -318,6 +322,7 @@ def train(
         resumed_from_step=first_step or None,
         data_sha256=digest,
         examples=len(data),
+        precision=precision.describe(settings.bf16, settings.float32_sums),
     )
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():

@@ -88,6 +88,9 @@ def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
     # Training: first and final loss, and a sparkline of every logged step.
     tm = _json(r1 / "adapter" / "train_metrics.json")
     assert f"loss {tm['losses'][0][1]:.3f} -> {tm['final_loss']:.3f}" in text
+    # the precision `tune.bf16: auto` resolved to on this machine, said where not float32
+    assert tm["precision"] in {"float32", "bfloat16 autocast, float32 sums"}
+    assert (f", {tm['precision']}" in text) == (tm["precision"] != "float32")
     # what it trained on, part by part: round 1 is a fresh adapter on what dedup kept
     data = _json(r1 / "tune_data.json")
     assert data["start"] is None and data["parts"]["new"]["by_round"] == {"1": len(kept)}
@@ -375,3 +378,43 @@ def test_cli_gate_reads_only_the_gate_section(run_dir: Path, tmp_path: Path) -> 
     gone = selfloop("gate", str(copy), "-r", "1")
     assert gone.returncode == 1 and "champion_eval.json is missing" in gone.stderr
     assert not (copy / "logs").exists() or not list((copy / "logs").glob("gate-*.traceback"))
+
+
+def test_the_precision_bench_trains_a_rounds_data_in_each_precision(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """`bench/precision.py` on a real (tiny) run: round 1's SFT in float32, in bfloat16 with
+    float32 sums and in plain autocast, the same steps, the losses compared step by step; a
+    finished variant is read back, not redone; a CPU without bfloat16 is refused."""
+    import os
+    import subprocess
+    import sys
+
+    bench = Path(__file__).parents[2] / "bench" / "precision.py"
+    cmd = [sys.executable, str(bench), "--run", str(run_dir), "--out", str(tmp_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SELFLOOP_CPU_BF16": "1"}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    steps = load_config(run_dir / "config.yaml").tune.max_steps
+    assert "round 1: " in first.stdout and f"{steps} steps, from the base model" in first.stdout
+    results = {v: json.loads((tmp_path / "round-001" / v / "result.json").read_text())
+               for v in ("float32", "bf16", "bf16-plain")}  # fmt: skip
+    assert {v: r["steps"] for v, r in results.items()} == dict.fromkeys(results, steps)
+    # Which variant ran what: only bf16 hooked LoRA layers (the tiny model's 2 layers x 7).
+    assert {v: r["float32_sums"] for v, r in results.items()} == {
+        "float32": 0, "bf16": 14, "bf16-plain": 0,
+    }  # fmt: skip
+    for v in ("bf16", "bf16-plain"):
+        line = next(
+            x for x in first.stdout.splitlines() if x.strip().startswith(f"{v}: ") and "tok/s" in x
+        )
+        mean = float(line.split("loss vs float32: mean ")[1].split(",")[0])
+        assert abs(mean) < 0.05, line  # same data, order and seed: the precision alone differs
+    again = subprocess.run(
+        [*cmd, "--variants", "bf16"], env=env, capture_output=True, text=True
+    )  # fmt: skip
+    assert again.returncode == 0 and "training" not in again.stdout, again.stdout
+    assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-2]  # read back
+    refused = subprocess.run(cmd, env={**env, "SELFLOOP_CPU_BF16": "0"}, capture_output=True,
+                             text=True)  # fmt: skip
+    assert refused.returncode != 0 and "no native bfloat16" in refused.stderr

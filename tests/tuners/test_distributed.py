@@ -16,7 +16,9 @@ from tests.helpers import TOY
 from tuners import TuneConfig, train
 
 # Global batch 4 either way: 1 process x 4, or 2 processes x 2. No dropout, so no RNG differences.
-COMMON = dict(max_steps=12, learning_rate=5e-3, lora_dropout=0.0, max_seq_len=128, save_steps=100)
+COMMON = dict(
+    max_steps=12, learning_rate=5e-3, lora_dropout=0.0, max_seq_len=128, save_steps=100, bf16=False
+)
 
 
 def test_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path) -> None:

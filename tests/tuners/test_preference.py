@@ -34,7 +34,7 @@ PAIRS = [
 def _cfg(objective: str, **kw) -> TuneConfig:
     base = dict(
         objective=objective, max_steps=12, batch_size=2, learning_rate=5e-3, lora_dropout=0.0,
-        warmup_ratio=0.0, lr_scheduler="constant", max_seq_len=128, save_steps=100,
+        warmup_ratio=0.0, lr_scheduler="constant", max_seq_len=128, save_steps=100, bf16=False,
     )  # fmt: skip
     return TuneConfig(**{**base, **kw})
 
@@ -82,6 +82,32 @@ def test_preference_training_moves_the_margin_and_lowers_the_loss(
     margins = saved["curves"]["rewards/margins"]
     assert len(margins) == 12 and margins[-1][1] == r.preference["rewards/margins"]
     assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+
+
+def test_rpo_on_a_bfloat16_cpu_adds_the_adapters_updates_in_float32(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """trl's trainer gets the float32 sums too (tuners/precision.py): the LoRA products run in
+    bfloat16 under autocast, the sums they join come out float32."""
+    from peft.tuners.lora import LoraLayer
+    from transformers import TrainerCallback
+
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    seen: dict[str, set[torch.dtype]] = {"product": set(), "sum": set()}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+            layer.lora_A["default"].register_forward_hook(
+                lambda mod, inp, out: seen["product"].add(out.dtype)
+            )
+            layer.register_forward_hook(lambda mod, inp, out: seen["sum"].add(out.dtype))
+
+    cfg = _cfg("rpo", max_steps=3, bf16="auto")
+    r = train_preference(str(tiny_model_dir), PAIRS, tmp_path / "a", cfg, callbacks=[Probe()])
+    assert r.steps == 3 and all(loss == loss for _, loss in r.losses)
+    assert seen == {"product": {torch.bfloat16}, "sum": {torch.float32}}
+    assert r.precision == "bfloat16 autocast, float32 sums"
 
 
 def test_warm_started_dpo_uses_the_starting_adapter_as_reference(

@@ -16,8 +16,9 @@ from tests.helpers import TOY, kill_after_checkpoint
 from tuners import TuneConfig, train
 
 SETTINGS = dict(
-    max_steps=40, save_steps=4, batch_size=2, learning_rate=5e-3, lora_dropout=0.1, max_seq_len=128
-)
+    max_steps=40, save_steps=4, batch_size=2, learning_rate=5e-3, lora_dropout=0.1,
+    max_seq_len=128, bf16=False,
+)  # fmt: skip
 
 
 def _cmd(model: Path, data: Path, out: Path) -> list[str]:

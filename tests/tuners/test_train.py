@@ -50,6 +50,7 @@ def test_each_method_learns_the_toy_set(tiny_model_dir: Path, tmp_path: Path, me
         assert r.trainable_params < total / 2  # the base stayed frozen
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["steps"] == 16 and metrics["data_sha256"] == r.data_sha256 and r.tokens > 0
+    assert metrics["precision"] == "float32"
     assert metrics["peak_memory_kind"] == "rss_sampled" and metrics["peak_memory_mb"] > 0
     assert not (out / "training_args.bin").exists()
     card = (out / "README.md").read_text()
@@ -125,29 +126,48 @@ def test_guards_before_any_step(tiny_model_dir: Path, tmp_path: Path, monkeypatc
 
 
 def test_bf16_on_a_cpu_with_native_bfloat16(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
-    """tune.bf16: true trains under bfloat16 autocast on such a CPU; auto keeps float32 there
-    (autocast learned slower: the field's description)."""
+    """On such a CPU, auto trains lora under bfloat16 autocast with the adapters' sums and the
+    head in float32 (tuners/precision.py); other methods stay float32 unless bf16 is true."""
     from tuners.guards import check_settings
 
     monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    auto = check_settings(TuneConfig(bf16="auto"), "cpu", None)
+    assert auto.bf16 is True and auto.float32_sums is True
+    for method in ("prefix", "full"):
+        assert check_settings(TuneConfig(method=method, bf16="auto"), "cpu", None).bf16 is False
+        assert check_settings(TuneConfig(method=method, bf16=True), "cpu", None).bf16 is True
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")
     assert check_settings(TuneConfig(bf16="auto"), "cpu", None).bf16 is False
-    assert check_settings(TuneConfig(bf16=True), "cpu", None).bf16 is True
-    seen: list[torch.dtype] = []
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    seen: dict[str, set[torch.dtype]] = {"product": set(), "sum": set(), "logits": set()}
 
-    class Probe(TrainerCallback):  # the dtype a linear layer of the training forward computes in
+    class Probe(TrainerCallback):  # the dtypes of one LoRA layer and of the head in training
         def on_train_begin(self, args, state, control, model=None, **kw):
-            layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
-            layer.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+            from peft.tuners.lora import LoraLayer
+
+            layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+            layer.lora_A["default"].register_forward_hook(
+                lambda mod, inp, out: seen["product"].add(out.dtype)
+            )
+            layer.register_forward_hook(lambda mod, inp, out: seen["sum"].add(out.dtype))
+            model.get_output_embeddings().register_forward_hook(
+                lambda mod, inp, out: seen["logits"].add(out.dtype)
+            )
 
     r = train(
         str(tiny_model_dir),
         TOY,
         tmp_path / "a",
-        cfg("lora", bf16=True, max_steps=2),
+        cfg("lora", bf16="auto", max_steps=8),
         callbacks=[Probe()],
     )
-    assert r.steps == 2 and all(loss == loss for _, loss in r.losses)  # finite, not NaN
-    assert seen and set(seen) == {torch.bfloat16}, seen
+    assert r.steps == 8 and all(loss == loss for _, loss in r.losses)  # finite, not NaN
+    saved = json.loads((tmp_path / "a" / "train_metrics.json").read_text())
+    assert r.precision == saved["precision"] == "bfloat16 autocast, float32 sums"
+    assert _mean([x for _, x in r.losses][-3:]) < _mean([x for _, x in r.losses][:3]), r.losses
+    # The products are bfloat16 (autocast); the sums the adapter's update joins, and the
+    # logits, float32.
+    assert seen == {"product": {torch.bfloat16}, "sum": {torch.float32}, "logits": {torch.float32}}
 
 
 def test_settings_that_cannot_train_together_are_config_errors() -> None:

@@ -1,0 +1,149 @@
+"""Training precision on a real round's data: float32 against bfloat16 autocast, step by step.
+
+    python bench/precision.py --run RUN_DIR [--round N] [--variants float32 bf16 bf16-plain]
+                              [--out bench-runs/precision]
+
+RUN_DIR is a loop run of the recipe (`selfloop run -c configs/recipe.yaml --out RUN_DIR`, or a
+seed of `bench/improvement.py`); its round N (default 1) is the data. Each variant trains the
+SFT that round's tune stage trains first (`loop.stages.tune.training_data`: its examples, its
+starting adapter, the run's tune settings: epochs, batch, learning rate and schedule, seed),
+in its own process, one after the other, into `OUT/round-NNN/<variant>`:
+
+- `float32`: `tune.bf16: false`, the baseline;
+- `bf16`: `tune.bf16: true` as `tuners.train` runs it: autocast, the adapter's sums in float32
+  (`tuners/precision.py`);
+- `bf16-plain`: autocast alone (what `tune.bf16: true` was before), every layer's output in
+  bfloat16. (On CUDA `tune.bf16: true` is plain autocast, so there `bf16` is the same.)
+
+Same data, order and seed, so the loss curves differ by the precision alone. Prints each
+variant's tokens/s and its ratio to float32, and its loss against float32's: the mean
+difference over all steps and over the last 20, and the largest. bfloat16 needs a CUDA GPU or
+a CPU with AVX512-BF16 / AMX (`native_bf16`). A variant that finished is read back from its
+`result.json`, which says when it was measured (delete the directory to measure again: speed
+ratios compare only runs made one after the other on an otherwise idle machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = ("float32", "bf16", "bf16-plain")
+
+
+def train_variant(run: Path, round_index: int, variant: str, out: Path) -> dict:
+    """One variant's SFT (child process): its figures, also written to `out/result.json`."""
+    from agent.atomic import atomic_write
+    from judges.dedup import Pool
+    from loop.config import load_config
+    from loop.rundir import RunDir
+    from loop.stages.tune import near_eval_seeds, training_data
+    from tuners import precision, train
+
+    cfg = load_config(run / "config.yaml")
+    rundir = RunDir(run)
+    # The adapter the round started from: the last promoted round before it (None: the base).
+    promoted = rundir.promoted_rounds(before=round_index)
+    champion = rundir.adapter_dir(max(promoted)) if promoted else None
+    # What the loop's sft trains, whatever objective the run's config names (the greedy step
+    # trains this sft first too).
+    tune = cfg.tune.model_copy(update={"objective": "sft", "bf16": variant != "float32"})
+    exclude = near_eval_seeds(
+        cfg.model_copy(update={"tune": tune}), lambda c=cfg.dedup: Pool(None, c).embedder
+    )
+    data, init = training_data(rundir, tune, round_index, champion, cfg.run.seeds_file, exclude)
+    if not data:
+        raise SystemExit(f"{run}: round {round_index} has nothing to train on")
+    hooked: list[int] = []  # LoRA layers given float32 sums, to say which variant ran
+    sums = precision.float32_sums
+    if variant == "bf16-plain":  # autocast alone: leave every layer's output in bfloat16
+        precision.float32_sums = lambda model: hooked.append(0) or 0
+    else:
+        precision.float32_sums = lambda model: hooked.append(sums(model)) or hooked[-1]
+    t0 = time.monotonic()
+    r = train(cfg.model, data, out / "adapter", tune, init_adapter=init)
+    res = {
+        "variant": variant,
+        "examples": len(data),
+        "start": str(init) if init else None,
+        "steps": r.steps,
+        "float32_sums": sum(hooked),
+        "tokens": r.tokens,
+        "seconds": r.seconds,
+        "wall_seconds": time.monotonic() - t0,
+        "losses": r.losses,
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    atomic_write(out / "result.json", json.dumps(res).encode())
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="A recipe run directory.")
+    ap.add_argument("--round", type=int, default=1, help="The round whose data trains (1).")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--out", type=Path, default=Path("bench-runs/precision"))
+    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    out = args.out / f"round-{args.round:03d}"
+    if args.child:
+        print(json.dumps(train_variant(args.run, args.round, args.child, out / args.child)))
+        return
+    from agent.models import native_bf16, pick_device, resolve
+    from loop.config import load_config
+
+    if not (args.run / "config.yaml").is_file():
+        sys.exit(f"{args.run}: not a run directory (no config.yaml)")
+    cfg = load_config(args.run / "config.yaml")
+    device = pick_device(resolve(cfg.model).spec)
+    if not native_bf16(device):
+        sys.exit(f"this device ({device}) has no native bfloat16 to compare")
+    variants = ["float32", *[v for v in args.variants if v != "float32"]]
+    figures: dict[str, dict] = {}
+    for v in variants:
+        done = out / v / "result.json"
+        if not done.is_file():
+            cmd = [sys.executable, __file__, "--run", str(args.run), "--round", str(args.round),
+                   "--out", str(args.out), "--child", v]  # fmt: skip
+            print(f"{v}: training ...", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
+        figures[v] = json.loads(done.read_text())
+    base = figures["float32"]
+    base_tps = base["tokens"] / base["seconds"]
+    by_step = dict(base["losses"])
+    print(
+        f"{args.run} round {args.round}: {base['examples']} examples, "
+        f"{base['steps']} steps, from {base['start'] or 'the base model'}"
+    )
+    for v in variants:
+        f = figures[v]
+        tps = f["tokens"] / f["seconds"]
+        line = (
+            f"{v:>10}: {f['tokens']} tokens in {f['seconds']:.1f}s = {tps:.1f} tok/s "
+            f"(measured {f['measured']}, float32 sums in {f['float32_sums']} layers)"
+        )
+        if v != "float32":
+            diffs = [loss - by_step[s] for s, loss in f["losses"] if s in by_step]
+            last = diffs[-20:]
+            line += (
+                f", {tps / base_tps:.2f}x float32; loss vs float32: mean {_mean(diffs):+.4f}, "
+                f"last 20 steps {_mean(last):+.4f}, largest {max(diffs, key=abs):+.4f}"
+            )
+        print(line + f"; final loss {f['losses'][-1][1]:.4f}")
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+if __name__ == "__main__":
+    from agent.procs import bench_main
+
+    bench_main(main, "bench/precision.py")

@@ -1,0 +1,82 @@
+"""bfloat16 training with float32 sums (tuners/precision.py): what autocast rounds away, kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuners import TuneConfig, precision
+
+
+def _lora_layer_model() -> tuple[torch.nn.Module, torch.nn.Module]:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    with torch.no_grad():
+        base[0].weight.mul_(100)  # outputs of ~50: bfloat16's step there is 0.25
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=["0"])
+    )
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.fill_(1e-3)  # a young adapter: an update of ~1e-3
+    return model, layer
+
+
+def _with_and_without(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with model.disable_adapter():
+            off = model(x)
+        on = model(x)
+    return off, on
+
+
+def test_float32_sums_keep_the_update_plain_autocast_rounds_away() -> None:
+    model, layer = _lora_layer_model()
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        update = layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+    assert 1e-4 < update.abs().mean() < 0.05
+
+    off, on = _with_and_without(model, x)
+    assert on.dtype == torch.bfloat16
+    # Plain autocast: the update is smaller than half a step of the output, so the sum rounds
+    # back to the frozen layer's output nearly everywhere.
+    assert (on == off).float().mean() > 0.9
+
+    assert precision.float32_sums(model) == 1
+    assert precision.float32_sums(model) == 0  # hooked once, however often it is called
+    off, on = _with_and_without(model, x)
+    assert on.dtype == torch.float32 and off.dtype == torch.float32
+    # The frozen product is still computed in bfloat16 (its output is only widened), and the
+    # update now survives whole, to bfloat16's own precision of the update.
+    assert torch.equal(off, off.bfloat16().float())
+    torch.testing.assert_close(on - off, update, rtol=2e-2, atol=1e-4)
+
+
+def test_float32_sums_are_the_cpu_bfloat16_setting(monkeypatch) -> None:
+    from tuners.guards import check_settings
+
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    assert check_settings(TuneConfig(bf16=True), "cpu", None).float32_sums is True
+    assert check_settings(TuneConfig(bf16=False), "cpu", None).float32_sums is False
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")
+    with pytest.raises(Exception, match="tune.bf16=true needs"):
+        check_settings(TuneConfig(bf16=True), "cpu", None)
+
+
+def test_float32_sums_on_some_projections_only(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """LoRA on q and v only: their sums come out float32 beside k's bfloat16, and attention
+    still runs (autocast casts its inputs alike) to finite losses."""
+    from tests.helpers import TOY, cfg
+    from tuners import train
+
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    r = train(
+        str(tiny_model_dir),
+        TOY,
+        tmp_path / "qv",
+        cfg("lora", bf16=True, max_steps=4, target_modules=["q_proj", "v_proj"]),
+    )
+    assert r.steps == 4 and all(loss == loss for _, loss in r.losses)
