@@ -68,11 +68,10 @@ class TuneConfig(BaseModel):
     bf16: Literal["auto", True, False] = Field(
         "auto",
         description="bfloat16 mixed precision (autocast over float32 weights); auto = on where "
-        "CUDA supports it, and for lora on a CPU with native bfloat16 (AVX512-BF16 / AMX), "
-        "where the adapters' sums and the output layer stay float32 (tuners/precision.py): "
-        "1.19x float32's tokens/s, its loss +0.0004 from float32's on average (at most +0.0022; "
-        "`bench/precision.py`). true "
-        "turns it on for prefix and full fine-tuning on such a CPU too (not measured there).",
+        "CUDA supports it. true also runs on a CPU with native bfloat16 (AVX512-BF16 / AMX), "
+        "with the adapters' sums and the output layer in float32 (tuners/precision.py): its "
+        "loss stays +0.0004 from float32's on average, but its speed was 1.19x float32's in "
+        "one run and 0.96x in another (`bench/precision.py`), so auto keeps CPUs in float32.",
     )
     gradient_checkpointing: Literal["auto", True, False] = Field(
         "auto",

@@ -46,8 +46,8 @@ class Settings:
     bf16: bool
     grad_ckpt: bool
     fsdp_config: dict[str, Any] | None  # None = no FSDP
-    # bfloat16 on CPU adds the adapters' updates in float32 (tuners/precision.py); CUDA keeps
-    # plain autocast, where this was not measured.
+    # bfloat16 on CPU (tune.bf16: true) adds the adapters' updates in float32
+    # (tuners/precision.py); CUDA keeps plain autocast, where this was not measured.
     float32_sums: bool = False
 
 
@@ -100,17 +100,11 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
             raise SelfloopError(f"warm-start adapter {init_adapter} has no adapter_config.json")
         check_adapter_files(init_adapter)
 
-    # On a CPU with native bfloat16, auto trains LoRA in bfloat16 with the adapters' sums and
-    # the head in float32 (tuners/precision.py): on a real round's data it tracked float32's
-    # loss to +0.0004 on average (at most +0.0022) at 1.19x the speed (`bench/precision.py`).
-    # Plain autocast, 1.30x, ended
-    # 0.008 above float32. Other methods were not measured there and stay in float32.
-    if cfg.bf16 == "auto":
-        bf16 = (cuda and torch.cuda.is_bf16_supported()) or (
-            not cuda and cfg.method == "lora" and native_bf16(device)
-        )
-    else:
-        bf16 = bool(cfg.bf16)
+    # auto stays float32 on CPU. With the adapters' sums in float32 (tuners/precision.py, what
+    # true runs there) bfloat16 tracks float32's loss (+0.0004 on average on a real round's
+    # SFT), but its speed against float32 was 1.19x in one run and 0.96x in another
+    # (`bench/precision.py`, bench/README.md): no gain established to make it the default.
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else bool(cfg.bf16)
     if cfg.gradient_checkpointing == "auto":
         # peft refuses prefix tuning under gradient checkpointing (the prefix is a KV cache).
         grad_ckpt = cuda and cfg.method != "prefix"

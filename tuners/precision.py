@@ -1,12 +1,14 @@
 """bfloat16 training that learns as float32 does: autocast, with the adapters' sums in float32.
 
 Under autocast every linear layer returns bfloat16, so a LoRA layer adds its update to the
-frozen layer's output in bfloat16 - 8 bits of mantissa, a step of 0.4-0.8% of the output. A young
-adapter's update is smaller than that, and part of it is rounded away at every layer; the
+frozen layer's output in bfloat16 - 8 bits of mantissa, a step of 0.4-0.8% of the output. A
+young adapter's update is smaller than that, and part of it is rounded away at every layer; the
 output layer's logits, rounded to bfloat16 too (a step of 0.125 at a logit of 20), blur the
 loss. On a real round's data (`bench/precision.py`, bench/README.md) plain autocast ended its
 88 SFT steps 0.008 nats above float32; with the sums and the head in float32 its loss stayed
-+0.0004 from float32's on average (at most +0.0022), at 1.19x float32's speed (plain: 1.30x).
++0.0004 from float32's on average (at most +0.0022). Its speed against float32 was 1.19x in
+one run and 0.96x in another, so `tune.bf16: auto` keeps CPUs in float32 and this is what
+`true` runs there.
 The frozen layers' products stay in bfloat16, where the speed is; only their outputs are
 widened before the adapter's update joins them. The gain is kept where a float32 op reads the
 sum (the residual adds after o_proj and down_proj, the elementwise ops); a sum that feeds
@@ -14,7 +16,7 @@ another product (q, k, v, gate, up) is rounded again there. The head, frozen und
 adapter, runs in float32 (on the positions the loss reads, `tuners.data.pack_batch`). trl's
 trainers (the greedy step's RPO) score through their own fused head, which reads the weight
 directly and keeps autocast: there only the sums are float32 (RPO on a real round's pairs:
-1.12x float32's speed, the same final loss and reward margin).
+the same final loss and reward margin).
 """
 
 from __future__ import annotations

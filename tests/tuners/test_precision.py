@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agent.errors import SelfloopError
 from tuners import TuneConfig, precision
 
 
@@ -62,7 +63,7 @@ def test_float32_sums_are_the_cpu_bfloat16_setting(monkeypatch) -> None:
     assert check_settings(TuneConfig(bf16=True), "cpu", None).float32_sums is True
     assert check_settings(TuneConfig(bf16=False), "cpu", None).float32_sums is False
     monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")
-    with pytest.raises(Exception, match="tune.bf16=true needs"):
+    with pytest.raises(SelfloopError, match="tune.bf16=true needs"):
         check_settings(TuneConfig(bf16=True), "cpu", None)
 
 

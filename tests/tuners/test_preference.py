@@ -103,7 +103,7 @@ def test_rpo_on_a_bfloat16_cpu_adds_the_adapters_updates_in_float32(
             )
             layer.register_forward_hook(lambda mod, inp, out: seen["sum"].add(out.dtype))
 
-    cfg = _cfg("rpo", max_steps=3, bf16="auto")
+    cfg = _cfg("rpo", max_steps=3, bf16=True)
     r = train_preference(str(tiny_model_dir), PAIRS, tmp_path / "a", cfg, callbacks=[Probe()])
     assert r.steps == 3 and all(loss == loss for _, loss in r.losses)
     assert seen == {"product": {torch.bfloat16}, "sum": {torch.float32}}
