@@ -1,7 +1,7 @@
 """Training precision on a real round's data: float32 against bfloat16 autocast, step by step.
 
     python bench/precision.py --run RUN_DIR [--round N] [--variants float32 bf16 bf16-plain]
-                              [--out bench-runs/precision]
+                              [--repeats R] [--max-steps K] [--out bench-runs/precision]
 
 RUN_DIR is a loop run of the recipe (`selfloop run -c configs/recipe.yaml --out RUN_DIR`, or a
 seed of `bench/improvement.py`); its round N (default 1) is the data. Each variant trains the
@@ -21,12 +21,20 @@ difference over all steps and over the last 20, and the largest. bfloat16 needs 
 a CPU with AVX512-BF16 / AMX (`native_bf16`). A variant that finished is read back from its
 `result.json`, which says when it was measured (delete the directory to measure again: speed
 ratios compare only runs made one after the other on an otherwise idle machine).
+
+These machines drift by 20% between runs, more than the difference measured, so one pair of
+runs does not settle the speed. `--repeats R` trains the variants R times, alternating
+(float32, bf16, float32, bf16, ...; repeat r > 1 into `<variant>-rR`), and prints each
+repeat's ratio and their median and range. `--max-steps K` stops each run after K optimizer
+steps (into `OUT/round-NNN-stepsK`): the speed of a shorter run, its loss differences those of
+a shorter schedule.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +43,7 @@ from pathlib import Path
 VARIANTS = ("float32", "bf16", "bf16-plain")
 
 
-def train_variant(run: Path, round_index: int, variant: str, out: Path) -> dict:
+def train_variant(run: Path, round_index: int, variant: str, out: Path, max_steps: int = 0) -> dict:
     """One variant's SFT (child process): its figures, also written to `out/result.json`."""
     from agent.atomic import atomic_write
     from judges.dedup import Pool
@@ -51,7 +59,10 @@ def train_variant(run: Path, round_index: int, variant: str, out: Path) -> dict:
     champion = rundir.adapter_dir(max(promoted)) if promoted else None
     # What the loop's sft trains, whatever objective the run's config names (the greedy step
     # trains this sft first too).
-    tune = cfg.tune.model_copy(update={"objective": "sft", "bf16": variant != "float32"})
+    update = {"objective": "sft", "bf16": variant != "float32"}
+    if max_steps:
+        update["max_steps"] = max_steps
+    tune = cfg.tune.model_copy(update=update)
     exclude = near_eval_seeds(
         cfg.model_copy(update={"tune": tune}), lambda c=cfg.dedup: Pool(None, c).embedder
     )
@@ -87,12 +98,20 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="A recipe run directory.")
     ap.add_argument("--round", type=int, default=1, help="The round whose data trains (1).")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--repeats", type=int, default=1, help="Alternating runs of each (1).")
+    ap.add_argument("--max-steps", type=int, default=0, help="Stop after K steps (0: all).")
     ap.add_argument("--out", type=Path, default=Path("bench-runs/precision"))
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # <variant>[-rR]: one run, this process
     args = ap.parse_args()
-    out = args.out / f"round-{args.round:03d}"
+    if args.repeats < 1 or args.max_steps < 0:
+        sys.exit("error: --repeats must be 1 or more and --max-steps 0 or more")
+    out = args.out / (
+        f"round-{args.round:03d}" + (f"-steps{args.max_steps}" if args.max_steps else "")
+    )
     if args.child:
-        print(json.dumps(train_variant(args.run, args.round, args.child, out / args.child)))
+        variant = args.child.split("-r")[0]
+        res = train_variant(args.run, args.round, variant, out / args.child, args.max_steps)
+        print(json.dumps(res))
         return
     from agent.models import native_bf16, pick_device, resolve
     from loop.config import load_config
@@ -104,17 +123,21 @@ def main() -> None:
     if not native_bf16(device):
         sys.exit(f"this device ({device}) has no native bfloat16 to compare")
     variants = ["float32", *[v for v in args.variants if v != "float32"]]
-    figures: dict[str, dict] = {}
-    for v in variants:
-        done = out / v / "result.json"
-        if not done.is_file():
-            cmd = [sys.executable, __file__, "--run", str(args.run), "--round", str(args.round),
-                   "--out", str(args.out), "--child", v]  # fmt: skip
-            print(f"{v}: training ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
-        figures[v] = json.loads(done.read_text())
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(1, args.repeats + 1):
+        for v in variants:
+            name = v if r == 1 else f"{v}-r{r}"
+            done = out / name / "result.json"
+            if not done.is_file():
+                cmd = [sys.executable, __file__, "--run", str(args.run), "--round",
+                       str(args.round), "--max-steps", str(args.max_steps),
+                       "--out", str(args.out), "--child", name]  # fmt: skip
+                print(f"{name}: training ...", flush=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            runs[v].append(json.loads(done.read_text()))
+    figures = {v: rs[0] for v, rs in runs.items()}
     base = figures["float32"]
     base_tps = base["tokens"] / base["seconds"]
     by_step = dict(base["losses"])
@@ -137,6 +160,22 @@ def main() -> None:
                 f"last 20 steps {_mean(last):+.4f}, largest {max(diffs, key=abs):+.4f}"
             )
         print(line + f"; final loss {f['losses'][-1][1]:.4f}")
+    if args.repeats > 1:
+        print(f"{args.repeats} alternating repeats, tok/s each (ratio to that repeat's float32):")
+        for v in variants:
+            tps = [_tps(f) for f in runs[v]]
+            line = f"{v:>10}: " + ", ".join(f"{t:.1f}" for t in tps)
+            if v != "float32":
+                ratios = [t / _tps(b) for t, b in zip(tps, runs["float32"], strict=True)]
+                line += (
+                    f" ({', '.join(f'{x:.2f}x' for x in ratios)}); median "
+                    f"{statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x"
+                )
+            print(line)
+
+
+def _tps(f: dict) -> float:
+    return f["tokens"] / f["seconds"]
 
 
 def _mean(xs: list[float]) -> float:

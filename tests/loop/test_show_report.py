@@ -415,6 +415,18 @@ def test_the_precision_bench_trains_a_rounds_data_in_each_precision(
     )  # fmt: skip
     assert again.returncode == 0 and "training" not in again.stdout, again.stdout
     assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-2]  # read back
+    # Alternating repeats of a shorter run: their own directory, each repeat's ratio.
+    short = [*cmd, "--variants", "bf16", "--repeats", "2", "--max-steps", "1"]
+    rep = subprocess.run(short, env=env, capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    trained = [x.split(":")[0] for x in rep.stdout.splitlines() if x.endswith("training ...")]
+    assert trained == ["float32", "bf16", "float32-r2", "bf16-r2"]
+    for name in trained:
+        res = json.loads((tmp_path / "round-001-steps1" / name / "result.json").read_text())
+        assert res["steps"] == 1 and res["variant"] == name.split("-r")[0]
+    summary = rep.stdout.splitlines()[-1]
+    assert summary.strip().startswith("bf16: ") and summary.count("x, ") >= 1, summary
+    assert "median" in summary and "range" in summary, summary
     refused = subprocess.run(cmd, env={**env, "SELFLOOP_CPU_BF16": "0"}, capture_output=True,
                              text=True)  # fmt: skip
     assert refused.returncode != 0 and "no native bfloat16" in refused.stderr
