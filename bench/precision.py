@@ -1,7 +1,8 @@
-"""Training precision on a real round's data: float32 against bfloat16 autocast, step by step.
+"""Training precision (or another tune setting) on a real round's data, step by step.
 
     python bench/precision.py --run RUN_DIR [--round N] [--variants float32 bf16 bf16-plain]
-                              [--repeats R] [--max-steps K] [--out bench-runs/precision]
+                              [--variant NAME:key=value,...] [--repeats R] [--max-steps K]
+                              [--out bench-runs/precision]
 
 RUN_DIR is a loop run of the recipe (`selfloop run -c configs/recipe.yaml --out RUN_DIR`, or a
 seed of `bench/improvement.py`); its round N (default 1) is the data. Each variant trains the
@@ -14,6 +15,8 @@ in its own process, one after the other, into `OUT/round-NNN/<variant>`:
   (`tuners/precision.py`);
 - `bf16-plain`: autocast alone (what `tune.bf16: true` was before), every layer's output in
   bfloat16. (On CUDA `tune.bf16: true` is plain autocast, so there `bf16` is the same.)
+- `--variant NAME:key=value,...`: float32 with other tune settings (e.g.
+  `nodrop:lora_dropout=0`); `--variants` may then name none of the three above.
 
 Same data, order and seed, so the loss curves differ by the precision alone. Prints each
 variant's tokens/s and its ratio to float32, and its loss against float32's: the mean
@@ -39,12 +42,47 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 VARIANTS = ("float32", "bf16", "bf16-plain")
 
 
-def train_variant(run: Path, round_index: int, variant: str, out: Path, max_steps: int = 0) -> dict:
-    """One variant's SFT (child process): its figures, also written to `out/result.json`."""
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """`NAME:key=value,...` -> (NAME, {tune field: value}); values are YAML scalars."""
+    import yaml
+
+    from tuners.config import TuneConfig
+
+    name, _, sets = text.partition(":")
+    if not name or not sets or name in VARIANTS or "-r" in name or "/" in name:
+        raise SystemExit(
+            f"error: --variant {text!r}: want NAME:key=value[,key=value...], NAME not one of "
+            f"{', '.join(VARIANTS)} and without '-r' or '/'"
+        )
+    update: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in sets.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.removeprefix("tune.")
+        if not eq or key not in TuneConfig.model_fields:
+            raise SystemExit(f"error: --variant {text!r}: {item!r} is not a tune setting=value")
+        update[key] = yaml.safe_load(value)
+    try:
+        TuneConfig(**update)
+    except ValueError as e:
+        raise SystemExit(f"error: --variant {text!r}: {e}") from None
+    return name, update
+
+
+def train_variant(
+    run: Path,
+    round_index: int,
+    variant: str,
+    out: Path,
+    max_steps: int = 0,
+    settings: dict[str, Any] | None = None,
+) -> dict:
+    """One variant's SFT (child process): its figures, also written to `out/result.json`.
+    `settings`: a `--variant`'s tune settings (on top of float32)."""
     from agent.atomic import atomic_write
     from judges.dedup import Pool
     from loop.config import load_config
@@ -59,7 +97,7 @@ def train_variant(run: Path, round_index: int, variant: str, out: Path, max_step
     champion = rundir.adapter_dir(max(promoted)) if promoted else None
     # What the loop's sft trains, whatever objective the run's config names (the greedy step
     # trains this sft first too).
-    update = {"objective": "sft", "bf16": variant != "float32"}
+    update = {"objective": "sft", "bf16": variant in ("bf16", "bf16-plain"), **(settings or {})}
     if max_steps:
         update["max_steps"] = max_steps
     tune = cfg.tune.model_copy(update=update)
@@ -79,6 +117,7 @@ def train_variant(run: Path, round_index: int, variant: str, out: Path, max_step
     r = train(cfg.model, data, out / "adapter", tune, init_adapter=init)
     res = {
         "variant": variant,
+        "settings": settings or {},
         "examples": len(data),
         "start": str(init) if init else None,
         "steps": r.steps,
@@ -97,7 +136,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="A recipe run directory.")
     ap.add_argument("--round", type=int, default=1, help="The round whose data trains (1).")
-    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument(
+        "--variant",
+        dest="custom",
+        action="append",
+        default=[],
+        help="NAME:key=value,...: float32 with these tune settings (repeatable).",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="Alternating runs of each (1).")
     ap.add_argument("--max-steps", type=int, default=0, help="Stop after K steps (0: all).")
     ap.add_argument("--out", type=Path, default=Path("bench-runs/precision"))
@@ -108,9 +154,12 @@ def main() -> None:
     out = args.out / (
         f"round-{args.round:03d}" + (f"-steps{args.max_steps}" if args.max_steps else "")
     )
+    custom = dict(parse_variant(v) for v in args.custom)
     if args.child:
         variant = args.child.split("-r")[0]
-        res = train_variant(args.run, args.round, variant, out / args.child, args.max_steps)
+        res = train_variant(
+            args.run, args.round, variant, out / args.child, args.max_steps, custom.get(variant)
+        )
         print(json.dumps(res))
         return
     from agent.models import native_bf16, pick_device, resolve
@@ -120,9 +169,9 @@ def main() -> None:
         sys.exit(f"{args.run}: not a run directory (no config.yaml)")
     cfg = load_config(args.run / "config.yaml")
     device = pick_device(resolve(cfg.model).spec)
-    if not native_bf16(device):
+    variants = ["float32", *[v for v in args.variants if v != "float32"], *custom]
+    if set(variants) & {"bf16", "bf16-plain"} and not native_bf16(device):
         sys.exit(f"this device ({device}) has no native bfloat16 to compare")
-    variants = ["float32", *[v for v in args.variants if v != "float32"]]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(1, args.repeats + 1):
         for v in variants:
@@ -131,12 +180,19 @@ def main() -> None:
             if not done.is_file():
                 cmd = [sys.executable, __file__, "--run", str(args.run), "--round",
                        str(args.round), "--max-steps", str(args.max_steps),
-                       "--out", str(args.out), "--child", name]  # fmt: skip
+                       "--out", str(args.out), "--child", name,
+                       *[f"--variant={c}" for c in args.custom]]  # fmt: skip
                 print(f"{name}: training ...", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-            runs[v].append(json.loads(done.read_text()))
+            res = json.loads(done.read_text())
+            if res.get("settings", {}) != custom.get(v, {}):
+                sys.exit(
+                    f"{done}: measured with {res.get('settings')}, not {custom.get(v, {})}; "
+                    "delete it or name the variant otherwise"
+                )
+            runs[v].append(res)
     figures = {v: rs[0] for v, rs in runs.items()}
     base = figures["float32"]
     base_tps = base["tokens"] / base["seconds"]
@@ -150,7 +206,9 @@ def main() -> None:
         tps = f["tokens"] / f["seconds"]
         line = (
             f"{v:>10}: {f['tokens']} tokens in {f['seconds']:.1f}s = {tps:.1f} tok/s "
-            f"(measured {f['measured']}, float32 sums in {f['float32_sums']} layers)"
+            f"(measured {f['measured']}, float32 sums in {f['float32_sums']} layers"
+            + "".join(f", {k}={val}" for k, val in f.get("settings", {}).items())
+            + ")"
         )
         if v != "float32":
             diffs = [loss - by_step[s] for s, loss in f["losses"] if s in by_step]

@@ -18,6 +18,8 @@ class TuneConfig(BaseModel):
     # LoRA / QLoRA
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    # Its masks cost a quarter of a CPU SFT step (without: 1.36x tokens/s), but a round trained
+    # without it lost 7 points of response-language accuracy in both seeds (bench/README.md).
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules LoRA wraps: 'all-linear' or a list of module names."
@@ -70,8 +72,9 @@ class TuneConfig(BaseModel):
         description="bfloat16 mixed precision (autocast over float32 weights); auto = on where "
         "CUDA supports it. true also runs on a CPU with native bfloat16 (AVX512-BF16 / AMX), "
         "with the adapters' sums and the output layer in float32 (tuners/precision.py): its "
-        "loss stays +0.0004 from float32's on average, but its speed was 1.19x float32's in "
-        "one run and 0.96x in another (`bench/precision.py`), so auto keeps CPUs in float32.",
+        "loss stays +0.0004 from float32's on average, but it is no faster (1.00x float32's "
+        "tokens/s, median of 4 alternating repeats: `bench/precision.py`), so auto keeps CPUs "
+        "in float32.",
     )
     gradient_checkpointing: Literal["auto", True, False] = Field(
         "auto",

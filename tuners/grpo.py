@@ -144,7 +144,10 @@ def train_grpo(
     if cfg.grpo_max_tokens > _context_of(resolved):
         raise SelfloopError(f"tune.grpo_max_tokens {cfg.grpo_max_tokens} exceeds the context")
     digest = tasks_hash(rows)
-    fingerprint = _fingerprint(str(resolved.path), cfg, digest, str(init) if init else None)
+    trained_in = precision.describe(settings.bf16, settings.float32_sums)
+    fingerprint = _fingerprint(
+        str(resolved.path), cfg, digest, str(init) if init else None, trained_in
+    )
     resume_from = resume_point(ckpt_dir, fingerprint)
 
     class GuardedGRPOTrainer(GuardLoss, GRPOTrainer):
@@ -186,7 +189,7 @@ def train_grpo(
     result = trl_result(
         trainer, out, guard, cfg, out_dir, seconds=seconds, memory=memory, trainable=trainable,
         resume_from=resume_from, digest=digest, examples=len(rows), keys=GRPO_METRICS,
-        trained_in=precision.describe(settings.bf16, settings.float32_sums),
+        trained_in=trained_in,
     )  # fmt: skip
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():

@@ -102,8 +102,8 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
 
     # auto stays float32 on CPU. With the adapters' sums in float32 (tuners/precision.py, what
     # true runs there) bfloat16 tracks float32's loss (+0.0004 on average on a real round's
-    # SFT), but its speed against float32 was 1.19x in one run and 0.96x in another
-    # (`bench/precision.py`, bench/README.md): no gain established to make it the default.
+    # SFT), but it is no faster: 1.00x float32's tokens/s, the median of 4 alternating repeats
+    # (0.97-1.08x; `bench/precision.py --repeats`, bench/README.md).
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else bool(cfg.bf16)
     if cfg.gradient_checkpointing == "auto":
         # peft refuses prefix tuning under gradient checkpointing (the prefix is a KV cache).

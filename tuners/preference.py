@@ -139,7 +139,10 @@ def train_preference(
         raise SelfloopError(f"tune.max_seq_len {cfg.max_seq_len} exceeds the model's context")
     digest = pairs_hash(rows)
 
-    fingerprint = _fingerprint(str(resolved.path), cfg, digest, str(init) if init else None)
+    trained_in = precision.describe(settings.bf16, settings.float32_sums)
+    fingerprint = _fingerprint(
+        str(resolved.path), cfg, digest, str(init) if init else None, trained_in
+    )
     resume_from = resume_point(ckpt_dir, fingerprint)
     loss_type, weights = (
         (["sigmoid"], [1.0])
@@ -191,7 +194,7 @@ def train_preference(
     result = trl_result(
         trainer, out, guard, cfg, out_dir, seconds=seconds, memory=memory, trainable=trainable,
         resume_from=resume_from, digest=digest, examples=len(rows), keys=PREFERENCE_METRICS,
-        trained_in=precision.describe(settings.bf16, settings.float32_sums),
+        trained_in=trained_in,
     )  # fmt: skip
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():

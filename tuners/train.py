@@ -97,17 +97,28 @@ _LOOP_ONLY = frozenset(
 )
 
 
-def _fingerprint(base: str, cfg: TuneConfig, digest: str, init_adapter: str | None) -> dict:
-    """What must match for checkpoints to be resumable (`changed_settings`)."""
+def _fingerprint(
+    base: str, cfg: TuneConfig, digest: str, init_adapter: str | None, trained_in: str
+) -> dict:
+    """What must match for checkpoints to be resumable (`changed_settings`). `trained_in` is
+    the precision `tune.bf16` resolved to (`precision.describe`): `auto` resolves by the
+    device, so a run resumed on another machine could otherwise change precision unseen."""
     keep = cfg.model_dump(exclude=set(_MAY_CHANGE | _LOOP_ONLY))
-    return {"base": base, "config": keep, "data": digest, "init_adapter": init_adapter}
+    return {
+        "base": base,
+        "config": keep,
+        "data": digest,
+        "init_adapter": init_adapter,
+        "precision": trained_in,
+    }
 
 
 def changed_settings(old: dict, new: dict) -> list[str]:
     """What differs between two `_fingerprint`s, as `key old -> new` lines; empty = resumable.
     A setting only one side has is a field added (or retired) by an upgrade: no difference while
     its value is the default, so checkpoints made before an upgrade still resume. Fingerprints
-    written before `_LOOP_ONLY` and `_MAY_CHANGE` were left out hold those: ignored."""
+    written before `_LOOP_ONLY` and `_MAY_CHANGE` were left out hold those: ignored, as is the
+    precision of one written before it was recorded."""
     from tuners.config import TuneConfig
 
     changed = [
@@ -115,6 +126,8 @@ def changed_settings(old: dict, new: dict) -> list[str]:
         for k in ("base", "init_adapter")
         if old.get(k) != new.get(k)
     ]
+    if "precision" in old and old["precision"] != new.get("precision"):
+        changed.append(f"precision {old['precision']!r} -> {new.get('precision')!r}")
     if old.get("data") != new.get("data"):
         changed.append("the training data differ")
     a, b = old.get("config") or {}, new.get("config") or {}
@@ -261,7 +274,10 @@ def train(
     if cfg.packing and not packing:
         log.info("prefix tuning prepends virtual tokens to every row; training without packing")
 
-    fingerprint = _fingerprint(str(resolved.path), cfg, digest, str(init) if init else None)
+    trained_in = precision.describe(settings.bf16, settings.float32_sums)
+    fingerprint = _fingerprint(
+        str(resolved.path), cfg, digest, str(init) if init else None, trained_in
+    )
     resume_from = resume_point(ckpt_dir, fingerprint)
 
     with PeakMemory(_this_device(device)) as memory:  # model, optimizer and steps
@@ -322,7 +338,7 @@ def train(
         resumed_from_step=first_step or None,
         data_sha256=digest,
         examples=len(data),
-        precision=precision.describe(settings.bf16, settings.float32_sums),
+        precision=trained_in,
     )
     _save_artifact(trainer, tokenizer, cfg, out_dir, result, resolved, round_index)
     if trainer.is_world_process_zero():

@@ -86,7 +86,7 @@ def test_checkpoints_from_before_an_upgrade_still_resume(tmp_path: Path) -> None
     from tuners.train import _fingerprint, changed_settings, resume_point
 
     cfg = TuneConfig(**SETTINGS)
-    new = _fingerprint("/m", cfg, "d1", None)
+    new = _fingerprint("/m", cfg, "d1", None, "float32")
     assert changed_settings(new, new) == []
     # loop-only (warm_start, greedy_batch_size: absent) and guard settings changed: resumable
     old = _old_format(cfg.model_copy(update={"warm_start": False, "abort_grad_norm": 5.0}))
@@ -103,7 +103,7 @@ def test_a_changed_setting_is_named_in_the_refusal(tmp_path: Path) -> None:
     from tuners.train import _fingerprint, changed_settings, resume_point
 
     cfg = TuneConfig(**SETTINGS)
-    new = _fingerprint("/m", cfg, "d1", None)
+    new = _fingerprint("/m", cfg, "d1", None, "float32")
     old = _old_format(cfg.model_copy(update={"batch_size": 8, "grad_accum": 2}), digest="d0")
     assert changed_settings(old, new) == [
         "the training data differ",
@@ -116,6 +116,11 @@ def test_a_changed_setting_is_named_in_the_refusal(tmp_path: Path) -> None:
     assert changed_settings(trimmed, added) == []
     assert changed_settings(trimmed, {**added, "config": {**added["config"], "lora_r": 4}}) == [
         "tune.lora_r 16 -> 4"
+    ]
+    # The precision tune.bf16 resolved to: `auto` on another machine is a change too.
+    other = _fingerprint("/m", cfg, "d1", None, "bfloat16 autocast, float32 sums")
+    assert changed_settings(new, other) == [
+        "precision 'float32' -> 'bfloat16 autocast, float32 sums'"
     ]
     ckpts = tmp_path / "a.checkpoints"
     ckpts.mkdir()
