@@ -16,9 +16,11 @@ in its own process, one after the other, into `OUT/round-NNN/<variant>`:
 - `bf16-plain`: autocast alone (what `tune.bf16: true` was before), every layer's output in
   bfloat16. (On CUDA `tune.bf16: true` is plain autocast, so there `bf16` is the same.)
 - `--variant NAME:key=value,...`: float32 with other tune settings (e.g.
-  `nodrop:lora_dropout=0`); `--variants` may then name none of the three above.
+  `nodrop:lora_dropout=0`; `bf16=true` among them runs bfloat16 with the sums; values are YAML
+  scalars, so no lists). `--variants` given with no names then trains only float32 and the
+  `--variant` ones.
 
-Same data, order and seed, so the loss curves differ by the precision alone. Prints each
+Same data, order and seed, so the loss curves differ by the variant alone. Prints each
 variant's tokens/s and its ratio to float32, and its loss against float32's: the mean
 difference over all steps and over the last 20, and the largest. bfloat16 needs a CUDA GPU or
 a CPU with AVX512-BF16 / AMX (`native_bf16`). A variant that finished is read back from its
@@ -27,8 +29,10 @@ ratios compare only runs made one after the other on an otherwise idle machine).
 
 These machines drift by 20% between runs, more than the difference measured, so one pair of
 runs does not settle the speed. `--repeats R` trains the variants R times, alternating
-(float32, bf16, float32, bf16, ...; repeat r > 1 into `<variant>-rR`), and prints each
-repeat's ratio and their median and range. `--max-steps K` stops each run after K optimizer
+(float32, bf16, float32, bf16, ...; repeat R > 1 into `<variant>-rR`), and prints each
+repeat's ratio and their median and range. Repeat 1 reads back a finished `<variant>` like a
+single run does, so a fresh `--out` (or `--max-steps`) keeps the turns to one sitting; each
+repeat's `measured` times are printed. `--max-steps K` stops each run after K optimizer
 steps (into `OUT/round-NNN-stepsK`): the speed of a shorter run, its loss differences those of
 a shorter schedule.
 """
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -54,10 +59,11 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     from tuners.config import TuneConfig
 
     name, _, sets = text.partition(":")
-    if not name or not sets or name in VARIANTS or "-r" in name or "/" in name:
+    # The name is a directory and `-rR` marks a repeat's: letters, digits and _ only.
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name) or not sets:
         raise SystemExit(
-            f"error: --variant {text!r}: want NAME:key=value[,key=value...], NAME not one of "
-            f"{', '.join(VARIANTS)} and without '-r' or '/'"
+            f"error: --variant {text!r}: want NAME:key=value[,key=value...], NAME of letters, "
+            "digits and _"
         )
     update: dict[str, Any] = {}
     for item in filter(None, (x.strip() for x in sets.split(","))):
@@ -65,12 +71,16 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         key = key.removeprefix("tune.")
         if not eq or key not in TuneConfig.model_fields:
             raise SystemExit(f"error: --variant {text!r}: {item!r} is not a tune setting=value")
+        if key in ("objective", "max_steps"):
+            raise SystemExit(
+                f"error: --variant {text!r}: the bench trains sft; use --max-steps for its length"
+            )
         update[key] = yaml.safe_load(value)
-    try:
-        TuneConfig(**update)
+    try:  # validated values (YAML reads 1e-4 as a string; the model makes it a float)
+        valid = TuneConfig(**update)
     except ValueError as e:
         raise SystemExit(f"error: --variant {text!r}: {e}") from None
-    return name, update
+    return name, valid.model_dump(include=set(update))
 
 
 def train_variant(
@@ -117,7 +127,7 @@ def train_variant(
     r = train(cfg.model, data, out / "adapter", tune, init_adapter=init)
     res = {
         "variant": variant,
-        "settings": settings or {},
+        "settings": {k: getattr(tune, k) for k in settings or {}},  # as trained
         "examples": len(data),
         "start": str(init) if init else None,
         "steps": r.steps,
@@ -155,6 +165,8 @@ def main() -> None:
         f"round-{args.round:03d}" + (f"-steps{args.max_steps}" if args.max_steps else "")
     )
     custom = dict(parse_variant(v) for v in args.custom)
+    if len(custom) < len(args.custom):
+        sys.exit("error: two --variant options have the same NAME")
     if args.child:
         variant = args.child.split("-r")[0]
         res = train_variant(
@@ -169,7 +181,7 @@ def main() -> None:
         sys.exit(f"{args.run}: not a run directory (no config.yaml)")
     cfg = load_config(args.run / "config.yaml")
     device = pick_device(resolve(cfg.model).spec)
-    variants = ["float32", *[v for v in args.variants if v != "float32"], *custom]
+    variants = list(dict.fromkeys(["float32", *args.variants, *custom]))
     if set(variants) & {"bf16", "bf16-plain"} and not native_bf16(device):
         sys.exit(f"this device ({device}) has no native bfloat16 to compare")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -222,7 +234,9 @@ def main() -> None:
         print(f"{args.repeats} alternating repeats, tok/s each (ratio to that repeat's float32):")
         for v in variants:
             tps = [_tps(f) for f in runs[v]]
-            line = f"{v:>10}: " + ", ".join(f"{t:.1f}" for t in tps)
+            line = f"{v:>10}: " + ", ".join(
+                f"{t:.1f} ({f['measured']})" for t, f in zip(tps, runs[v], strict=True)
+            )
             if v != "float32":
                 ratios = [t / _tps(b) for t, b in zip(tps, runs["float32"], strict=True)]
                 line += (
