@@ -21,6 +21,13 @@ class TuneConfig(BaseModel):
     # Without it CPU SFT runs 1.36x as fast (its masks are 14-15% of a step), but a round trained
     # so lost 7 points of response-language accuracy in both seeds (bench/README.md).
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    dropout_masks: Literal["bits", "bernoulli"] = Field(
+        "bits",
+        description="How CPU training draws LoRA dropout's masks: bits = 16 random bits an "
+        "element from 64-bit draws (tuners/dropout.py; p rounded to 1/65,536), bernoulli = "
+        "torch's nn.Dropout (the same distribution, another random stream, slower on CPU: "
+        "repeats runs trained before bits). GPUs use nn.Dropout's fused kernel either way.",
+    )
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules LoRA wraps: 'all-linear' or a list of module names."
     )

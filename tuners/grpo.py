@@ -35,6 +35,7 @@ from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from judges.verifiable import check, validate_all
 from tuners import precision
 from tuners.config import TuneConfig
+from tuners.dropout import use_bits_dropout
 from tuners.preference import trl_model, trl_result
 from tuners.train import (
     TrainResult,
@@ -179,7 +180,9 @@ def train_grpo(
             callbacks=[guard, *callbacks],
         )
         trainer.remove_callback(PrinterCallback)
-        if settings.float32_sums:  # after trl has put a fresh adapter on
+        if cfg.dropout_masks == "bits":  # after trl has put a fresh adapter on
+            use_bits_dropout(trainer.model)
+        if settings.float32_sums:
             precision.float32_sums(trainer.model)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         started = time.monotonic()

@@ -41,6 +41,7 @@ from tuners.card import model_card, portable_adapter_config
 from tuners.common import MARKER
 from tuners.config import TuneConfig
 from tuners.data import Collator, packed_loss, tokenize_dataset
+from tuners.dropout import use_bits_dropout
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,8 @@ def train(
         # No KV cache in training; packing also needs it off (see tuners.data.pack_batch).
         model.config.use_cache = False
         model = _wrap(model, cfg, init)
+        if cfg.dropout_masks == "bits":
+            use_bits_dropout(model)
         if settings.float32_sums:
             precision.float32_sums(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
