@@ -18,8 +18,9 @@ class TuneConfig(BaseModel):
     # LoRA / QLoRA
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    # Without it CPU SFT runs 1.36x as fast (its masks are 14-15% of a step), but a round trained
-    # so lost 7 points of response-language accuracy in both seeds (bench/README.md).
+    # Without it CPU SFT ran 1.36x as fast (nn.Dropout's masks were 14-15% of a step), but a round
+    # trained so lost 7 points of response-language accuracy in both seeds (bench/README.md);
+    # dropout_masks: bits draws the same masks for less.
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     dropout_masks: Literal["bits", "bernoulli"] = Field(
         "bits",

@@ -145,7 +145,7 @@ def train_grpo(
     if cfg.grpo_max_tokens > _context_of(resolved):
         raise SelfloopError(f"tune.grpo_max_tokens {cfg.grpo_max_tokens} exceeds the context")
     digest = tasks_hash(rows)
-    trained_in = precision.describe(settings.bf16, settings.float32_sums)
+    trained_in = settings.precision
     fingerprint = _fingerprint(
         str(resolved.path), cfg, digest, str(init) if init else None, trained_in
     )

@@ -50,6 +50,13 @@ class Settings:
     # (tuners/precision.py); CUDA keeps plain autocast, where this was not measured.
     float32_sums: bool = False
 
+    @property
+    def precision(self) -> str:
+        """What the run trains in, as train_metrics.json and the resume fingerprint record it."""
+        from tuners.precision import describe
+
+        return describe(self.bf16, self.float32_sums)
+
 
 def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> Settings:
     """Every refusal that needs no weights, so `train` can make it before writing anything."""

@@ -139,7 +139,7 @@ def train_preference(
         raise SelfloopError(f"tune.max_seq_len {cfg.max_seq_len} exceeds the model's context")
     digest = pairs_hash(rows)
 
-    trained_in = precision.describe(settings.bf16, settings.float32_sums)
+    trained_in = settings.precision
     fingerprint = _fingerprint(
         str(resolved.path), cfg, digest, str(init) if init else None, trained_in
     )

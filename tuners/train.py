@@ -275,7 +275,7 @@ def train(
     if cfg.packing and not packing:
         log.info("prefix tuning prepends virtual tokens to every row; training without packing")
 
-    trained_in = precision.describe(settings.bf16, settings.float32_sums)
+    trained_in = settings.precision
     fingerprint = _fingerprint(
         str(resolved.path), cfg, digest, str(init) if init else None, trained_in
     )
