@@ -25,7 +25,8 @@ variant's tokens/s and its ratio to float32, and its loss against float32's: the
 difference over all steps and over the last 20, and the largest. bfloat16 needs a CUDA GPU or
 a CPU with AVX512-BF16 / AMX (`native_bf16`). A variant that finished is read back from its
 `result.json`, which says when it was measured (delete the directory to measure again: speed
-ratios compare only runs made one after the other on an otherwise idle machine).
+ratios compare only runs made one after the other on an otherwise idle machine). One that drew
+other LoRA dropout masks than the variant would now (`tune.dropout_masks`) is refused.
 
 These machines drift by 20% between runs, more than the difference measured, so one pair of
 runs does not settle the speed. `--repeats R` trains the variants R times, alternating
@@ -132,6 +133,7 @@ def train_variant(
         "start": str(init) if init else None,
         "steps": r.steps,
         "float32_sums": sum(hooked),
+        "dropout_masks": tune.dropout_masks,
         "tokens": r.tokens,
         "seconds": r.seconds,
         "wall_seconds": time.monotonic() - t0,
@@ -167,6 +169,11 @@ def main() -> None:
     custom = dict(parse_variant(v) for v in args.custom)
     if len(custom) < len(args.custom):
         sys.exit("error: two --variant options have the same NAME")
+    from loop.config import load_config
+
+    # The masks each variant draws (the run's setting unless a --variant names one); a result
+    # written before the setting existed drew nn.Dropout's.
+    masks = load_config(args.run / "config.yaml").tune.dropout_masks
     if args.child:
         variant = args.child.split("-r")[0]
         res = train_variant(
@@ -203,6 +210,12 @@ def main() -> None:
                 sys.exit(
                     f"{done}: measured with {res.get('settings')}, not {custom.get(v, {})}; "
                     "delete it or name the variant otherwise"
+                )
+            want = custom.get(v, {}).get("dropout_masks", masks)
+            if res.get("dropout_masks", "bernoulli") != want:
+                sys.exit(
+                    f"{done}: trained with dropout_masks {res.get('dropout_masks', 'bernoulli')}"
+                    f", not {want}; delete it or use another --out"
                 )
             runs[v].append(res)
     figures = {v: rs[0] for v, rs in runs.items()}

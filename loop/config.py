@@ -460,6 +460,19 @@ def _before_the_band(data: dict[str, Any]) -> None:
         dd["paraphrase_threshold"] = None
 
 
+def _before_the_bits_masks(data: dict[str, Any]) -> None:
+    """A run's config.yaml written before `tune.dropout_masks` (every tune key dumped, not that
+    one) keeps nn.Dropout's masks: the same distribution, but resumed, a run must draw what it
+    would have drawn uninterrupted."""
+    tune = data.get("tune")
+    if (
+        isinstance(tune, dict)
+        and {"abort_grad_norm", "save_total_limit", "logging_steps", "lora_dropout"} <= tune.keys()
+        and "dropout_masks" not in tune
+    ):
+        tune["dropout_masks"] = "bernoulli"
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> SelfloopConfig:
@@ -473,6 +486,7 @@ def load_config(
             raise ConfigError(f"config file not found: {path}")
         data = read_yaml(path)
         _before_the_band(data)
+        _before_the_bits_masks(data)
     data = apply_overrides(data, overrides or [])
     try:
         cfg = SelfloopConfig.model_validate(data)

@@ -180,7 +180,8 @@ def train_grpo(
             callbacks=[guard, *callbacks],
         )
         trainer.remove_callback(PrinterCallback)
-        if cfg.dropout_masks == "bits":  # after trl has put a fresh adapter on
+        # after trl has put a fresh adapter on (GRPO keeps dropout: trl's disable_dropout is off)
+        if cfg.dropout_masks == "bits" and device == "cpu":
             use_bits_dropout(trainer.model)
         if settings.float32_sums:
             precision.float32_sums(trainer.model)

@@ -35,6 +35,7 @@ from agent.errors import SelfloopError
 from agent.models import check_adapter_files, native_bf16
 from tuners.common import MARKER, TrainingAborted
 from tuners.config import TuneConfig
+from tuners.precision import describe
 
 log = logging.getLogger("tuners.train")  # the training run's progress, one logger
 
@@ -53,8 +54,6 @@ class Settings:
     @property
     def precision(self) -> str:
         """What the run trains in, as train_metrics.json and the resume fingerprint record it."""
-        from tuners.precision import describe
-
         return describe(self.bf16, self.float32_sums)
 
 

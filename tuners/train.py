@@ -114,10 +114,16 @@ def _fingerprint(
     }
 
 
+# What a fingerprint written before a setting existed trained with, where that is not the
+# setting's default: checkpoints from before `dropout_masks` drew nn.Dropout's masks.
+_BEFORE_ADDED = {"dropout_masks": "bernoulli"}
+
+
 def changed_settings(old: dict, new: dict) -> list[str]:
     """What differs between two `_fingerprint`s, as `key old -> new` lines; empty = resumable.
     A setting only one side has is a field added (or retired) by an upgrade: no difference while
-    its value is the default, so checkpoints made before an upgrade still resume. Fingerprints
+    its value is the default (or, in `_BEFORE_ADDED`, what runs before it did), so checkpoints
+    made before an upgrade still resume. Fingerprints
     written before `_LOOP_ONLY` and `_MAY_CHANGE` were left out hold those: ignored, as is the
     precision of one written before it was recorded."""
     from tuners.config import TuneConfig
@@ -132,7 +138,7 @@ def changed_settings(old: dict, new: dict) -> list[str]:
     if old.get("data") != new.get("data"):
         changed.append("the training data differ")
     a, b = old.get("config") or {}, new.get("config") or {}
-    defaults = TuneConfig().model_dump()
+    defaults = {**TuneConfig().model_dump(), **_BEFORE_ADDED}
     missing = object()
     for k in sorted((set(a) | set(b)) - _MAY_CHANGE - _LOOP_ONLY):
         x = a.get(k, defaults.get(k, missing))
@@ -287,7 +293,7 @@ def train(
         # No KV cache in training; packing also needs it off (see tuners.data.pack_batch).
         model.config.use_cache = False
         model = _wrap(model, cfg, init)
-        if cfg.dropout_masks == "bits":
+        if cfg.dropout_masks == "bits" and device == "cpu":  # CUDA's dropout is one fused kernel
             use_bits_dropout(model)
         if settings.float32_sums:
             precision.float32_sums(model)

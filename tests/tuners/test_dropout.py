@@ -71,6 +71,37 @@ def test_seeded_identity_off_training_and_at_p_zero() -> None:
     assert BitsDropout(0.1).train()(x.bfloat16()).dtype == torch.bfloat16
 
 
+def test_the_threshold_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fields counted from -32768: below `keep` kept, `keep` and above dropped."""
+    from tuners import dropout
+
+    keep = keep_threshold(0.05)
+    edge = keep - 32768
+    fields = torch.tensor([edge - 1, edge, edge + 1, -32768, 32767, edge - 1], dtype=torch.int16)
+    words = torch.cat([fields, fields.new_zeros(2)]).view(torch.int64)
+    monkeypatch.setattr(dropout, "_random_words", lambda n, device: words[:n])
+    y = BitsDropout(0.05).train()(torch.ones(2, 3))
+    assert (y != 0).flatten().tolist() == [True, False, False, True, False, True]
+
+
+@pytest.mark.parametrize("p, inplace", [(1e-6, False), (1 - 1e-6, False), (0.1, True)])
+def test_nn_dropouts_own_path_where_the_bits_would_change_it(
+    p: float, inplace: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A p that rounds to keep-all or drop-all, and in-place dropout, draw as nn.Dropout does."""
+    from tuners import dropout
+
+    def refuse(n: int, device: torch.device) -> torch.Tensor:
+        raise AssertionError("bits drawn")
+
+    monkeypatch.setattr(dropout, "_random_words", refuse)
+    x = torch.randn(64, 64)
+    torch.manual_seed(5)
+    y = BitsDropout(p, inplace=inplace).train()(x.clone())
+    torch.manual_seed(5)
+    assert torch.equal(y, torch.nn.Dropout(p, inplace=inplace).train()(x.clone()))
+
+
 def _lora_model(p: float) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -83,8 +114,10 @@ def test_swap_touches_lora_dropout_only_and_trl_can_turn_it_off() -> None:
     from trl.trainer.utils import disable_dropout_in_model
 
     model = _lora_model(0.1)
+    model.eval()
     assert use_bits_dropout(model) == 2
     assert use_bits_dropout(model) == 0  # already swapped
+    assert not any(m.training for m in model.modules() if isinstance(m, BitsDropout))
     kinds = [type(m) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert kinds.count(BitsDropout) == 2 and kinds.count(torch.nn.Dropout) == 1  # not LoRA's
     assert use_bits_dropout(_lora_model(0.0)) == 0  # peft's Identity: nothing to draw

@@ -128,3 +128,35 @@ def test_a_changed_setting_is_named_in_the_refusal(tmp_path: Path) -> None:
     with pytest.raises(SelfloopError, match=r"tune\.batch_size 8 -> 2"):
         resume_point(ckpts, new)
     assert json.loads((ckpts / "selfloop-train-args.json").read_text()) == old  # left as it was
+
+
+def test_checkpoints_from_before_the_bits_masks_resume_with_bernoulli() -> None:
+    """A fingerprint written before `dropout_masks` existed trained with nn.Dropout's masks: it
+    resumes under `bernoulli` (what a loop run saved then loads as, test below) and names the
+    setting when asked to go on with `bits` (same distribution, another random stream)."""
+    from tuners.train import _fingerprint, changed_settings
+
+    cfg = TuneConfig(**SETTINGS)
+    old = _fingerprint("/m", cfg, "d1", None, "float32")
+    del old["config"]["dropout_masks"]
+    bits = _fingerprint("/m", cfg, "d1", None, "float32")
+    bernoulli = _fingerprint(
+        "/m", cfg.model_copy(update={"dropout_masks": "bernoulli"}), "d1", None, "float32"
+    )
+    assert changed_settings(old, bernoulli) == []
+    assert changed_settings(old, bits) == ["tune.dropout_masks 'bernoulli' -> 'bits'"]
+
+
+def test_a_run_saved_before_the_bits_masks_loads_with_bernoulli(tmp_path: Path) -> None:
+    import yaml
+
+    from loop.config import dump_config, load_config
+
+    saved = yaml.safe_load(dump_config(load_config(None)))
+    assert saved["tune"]["dropout_masks"] == "bits"  # what a run saves now
+    del saved["tune"]["dropout_masks"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved))
+    assert load_config(tmp_path / "old.yaml").tune.dropout_masks == "bernoulli"
+    # a config a person writes gets the default
+    (tmp_path / "mine.yaml").write_text("tune:\n  lora_dropout: 0.1\n")
+    assert load_config(tmp_path / "mine.yaml").tune.dropout_masks == "bits"
