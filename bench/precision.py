@@ -169,11 +169,6 @@ def main() -> None:
     custom = dict(parse_variant(v) for v in args.custom)
     if len(custom) < len(args.custom):
         sys.exit("error: two --variant options have the same NAME")
-    from loop.config import load_config
-
-    # The masks each variant draws (the run's setting unless a --variant names one); a result
-    # written before the setting existed drew nn.Dropout's.
-    masks = load_config(args.run / "config.yaml").tune.dropout_masks
     if args.child:
         variant = args.child.split("-r")[0]
         res = train_variant(
@@ -188,6 +183,9 @@ def main() -> None:
         sys.exit(f"{args.run}: not a run directory (no config.yaml)")
     cfg = load_config(args.run / "config.yaml")
     device = pick_device(resolve(cfg.model).spec)
+    # The masks each variant draws (the run's setting unless a --variant names one); a result
+    # written before the setting existed drew nn.Dropout's.
+    masks = cfg.tune.dropout_masks
     variants = list(dict.fromkeys(["float32", *args.variants, *custom]))
     if set(variants) & {"bf16", "bf16-plain"} and not native_bf16(device):
         sys.exit(f"this device ({device}) has no native bfloat16 to compare")

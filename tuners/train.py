@@ -123,9 +123,9 @@ def changed_settings(old: dict, new: dict) -> list[str]:
     """What differs between two `_fingerprint`s, as `key old -> new` lines; empty = resumable.
     A setting only one side has is a field added (or retired) by an upgrade: no difference while
     its value is the default (or, in `_BEFORE_ADDED`, what runs before it did), so checkpoints
-    made before an upgrade still resume. Fingerprints
-    written before `_LOOP_ONLY` and `_MAY_CHANGE` were left out hold those: ignored, as is the
-    precision of one written before it was recorded."""
+    made before an upgrade still resume. Fingerprints written before `_LOOP_ONLY` and
+    `_MAY_CHANGE` were left out hold those: ignored, as is the precision of one written before
+    it was recorded."""
     from tuners.config import TuneConfig
 
     changed = [
