@@ -62,6 +62,13 @@ class TuneConfig(BaseModel):
         "example, no attention across examples. For dpo / rpo the padded batches trl makes are "
         "run as such rows (`tuners.unpad`) where the model attends per example (SDPA models).",
     )
+    logprob_head: Literal["selfloop", "trl"] = Field(
+        "selfloop",
+        description="How dpo / rpo / grpo score tokens on CPU: selfloop = the labelled positions "
+        "only, their probabilities kept for backward (tuners/logprobs.py), trl = trl's fused "
+        "head as it runs off GPUs (every position, in 4,096 x 32,768 tiles). The same figures to "
+        "float32 rounding; GPUs use trl's either way.",
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
     weight_decay: float = Field(0.0, ge=0)

@@ -36,6 +36,7 @@ from judges.verifiable import check, validate_all
 from tuners import precision
 from tuners.config import TuneConfig
 from tuners.dropout import use_bits_dropout
+from tuners.logprobs import use_cpu_head
 from tuners.preference import trl_model, trl_result
 from tuners.train import (
     TrainResult,
@@ -183,6 +184,8 @@ def train_grpo(
         # after trl has put a fresh adapter on (GRPO keeps dropout: trl's disable_dropout is off)
         if cfg.dropout_masks == "bits" and device == "cpu":
             use_bits_dropout(trainer.model)
+        if cfg.logprob_head == "selfloop" and device == "cpu":
+            use_cpu_head(trainer, ("log_probs", "entropy"), cfg.grpo_temperature)
         if settings.float32_sums:
             precision.float32_sums(trainer.model)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

@@ -85,9 +85,12 @@ def data_hash(examples: Sequence[Mapping[str, Any]]) -> str:
     return h.hexdigest()
 
 
-# Settings a resumed run may change: how often it logs and saves, and the gradient-norm guard
-# (raised after an abort, the run goes on from its last checkpoint, which the abort never held).
-_MAY_CHANGE = frozenset({"save_steps", "save_total_limit", "logging_steps", "abort_grad_norm"})
+# Settings a resumed run may change: how often it logs and saves, the gradient-norm guard
+# (raised after an abort, the run goes on from its last checkpoint, which the abort never held)
+# and how tokens are scored (logprob_head: the same figures to float32 rounding).
+_MAY_CHANGE = frozenset(
+    {"save_steps", "save_total_limit", "logging_steps", "abort_grad_norm", "logprob_head"}
+)
 # Settings the trainer never reads: they choose a loop round's data (the data digest holds the
 # choice) or configure the loop's greedy step, whose trainer gets them as its own objective,
 # learning_rate, batch_size... (compared there).
