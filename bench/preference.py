@@ -21,6 +21,9 @@ Default variants (the run's `tune.batch_size` 8, so 8 pairs an optimizer step in
 `packed` (`tune.packing=true`: `tuners.unpad`; 8 pairs a forward pass), `packed-2x4` (packing,
 `tune.greedy_batch_size=2`, the default: 4 micro-batches of 2 pairs a step).
 
+`--variant trl:tune.logprob_head=trl --variant selfloop:tune.logprob_head=selfloop` measures
+how tokens are scored on CPU: trl's fused head against `tuners/logprobs.py` (the default).
+
 One model process at a time; nothing is written into the run (the adapters go to a temporary
 directory).
 """
