@@ -66,8 +66,9 @@ class TuneConfig(BaseModel):
         "selfloop",
         description="How dpo / rpo / grpo score tokens on CPU: selfloop = the labelled positions "
         "only, their probabilities kept for backward (tuners/logprobs.py), trl = trl's fused "
-        "head as it runs off GPUs (every position, in 4,096 x 32,768 tiles). The same figures to "
-        "float32 rounding; GPUs use trl's either way.",
+        "head as it runs off GPUs (every position, in 4,096 x 32,768 tiles). In float32 training "
+        "the same figures to float32 rounding (under bf16 autocast selfloop's stays float32, "
+        "trl's rounds the logits); GPUs use trl's either way.",
     )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")

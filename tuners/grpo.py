@@ -185,7 +185,7 @@ def train_grpo(
         if cfg.dropout_masks == "bits" and device == "cpu":
             use_bits_dropout(trainer.model)
         if cfg.logprob_head == "selfloop" and device == "cpu":
-            use_cpu_head(trainer, ("log_probs", "entropy"), cfg.grpo_temperature)
+            use_cpu_head(trainer, ("log_probs", "entropy"), trainer.temperature)
         if settings.float32_sums:
             precision.float32_sums(trainer.model)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

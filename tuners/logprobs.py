@@ -7,9 +7,9 @@ entropy, the mean logit and whether the label is the argmax, for logging) withou
 of 4,096 tokens x 32,768 vocabulary entries, and two choices made for GPUs cost a CPU dearly:
 
 - every position is scored, the prompt's included (a Triton device scores only labelled ones);
-- each tile goes through some fifteen full-size elementwise passes and fresh 512 MB
-  temporaries (the logit scale and temperature multiplied in even when 1, the `is_top1`
-  comparison against every column), and backward recomputes the tile and makes a dozen more.
+- each tile goes through more than a dozen full-size elementwise passes, several into fresh
+  512 MB temporaries (the logit scale and temperature multiplied in even when 1, the `is_top1`
+  comparison against every column), and backward recomputes the tile and makes about as many.
 
 In a profile of the recipe's RPO step (`tune.greedy_pairs`: 2 pairs a forward pass, the
 reference forward included) those tiles were half the step's time.
@@ -20,9 +20,13 @@ function that takes each chunk of 256 tokens' logits from one matrix product int
 buffer and gets log-probabilities, entropy and argmax from about seven passes over it. It keeps
 the chunk's probabilities for backward (up to `keep_bytes`; beyond it they are recomputed), so
 backward is one matrix product: d log p(t) / d h = w_t - sum_v p_v w_v, the gradient of each
-row a scaled row of `W[targets] - P @ W`. The figures match trl's to float32 rounding (tested);
-calls this does not cover (a softcap or logit scale, a head with a bias, fields it does not
-compute, pre-shifted labels, MoE router logits, CUDA) go to trl's forward unchanged.
+row a scaled row of `W[targets] - P @ W` (plus a second product where a loss uses the entropy,
+as GRPO's entropy bonus does). In float32 training the figures match trl's to float32 rounding
+(tested). Under bfloat16 autocast this head still computes in float32, where trl's rounds the
+logits to bfloat16 (unless `cast_lm_head_to_fp32`): as selfloop's own SFT head does
+(`tuners/precision.py`). Calls this does not cover (a softcap or logit scale, a head with a
+bias, fields it does not compute, pre-shifted labels, MoE router logits, CUDA) go to trl's
+forward unchanged.
 """
 
 from __future__ import annotations
@@ -50,13 +54,15 @@ class TokenLogProbs(torch.autograd.Function):
     """(log p(target), entropy, mean logit, target is the argmax) of each row of
     `hidden @ weight.T`, float32, `hidden` [N, H], `weight` [V, H], `targets` [N].
 
-    Only the log-probabilities carry a gradient (trl detaches the entropy it logs)."""
+    The log-probabilities and the entropy carry gradients (DPO only logs the entropy; GRPO's
+    entropy bonus trains on it); the mean logit and the argmax do not."""
 
     @staticmethod
-    @torch.autocast("cpu", enabled=False)  # float32 throughout, as cast_lm_head_to_fp32 asks
+    @torch.autocast("cpu", enabled=False)  # float32 throughout, whatever the autocast around
     def forward(  # type: ignore[override]
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, keep_bytes: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)  # an output no loss reads sends None, not zeros
         n, vocab = hidden.size(0), weight.size(0)
         h = hidden.float()
         w = weight.float()
@@ -87,20 +93,21 @@ class TokenLogProbs(torch.autograd.Function):
             if probs is not None:
                 p.div_(total[:, None])
         mean_logits = h @ (w.sum(dim=0) / vocab)  # the mean of a row of h @ W.T, one product
-        ctx.save_for_backward(hidden, weight, targets, log_z, probs)
-        ctx.mark_non_differentiable(entropy, mean_logits, is_top1)
+        ctx.save_for_backward(hidden, weight, targets, log_z, entropy, probs)
+        ctx.mark_non_differentiable(mean_logits, is_top1)
         return log_probs, entropy, mean_logits, is_top1
 
     @staticmethod
     @torch.autocast("cpu", enabled=False)
     def backward(  # type: ignore[override]
-        ctx: Any, grad: torch.Tensor | None, *_: Any
+        ctx: Any, grad: torch.Tensor | None, grad_entropy: torch.Tensor | None, *_: Any
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        hidden, weight, targets, log_z, probs = ctx.saved_tensors
+        hidden, weight, targets, log_z, entropy, probs = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[:2]
-        if grad is None or not (want_h or want_w):
+        if (grad is None and grad_entropy is None) or not (want_h or want_w):
             return None, None, None, None
-        h, w, g = hidden.float(), weight.float(), grad.float()
+        h, w = hidden.float(), weight.float()
+        g = grad.float() if grad is not None else torch.zeros_like(log_z)
         n = h.size(0)
         grad_h = torch.empty_like(h) if want_h else None
         grad_w = torch.zeros_like(w) if want_w else None
@@ -121,6 +128,14 @@ class TokenLogProbs(torch.autograd.Function):
                 gh = gs * h[s:e]
                 grad_w.index_add_(0, t, gh)
                 grad_w.sub_(p.t() @ gh)
+            if grad_entropy is not None:
+                # dH / dz = -p (log p + H); xlogy keeps p = 0 at 0
+                q = torch.xlogy(p, p).add_(p * entropy[s:e, None])
+                ge = grad_entropy[s:e, None].float()
+                if grad_h is not None:
+                    grad_h[s:e] -= ge * (q @ w)
+                if grad_w is not None:
+                    grad_w.sub_(q.t() @ (ge * h[s:e]))
         return (
             grad_h.to(hidden.dtype) if grad_h is not None else None,
             grad_w.to(weight.dtype) if grad_w is not None else None,
@@ -139,7 +154,9 @@ def token_log_probs(
     """`TokenLogProbs` of the logits `hidden @ weight.T / temperature`."""
     if temperature != 1.0:
         hidden = hidden / temperature  # scales the logits: an [N, H] pass, not [N, V]
-    return TokenLogProbs.apply(hidden, weight, targets, keep_bytes)
+    # Without grad mode no backward comes, whatever requires grad: keep nothing for it.
+    keep = keep_bytes if torch.is_grad_enabled() else 0
+    return TokenLogProbs.apply(hidden, weight, targets, keep)
 
 
 def cpu_fused_head(model: Any, temperature: float = 1.0, outputs: tuple[str, ...] = FIELDS) -> bool:
@@ -182,6 +199,7 @@ def cpu_fused_head(model: Any, temperature: float = 1.0, outputs: tuple[str, ...
             or labels is None
             or weight.device.type != "cpu"
             or kwargs.get("shift_labels") is not None
+            or kwargs.get("output_router_logits")  # an MoE's aux loss: trl's head adds it
         ):
             extra = {"labels": labels, "num_items_in_batch": num_items_in_batch}
             return inner(*args, fused_lm_head=fused_lm_head, **kwargs, **extra)
@@ -207,9 +225,12 @@ def cpu_fused_head(model: Any, temperature: float = 1.0, outputs: tuple[str, ...
 
 def use_cpu_head(trainer: Any, outputs: tuple[str, ...], temperature: float = 1.0) -> None:
     """`cpu_fused_head` on the model a trl trainer patched (its base model under PEFT), with
-    the `outputs` and `temperature` the trainer gave `add_fused_lm_head`."""
+    the `outputs` and `temperature` the trainer gave `add_fused_lm_head`. A separate reference
+    model (never made here: the reference is an adapter of the policy's model) keeps trl's."""
     from peft import PeftModel
 
+    if getattr(trainer, "ref_model", None) is not None:
+        log.info("the separate reference model scores with trl's head")
     model = trainer.model
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     if not cpu_fused_head(base, temperature, outputs):

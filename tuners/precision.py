@@ -14,9 +14,10 @@ widened before the adapter's update joins them. The gain is kept where a float32
 sum (the residual adds after o_proj and down_proj, the elementwise ops); a sum that feeds
 another product (q, k, v, gate, up) is rounded again there. The head, frozen under an
 adapter, runs in float32 (on the positions the loss reads, `tuners.data.pack_batch`). trl's
-trainers (the greedy step's RPO) score through their own fused head, which reads the weight
-directly and keeps autocast: there only the sums are float32 (RPO on a real round's pairs:
-the same final loss and reward margin).
+trainers (the greedy step's RPO) score on CPU through `tuners.logprobs`, float32 too; trl's
+own fused head (`tune.logprob_head: trl`, and on GPUs) reads the weight directly and keeps
+autocast, and there only the sums are float32 (RPO on a real round's pairs, measured with
+trl's head: the same final loss and reward margin).
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ def test_matches_trls_head_and_its_gradients(keep_bytes: int, temperature: float
     for fn in (_trl, lambda *a: token_log_probs(*a, keep_bytes=keep_bytes)):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
         lp, ent, mean, top = fn(h, w, targets, temperature)
-        (lp * scale).sum().backward()
+        # a loss of both, as GRPO's entropy bonus makes (DPO's reads the log-probs alone)
+        (lp * scale - 0.3 * ent * scale.flip(0)).sum().backward()
         results.append((lp.detach(), ent, mean, top, h.grad, w.grad))
     ours, theirs = results[1], results[0]
     for name, a, b in zip(("log_probs", "entropy", "mean", "grad h", "grad w"),
@@ -62,12 +63,40 @@ def test_a_tie_with_an_earlier_column_is_not_the_argmax() -> None:
     assert torch.equal(ours, _trl(hidden, weight, targets)[3])
 
 
-def test_without_gradients_it_keeps_no_graph() -> None:
+def test_the_entropy_alone_has_a_gradient() -> None:
+    hidden, weight, targets = _inputs(n=40, v=300)
+    grads = []
+    for fn in (_trl, token_log_probs):
+        h = hidden.clone().requires_grad_()
+        fn(h, weight, targets)[1].sum().backward()
+        grads.append(h.grad)
+    assert grads[1].abs().sum() > 0
+    assert torch.allclose(grads[1], grads[0], atol=1e-4)
+
+
+def test_probabilities_are_kept_only_for_a_backward(monkeypatch: pytest.MonkeyPatch) -> None:
     hidden, weight, targets = _inputs(n=300)
-    with torch.no_grad():
-        out = token_log_probs(hidden.requires_grad_(), weight, targets)
+    kept = []
+    apply = logprobs.TokenLogProbs.apply
+    monkeypatch.setattr(logprobs.TokenLogProbs, "apply", lambda *a: kept.append(a[3]) or apply(*a))
+    h = hidden.clone().requires_grad_()  # requires grad, as a trained input does
+    with torch.no_grad():  # ... but no backward can come: the reference's forward
+        out = token_log_probs(h, weight, targets)
+    token_log_probs(h, weight, targets)
+    assert kept == [0, logprobs.KEEP_BYTES]
     assert not any(x.requires_grad for x in out)
-    assert torch.allclose(out[0], _trl(hidden.detach(), weight, targets)[0], atol=1e-5)
+    assert torch.allclose(out[0], _trl(hidden, weight, targets)[0], atol=1e-5)
+
+
+def test_under_bfloat16_autocast_it_computes_in_float32() -> None:
+    hidden, weight, targets = _inputs(n=300)
+    h = hidden.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = token_log_probs(h, weight, targets)[0]
+    lp.sum().backward()
+    assert lp.dtype == torch.float32 and h.grad.dtype == torch.bfloat16
+    exact = (h.detach().float() @ weight.t()).log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    assert torch.allclose(lp, exact, atol=1e-4)  # the float32 logits of the bfloat16 input
 
 
 def _patched(model_dir: Path, ours: bool, temperature: float = 1.0, outputs=FIELDS):
@@ -94,9 +123,11 @@ def test_a_patched_model_scores_as_trls_head_does(
     for ours in (False, True):
         model = _patched(tiny_model_dir, ours, temperature, outputs)
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
-        out.loss.backward()
+        (out.loss - 0.1 * out.entropy.sum()).backward()
         outs.append(out)
+        # a layer's gradient, and the head's own (the weight gradient's path)
         grads.append(model.model.layers[0].mlp.down_proj.weight.grad)
+        grads.append(model.get_output_embeddings().weight.grad)
         plain = model(input_ids=ids).logits  # not a fused-head call: the model's own forward
         assert plain.shape == (2, 24, model.config.vocab_size)
     trl_out, our_out = outs
@@ -109,7 +140,17 @@ def test_a_patched_model_scores_as_trls_head_does(
         assert torch.equal(our_out.is_top1, trl_out.is_top1)
     assert torch.equal(our_out.label_mask, trl_out.label_mask)
     assert bool((our_out.log_probs[~our_out.label_mask] == 0).all())
-    assert torch.allclose(grads[1], grads[0], atol=1e-5)
+    assert torch.allclose(grads[2], grads[0], atol=1e-5)
+    assert grads[3].abs().sum() > 0 and torch.allclose(grads[3], grads[1], atol=1e-5)
+
+
+def test_a_batch_with_nothing_labelled_still_backpropagates(tiny_model_dir: Path) -> None:
+    model = _patched(tiny_model_dir, ours=True)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(2))
+    out = model(input_ids=ids, labels=torch.full_like(ids, -100), fused_lm_head=True)
+    out.loss.backward()  # a zero loss, still connected to the model
+    assert float(out.loss.detach()) == 0.0 and not bool(out.label_mask.any())
+    assert model.model.layers[0].mlp.down_proj.weight.grad is not None
 
 
 def test_heads_it_does_not_compute_stay_trls(tiny_model_dir: Path) -> None:
@@ -118,7 +159,30 @@ def test_heads_it_does_not_compute_stay_trls(tiny_model_dir: Path) -> None:
     assert not cpu_fused_head(model, outputs=(*FIELDS, "log_sum_sq_probs"))
     model.config.final_logit_softcapping = 30.0
     assert not cpu_fused_head(model)
+    model.config.final_logit_softcapping = None
+    model.config.logit_scale = 2.0
+    assert not cpu_fused_head(model)
+    model.config.logit_scale = None
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.zeros(head.out_features))
+    assert not cpu_fused_head(model)
     assert model.forward == trl_forward
+
+
+def test_calls_it_does_not_compute_go_to_trls_forward(tiny_model_dir: Path) -> None:
+    model = _patched(tiny_model_dir, ours=False)
+    seen = []
+    model.forward = lambda *a, **kw: seen.append(sorted(k for k, v in kw.items() if v is not None))
+    assert cpu_fused_head(model)
+    ids = torch.randint(0, 1000, (1, 8))
+    model.forward(input_ids=ids, labels=ids, fused_lm_head=True, output_router_logits=True)
+    model.forward(input_ids=ids, labels=ids, fused_lm_head=True, shift_labels=ids)
+    model.forward(input_ids=ids)  # generation and plain calls
+    assert seen == [
+        ["fused_lm_head", "input_ids", "labels", "output_router_logits"],
+        ["fused_lm_head", "input_ids", "labels", "shift_labels"],
+        ["fused_lm_head", "input_ids"],
+    ]
 
 
 def test_dpo_trains_the_same_with_either_head(
