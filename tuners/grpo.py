@@ -141,7 +141,7 @@ def train_grpo(
     rows = check_tasks(tasks)  # everything that can refuse comes before the first write
     resolved = resolve(base)
     device = pick_device(resolved.spec)
-    settings = check_settings(cfg, device, init)
+    settings = check_settings(cfg, device, init, ckpt_dir)
     tokenizer = load_tokenizer(resolved)
     if cfg.grpo_max_tokens > _context_of(resolved):
         raise SelfloopError(f"tune.grpo_max_tokens {cfg.grpo_max_tokens} exceeds the context")

@@ -57,8 +57,11 @@ class Settings:
         return describe(self.bf16, self.float32_sums)
 
 
-def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> Settings:
-    """Every refusal that needs no weights, so `train` can make it before writing anything."""
+def check_settings(
+    cfg: TuneConfig, device: str, init_adapter: Path | None, ckpt_dir: Path | None = None
+) -> Settings:
+    """Every refusal that needs no weights, so `train` can make it before writing anything.
+    `ckpt_dir`: the run's checkpoints, whose recorded precision `bf16: auto` resumes in."""
     if problem := cfg.conflict():
         raise SelfloopError(problem)
     cuda = device.startswith("cuda")
@@ -106,11 +109,20 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
             raise SelfloopError(f"warm-start adapter {init_adapter} has no adapter_config.json")
         check_adapter_files(init_adapter)
 
-    # auto stays float32 on CPU. With the adapters' sums in float32 (tuners/precision.py, what
-    # true runs there) bfloat16 tracks float32's loss (+0.0004 on average on a real round's
-    # SFT), but it is no faster: 1.00x float32's tokens/s, the median of 4 alternating repeats
-    # (0.97-1.08x; `bench/precision.py --repeats`, bench/README.md).
-    bf16 = (cuda and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else bool(cfg.bf16)
+    if cfg.bf16 != "auto":
+        bf16 = bool(cfg.bf16)
+    elif cuda:
+        bf16 = torch.cuda.is_bf16_supported()
+    else:
+        # A CPU with native bfloat16 trains LoRA in it, with the adapters' sums and the head in
+        # float32 (tuners/precision.py): loss +0.0002 from float32's on a real round's SFT,
+        # 1.37x its tokens/s (the median of 2 alternating repeats, since LoRA dropout's masks
+        # stopped costing both the same 15%), RPO 1.41x (bench/README.md). Prefix tuning and
+        # full fine-tuning were not measured in it: float32.
+        bf16 = cfg.method == "lora" and native_bf16(device)
+        recorded = recorded_precision(ckpt_dir)
+        if recorded is not None:  # checkpoints resume in what they were trained in
+            bf16 = recorded != "float32" and native_bf16(device)
     if cfg.gradient_checkpointing == "auto":
         # peft refuses prefix tuning under gradient checkpointing (the prefix is a KV cache).
         grad_ckpt = cuda and cfg.method != "prefix"
@@ -124,6 +136,19 @@ def check_settings(cfg: TuneConfig, device: str, init_adapter: Path | None) -> S
     return Settings(
         bf16=bf16, grad_ckpt=grad_ckpt, fsdp_config=fsdp, float32_sums=bf16 and not cuda
     )
+
+
+def recorded_precision(ckpt_dir: Path | None) -> str | None:
+    """The precision recorded in `ckpt_dir`'s fingerprint (`tuners.train.resume_point`), if
+    it has checkpoints to resume; None otherwise (or for one written before it was recorded)."""
+    fp_file = ckpt_dir / "selfloop-train-args.json" if ckpt_dir is not None else None
+    if fp_file is None or not fp_file.is_file() or not any(ckpt_dir.glob("checkpoint-*")):
+        return None
+    try:
+        recorded = json.loads(fp_file.read_text()).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None  # resume_point reports an unreadable fingerprint
+    return recorded if isinstance(recorded, str) else None
 
 
 def any_rank(flags: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,10 @@ young adapter's update is smaller than that, and part of it is rounded away at e
 output layer's logits, rounded to bfloat16 too (a step of 0.125 at a logit of 20), blur the
 loss. On a real round's data (`bench/precision.py`, bench/README.md) plain autocast ended its
 88 SFT steps 0.008 nats above float32; with the sums and the head in float32 its loss stayed
-+0.0004 from float32's on average (at most +0.0022). It is no faster than float32 there (1.00x,
-the median of 4 alternating repeats), so `tune.bf16: auto` keeps CPUs in float32 and this is
-what `true` runs there.
++0.0004 from float32's on average (at most +0.0022). Once LoRA dropout's masks stopped costing
+both the same 15% of a step (tuners/dropout.py) it ran SFT at 1.37x float32's tokens/s, so this
+is what `tune.bf16: auto` trains LoRA in on a CPU with native bfloat16, and what `true` runs
+there.
 The frozen layers' products stay in bfloat16, where the speed is; only their outputs are
 widened before the adapter's update joins them. The gain is kept where a float32 op reads the
 sum (the residual adds after o_proj and down_proj, the elementwise ops); a sum that feeds

@@ -138,7 +138,7 @@ def train_preference(
     rows = check_pairs(pairs)  # everything that can refuse comes before the first write
     resolved = resolve(base)
     device = pick_device(resolved.spec)
-    settings = check_settings(cfg, device, init)
+    settings = check_settings(cfg, device, init, ckpt_dir)
     tokenizer = load_tokenizer(resolved)
     if cfg.max_seq_len > _context_of(resolved):
         raise SelfloopError(f"tune.max_seq_len {cfg.max_seq_len} exceeds the model's context")

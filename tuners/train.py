@@ -271,7 +271,7 @@ def train(
     # run leaves nothing behind (no checkpoint directory, no fingerprint).
     resolved = resolve(base)
     device = pick_device(resolved.spec)
-    settings = check_settings(cfg, device, init)
+    settings = check_settings(cfg, device, init, ckpt_dir)
     tokenizer = load_tokenizer(resolved)
     context = _context_of(resolved)
     if cfg.max_seq_len > context:

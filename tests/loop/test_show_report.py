@@ -88,7 +88,8 @@ def test_show_a_finished_round_has_the_real_counts(run_dir: Path) -> None:
     # Training: first and final loss, and a sparkline of every logged step.
     tm = _json(r1 / "adapter" / "train_metrics.json")
     assert f"loss {tm['losses'][0][1]:.3f} -> {tm['final_loss']:.3f}" in text
-    # the precision `tune.bf16` resolved to (auto: float32 on CPU), said where not float32
+    # the precision `tune.bf16` resolved to (auto: bfloat16 on a CPU that has it), said where
+    # not float32
     assert tm["precision"] in {"float32", "bfloat16 autocast, float32 sums"}
     assert (f", {tm['precision']}" in text) == (tm["precision"] != "float32")
     # what it trained on, part by part: round 1 is a fresh adapter on what dedup kept

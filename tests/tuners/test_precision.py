@@ -81,3 +81,39 @@ def test_float32_sums_on_some_projections_only(tiny_model_dir, tmp_path, monkeyp
         cfg("lora", bf16=True, max_steps=4, target_modules=["q_proj", "v_proj"]),
     )
     assert r.steps == 4 and all(loss == loss for _, loss in r.losses)
+
+
+def test_auto_trains_lora_in_bfloat16_where_the_cpu_has_it(monkeypatch) -> None:
+    from tuners.guards import check_settings
+
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    lora = check_settings(TuneConfig(), "cpu", None)
+    assert (lora.bf16, lora.float32_sums, lora.precision) == (
+        True, True, "bfloat16 autocast, float32 sums",
+    )  # fmt: skip
+    # not measured in bfloat16: float32
+    for method in ("prefix", "full"):
+        assert check_settings(TuneConfig(method=method), "cpu", None).bf16 is False
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")
+    assert check_settings(TuneConfig(), "cpu", None).precision == "float32"
+
+
+def test_auto_resumes_in_the_precision_its_checkpoints_recorded(tmp_path, monkeypatch) -> None:
+    import json
+
+    from tuners.guards import check_settings
+
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
+    ckpt = tmp_path / "adapter.checkpoints"
+    ckpt.mkdir()
+    fp = ckpt / "selfloop-train-args.json"
+    fp.write_text(json.dumps({"precision": "float32"}))
+    # a fingerprint with no checkpoint beside it resumes nothing: auto as usual
+    assert check_settings(TuneConfig(), "cpu", None, ckpt).bf16 is True
+    (ckpt / "checkpoint-4").mkdir()
+    assert check_settings(TuneConfig(), "cpu", None, ckpt).precision == "float32"
+    assert check_settings(TuneConfig(bf16=True), "cpu", None, ckpt).bf16 is True  # as asked
+    fp.write_text(json.dumps({"precision": "bfloat16 autocast, float32 sums"}))
+    assert check_settings(TuneConfig(method="full"), "cpu", None, ckpt).bf16 is True
+    fp.write_text(json.dumps({"config": {}}))  # written before the precision was recorded
+    assert check_settings(TuneConfig(method="full"), "cpu", None, ckpt).bf16 is False

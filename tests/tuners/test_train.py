@@ -126,13 +126,12 @@ def test_guards_before_any_step(tiny_model_dir: Path, tmp_path: Path, monkeypatc
 
 
 def test_bf16_on_a_cpu_with_native_bfloat16(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
-    """On such a CPU, tune.bf16: true trains lora under bfloat16 autocast with the adapters'
-    sums and the head in float32 (tuners/precision.py); auto keeps float32 there (no speed-up
-    established: the field's description)."""
+    """On such a CPU, tune.bf16: true (and auto, for lora) trains under bfloat16 autocast with
+    the adapters' sums and the head in float32 (tuners/precision.py)."""
     from tuners.guards import check_settings
 
     monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")
-    assert check_settings(TuneConfig(bf16="auto"), "cpu", None).bf16 is False
+    assert check_settings(TuneConfig(bf16="auto"), "cpu", None).bf16 is True
     on = check_settings(TuneConfig(bf16=True), "cpu", None)
     assert on.bf16 is True and on.float32_sums is True
     seen: dict[str, set[torch.dtype]] = {"product": set(), "sum": set(), "logits": set()}
