@@ -86,11 +86,12 @@ class TuneConfig(BaseModel):
     bf16: Literal["auto", True, False] = Field(
         "auto",
         description="bfloat16 mixed precision (autocast over float32 weights); auto = on where "
-        "CUDA supports it, and for LoRA on a CPU with native bfloat16 (AVX512-BF16 / AMX), where "
-        "the adapters' sums and the output layer stay float32 (tuners/precision.py): loss "
-        "+0.0002 from float32's, SFT 1.37x and RPO 1.41x its speed (`bench/precision.py`, "
-        "`bench/preference.py`). A run resumes in the precision its checkpoints recorded. true "
-        "also runs prefix and full fine-tuning so on such a CPU; false = float32.",
+        "CUDA supports it, and for LoRA sft / dpo / rpo on a CPU with native bfloat16 "
+        "(AVX512-BF16 / AMX), where the adapters' sums and the output layer stay float32 "
+        "(tuners/precision.py): loss +0.0004 from float32's, SFT 1.37x and RPO 1.41x its speed "
+        "(`bench/precision.py`, `bench/preference.py`). An interrupted training resumes in the "
+        "precision its checkpoints recorded. true also runs prefix, full fine-tuning and grpo "
+        "so on such a CPU; false = float32.",
     )
     gradient_checkpointing: Literal["auto", True, False] = Field(
         "auto",

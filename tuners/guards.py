@@ -47,7 +47,7 @@ class Settings:
     bf16: bool
     grad_ckpt: bool
     fsdp_config: dict[str, Any] | None  # None = no FSDP
-    # bfloat16 on CPU (tune.bf16: true) adds the adapters' updates in float32
+    # bfloat16 on CPU (tune.bf16: true, or auto for LoRA) adds the adapters' updates in float32
     # (tuners/precision.py); CUDA keeps plain autocast, where this was not measured.
     float32_sums: bool = False
 
@@ -115,11 +115,12 @@ def check_settings(
         bf16 = torch.cuda.is_bf16_supported()
     else:
         # A CPU with native bfloat16 trains LoRA in it, with the adapters' sums and the head in
-        # float32 (tuners/precision.py): loss +0.0002 from float32's on a real round's SFT,
-        # 1.37x its tokens/s (the median of 2 alternating repeats, since LoRA dropout's masks
-        # stopped costing both the same 15%), RPO 1.41x (bench/README.md). Prefix tuning and
-        # full fine-tuning were not measured in it: float32.
-        bf16 = cfg.method == "lora" and native_bf16(device)
+        # float32 (tuners/precision.py): loss +0.0004 from float32's over a real round's 88 SFT
+        # steps, 1.37x its tokens/s (the median of 2 alternating repeats, since LoRA dropout's
+        # masks stopped costing both the same 15%), RPO 1.41x (bench/README.md). Prefix
+        # tuning, full fine-tuning and GRPO (which generates as it trains) were not measured
+        # in it: float32.
+        bf16 = cfg.method == "lora" and cfg.objective != "grpo" and native_bf16(device)
         recorded = recorded_precision(ckpt_dir)
         if recorded is not None:  # checkpoints resume in what they were trained in
             bf16 = recorded != "float32" and native_bf16(device)
@@ -139,13 +140,15 @@ def check_settings(
 
 
 def recorded_precision(ckpt_dir: Path | None) -> str | None:
-    """The precision recorded in `ckpt_dir`'s fingerprint (`tuners.train.resume_point`), if
-    it has checkpoints to resume; None otherwise (or for one written before it was recorded)."""
+    """The precision recorded in `ckpt_dir`'s fingerprint (`tuners.train.resume_point`), None
+    without one. Read whether or not a checkpoint was saved yet: `resume_point` compares the
+    fingerprint either way (RPO's 22 steps save none at the default save_steps). One written
+    before the precision was recorded is float32's: `auto` meant float32 on CPU then."""
     fp_file = ckpt_dir / "selfloop-train-args.json" if ckpt_dir is not None else None
-    if fp_file is None or not fp_file.is_file() or not any(ckpt_dir.glob("checkpoint-*")):
+    if fp_file is None or not fp_file.is_file():
         return None
     try:
-        recorded = json.loads(fp_file.read_text()).get("precision")
+        recorded = json.loads(fp_file.read_text()).get("precision", "float32")
     except (OSError, ValueError, AttributeError):
         return None  # resume_point reports an unreadable fingerprint
     return recorded if isinstance(recorded, str) else None

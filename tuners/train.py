@@ -365,9 +365,13 @@ def resume_point(ckpt_dir: Path, fingerprint: dict) -> Path | None:
     resume from; checkpoints made with another fingerprint are refused, not mixed in."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     fp_file = ckpt_dir / "selfloop-train-args.json"
-    changed = (
-        changed_settings(json.loads(fp_file.read_text()), fingerprint) if fp_file.is_file() else []
-    )
+    try:
+        old = json.loads(fp_file.read_text()) if fp_file.is_file() else None
+        changed = changed_settings(old, fingerprint) if old is not None else []
+    except (ValueError, AttributeError) as e:  # cut short or edited: not a fingerprint
+        raise SelfloopError(
+            f"{fp_file} is not a readable fingerprint ({e}); delete {ckpt_dir} to start over"
+        ) from e
     if changed:
         raise SelfloopError(
             f"checkpoints in {ckpt_dir} were made with other settings or data "

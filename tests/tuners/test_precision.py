@@ -94,6 +94,9 @@ def test_auto_trains_lora_in_bfloat16_where_the_cpu_has_it(monkeypatch) -> None:
     # not measured in bfloat16: float32
     for method in ("prefix", "full"):
         assert check_settings(TuneConfig(method=method), "cpu", None).bf16 is False
+    grpo = TuneConfig(objective="grpo", batch_size=4, grpo_generations=4)
+    assert check_settings(grpo, "cpu", None).bf16 is False
+    assert check_settings(TuneConfig(objective="rpo"), "cpu", None).bf16 is True
     monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")
     assert check_settings(TuneConfig(), "cpu", None).precision == "float32"
 
@@ -108,12 +111,50 @@ def test_auto_resumes_in_the_precision_its_checkpoints_recorded(tmp_path, monkey
     ckpt.mkdir()
     fp = ckpt / "selfloop-train-args.json"
     fp.write_text(json.dumps({"precision": "float32"}))
-    # a fingerprint with no checkpoint beside it resumes nothing: auto as usual
-    assert check_settings(TuneConfig(), "cpu", None, ckpt).bf16 is True
+    # killed before its first checkpoint: the fingerprint is compared all the same
+    assert check_settings(TuneConfig(), "cpu", None, ckpt).precision == "float32"
     (ckpt / "checkpoint-4").mkdir()
     assert check_settings(TuneConfig(), "cpu", None, ckpt).precision == "float32"
     assert check_settings(TuneConfig(bf16=True), "cpu", None, ckpt).bf16 is True  # as asked
     fp.write_text(json.dumps({"precision": "bfloat16 autocast, float32 sums"}))
     assert check_settings(TuneConfig(method="full"), "cpu", None, ckpt).bf16 is True
-    fp.write_text(json.dumps({"config": {}}))  # written before the precision was recorded
-    assert check_settings(TuneConfig(method="full"), "cpu", None, ckpt).bf16 is False
+    fp.write_text(json.dumps({"config": {}}))  # written before the precision was recorded,
+    assert check_settings(TuneConfig(), "cpu", None, ckpt).bf16 is False  # when auto was float32
+
+
+def test_a_float32_run_killed_before_its_first_checkpoint_resumes_in_float32(
+    tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    """A run whose `auto` trained in float32 (as it did on every CPU before), killed before its
+    first checkpoint, goes on in float32 where `auto` now means bfloat16: not refused."""
+    from transformers import TrainerCallback
+
+    from tests.helpers import TOY
+    from tests.helpers import cfg as tune_cfg
+    from tuners.train import train
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt  # after the fingerprint is written, before a checkpoint
+
+    out, ckpt = tmp_path / "adapter", tmp_path / "adapter.checkpoints"
+    config = tune_cfg("lora", max_steps=2, bf16="auto")
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "0")  # auto resolves to float32
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tiny_model_dir), TOY, out, config, callbacks=[Kill()])
+    assert (ckpt / "selfloop-train-args.json").is_file() and not list(ckpt.glob("checkpoint-*"))
+    monkeypatch.setenv("SELFLOOP_CPU_BF16", "1")  # ... and now to bfloat16
+    result = train(str(tiny_model_dir), TOY, out, config)
+    assert result.precision == "float32" and result.steps == 2
+
+
+def test_an_unreadable_fingerprint_is_refused_by_name(tiny_model_dir, tmp_path) -> None:
+    from tests.helpers import TOY
+    from tests.helpers import cfg as tune_cfg
+    from tuners.train import train
+
+    ckpt = tmp_path / "adapter.checkpoints"
+    ckpt.mkdir()
+    (ckpt / "selfloop-train-args.json").write_text('{"config": ')
+    with pytest.raises(SelfloopError, match="not a readable fingerprint"):
+        train(str(tiny_model_dir), TOY, tmp_path / "adapter", tune_cfg("lora", max_steps=1))
