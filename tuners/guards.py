@@ -139,12 +139,16 @@ def check_settings(
     )
 
 
+# The checkpoints' fingerprint (`tuners.train.resume_point` writes it, `changed_settings` reads).
+FINGERPRINT = "selfloop-train-args.json"
+
+
 def recorded_precision(ckpt_dir: Path | None) -> str | None:
     """The precision recorded in `ckpt_dir`'s fingerprint (`tuners.train.resume_point`), None
     without one. Read whether or not a checkpoint was saved yet: `resume_point` compares the
     fingerprint either way (RPO's 22 steps save none at the default save_steps). One written
     before the precision was recorded is float32's: `auto` meant float32 on CPU then."""
-    fp_file = ckpt_dir / "selfloop-train-args.json" if ckpt_dir is not None else None
+    fp_file = ckpt_dir / FINGERPRINT if ckpt_dir is not None else None
     if fp_file is None or not fp_file.is_file():
         return None
     try:

@@ -33,7 +33,7 @@ from agent.errors import SelfloopError
 from agent.models import ModelSpec, load_tokenizer, pick_device, resolve
 from tuners import precision
 from tuners.config import TuneConfig
-from tuners.logprobs import use_cpu_head
+from tuners.logprobs import FIELDS, use_cpu_head
 from tuners.train import (
     TrainResult,
     _context_of,
@@ -56,10 +56,6 @@ PREFERENCE_METRICS = (
     "logps/chosen",
     "logps/rejected",
 )
-
-
-# What trl's DPOTrainer asks its fused head for (its metrics read all four).
-DPO_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1")
 
 
 def check_pairs(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -186,8 +182,9 @@ def train_preference(
         )
         trainer.remove_callback(PrinterCallback)
         if cfg.logprob_head == "selfloop" and device == "cpu":  # before _unpad, which wraps it
+            # trl's DPOTrainer asks its head for all four FIELDS (its metrics read them)
             weighted = ("log_sum_sq_probs",) if trainer.use_weighting else ()
-            use_cpu_head(trainer, (*DPO_FIELDS, *weighted))
+            use_cpu_head(trainer, (*FIELDS, *weighted))
         _unpad(trainer, packing)
         if settings.float32_sums:  # after trl has put a fresh adapter on
             precision.float32_sums(trainer.model)

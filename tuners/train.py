@@ -364,7 +364,9 @@ def resume_point(ckpt_dir: Path, fingerprint: dict) -> Path | None:
     """Record the run's fingerprint in `ckpt_dir` and return the newest complete checkpoint to
     resume from; checkpoints made with another fingerprint are refused, not mixed in."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fp_file = ckpt_dir / "selfloop-train-args.json"
+    from tuners.guards import FINGERPRINT
+
+    fp_file = ckpt_dir / FINGERPRINT
     try:
         old = json.loads(fp_file.read_text()) if fp_file.is_file() else None
         changed = changed_settings(old, fingerprint) if old is not None else []
