@@ -17,7 +17,8 @@ different lengths). `decode_ragged` runs its own decode loop over the KV cache:
   padding masked, positions counted as if it were not there (models with full attention in
   every layer only: `can_share_prefix`);
 - sampling draws from the distribution `generate`'s temperature / top-k / top-p warpers leave,
-  without sorting the vocabulary each step (`sample_tokens`); greedy decoding is the argmax.
+  without sorting the vocabulary each step, one uniform per row against the running sum of
+  its weights (`sample_tokens`); greedy decoding is the argmax.
   Positions are explicit per row, so a refilled row sees the positions it would have in a batch
   of its own.
 - the batch's keys and values live in buffers with spare columns at the end (`SlabLayer`): a
@@ -132,7 +133,9 @@ def nucleus(
     (`torch.topk`): exact whenever the shortlist holds every row's nucleus (its last token is
     cut), else all k are sorted.
     """
-    logits = logits.float() / params.temperature
+    logits = logits.float()
+    if params.temperature != 1.0:  # a vocabulary-wide pass saved at the recipe's 1.0
+        logits = logits / params.temperature
     vocab = logits.shape[-1]
     k = min(vocab, params.top_k or vocab)
     # The distribution top-k leaves: renormalized over the k best (all of them without top-k).
@@ -155,11 +158,18 @@ def nucleus(
 
 
 def _draw(weights: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """A token per row with probability proportional to `weights` (rows x candidates); `index`
-    maps candidates to token ids (None: candidate = token id). Exponential races (argmax of
-    w / E, E ~ Exp(1)) draw exactly that distribution without `torch.multinomial`'s setup."""
-    race = weights / torch.empty_like(weights).exponential_()
-    pick = race.argmax(dim=-1, keepdim=True)
+    """A token per row with probability proportional to `weights` (rows x candidates, not all
+    zero); `index` maps candidates to token ids (None: candidate = token id). Inverse CDF: one
+    uniform per row against the running sum of its weights, in float64 so that a 49k-token
+    vocabulary's many small weights keep their share. A candidate of weight 0 adds nothing to
+    the sum and is never the first whose sum exceeds the draw. The exponential races this
+    replaced drew one variate per candidate: 48 ms a step for 64 rows x 49,152 tokens on 2 CPU
+    cores, a third of a respond decode step (untruncated sampling scores every token); the
+    running sum is 2 ms."""
+    cum = weights.double().cumsum(dim=-1)
+    u = torch.rand(len(cum), 1, dtype=cum.dtype, device=cum.device) * cum[:, -1:]
+    # u < the total (rand < 1); the clamp only catches the product rounding up to it.
+    pick = torch.searchsorted(cum, u, right=True).clamp_(max=cum.shape[-1] - 1)
     return (pick if index is None else index.gather(-1, pick)).squeeze(-1)
 
 

@@ -77,6 +77,29 @@ def test_draw_follows_the_weights() -> None:
     assert torch.allclose(freq, torch.tensor([0.5, 0.0, 0.3, 0.2]), atol=0.01)
 
 
+def test_draw_never_picks_a_zero_weight_at_either_end() -> None:
+    torch.manual_seed(1)
+    weights = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).expand(20_000, 5)
+    picks = _draw(weights, None)
+    freq = torch.bincount(picks, minlength=5).float() / len(picks)
+    assert freq[[0, 2, 4]].sum() == 0
+    assert abs(freq[1] - 0.5) < 0.02
+
+
+def test_draw_keeps_the_share_of_many_tiny_weights() -> None:
+    """A vocabulary's long tail: 2^18 tokens of weight 2^-25 after one of 1.0 hold 2^-7 of the
+    mass. A sum accumulated in float32 would lose every one of them (each is below half a
+    float32 ulp of 1.0), as would a shortlist of the likeliest tokens; the draw must take the
+    tail at about its share."""
+    torch.manual_seed(2)
+    row = torch.full((1 + 2**18,), 2.0**-25)
+    row[0] = 1.0
+    weights = row.expand(64, -1)
+    tail = sum(int((_draw(weights, None) > 0).sum()) for _ in range(100))
+    share = 2.0**-7 / (1 + 2.0**-7)  # 6,400 draws: 49.6 expected, sd 7
+    assert 25 <= tail <= 80, (tail, 6400 * share)
+
+
 @pytest.fixture(scope="module")
 def gen(tiny_model_dir: Path) -> TransformersGenerator:
     return TransformersGenerator(
