@@ -115,8 +115,16 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """One token per row of `logits` (rows x vocab) under `params`: the argmax for greedy, else
     a draw from `nucleus`."""
     if params.greedy:
-        return logits.argmax(dim=-1)
+        return argmax(logits)
     return _draw(*nucleus(logits, params))
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """The index of the largest logit along the last dimension (the first of equal maxima).
+    bfloat16 logits are widened first: on CPU torch's argmax over bfloat16 took 5 ms for 64 x
+    49,152 where widening and a float32 argmax took 1 ms together (5% of a greedy decode step
+    in a profile), and widening is exact, so the pick is the same."""
+    return logits.float().argmax(dim=-1)
 
 
 def nucleus(
@@ -393,17 +401,14 @@ def follow_cycles(
         # model with learned absolute positions has none there).
         steps = torch.arange(k, device=ids.device)[None, :]
         last_step = torch.tensor([len(g) - 1 for g in guesses], device=ids.device)[:, None]
-        choice = (
-            model(
-                input_ids=ids,
-                attention_mask=torch.cat([group.mask, group.mask.new_ones(len(seqs), k - 1)], 1),
-                position_ids=group.pos[:, None] + torch.minimum(steps, last_step),
-                **{cache_arg: group.cache},
-                use_cache=True,
-            )
-            .logits.argmax(dim=-1)
-            .tolist()
-        )
+        logits = model(
+            input_ids=ids,
+            attention_mask=torch.cat([group.mask, group.mask.new_ones(len(seqs), k - 1)], 1),
+            position_ids=group.pos[:, None] + torch.minimum(steps, last_step),
+            **{cache_arg: group.cache},
+            use_cache=True,
+        ).logits
+        choice = argmax(logits).tolist()
         stay, leave, fed, pending = [], [], [], []
         for r, (seq, guess, mine) in enumerate(zip(seqs, guesses, choice)):
             n, done = 0, False

@@ -19,6 +19,7 @@ from agent.backends.refill import (
     SHARED_PREFIX_MIN,
     SlabLayer,
     _draw,
+    argmax,
     can_share_prefix,
     decode_ragged,
     nucleus,
@@ -98,6 +99,16 @@ def test_draw_keeps_the_share_of_many_tiny_weights() -> None:
     tail = sum(int((_draw(weights, None) > 0).sum()) for _ in range(100))
     share = 2.0**-7 / (1 + 2.0**-7)  # 6,400 draws: 49.6 expected, sd 7
     assert 25 <= tail <= 80, (tail, 6400 * share)
+
+
+def test_argmax_of_bfloat16_logits_is_their_own_with_ties_to_the_first() -> None:
+    torch.manual_seed(3)
+    logits = (torch.randn(8, 5, 3000) * 4).bfloat16()
+    logits[0, 0, [7, 11]] = 100.0  # equal maxima: the first wins, as torch's argmax has it
+    got = argmax(logits)
+    assert got.shape == (8, 5)
+    assert torch.equal(got, logits.argmax(dim=-1))
+    assert int(got[0, 0]) == 7
 
 
 @pytest.fixture(scope="module")
