@@ -19,7 +19,7 @@ from loop.accounting import round_account
 from loop.rundir import RunDir
 from loop.stages.base import STATS, fmt, one_line
 from loop.stages.evaluate import CHAMPION_EVAL, EVAL
-from loop.stages.tune import ADAPTER, DATA_ACCOUNT, GREEDY, TRAIN_METRICS
+from loop.stages.tune import ADAPTER, DATA_ACCOUNT, GREEDY, SFT_ADAPTER, TRAIN_METRICS
 
 SPARKS = "▁▂▃▄▅▆▇█"
 PAIRWISE = (".win_rate", ".consistency_rate")
@@ -228,9 +228,14 @@ def _training(rd: Path) -> list[str]:
     if g is not None:  # tune.greedy_pairs: the sft step came first
         sft, verdicts = g.get("sft") or {}, g.get("verdicts") or {}
         own = g.get("repaired_pairs")  # tune.greedy_repair
+        # Older stats do not copy it: the sft adapter's own metrics say.
+        precision = sft.get("precision") or (
+            load_json(rd / GREEDY / SFT_ADAPTER / TRAIN_METRICS) or {}
+        ).get("precision", "float32")
         lines.append(
-            f"  after sft ({sft.get('steps', 0)} steps, loss {fmt(sft.get('final_loss'))}): "
-            f"{g.get('answers', 0)} greedy answers ("
+            f"  after sft ({sft.get('steps', 0)} steps, loss {fmt(sft.get('final_loss'))}"
+            + (f", {precision}" if precision != "float32" else "")
+            + f"): {g.get('answers', 0)} greedy answers ("
             + ", ".join(f"{k} {v}" for k, v in verdicts.items())
             + f"), {g.get('pairs', 0)} pairs against its failures"
             + (f" ({own} against their own repairs)" if own else "")

@@ -20,6 +20,7 @@ from agent.data import read_jsonl
 from loop.accounting import round_account
 from loop.config import load_config
 from loop.graph import resume, run
+from loop.stages.base import fmt
 from tests.helpers import EXPERT, PLANTED, seed_copy, selfloop, write_config
 
 
@@ -439,6 +440,10 @@ def test_a_greedy_step_after_sft_trains_against_the_sft_adapters_own_failures(
     assert shown.returncode == 0, shown.stderr
     assert f"lora rpo {trained['steps']} steps" in shown.stdout
     assert f"greedy answers (cut_off {len(tasks)}), {len(pairs)} pairs" in shown.stdout
+    # The sft adapter's own precision (tune.bf16), beside its loss, where not float32.
+    precision = sft.get("precision", "float32")
+    precision = "" if precision == "float32" else f", {precision}"
+    assert f"loss {fmt(sft['final_loss'])}{precision}): " in shown.stdout
 
     # A run killed after the greedy answers: the stage resumes without training sft again.
     sft_weights = (g / "sft_adapter" / "adapter_model.safetensors").read_bytes()
