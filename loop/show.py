@@ -228,10 +228,11 @@ def _training(rd: Path) -> list[str]:
     if g is not None:  # tune.greedy_pairs: the sft step came first
         sft, verdicts = g.get("sft") or {}, g.get("verdicts") or {}
         own = g.get("repaired_pairs")  # tune.greedy_repair
-        # Older stats do not copy it: the sft adapter's own metrics say.
-        precision = sft.get("precision") or (
-            load_json(rd / GREEDY / SFT_ADAPTER / TRAIN_METRICS) or {}
-        ).get("precision", "float32")
+        # What tune.bf16 resolved to for the sft adapter (a round resumed across a change of
+        # it can train sft and rpo in different precisions); older metrics do not say.
+        precision = (load_json(rd / GREEDY / SFT_ADAPTER / TRAIN_METRICS) or {}).get(
+            "precision", "float32"
+        )
         lines.append(
             f"  after sft ({sft.get('steps', 0)} steps, loss {fmt(sft.get('final_loss'))}"
             + (f", {precision}" if precision != "float32" else "")

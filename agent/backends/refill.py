@@ -175,9 +175,13 @@ def _draw(weights: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     cores, a third of a respond decode step (untruncated sampling scores every token); the
     running sum is 2 ms."""
     cum = weights.double().cumsum(dim=-1)
-    u = torch.rand(len(cum), 1, dtype=cum.dtype, device=cum.device) * cum[:, -1:]
-    # u < the total (rand < 1); the clamp only catches the product rounding up to it.
-    pick = torch.searchsorted(cum, u, right=True).clamp_(max=cum.shape[-1] - 1)
+    total = cum[:, -1:]
+    u = torch.rand(len(cum), 1, dtype=cum.dtype, device=cum.device) * total
+    pick = torch.searchsorted(cum, u, right=True)
+    # u < the total (rand < 1). Should the product round up to it, the pick is the last
+    # candidate of positive weight (the first whose running sum reaches the total), not the
+    # row's last, which may be a cut one.
+    pick = torch.minimum(pick, torch.searchsorted(cum, total))
     return (pick if index is None else index.gather(-1, pick)).squeeze(-1)
 
 
@@ -401,14 +405,15 @@ def follow_cycles(
         # model with learned absolute positions has none there).
         steps = torch.arange(k, device=ids.device)[None, :]
         last_step = torch.tensor([len(g) - 1 for g in guesses], device=ids.device)[:, None]
-        logits = model(
-            input_ids=ids,
-            attention_mask=torch.cat([group.mask, group.mask.new_ones(len(seqs), k - 1)], 1),
-            position_ids=group.pos[:, None] + torch.minimum(steps, last_step),
-            **{cache_arg: group.cache},
-            use_cache=True,
-        ).logits
-        choice = argmax(logits).tolist()
+        choice = argmax(
+            model(
+                input_ids=ids,
+                attention_mask=torch.cat([group.mask, group.mask.new_ones(len(seqs), k - 1)], 1),
+                position_ids=group.pos[:, None] + torch.minimum(steps, last_step),
+                **{cache_arg: group.cache},
+                use_cache=True,
+            ).logits
+        ).tolist()  # rows x chunk x vocab logits: not kept past this line
         stay, leave, fed, pending = [], [], [], []
         for r, (seq, guess, mine) in enumerate(zip(seqs, guesses, choice)):
             n, done = 0, False

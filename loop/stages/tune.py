@@ -31,15 +31,7 @@ ADAPTER = "adapter"
 GREEDY, GREEDY_ANSWERS, GREEDY_PAIRS = "greedy", "answers.jsonl", "preference_pairs.jsonl"
 SFT_ADAPTER = "sft_adapter"  # under GREEDY: the sft step's adapter
 TRAIN_METRICS = "train_metrics.json"
-_METRICS = (
-    "steps",
-    "final_loss",
-    "tokens",
-    "seconds",
-    "tokens_per_second",
-    "peak_memory_mb",
-    "precision",  # what tune.bf16 resolved to; a resumed round's sft and rpo can differ
-)
+_METRICS = ("steps", "final_loss", "tokens", "seconds", "tokens_per_second", "peak_memory_mb")
 
 
 def run(ctx: Context, state: LoopState) -> dict:

@@ -87,11 +87,23 @@ def test_draw_never_picks_a_zero_weight_at_either_end() -> None:
     assert abs(freq[1] - 0.5) < 0.02
 
 
+def test_a_draw_at_the_very_top_picks_the_last_positive_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should uniform x total round up to the total, the pick is the last candidate with
+    weight, not the row's last one (a top-p row ends in cut candidates)."""
+    weights = torch.tensor([[0.2, 0.8, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    index = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    monkeypatch.setattr(torch, "rand", lambda n, _, **kw: torch.ones(n, 1, **kw))
+    assert _draw(weights, index).tolist() == [6, 12]
+
+
 def test_draw_keeps_the_share_of_many_tiny_weights() -> None:
     """A vocabulary's long tail: 2^18 tokens of weight 2^-25 after one of 1.0 hold 2^-7 of the
-    mass. A sum accumulated in float32 would lose every one of them (each is below half a
-    float32 ulp of 1.0), as would a shortlist of the likeliest tokens; the draw must take the
-    tail at about its share."""
+    mass. A running sum accumulated in float32 (a float32 scan on CUDA) would lose every one of
+    them, each below half a float32 ulp of 1.0, as would a shortlist of the likeliest tokens;
+    the draw must take the tail at about its share. (torch's CPU cumsum accumulates float32 in
+    double, so on CPU this guards the draw's exactness, not the float64 sum.)"""
     torch.manual_seed(2)
     row = torch.full((1 + 2**18,), 2.0**-25)
     row[0] = 1.0
