@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from agent.backends.base import (
     Completion,
@@ -341,8 +342,10 @@ class TransformersGenerator:
         self, model: Any, seqs: list[list[int]], params: SamplingParams, rows: int
     ) -> list[tuple[Completion, list[int]]]:
         ids, mask = self._pad_left(seqs)
+        if rows > 1:  # each prompt's rows side by side, as num_return_sequences lays them out
+            ids, mask = ids.repeat_interleave(rows, dim=0), mask.repeat_interleave(rows, dim=0)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, **self._generate_kwargs(params, rows)
+            input_ids=ids, attention_mask=mask, **_drawn(self._generate_kwargs(params, 1), params)
         )
         new = out[:, ids.shape[1] :].tolist()
         return [self._completion(toks, params) for toks in new]
@@ -500,7 +503,7 @@ class TransformersGenerator:
                 return torch.full((input_ids.shape[0],), stop, device=input_ids.device)
 
         ids, mask = self._pad_left([list(prompt_ids)])
-        kwargs = self._generate_kwargs(params, 1)
+        kwargs = _drawn(self._generate_kwargs(params, 1), params)
         # The same context as `generate_from_ids`'s static batches: the same answer.
         with self._static_decoding(params.seed, adapter) as model:
             out = model.generate(
@@ -642,6 +645,38 @@ def _result(
         GenerationResult(completions=[c for c, _ in got], prompt_tokens=prompt_tokens),
         [ids for _, ids in got],
     )
+
+
+def _drawn(kwargs: dict[str, Any], params: SamplingParams) -> dict[str, Any]:
+    """`generate`'s kwargs for one sequence per row, with a sampled token drawn as ragged
+    decoding draws it (`refill.sample_tokens`) by a processor that leaves generate's greedy
+    pick nothing else to choose. One draw per row from the same generator, so a seeded
+    one-sample request gets the same answer streamed, in a static batch or decoded ragged
+    (`torch.multinomial`, generate's own draw, consumes the generator otherwise)."""
+    if params.greedy:
+        return kwargs
+    return {
+        **kwargs,
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "logits_processor": LogitsProcessorList([_Drawn(params)]),
+    }
+
+
+class _Drawn(LogitsProcessor):
+    """A logits processor that draws each row's next token under `params` (temperature, top-k,
+    top-p: `refill.sample_tokens`) and leaves it the only finite score."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from agent.backends.refill import sample_tokens  # refill imports this module
+
+        pick = sample_tokens(scores, self.params)
+        return torch.full_like(scores, float("-inf")).scatter_(1, pick[:, None], 0.0)
 
 
 class _TextPieces:
