@@ -33,7 +33,7 @@ from transformers import Trainer, TrainerCallback
 
 from agent.errors import SelfloopError
 from agent.models import check_adapter_files, native_bf16
-from tuners.common import MARKER, TrainingAborted
+from tuners.common import FINGERPRINT, MARKER, TrainingAborted
 from tuners.config import TuneConfig
 from tuners.precision import describe
 
@@ -137,10 +137,6 @@ def check_settings(
     return Settings(
         bf16=bf16, grad_ckpt=grad_ckpt, fsdp_config=fsdp, float32_sums=bf16 and not cuda
     )
-
-
-# The checkpoints' fingerprint (`tuners.train.resume_point` writes it, `changed_settings` reads).
-FINGERPRINT = "selfloop-train-args.json"
 
 
 def recorded_precision(ckpt_dir: Path | None) -> str | None:

@@ -38,7 +38,7 @@ from agent.models import ModelSpec, load_tokenizer, loading_weights, pick_device
 from tuners import precision
 from tuners.attention import use_for as use_packed_attention
 from tuners.card import model_card, portable_adapter_config
-from tuners.common import MARKER
+from tuners.common import FINGERPRINT, MARKER
 from tuners.config import TuneConfig
 from tuners.data import Collator, packed_loss, tokenize_dataset
 from tuners.dropout import use_bits_dropout
@@ -364,8 +364,6 @@ def resume_point(ckpt_dir: Path, fingerprint: dict) -> Path | None:
     """Record the run's fingerprint in `ckpt_dir` and return the newest complete checkpoint to
     resume from; checkpoints made with another fingerprint are refused, not mixed in."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    from tuners.guards import FINGERPRINT
-
     fp_file = ckpt_dir / FINGERPRINT
     try:
         old = json.loads(fp_file.read_text()) if fp_file.is_file() else None

@@ -670,12 +670,12 @@ class _Drawn(LogitsProcessor):
     top-p: `refill.sample_tokens`) and leaves it the only finite score."""
 
     def __init__(self, params: SamplingParams) -> None:
-        self.params = params
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         from agent.backends.refill import sample_tokens  # refill imports this module
 
-        pick = sample_tokens(scores, self.params)
+        self.params, self.sample = params, sample_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        pick = self.sample(scores, self.params)
         return torch.full_like(scores, float("-inf")).scatter_(1, pick[:, None], 0.0)
 
 
