@@ -9,8 +9,8 @@ different lengths). `decode_ragged` runs its own decode loop over the KV cache:
   dropped);
 - queued prompts take the free places: they are prefilled together, each prompt's cache is
   repeated for its n samples (one prefill per prompt, not per sample), left-padded to the
-  batch's cache length and concatenated; leading cache columns that every row masks are
-  trimmed, so attention never pays for the padding a departed row left behind;
+  batch's cache length and appended; leading cache columns that every row masks are trimmed,
+  so attention does not go on paying for the padding a departed row left behind;
 - prompts admitted together that open with the same tokens (a judge's rubric, a long system
   prompt: at least `SHARED_PREFIX_MIN`) have that prefix run once and its cache repeated for
   each of them (`prefill_shared`): a row is then [prefix][padding][its own tokens], the
@@ -28,7 +28,11 @@ different lengths). `decode_ragged` runs its own decode loop over the KV cache:
   measures whole runs). The spare columns are masked (a 4D mask as wide as the buffer), so
   attention reads a contiguous tensor: an earlier try that attended to a strided view of a
   preallocated cache was slower than the copy. Models with SDPA and full attention in every
-  layer only (`uses_slab`); others keep `DynamicCache`.
+  layer only (`uses_slab`); others keep `DynamicCache`. The buffers also keep room for the
+  batch's capacity of rows: a row that leaves is replaced by the last row, a row that joins
+  takes a spare one, and the unused leading columns are trimmed once there are `TRIM_MIN` of
+  them or the buffers are full (a copy of the whole cache each time a row left or joined cost
+  4-6% of a decode step: `bench/slab_rows.py`).
 - greedy rows caught in a cycle leave the batch and are followed together a chunk per forward
   pass (`follow_cycles`, `agent/backends/lookahead.py`); those that leave their cycle rejoin.
 
@@ -58,6 +62,10 @@ SHARED_PREFIX_MIN = 64
 # Spare columns a slab buffer gains when it is full: one copy of the cache per this many steps
 # (instead of one per step), and at most this many masked columns that attention reads for nothing.
 SLAB_GROW = 64
+# Leading columns that no row of a slab batch attends to any more (left by rows that have gone)
+# are trimmed, a copy of the whole cache, once there are this many: attention reads fewer for
+# nothing at less cost than the copy.
+TRIM_MIN = 32
 
 
 def shared_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
@@ -175,7 +183,7 @@ def _draw(weights: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     cores, a third of a respond decode step (untruncated sampling scores every token); the
     running sum is 2 ms."""
     cum = weights.double().cumsum(dim=-1)
-    total = cum[:, -1:]
+    total = cum[:, -1:].contiguous()  # searchsorted warns of (and copies) a strided input
     u = torch.rand(len(cum), 1, dtype=cum.dtype, device=cum.device) * total
     pick = torch.searchsorted(cum, u, right=True)
     # u < the total (rand < 1). Should the product round up to it, the pick is the last
@@ -186,29 +194,58 @@ def _draw(weights: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 
 class SlabLayer(DynamicLayer):
-    """One layer's keys and values (rows x heads x columns x dim) in buffers with spare columns
-    at the end: `length` columns are filled, an update writes the next ones in place and grows
-    the buffers by `grow` spare columns (one copy) only when they are full. `update` returns the
-    whole buffers, so the attention mask must be as wide as they are (`width`) and mask the spare
-    columns; they hold zeros, never uninitialized memory (a masked NaN still poisons softmax)."""
+    """One layer's keys and values (rows x heads x columns x dim) in buffers with spare rows and
+    spare columns at the end: `keys` and `values` are views of the first `rows` rows (the rows
+    in use; a contiguous view), `length` columns are filled, an update writes the next ones in
+    place and grows the buffers by `grow` spare columns (one copy) only when they are full.
+    `update` returns the views whole, so the attention mask must be as wide as they are
+    (`width`) and mask the spare columns; spare rows and columns hold zeros or an earlier row's
+    values, never uninitialized memory (a masked NaN still poisons softmax)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int, grow: int) -> None:
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        length: int,
+        grow: int,
+        rows: int | None = None,
+    ) -> None:
         super().__init__()
-        self.keys, self.values, self.length, self.grow = keys, values, length, grow
+        self.buffers = (keys, values)
+        self.length, self.grow = length, grow
+        self.resize(keys.shape[0] if rows is None else rows)
         self.device = keys.device
         self.is_initialized = True
 
     @property
     def width(self) -> int:
-        return self.keys.shape[-2]
+        return self.buffers[0].shape[-2]
+
+    @property
+    def capacity(self) -> int:
+        """Rows the buffers hold."""
+        return self.buffers[0].shape[0]
+
+    def resize(self, rows: int) -> None:
+        """Use the first `rows` rows of the buffers (no copy)."""
+        self.keys, self.values = self.buffers[0][:rows], self.buffers[1][:rows]
+
+    def rebuild(self, start: int, width: int, capacity: int | None = None) -> None:
+        """New zero buffers `width` columns wide (`capacity` rows, default the same) holding
+        columns `start`..`length` of the rows in use: one copy."""
+        rows = self.keys.shape[0]
+        capacity = max(rows, capacity or self.capacity)
+        self.buffers = tuple(
+            _widened(x[:, :, start : self.length], width, capacity)
+            for x in (self.keys, self.values)
+        )
+        self.length -= start
+        self.resize(rows)
 
     def reserve(self, n: int) -> None:
         """Room for `n` more columns; a full buffer is copied into one `grow` columns wider."""
-        if self.length + n <= self.width:
-            return
-        width = self.length + n + self.grow
-        self.keys = _widened(self.keys[:, :, : self.length], width)
-        self.values = _widened(self.values[:, :, : self.length], width)
+        if self.length + n > self.width:
+            self.rebuild(0, self.length + n + self.grow)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -238,10 +275,11 @@ class SlabLayer(DynamicLayer):
         raise NotImplementedError("SlabLayer: batch_select_indices is not supported")
 
 
-def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
-    """A zero buffer `width` columns wide whose first columns are `x`'s."""
-    out = x.new_zeros(*x.shape[:2], width, x.shape[3])
-    out[:, :, : x.shape[2]] = x
+def _widened(x: torch.Tensor, width: int, rows: int | None = None) -> torch.Tensor:
+    """A zero buffer `width` columns wide (and `rows` rows, default `x`'s) whose first rows and
+    columns are `x`'s."""
+    out = x.new_zeros(rows or x.shape[0], x.shape[1], width, x.shape[3])
+    out[: x.shape[0], :, : x.shape[2]] = x
     return out
 
 
@@ -255,10 +293,13 @@ def uses_slab(model: Any) -> bool:
 
 class _Batch:
     """The rows decoding now: their cache, attention mask, next positions and owners. With
-    `grow` > 0 the cache's layers are `SlabLayer`s (that many spare columns) once rows joined."""
+    `grow` > 0 the cache's layers are `SlabLayer`s (that many spare columns) once rows joined,
+    with room for `capacity` rows: a row that leaves is replaced by the batch's last row and a
+    row that joins writes into a spare one, where copying the whole cache each time cost 4-6% of
+    a decode step (`bench/slab_rows.py`)."""
 
-    def __init__(self, grow: int = 0) -> None:
-        self.grow = grow
+    def __init__(self, grow: int = 0, capacity: int = 0) -> None:
+        self.grow, self.capacity = grow, capacity
         self.cache: Cache = DynamicCache()
         self.mask: torch.Tensor | None = None  # rows x cache length (+ the pending token)
         self.pos: torch.Tensor | None = None  # rows: position of the pending token
@@ -268,26 +309,71 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.owner)
 
+    @property
+    def slabs(self) -> bool:
+        return bool(self.grow and self.owner)
+
+    def unused(self) -> int:
+        """Leading cache columns no row attends to (padding left by rows that have gone); the
+        pending token's column (the last) is always attended."""
+        used = self.mask[:, :-1].any(dim=0).nonzero()
+        return int(used[0]) if len(used) else self.mask.shape[1] - 1
+
     def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (indices into the batch), then trim columns no row attends to."""
+        """Keep only `rows` (indices into the batch), then trim columns no row attends to. A
+        slab batch keeps them in another order: the rows that stay past the new end move into
+        the places of those that left (a copy of the moved rows only), and the unused columns
+        are trimmed once there are `TRIM_MIN` of them."""
         if len(rows) == len(self.owner):
             return
-        self.owner = [self.owner[r] for r in rows]
         if not rows:
-            self.__init__(self.grow)
+            self.__init__(self.grow, self.capacity)
             return
-        idx = torch.tensor(rows, device=self.mask.device)
+        order = self._close_gaps(rows) if self.slabs else rows
+        self.owner = [self.owner[r] for r in order]
+        idx = torch.tensor(order, device=self.mask.device)
         self.mask, self.pos, self.last = self.mask[idx], self.pos[idx], self.last[idx]
-        # The pending token's column (the last) is always attended; leading columns that every
-        # remaining row masks are padding left by rows that have gone: one copy drops both (a
-        # slab keeps its spare columns at the end).
-        used = self.mask[:, :-1].any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else self.mask.shape[1] - 1
+        start = self.unused()
+        if self.slabs:
+            if start >= TRIM_MIN:
+                self.mask = self.mask[:, start:]
+                for layer in self.cache.layers:
+                    layer.rebuild(start, layer.width - start)
+            return
+        # One copy drops the rows that left and the leading columns.
         self.mask = self.mask[:, start:]
         for layer in self.cache.layers:
             layer.keys, layer.values = layer.keys[idx, :, start:], layer.values[idx, :, start:]
-            if isinstance(layer, SlabLayer):
-                layer.length -= start
+
+    def _close_gaps(self, rows: list[int]) -> list[int]:
+        """Move the slab rows of `rows` that lie past `len(rows)` into the places below it that
+        no kept row holds; returns the old row now at each place."""
+        n, kept = len(rows), set(rows)
+        holes = [p for p in range(n) if p not in kept]
+        movers = [r for r in rows if r >= n]
+        order = list(range(n))
+        for h, m in zip(holes, movers):
+            order[h] = m
+        if holes:
+            to = torch.tensor(holes, device=self.mask.device)
+            src = torch.tensor(movers, device=self.mask.device)
+        for layer in self.cache.layers:
+            if holes:
+                for buf in layer.buffers:
+                    buf[to] = buf[src]
+            layer.resize(n)
+        return order
+
+    def reserve(self, n: int) -> None:
+        """Room in a slab batch's buffers for `n` more columns: when they are full, one copy
+        into buffers `grow` columns wider drops the unused leading columns too."""
+        first = self.cache.layers[0]
+        if first.length + n <= first.width:
+            return
+        start = self.unused()
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.rebuild(start, layer.length - start + n + self.grow)
 
     def row(self, r: int) -> _Batch:
         """Row `r` alone (a copy): its cache a `DynamicCache` of only the columns it attends to,
@@ -305,7 +391,9 @@ class _Batch:
         return alone
 
     def join(self, other: _Batch) -> None:
-        """Append `other`'s rows, left-padding the shorter cache with masked zeros."""
+        """Append `other`'s rows (whose cache is a `DynamicCache`), left-padding the shorter
+        cache with masked columns. A slab batch writes them into its spare rows when they fit
+        (no copy of its own rows), else into new buffers."""
         if not other.owner:
             return
         if not self.owner:
@@ -316,28 +404,34 @@ class _Batch:
                 other.last,
             )
             self.owner = other.owner
-            if self.grow:  # one copy into buffers with spare columns
+            if self.grow:  # one copy into buffers with spare rows and columns
                 self.cache = Cache(
-                    layers=[_slab(x.keys, x.values, self.grow) for x in other.cache.layers]
+                    layers=[
+                        _slab(x.keys, x.values, self.grow, self.capacity)
+                        for x in other.cache.layers
+                    ]
                 )
             return
         a, b = self.mask.shape[1], other.mask.shape[1]
         width = max(a, b)
+        rows, more = len(self.owner), len(other.owner)
         if self.grow:
-            # Both caches right-aligned in one new zero buffer per layer (the shorter one's left
-            # padding and the spare columns stay zeros), replaced layer by layer so that the
-            # peak is the cache plus one layer, not two caches.
-            rows = len(self.owner)
+            fits = b <= a and rows + more <= self.cache.layers[0].capacity
             for mine, theirs in zip(self.cache.layers, other.cache.layers):
-                n = mine.length
-                for name in ("keys", "values"):
-                    old, new = getattr(mine, name), getattr(theirs, name)
-                    shape = (rows + new.shape[0], old.shape[1], width - 1 + self.grow)
-                    buf = old.new_zeros(*shape, old.shape[3])
-                    buf[:rows, :, width - 1 - n : width - 1] = old[:, :, :n]
-                    buf[rows:, :, width - 1 - new.shape[2] : width - 1] = new
-                    setattr(mine, name, buf)
-                mine.length = width - 1
+                if not fits:
+                    # Both caches right-aligned in new buffers, replaced layer by layer so that
+                    # the peak is the cache plus one layer, not two caches.
+                    mine.rebuild(0, width - 1 + self.grow, max(self.capacity, rows + more))
+                    if width > a:  # this batch's rows move right, behind zero columns
+                        for buf in mine.buffers:
+                            buf[:rows, :, width - a : width - 1] = buf[:rows, :, : a - 1].clone()
+                            buf[:rows, :, : width - a] = 0
+                        mine.length = width - 1
+                # The new rows right-aligned in spare rows: their columns left of that are an
+                # earlier row's values or zeros, masked.
+                for buf, new in zip(mine.buffers, (theirs.keys, theirs.values)):
+                    buf[rows : rows + more, :, width - b : width - 1] = new
+                mine.resize(rows + more)
         else:
             for mine, theirs in zip(self.cache.layers, other.cache.layers):
                 mine.keys = torch.cat(
@@ -352,10 +446,14 @@ class _Batch:
         self.owner += other.owner
 
 
-def _slab(keys: torch.Tensor, values: torch.Tensor, grow: int) -> SlabLayer:
-    """A slab holding `keys` and `values`, with `grow` spare columns."""
-    n = keys.shape[2]
-    return SlabLayer(_widened(keys, n + grow), _widened(values, n + grow), n, grow)
+def _slab(keys: torch.Tensor, values: torch.Tensor, grow: int, capacity: int = 0) -> SlabLayer:
+    """A slab holding `keys` and `values`, with `grow` spare columns and room for `capacity`
+    rows (at least theirs)."""
+    n, rows = keys.shape[2], keys.shape[0]
+    capacity = max(rows, capacity)
+    return SlabLayer(
+        _widened(keys, n + grow, capacity), _widened(values, n + grow, capacity), n, grow, rows
+    )
 
 
 def _pad_time(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -488,7 +586,8 @@ def decode_ragged(
     out: list[list[list[int]]] = [[[] for _ in range(rows)] for _ in prompts]
     left = [rows] * len(prompts)
     queue = list(range(len(prompts)))
-    batch = _Batch(slab_grow if slab_grow > 0 and uses_slab(model) else 0)
+    capacity = max(1, max_rows // rows) * rows
+    batch = _Batch(slab_grow if slab_grow > 0 and uses_slab(model) else 0, capacity)
     # Rows caught in a cycle, waiting to be followed together (`follow_cycles`): one forward
     # over a chunk of several rows costs less per token than one row's.
     parked = _Batch()
@@ -549,7 +648,6 @@ def decode_ragged(
     # Rejected draft columns stay masked in a row's cache: harmless to full attention only.
     follow = look_ahead and params.greedy and full_attention
     eos_set = set(eos_ids)
-    capacity = max(1, max_rows // rows) * rows
     with torch.inference_mode(), head.onednn_head(model, onednn_head):
         while queue or len(batch) or len(parked):
             # Parked rows hold places too: a batch never holds more than `capacity` rows.
@@ -581,11 +679,11 @@ def decode_ragged(
             mask = batch.mask
             if batch.grow:
                 # The step's column must fit before the forward, so the mask can be as wide as
-                # the buffers the layers will attend to (spare columns masked).
-                for layer in batch.cache.layers:
-                    layer.reserve(1)
-                spare = batch.cache.layers[0].width - mask.shape[1]
-                mask = torch.nn.functional.pad(mask, (0, spare)).bool()[:, None, None, :]
+                # the buffers the layers will attend to (spare columns masked). Making room may
+                # trim the mask's leading columns.
+                batch.reserve(1)
+                spare = batch.cache.layers[0].width - batch.mask.shape[1]
+                mask = torch.nn.functional.pad(batch.mask, (0, spare)).bool()[:, None, None, :]
             logits = model(
                 input_ids=batch.last[:, None],
                 attention_mask=mask,

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
-from agent.backends import SamplingParams, user
+from agent.backends import SamplingParams, refill, user
 from agent.backends.hf import TransformersGenerator
 from agent.backends.refill import (
     SHARED_PREFIX_MIN,
     SlabLayer,
+    _Batch,
     _draw,
     argmax,
     can_share_prefix,
@@ -145,11 +147,15 @@ def test_greedy_ragged_equals_generate_at_every_batch_width(gen: TransformersGen
 
 
 @pytest.mark.parametrize("grow", [0, 1, 3])
+@pytest.mark.parametrize("trim", [1, refill.TRIM_MIN])
 def test_greedy_ragged_with_slab_buffers_equals_generate(
-    gen: TransformersGenerator, grow: int
+    gen: TransformersGenerator, grow: int, trim: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch's cache in slabs that fill and grow every `grow` steps (0: transformers'
-    DynamicCache) while rows leave and join gives `generate`'s greedy answers."""
+    DynamicCache) while rows leave (their places taken by the last rows) and join (into spare
+    rows), the unused leading columns trimmed as soon as there is one or only when the buffers
+    grow, gives `generate`'s greedy answers."""
+    monkeypatch.setattr(refill, "TRIM_MIN", trim)
     assert uses_slab(gen.model)
     params = SamplingParams(max_tokens=16)
     want = [r.text for r in gen.generate(PROMPTS, params)]
@@ -183,6 +189,83 @@ def test_slab_layer_writes_in_place_and_grows_when_full() -> None:
     assert torch.equal(values[:, :, :4], v)
     assert not keys[:, :, 6:].any()  # spare columns are zeros, never garbage
     assert layer.get_seq_length() == 6 and layer.get_mask_sizes(1) == (8, 0)
+
+
+def _rows(lengths: list[int], owner0: int, dim: int = 4) -> _Batch:
+    """A batch of one-layer rows (DynamicCache) whose cache columns hold (owner, column) codes,
+    right-aligned: row i attends to its last `lengths[i]` columns."""
+    width = max(lengths)
+    b = _Batch()
+    keys = torch.zeros(len(lengths), 1, width, dim)
+    for i, n in enumerate(lengths):
+        for c in range(n):
+            keys[i, 0, width - n + c] = 100 * (owner0 + i) + c
+    b.cache = DynamicCache([(keys, -keys)])
+    b.mask = torch.tensor([[0] * (width - n) + [1] * (n + 1) for n in lengths])
+    b.pos = torch.tensor(lengths)
+    b.last = torch.arange(len(lengths)) + owner0
+    b.owner = [(owner0 + i, 0) for i in range(len(lengths))]
+    return b
+
+
+def _attended(b: _Batch) -> dict[int, list[float]]:
+    """Per owner: the codes of the cache columns its row attends to (keys; values are their
+    negation), checked against the mask and the position."""
+    layer = b.cache.layers[0]
+    assert layer.keys.shape[0] == len(b) and layer.length == b.mask.shape[1] - 1
+    out = {}
+    for r, (i, _) in enumerate(b.owner):
+        cols = b.mask[r, :-1].nonzero().squeeze(1)
+        assert torch.equal(layer.values[r, 0, cols], -layer.keys[r, 0, cols])
+        assert int(b.last[r]) == i and int(b.pos[r]) == len(cols)
+        out[i] = layer.keys[r, 0, cols, 0].tolist()
+    return out
+
+
+def test_slab_rows_leave_and_join_without_copying_the_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row that leaves a slab batch is replaced by a later row (only that row is copied); rows
+    that join fill spare rows of the same buffers; every row keeps the columns it attends to."""
+    monkeypatch.setattr(refill, "TRIM_MIN", 2)
+    b = _Batch(grow=2, capacity=6)
+    b.join(_rows([2, 4, 3, 1, 2], 0))
+    want = _attended(b)
+    assert want[1] == [100, 101, 102, 103]
+    buffers = b.cache.layers[0].buffers
+    assert buffers[0].shape[:3] == (6, 1, 4 + 2)
+    b.keep([0, 2, 4])  # row 4 moves to place 1
+    assert [o for o, _ in b.owner] == [0, 4, 2]
+    assert b.cache.layers[0].buffers is buffers  # no new buffers
+    assert _attended(b) == {i: want[i] for i in (0, 2, 4)}
+    # Owner 1 (the only one attending to column 0) is gone, but one unused column is below
+    # TRIM_MIN: it stays, masked.
+    assert b.mask.shape[1] == 5 and not b.mask[:, 0].any()
+    b.join(_rows([3, 2], 10))  # fits: 5 rows in 6, 3 columns in 4
+    assert b.cache.layers[0].buffers is buffers
+    got = _attended(b)
+    assert got[10] == [1000, 1001, 1002] and got[11] == [1100, 1101]
+    assert {i: got[i] for i in (0, 2, 4)} == {i: want[i] for i in (0, 2, 4)}
+    b.keep([1])  # owner 4 alone: 2 unused leading columns, trimmed (new buffers)
+    assert b.cache.layers[0].buffers is not buffers and b.mask.shape[1] == 3
+    assert _attended(b) == {4: want[4]}
+
+
+def test_a_longer_or_larger_join_rebuilds_the_slab_right_aligned() -> None:
+    b = _Batch(grow=1, capacity=2)
+    b.join(_rows([2, 1], 0))
+    want = _attended(b)
+    b.join(_rows([4], 5))  # longer and past the capacity
+    layer = b.cache.layers[0]
+    assert layer.capacity == 3 and layer.length == 4 and layer.width == 4 + 1
+    got = _attended(b)
+    assert got[5] == [500, 501, 502, 503] and {i: got[i] for i in (0, 1)} == want
+    # Making room for a step when the buffers are full drops the unused leading columns too.
+    b.keep([0, 1])
+    assert layer.length == 4  # 2 unused columns, below TRIM_MIN
+    b.reserve(2)
+    assert layer.length == 2 and layer.width == 2 + 2 + 1
+    assert _attended(b) == want
 
 
 def test_only_sdpa_full_attention_models_use_slabs(tiny_model_dir: Path) -> None:
