@@ -23,6 +23,8 @@ Default variants (the run's `tune.batch_size` 8, so 8 pairs an optimizer step in
 
 `--variant trl:tune.logprob_head=trl --variant selfloop:tune.logprob_head=selfloop` measures
 how tokens are scored on CPU: trl's fused head against `tuners/logprobs.py` (the default).
+`--variant whole:tune.share_prompts=false --variant shared:tune.share_prompts=true` measures a
+pair's prompt run once (`tuners.unpad`) against every row run whole.
 
 One model process at a time; nothing is written into the run (the adapters go to a temporary
 directory).
@@ -67,7 +69,7 @@ def child(run: Path, n: int, steps: int, sets: list[str], out: Path) -> dict[str
     cfg = load_config(rundir.config_path, [*sets, f"tune.max_steps={steps}"])
     step = greedy_step_config(cfg.tune)
     cfg = cfg.model_copy(update={"tune": step})
-    real, padded = padding_share(cfg, pairs)
+    real, padded, prompts = padding_share(cfg, pairs)
     torch.manual_seed(0)
     r = fit(cfg, pairs, out, greedy / SFT_ADAPTER, n)
     metrics = json.loads((out / "train_metrics.json").read_text())
@@ -78,13 +80,15 @@ def child(run: Path, n: int, steps: int, sets: list[str], out: Path) -> dict[str
         "losses": [loss for _, loss in r.losses],
         "margins": [m for _, m in metrics.get("curves", {}).get("rewards/margins", [])],
         "real_share": real / padded if padded else 1.0,
+        "prompt_share": prompts / real if real else 0.0,
         "pairs": len(pairs),
     }
 
 
-def padding_share(cfg: Any, pairs: list[dict]) -> tuple[int, int]:
-    """(real tokens, tokens with padding) of all the pairs in padded micro-batches of
-    `tune.batch_size` pairs, in the file's order (trl shuffles: an estimate of its batches)."""
+def padding_share(cfg: Any, pairs: list[dict]) -> tuple[int, int, int]:
+    """(real tokens, tokens with padding, prompt tokens a rejected row shares) of all the pairs
+    in padded micro-batches of `tune.batch_size` pairs, in the file's order (trl shuffles: an
+    estimate of its batches); the shared tokens are each prompt's but one (`tuners.unpad`)."""
     from agent.models import load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(cfg.model))
@@ -93,17 +97,19 @@ def padding_share(cfg: Any, pairs: list[dict]) -> tuple[int, int]:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
     lengths = []
+    shared = 0
     for p in pairs:
         head = count(
             tok.apply_chat_template(p["prompt"], tokenize=False, add_generation_prompt=True)
         )
         lengths += [[head + count(p[k][0]["content"]) + 1 for k in ("chosen", "rejected")]]
+        shared += head - 1
     real = padded = 0
     for i in range(0, len(lengths), cfg.tune.batch_size):
         batch = lengths[i : i + cfg.tune.batch_size]
         real += sum(sum(x) for x in batch)
         padded += 2 * len(batch) * max(max(x) for x in batch)
-    return real, padded
+    return real, padded, shared
 
 
 def main() -> None:
@@ -138,7 +144,8 @@ def main() -> None:
             r = results[name] = json.loads(line[-1].removeprefix("RESULT "))
             print(f"  {r['steps']} steps of {r['pairs']} pairs: {r['seconds'] / r['steps']:.1f} "
                   f"s/step, peak RSS {r['peak_mb'] / 1024:.1f} GB, real tokens in padded "
-                  f"batches {r['real_share']:.2f}", flush=True)  # fmt: skip
+                  f"batches {r['real_share']:.2f}, a rejected row's shared prompt "
+                  f"{r['prompt_share']:.2f} of them", flush=True)  # fmt: skip
             print(f"  losses  {[round(x, 4) for x in r['losses']]}")
             if r["margins"]:
                 print(f"  margins {[round(x, 4) for x in r['margins']]}", flush=True)

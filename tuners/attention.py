@@ -6,7 +6,10 @@ with a block-diagonal causal mask over the whole row, so attention still compute
 (kn)^2 scores where k*n^2 are needed. `packed_attention` runs SDPA once per example instead
 (causal, no mask), from the example boundaries `tuners.data.pack_batch` passes as the standard
 flash-attention varlen kwargs `cu_seq_lens_q`/`cu_seq_lens_k`. The results are the same as the
-masked row's (tested); `bench/tuning.py` measures the effect on training end to end.
+masked row's (tested); `bench/tuning.py` measures the effect on training end to end. A
+sequence may also attend first to another one's leading keys (`shared_prefixes`: a DPO pair's
+rejected answer to its chosen row's prompt, `tuners.unpad`), with a mask over that prefix and
+its own tokens.
 
 Without those kwargs (padded batches, evaluation, generation), or where the model's attention
 needs the mask (a sliding window shorter than an example) or something SDPA per slice would drop
@@ -79,6 +82,8 @@ def packed_attention(
         longest = max(e - s for s, e in zip(bounds[:-1], bounds[1:]))
         packed = window is None or longest <= window
     if not packed:
+        if kwargs.get("shared_prefixes"):  # the row's mask would not know them
+            raise ValueError("shared prefixes need per-example attention over a packed row")
         return sdpa_attention_forward(
             module,
             query,
@@ -91,21 +96,33 @@ def packed_attention(
             **kwargs,
         )
     # Each example alone, causal and unmasked: transformers' own SDPA call (its GQA handling).
-    parts = [
-        sdpa_attention_forward(
-            module,
-            query[:, :, s:e],
-            key[:, :, s:e],
-            value[:, :, s:e],
-            None,
-            dropout=dropout,
-            scaling=scaling,
-            is_causal=True,
-            **kwargs,
-        )[0]
-        for s, e in zip(bounds[:-1], bounds[1:])
-        if e > s
-    ]
+    # An example with a shared prefix attends to that first: its keys and values are another
+    # example's leading ones (`tuners.unpad`), its mask all of them and its own causally.
+    shared = kwargs.pop("shared_prefixes", None) or [(0, 0)] * (len(bounds) - 1)
+    parts = []
+    for (s, e), (src, n) in zip(zip(bounds[:-1], bounds[1:]), shared, strict=True):
+        if e == s:
+            continue
+        k, v, mask = key[:, :, s:e], value[:, :, s:e], None
+        if n:
+            k = torch.cat([key[:, :, src : src + n], k], dim=2)
+            v = torch.cat([value[:, :, src : src + n], v], dim=2)
+            mask = torch.ones(e - s, n + e - s, dtype=torch.bool, device=query.device)
+            mask[:, n:] = torch.ones(e - s, e - s, dtype=torch.bool, device=query.device).tril()
+            mask = mask[None, None]
+        parts.append(
+            sdpa_attention_forward(
+                module,
+                query[:, :, s:e],
+                k,
+                v,
+                mask,
+                dropout=dropout,
+                scaling=scaling,
+                is_causal=mask is None,
+                **kwargs,
+            )[0]
+        )
     return torch.cat(parts, dim=1), None
 
 

@@ -62,6 +62,13 @@ class TuneConfig(BaseModel):
         "example, no attention across examples. For dpo / rpo the padded batches trl makes are "
         "run as such rows (`tuners.unpad`) where the model attends per example (SDPA models).",
     )
+    share_prompts: bool = Field(
+        True,
+        description="With packing, dpo / rpo run each pair's prompt once: the rejected answer "
+        "attends to the chosen row's prompt (and any opening the two share) instead of its own "
+        "copy (`tuners.unpad`; models with full attention in every layer). The same figures "
+        "up to float order; false runs every row whole.",
+    )
     logprob_head: Literal["selfloop", "trl"] = Field(
         "selfloop",
         description="How dpo / rpo / grpo score tokens on CPU: selfloop = the labelled positions "

@@ -185,7 +185,7 @@ def train_preference(
             # trl's DPOTrainer asks its head for all four FIELDS (its metrics read them)
             weighted = ("log_sum_sq_probs",) if trainer.use_weighting else ()
             use_cpu_head(trainer, (*FIELDS, *weighted))
-        _unpad(trainer, packing)
+        _unpad(trainer, packing, cfg.share_prompts)
         if settings.float32_sums:  # after trl has put a fresh adapter on
             precision.float32_sums(trainer.model)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -256,11 +256,13 @@ def trl_result(
     )
 
 
-def _unpad(trainer: Any, packing: bool) -> None:
+def _unpad(trainer: Any, packing: bool, share_prompts: bool = True) -> None:
     """Padding-free policy and reference forwards (`tuners.unpad`) where the model attends per
-    sequence in a packed row; else trl's padded batches as they are."""
+    sequence in a packed row, each pair's shared prompt run once; else trl's padded batches as
+    they are."""
     from peft import PeftModel
 
+    from agent.backends.refill import can_share_prefix
     from tuners.attention import NAME
     from tuners.unpad import unpad_forward
 
@@ -273,7 +275,9 @@ def _unpad(trainer: Any, packing: bool) -> None:
     if getattr(base.config, "_attn_implementation", None) != NAME:
         log.info("preference batches stay padded: per-sequence attention is for SDPA models")
         return
-    unpad_forward(base)
+    # A pair's prompt once, not twice, where every layer attends to all earlier tokens (a
+    # sliding window or a recurrent layer would see the shortened row differently).
+    unpad_forward(base, share_pairs=share_prompts and can_share_prefix(base))
 
 
 def trl_model(

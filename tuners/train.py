@@ -90,6 +90,7 @@ def data_hash(examples: Sequence[Mapping[str, Any]]) -> str:
 # and how tokens are scored (logprob_head: the same figures to float32 rounding).
 _MAY_CHANGE = frozenset(
     {"save_steps", "save_total_limit", "logging_steps", "abort_grad_norm", "logprob_head"}
+    | {"share_prompts"}
 )
 # Settings the trainer never reads: they choose a loop round's data (the data digest holds the
 # choice) or configure the loop's greedy step, whose trainer gets them as its own objective,

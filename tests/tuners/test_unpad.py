@@ -22,8 +22,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     rows: list[int] = []
 
-    def spy(input_ids, attention_mask, labels):
-        out = pack_padded(input_ids, attention_mask, labels)
+    def spy(input_ids, attention_mask, labels, *args):
+        out = pack_padded(input_ids, attention_mask, labels, *args)
         rows.append(int(attention_mask.sum()))
         return out
 
@@ -31,7 +31,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return rows
 
 
-def _model(model_dir: Path, packed: bool):
+def _model(model_dir: Path, packed: bool, share_pairs: bool = False):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
@@ -41,7 +41,7 @@ def _model(model_dir: Path, packed: bool):
     add_fused_lm_head(model, outputs=FIELDS)
     if packed:
         assert use_for(model, False) and model.config._attn_implementation == NAME
-        unpad_forward(model)
+        unpad_forward(model, share_pairs)
     return model
 
 
@@ -103,6 +103,68 @@ def test_a_packed_forward_gives_the_padded_log_probs_and_gradients(
     assert (packed.log_probs[padded.label_mask == 0] == 0).all()
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
     assert float(packed.loss.detach()) == pytest.approx(float(padded.loss.detach()), abs=1e-5)
+
+
+def _pairs() -> dict[str, torch.Tensor]:
+    """DPO's layout: 3 chosen rows, then the 3 rejected rows behind the same prompts. Pair 0's
+    answers open with the same 2 tokens; pair 2's rejected row is its prompt and one token."""
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(5, 200, (n,), generator=g) for n in (4, 6, 2)]
+    answers = [torch.randint(5, 200, (n,), generator=g) for n in (5, 3, 6, 4, 7, 1)]
+    answers[3][:2] = answers[0][:2]
+    ids = torch.zeros(6, 13, dtype=torch.long)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for r in range(6):
+        prompt, answer = prompts[r % 3], answers[r]
+        n = len(prompt) + len(answer)
+        ids[r, :n] = torch.cat([prompt, answer])
+        mask[r, :n] = 1
+        labels[r, len(prompt) : n] = answer
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_a_pair_shares_its_prompt_in_the_packed_row() -> None:
+    b = _pairs()
+    packed, index, valid = pack_padded(b["input_ids"], b["attention_mask"], b["labels"], True)
+    lengths = b["attention_mask"].sum(1)
+    # Rejected rows skip their shared tokens but the last: prompt + 2 - 1, 6 - 1, 2 - 1.
+    skip = [0, 0, 0, 5, 5, 1]
+    assert packed["input_ids"].shape == (1, int(lengths.sum()) - sum(skip))
+    starts = packed["cu_seq_lens_q"].tolist()[:-1]
+    assert packed["shared_prefixes"] == [(0, 0)] * 3 + [
+        (starts[0], 5),
+        (starts[1], 5),
+        (starts[2], 1),
+    ]
+    assert packed["position_ids"][0, starts[3] : starts[3] + 3].tolist() == [5, 6, 7]
+    assert valid.sum(1).tolist() == (lengths - 1).tolist()
+    row, labels = packed["input_ids"][0], packed["labels"][0]
+    for i, j in valid.nonzero().tolist():
+        assert row[index[i, j] + 1] == b["input_ids"][i, j + 1]
+        assert labels[index[i, j] + 1] == b["labels"][i, j + 1]
+    # Without pairs (an odd number of rows, or not asked) nothing is shared.
+    assert "shared_prefixes" not in pack_padded(*b.values())[0]
+    assert "shared_prefixes" not in pack_padded(*(x[:5] for x in b.values()), True)[0]
+
+
+def test_a_shared_prompt_gives_the_padded_log_probs_and_gradients(tiny_model_dir: Path) -> None:
+    b = _pairs()
+    outs, grads = [], []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = _model(tiny_model_dir, packed, share_pairs=packed)
+        out = model(**b, use_cache=False, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        outs.append(out)
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    padded, packed = outs
+    assert packed.log_probs.shape == padded.log_probs.shape == (6, 12)
+    assert int(padded.label_mask.sum()) == 5 + 3 + 6 + 4 + 7 + 1  # every answer token scored
+    assert torch.allclose(packed.log_probs, padded.log_probs, atol=1e-5)
+    assert torch.allclose(packed.entropy, padded.entropy, atol=1e-5)
+    assert torch.allclose(packed.mean_logits, padded.mean_logits, atol=1e-5)
+    assert torch.equal(packed.label_mask, padded.label_mask)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
 def test_a_generation_call_passes_through(tiny_model_dir: Path) -> None:
