@@ -175,12 +175,15 @@ class AugmentConfig(BaseModel):
         "trained on.",
     )
     language_max_tokens: int | None = Field(
-        640,
+        400,
         ge=8,
         description="The length limit of the student's answers to the language tasks (respond "
         "and the greedy step; a teacher's keep respond's; null = respond.sampling.max_tokens). "
         "At 320, 50 of 64 samples ran to the limit and were dropped (the tokenizer spends "
-        "several tokens a character on Chinese and Japanese).",
+        "several tokens a character on Chinese and Japanese). At 640, three rounds' 130 "
+        "verified answers were at most 384 tokens long while 331 of their 576 samples ran to "
+        "640 and were dropped: 400 (the evaluation's limit) saves 11-12% of respond's tokens "
+        "and would have lost none of them (bench/README.md).",
     )
     seed: int = Field(0, description="Seed of the draws (with each base task's id).")
     pairs_per_prompt: int = Field(
