@@ -16,7 +16,8 @@ Workloads, same loaded model, `--rows` rows decoded at once:
   answers differ, and the bench prints the mean answer length and cut-off share beside tokens/s;
 - `eval`: greedy answers to `--prompts` prompts of the project's IF suite (evenly spaced), max
   400 tokens, as the evaluation answers them: the bench prints how many answers the two left
-  identical (a row's place in the batch can change the float order of its products).
+  identical (a row's place in the batch and the masked columns attention reads change the
+  float order of its sums) and the strict IF pass rates' paired difference.
 
 `--repeats` alternating runs of each workload, the best of each side kept (these machines drift).
 
@@ -30,6 +31,7 @@ import argparse
 import time
 
 import torch
+from dtype import strict_difference  # bench/ is on sys.path: run as a script
 
 from agent.backends import SamplingParams, refill, user
 from agent.backends.hf import TransformersGenerator
@@ -87,11 +89,13 @@ def main() -> None:
     gen.generate([user("Hello")], SamplingParams(max_tokens=4))  # warm-up
     sides = {"copying": CopyingBatch, "in place": refill._Batch}
     for workload in args.workloads:
+        suite: list = []
         if workload == "respond":
             messages = [user(t.instruction) for t in load_seed_tasks()[: args.tasks]]
             params, n = SamplingParams(max_tokens=320, temperature=1.0, top_p=1.0), args.n
         elif workload == "eval":
-            messages = [user(r["prompt"]) for r in subset(load_suite("if"), args.prompts)]
+            suite = subset(load_suite("if"), args.prompts)
+            messages = [user(r["prompt"]) for r in suite]
             params, n = SamplingParams(max_tokens=400, temperature=0.0), 1
         else:
             raise SystemExit(f"bench/slab_rows.py: unknown workload {workload!r}")
@@ -135,6 +139,10 @@ def main() -> None:
         if params.greedy:
             same = sum(a == b for a, b in zip(answers["copying"], answers["in place"]))
             line += f"; identical greedy answers {same}/{len(enc)}"
+            texts = {k: [gen._completion(o[0], params)[0] for o in v] for k, v in answers.items()}
+            line += "\n  " + strict_difference(
+                suite, ("copying", texts["copying"]), ("in place", texts["in place"])
+            )
         print(line, flush=True)
 
 
