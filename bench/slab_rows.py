@@ -5,9 +5,10 @@ Baseline (`CopyingBatch` below, the loop as it was): a row that leaves copies ev
 row of every layer's keys and values into new buffers, trimming the leading columns no row
 attends to any more; a prompt that joins copies the whole cache again, into buffers as large as
 the batch then is. Candidate (`refill._Batch`): the buffers keep room for the batch's capacity
-of rows; a row that leaves is replaced by the batch's last row (a copy of that row), a row that
-joins is written into a spare row, and the unused leading columns are trimmed (one copy) only
-once there are `refill.TRIM_MIN` of them or the buffers are full anyway.
+of rows; the places of rows that leave are taken by rows from the end of the batch (a copy of
+those rows only), a row that joins is written into a spare row, and the unused leading columns
+are trimmed (one copy) only once there are `refill.TRIM_MIN` of them or the buffers are full
+anyway.
 
 Workloads, same loaded model, `--rows` rows decoded at once:
 

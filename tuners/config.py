@@ -66,8 +66,9 @@ class TuneConfig(BaseModel):
         True,
         description="With packing, dpo / rpo run each pair's prompt once: the rejected answer "
         "attends to the chosen row's prompt (and any opening the two share) instead of its own "
-        "copy (`tuners.unpad`; models with full attention in every layer). The same figures "
-        "up to float order; false runs every row whole.",
+        "copy (`tuners.unpad`; models with full attention in every layer). The same log-probs "
+        "up to float order, but a shared token draws one LoRA dropout mask for both sides; "
+        "false runs every row whole.",
     )
     logprob_head: Literal["selfloop", "trl"] = Field(
         "selfloop",

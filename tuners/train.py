@@ -87,7 +87,8 @@ def data_hash(examples: Sequence[Mapping[str, Any]]) -> str:
 
 # Settings a resumed run may change: how often it logs and saves, the gradient-norm guard
 # (raised after an abort, the run goes on from its last checkpoint, which the abort never held)
-# and how tokens are scored (logprob_head: the same figures to float32 rounding).
+# and how tokens are scored (logprob_head: the same figures to float32 rounding; share_prompts:
+# the same log-probs, a pair's shared prompt one dropout draw).
 _MAY_CHANGE = frozenset(
     {"save_steps", "save_total_limit", "logging_steps", "abort_grad_norm", "logprob_head"}
     | {"share_prompts"}

@@ -22,7 +22,10 @@ attention in every layer, a rejected row enters the packed row without the token
 with its chosen row (the prompt, and any opening the two answers share) but the last of them:
 it attends to the chosen row's keys for those (`shared_prefixes`, `tuners.attention`), and its
 outputs there are the chosen row's, which saw the same tokens. The prompt then runs once per
-pair, not twice, in the policy's forward and backward and in the reference's forward.
+pair, not twice, in the policy's forward and backward and in the reference's forward. The
+per-token outputs are then the padded forward's; the scalar `loss` the wrapped forward returns
+(which trl's DPO does not read) counts shared answer tokens once, and training's dropout draws
+one mask for a shared token where the two rows drew two.
 """
 
 from __future__ import annotations
@@ -69,8 +72,12 @@ def pack_padded(
     source = torch.arange(rows, device=dev)
     if share_pairs and rows % 2 == 0:
         half = rows // 2
-        common = (input_ids[:half] == input_ids[half:]) & (
-            cols < torch.minimum(lengths[:half], lengths[half:])[:, None]
+        # Shared only where the labels are too: the outputs read from the other row must be
+        # scored against the same targets (trl's pairs always agree there).
+        common = (
+            (input_ids[:half] == input_ids[half:])
+            & (labels[:half] == labels[half:])
+            & (cols < torch.minimum(lengths[:half], lengths[half:])[:, None])
         )
         common = common.long().cumprod(dim=1).sum(dim=1)
         # The last shared token stays: its output scores the row's own next token.

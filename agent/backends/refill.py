@@ -29,10 +29,10 @@ different lengths). `decode_ragged` runs its own decode loop over the KV cache:
   attention reads a contiguous tensor: an earlier try that attended to a strided view of a
   preallocated cache was slower than the copy. Models with SDPA and full attention in every
   layer only (`uses_slab`); others keep `DynamicCache`. The buffers also keep room for the
-  batch's capacity of rows: a row that leaves is replaced by the last row, a row that joins
-  takes a spare one, and the unused leading columns are trimmed once there are `TRIM_MIN` of
-  them or the buffers are full (a copy of the whole cache each time a row left or joined cost
-  4-6% of a decode step: `bench/slab_rows.py`).
+  batch's capacity of rows: the places of rows that leave are taken by rows from the end of
+  the batch, a row that joins takes a spare one, and the unused leading columns are trimmed
+  once there are `TRIM_MIN` of them or the buffers are full (a copy of the whole cache each
+  time a row left or joined cost 4-6% of a decode step: `bench/slab_rows.py`).
 - greedy rows caught in a cycle leave the batch and are followed together a chunk per forward
   pass (`follow_cycles`, `agent/backends/lookahead.py`); those that leave their cycle rejoin.
 
@@ -294,9 +294,9 @@ def uses_slab(model: Any) -> bool:
 class _Batch:
     """The rows decoding now: their cache, attention mask, next positions and owners. With
     `grow` > 0 the cache's layers are `SlabLayer`s (that many spare columns) once rows joined,
-    with room for `capacity` rows: a row that leaves is replaced by the batch's last row and a
-    row that joins writes into a spare one, where copying the whole cache each time cost 4-6% of
-    a decode step (`bench/slab_rows.py`)."""
+    with room for `capacity` rows: the places of rows that leave are taken by rows from the end
+    of the batch and a row that joins writes into a spare one, where copying the whole cache
+    each time cost 4-6% of a decode step (`bench/slab_rows.py`)."""
 
     def __init__(self, grow: int = 0, capacity: int = 0) -> None:
         self.grow, self.capacity = grow, capacity
@@ -587,7 +587,9 @@ def decode_ragged(
     left = [rows] * len(prompts)
     queue = list(range(len(prompts)))
     capacity = max(1, max_rows // rows) * rows
-    batch = _Batch(slab_grow if slab_grow > 0 and uses_slab(model) else 0, capacity)
+    # Buffers no larger than the call needs (a few prompts, a 64-row capacity).
+    room = min(capacity, len(prompts) * rows)
+    batch = _Batch(slab_grow if slab_grow > 0 and uses_slab(model) else 0, room)
     # Rows caught in a cycle, waiting to be followed together (`follow_cycles`): one forward
     # over a chunk of several rows costs less per token than one row's.
     parked = _Batch()

@@ -142,13 +142,29 @@ def test_a_pair_shares_its_prompt_in_the_packed_row() -> None:
     for i, j in valid.nonzero().tolist():
         assert row[index[i, j] + 1] == b["input_ids"][i, j + 1]
         assert labels[index[i, j] + 1] == b["labels"][i, j + 1]
+    # Labels that differ on a shared token end the shared part there.
+    other = dict(b, labels=b["labels"].clone())
+    other["labels"][3, 4] = -100  # pair 0's first answer token, unscored in its rejected row
+    assert pack_padded(*other.values(), True)[0]["shared_prefixes"][3] == (starts[0], 3)
     # Without pairs (an odd number of rows, or not asked) nothing is shared.
     assert "shared_prefixes" not in pack_padded(*b.values())[0]
     assert "shared_prefixes" not in pack_padded(*(x[:5] for x in b.values()), True)[0]
 
 
-def test_a_shared_prompt_gives_the_padded_log_probs_and_gradients(tiny_model_dir: Path) -> None:
+def test_a_shared_prompt_gives_the_padded_log_probs_and_gradients(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuners.unpad
+
     b = _pairs()
+    packed_lengths: list[int] = []
+
+    def spy(*args):
+        out = pack_padded(*args)
+        packed_lengths.append(out[0]["input_ids"].size(1))
+        return out
+
+    monkeypatch.setattr(tuners.unpad, "pack_padded", spy)
     outs, grads = [], []
     for packed in (False, True):
         torch.manual_seed(0)
@@ -158,11 +174,13 @@ def test_a_shared_prompt_gives_the_padded_log_probs_and_gradients(tiny_model_dir
         outs.append(out)
         grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
     padded, packed = outs
+    assert packed_lengths == [int(b["attention_mask"].sum()) - 11]  # packed, 5 + 5 + 1 shared
     assert packed.log_probs.shape == padded.log_probs.shape == (6, 12)
     assert int(padded.label_mask.sum()) == 5 + 3 + 6 + 4 + 7 + 1  # every answer token scored
     assert torch.allclose(packed.log_probs, padded.log_probs, atol=1e-5)
     assert torch.allclose(packed.entropy, padded.entropy, atol=1e-5)
     assert torch.allclose(packed.mean_logits, padded.mean_logits, atol=1e-5)
+    assert torch.equal(packed.is_top1, padded.is_top1)
     assert torch.equal(packed.label_mask, padded.label_mask)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
