@@ -3,7 +3,8 @@
 Baseline: eager. Candidate: `torch.compile(model)` (inductor, static shapes). The bundled model
 with LoRA as `tune` sets it up (rank 16, alpha 32, dropout 0.05, every linear layer), under
 bfloat16 autocast with the adapters' sums and the head in float32 (`tuners.precision`, what
-`tune.bf16: auto` trains LoRA in on a CPU with native bfloat16), AdamW. One sequence of
+`tune.bf16: auto` trains LoRA in on a CPU with native bfloat16), AdamW; peft's `nn.Dropout`
+masks (the loop draws them from random bits, `tuners/dropout.py`). One sequence of
 `--tokens` random token ids, the same shape every step: compile's best case (the loop's packed
 rows change length and run attention per example, which would break its graph further). Each
 mode runs one warm-up step (for the candidate: the compile) and then `--steps` timed steps;
