@@ -1,10 +1,10 @@
 """A LoRA training step in eager mode against `torch.compile`: is compiling worth it on CPU?
 
 Baseline: eager. Candidate: `torch.compile(model)` (inductor, static shapes). The bundled model
-with LoRA as `tune` sets it up (rank 16, alpha 32, dropout 0.05, every linear layer), under
-bfloat16 autocast with the adapters' sums and the head in float32 (`tuners.precision`, what
-`tune.bf16: auto` trains LoRA in on a CPU with native bfloat16), AdamW; peft's `nn.Dropout`
-masks (the loop draws them from random bits, `tuners/dropout.py`). One sequence of
+loaded and wrapped as `tune` does it (`tuners.train`, `TuneConfig`'s defaults: LoRA rank 16,
+alpha 32, dropout 0.05 with 16-bit masks on every linear layer), under bfloat16 autocast with the
+adapters' sums and the head in float32 (`tuners.precision`, what `tune.bf16: auto` trains LoRA
+in on a CPU with native bfloat16), AdamW. One sequence of
 `--tokens` random token ids, the same shape every step: compile's best case (the loop's packed
 rows change length and run attention per example, which would break its graph further). Each
 mode runs one warm-up step (for the candidate: the compile) and then `--steps` timed steps;
@@ -23,24 +23,21 @@ import torch
 
 
 def main() -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from agent.models import resolve
     from tuners import precision
+    from tuners.config import TuneConfig
+    from tuners.dropout import use_bits_dropout
+    from tuners.train import _load_model, _wrap
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=1536, help="tokens in the step's sequence")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per mode")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve("smollm2-135m-instruct").path, dtype=torch.float32, attn_implementation="sdpa"
-    )
-    lora = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-    model = get_peft_model(model, lora)
+    cfg = TuneConfig()
+    model = _load_model(resolve("smollm2-135m-instruct"), cfg, grad_ckpt=False, packing=False)
+    model = _wrap(model, cfg, None)
+    use_bits_dropout(model)
     precision.float32_sums(model)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
